@@ -1,0 +1,367 @@
+//! Wire format between guard's eBPF programs and its agent.
+//!
+//! Every record in the `EVENTS` ring buffer starts with a [`Header`] whose
+//! `kind` is one of [`EventKind`]; the agent reads the tag, checks the record
+//! length against the struct for that kind, and copies it out. All structs are
+//! `#[repr(C)]` and laid out so that they have **no implicit padding**: every
+//! field is placed at a multiple of its alignment and every struct's size is a
+//! multiple of 8. The `layout` tests below pin the sizes; a change here is a
+//! change of the wire format on both sides at once.
+#![no_std]
+
+/// Length of a task's `comm` (TASK_COMM_LEN), NUL included.
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of a path (exec filename, cgroup path), NUL included. Longer
+/// paths are cut and flagged (`len == PATH_LEN - 1`).
+pub const PATH_LEN: usize = 256;
+
+/// Number of slots in the per-CPU drop counter map: one per [`EventKind`]
+/// value (slot 0 is unused).
+pub const KIND_SLOTS: u32 = 8;
+
+/// Kind tag of a ring-buffer record. Decoded with `TryFrom<u32>`; an unknown
+/// value is an error, never a transmute.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    Fork = 1,
+    Exec = 2,
+    Exit = 3,
+    OomKill = 4,
+    HungTask = 5,
+    CgroupAttach = 6,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Fork,
+        EventKind::Exec,
+        EventKind::Exit,
+        EventKind::OomKill,
+        EventKind::HungTask,
+        EventKind::CgroupAttach,
+    ];
+
+    /// The name used on the command line and in the `kind` field of the output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Fork => "fork",
+            EventKind::Exec => "exec",
+            EventKind::Exit => "exit",
+            EventKind::OomKill => "oom_kill",
+            EventKind::HungTask => "hung_task",
+            EventKind::CgroupAttach => "cgroup_attach",
+        }
+    }
+}
+
+/// The tag did not name a known kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownKind(pub u32);
+
+impl TryFrom<u32> for EventKind {
+    type Error = UnknownKind;
+    fn try_from(v: u32) -> Result<Self, Self::Error> {
+        Ok(match v {
+            1 => EventKind::Fork,
+            2 => EventKind::Exec,
+            3 => EventKind::Exit,
+            4 => EventKind::OomKill,
+            5 => EventKind::HungTask,
+            6 => EventKind::CgroupAttach,
+            other => return Err(UnknownKind(other)),
+        })
+    }
+}
+
+/// First 16 bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// CPU the probe ran on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included
+    /// (CLOCK_BOOTTIME).
+    pub boot_ns: u64,
+}
+
+/// `sched_process_fork`: a task created a task. A thread when
+/// `child_tgid == parent_tgid` (CLONE_THREAD), otherwise a new process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub header: Header,
+    pub parent_pid: u32,
+    pub parent_tgid: u32,
+    pub child_pid: u32,
+    pub child_tgid: u32,
+    /// tgid of the child's `real_parent` (differs from `parent_tgid` with
+    /// CLONE_PARENT or CLONE_THREAD).
+    pub child_ppid: u32,
+    /// The child's `task_struct.flags` (PF_KTHREAD marks a kernel thread).
+    pub child_flags: u32,
+    /// The child's cgroup v2 id (kernfs node id of its default-hierarchy
+    /// cgroup); 0 when it could not be read.
+    pub child_cgroup_id: u64,
+    pub parent_comm: [u8; COMM_LEN],
+    pub child_comm: [u8; COMM_LEN],
+}
+
+/// `sched_process_exec`: a task replaced its program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    /// The pid before exec (differs when a non-leader thread execs).
+    pub old_pid: u32,
+    /// Bytes of `filename` before its NUL.
+    pub filename_len: u32,
+    /// comm after exec (the new program's basename, cut to 15 bytes).
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; PATH_LEN],
+}
+
+/// `sched_process_exit`: a task is exiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    /// tgid of `real_parent` at exit.
+    pub ppid: u32,
+    /// `task_struct.exit_code` as the kernel set it before the tracepoint:
+    /// wait(2) status layout, `(code << 8) | signal | 0x80 if core dumped`.
+    pub exit_code: u32,
+    /// `task_struct.flags`.
+    pub flags: u32,
+    /// 1 when this was the last live thread of its group (the process is gone).
+    pub group_dead: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`OomKillEvent::present`]: which optional fields this kernel's
+/// `mark_victim` tracepoint carries (older kernels give only the pid).
+pub mod oom_field {
+    pub const COMM: u32 = 1 << 0;
+    pub const TOTAL_VM: u32 = 1 << 1;
+    pub const ANON_RSS: u32 = 1 << 2;
+    pub const FILE_RSS: u32 = 1 << 3;
+    pub const SHMEM_RSS: u32 = 1 << 4;
+    pub const UID: u32 = 1 << 5;
+    pub const PGTABLES: u32 = 1 << 6;
+    pub const OOM_SCORE_ADJ: u32 = 1 << 7;
+}
+
+/// `oom/mark_victim`: the OOM killer chose a victim.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomKillEvent {
+    pub header: Header,
+    /// Victim pid (a tgid: the OOM killer picks processes).
+    pub pid: u32,
+    pub uid: u32,
+    /// The task whose allocation ran the OOM killer.
+    pub trigger_pid: u32,
+    pub trigger_tgid: u32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i32,
+    /// [`oom_field`] bits: which of the fields above are real.
+    pub present: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `sched/sched_process_hang`: khungtaskd found a task blocked for longer
+/// than `kernel.hung_task_timeout_secs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HungTaskEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `cgroup/cgroup_attach_task` and `cgroup/cgroup_transfer_tasks`: a task
+/// moved to another cgroup of one hierarchy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupAttachEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    /// `cgroup_root.hierarchy_id`: 0 is the v2 (unified) hierarchy, v1
+    /// hierarchies have the ids shown in the first column of /proc/PID/cgroup.
+    pub hierarchy_id: u32,
+    /// Bytes of `path` before its NUL.
+    pub path_len: u32,
+    /// The destination cgroup's path inside its hierarchy, e.g. `/a/b`.
+    pub path: [u8; PATH_LEN],
+}
+
+/// Marks a field offset this kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets of the kernel struct members the programs read, resolved by
+/// the agent from BTF (/sys/kernel/btf/vmlinux) at load time and handed over
+/// as the `CONFIG` global. All `u32`: no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: u32,
+    pub flags: u32,
+    pub exit_code: u32,
+    pub real_parent: u32,
+    pub signal: u32,
+    pub cgroups: u32,
+    /// `signal_struct.live` (an `atomic_t`).
+    pub signal_live: u32,
+    /// `linux_binprm.filename`.
+    pub binprm_filename: u32,
+    /// `css_set.dfl_cgrp`.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`.
+    pub kernfs_node_id: u32,
+    /// `cgroup.root`.
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id`.
+    pub root_hierarchy_id: u32,
+    /// 1 when `sched_process_exit` passes `bool group_dead` as its second
+    /// argument (6.16+); otherwise the program reads `signal->live`.
+    pub exit_has_group_dead: u32,
+}
+
+/// Field offsets inside the `oom/mark_victim` record, from its tracefs
+/// `format` file; [`ABSENT`] for fields this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkVictimLayout {
+    pub pid: u32,
+    pub comm: u32,
+    /// 1 when `comm` is a `__data_loc char[]` (6.x), 0 for `char[16]`.
+    pub comm_is_data_loc: u32,
+    pub total_vm: u32,
+    pub anon_rss: u32,
+    pub file_rss: u32,
+    pub shmem_rss: u32,
+    pub uid: u32,
+    pub pgtables: u32,
+    pub oom_score_adj: u32,
+}
+
+impl MarkVictimLayout {
+    /// Every field absent: what a kernel without the tracepoint has.
+    pub const NONE: Self = Self {
+        pid: ABSENT,
+        comm: ABSENT,
+        comm_is_data_loc: 0,
+        total_vm: ABSENT,
+        anon_rss: ABSENT,
+        file_rss: ABSENT,
+        shmem_rss: ABSENT,
+        uid: ABSENT,
+        pgtables: ABSENT,
+        oom_score_adj: ABSENT,
+    };
+}
+
+impl Default for MarkVictimLayout {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+/// Everything per-kernel the programs need, as one read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub task: TaskOffsets,
+    pub mark_victim: MarkVictimLayout,
+}
+
+impl ProbeConfig {
+    /// The value compiled into the object; the agent always overrides it.
+    pub const UNSET: Self = Self {
+        task: TaskOffsets {
+            pid: 0,
+            tgid: 0,
+            comm: 0,
+            flags: 0,
+            exit_code: 0,
+            real_parent: 0,
+            signal: 0,
+            cgroups: 0,
+            signal_live: 0,
+            binprm_filename: 0,
+            css_set_dfl_cgrp: 0,
+            cgroup_kn: 0,
+            kernfs_node_id: 0,
+            cgroup_root: 0,
+            root_hierarchy_id: 0,
+            exit_has_group_dead: 0,
+        },
+        mark_victim: MarkVictimLayout::NONE,
+    };
+}
+
+/// Default size of the `EVENTS` ring buffer (a power of two, a multiple of
+/// the page size); the agent's `--ring-buffer-mib` overrides it.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Slots of the per-CPU `DROPS` map: `[kind]` counts records lost because the
+/// ring buffer was full, `[KIND_SLOTS + kind]` records discarded because a
+/// kernel read failed.
+pub const DROP_SLOTS: u32 = 2 * KIND_SLOTS;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, made only of integers and
+    // byte arrays, with no padding (pinned by the layout tests), so any bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}
+
+#[cfg(test)]
+mod layout {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn sizes_have_no_padding() {
+        assert_eq!(size_of::<Header>(), 16);
+        assert_eq!(size_of::<ForkEvent>(), 16 + 6 * 4 + 8 + 2 * COMM_LEN);
+        assert_eq!(size_of::<ExecEvent>(), 16 + 4 * 4 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<ExitEvent>(), 16 + 6 * 4 + COMM_LEN);
+        assert_eq!(
+            size_of::<OomKillEvent>(),
+            16 + 4 * 4 + 5 * 8 + 2 * 4 + COMM_LEN
+        );
+        assert_eq!(size_of::<HungTaskEvent>(), 16 + 2 * 4 + COMM_LEN);
+        assert_eq!(size_of::<CgroupAttachEvent>(), 16 + 4 * 4 + PATH_LEN);
+        assert_eq!(size_of::<TaskOffsets>(), 16 * 4);
+        assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
+    }
+
+    #[test]
+    fn kind_tags_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
+            assert!((kind as u32) < KIND_SLOTS);
+        }
+        assert_eq!(EventKind::try_from(0), Err(UnknownKind(0)));
+        assert_eq!(EventKind::try_from(7), Err(UnknownKind(7)));
+    }
+}

@@ -1,0 +1,421 @@
+//! guard's kernel side: one small program per tracepoint, each writing one
+//! record kind into the `EVENTS` ring buffer.
+//!
+//! Kernel code stays small: no loops, no policy. Every record that cannot be
+//! written is counted in the per-CPU `DROPS` map, so the agent can report it.
+//! Per-kernel facts (struct member offsets, the `mark_victim` record layout)
+//! come from the agent through the read-only `CONFIG` global.
+#![no_std]
+#![no_main]
+
+use core::{
+    ffi::c_void,
+    mem::MaybeUninit,
+    ptr::{addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use guard_common::{
+    ABSENT, COMM_LEN, CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent,
+    ExitEvent, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, OomKillEvent, PATH_LEN, ProbeConfig,
+    oom_field,
+};
+
+/// Per-kernel offsets and layouts, overridden by the agent at load time
+/// (`EbpfLoader::override_global`); read with `read_volatile` so the compiler
+/// cannot fold the compiled-in placeholder.
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig::UNSET;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+/// Error value of the `try_` functions: the program's return value, which the
+/// kernel ignores for tracepoints.
+const FAILED: u32 = 1;
+
+macro_rules! config {
+    ($($field:ident).+) => {
+        // SAFETY: CONFIG is a plain-old-data static that lives for the whole
+        // program; the volatile read only stops constant folding.
+        unsafe { read_volatile(&raw const CONFIG.$($field).+) }
+    };
+}
+
+fn count_drop(slot: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(slot) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array; nothing
+        // else on this CPU runs this program concurrently (tracepoint programs
+        // run with preemption disabled).
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Reserves a record of kind `kind`, counting it as lost when the ring
+/// buffer is full.
+fn reserve<T: 'static>(kind: EventKind) -> Result<RingBufEntry<T>, u32> {
+    EVENTS.reserve::<T>(0).ok_or_else(|| {
+        count_drop(kind as u32);
+        FAILED
+    })
+}
+
+/// Fills a reserved record and submits it; on a failed kernel read the record
+/// is discarded and counted in the read-failure slot of its kind.
+fn emit<T: 'static>(
+    kind: EventKind,
+    fill: impl FnOnce(*mut T) -> Result<(), u32>,
+) -> Result<u32, u32> {
+    let mut entry = reserve::<T>(kind)?;
+    let record = MaybeUninit::as_mut_ptr(&mut entry);
+    match fill(record) {
+        Ok(()) => {
+            entry.submit(0);
+            Ok(0)
+        }
+        Err(err) => {
+            entry.discard(0);
+            count_drop(KIND_SLOTS + kind as u32);
+            Err(err)
+        }
+    }
+}
+
+fn header(kind: EventKind) -> Header {
+    Header {
+        kind: kind as u32,
+        // SAFETY: both helpers take no pointers and cannot fail.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        // SAFETY: as above.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+/// Reads a `T` at `base + offset` from kernel memory.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
+    if base.is_null() || offset == ABSENT {
+        return Err(FAILED);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and returns an
+    // error instead of faulting; `base` is a kernel pointer the tracepoint
+    // handed us.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+        .map_err(|_| FAILED)
+}
+
+/// Copies a NUL-terminated kernel string into `dst` (cut at `N - 1` bytes)
+/// and returns its length without the NUL.
+#[inline(always)]
+fn read_str<const N: usize>(src: *const u8, dst: *mut [u8; N]) -> Result<u32, u32> {
+    // SAFETY: the helper writes at most N bytes to `dst`, which points into a
+    // reserved ring-buffer record of at least that size, and validates `src`.
+    let len = unsafe { bpf_probe_read_kernel_str(dst.cast::<c_void>(), N as u32, src.cast()) };
+    if len <= 0 {
+        return Err(FAILED);
+    }
+    Ok(len as u32 - 1)
+}
+
+fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
+    Ok((
+        read::<u32>(task, config!(task.pid))?,
+        read::<u32>(task, config!(task.tgid))?,
+    ))
+}
+
+fn task_comm(task: *const u8) -> Result<[u8; COMM_LEN], u32> {
+    read::<[u8; COMM_LEN]>(task, config!(task.comm))
+}
+
+fn real_parent_tgid(task: *const u8) -> Result<u32, u32> {
+    let parent = read::<*const u8>(task, config!(task.real_parent))?;
+    read::<u32>(parent, config!(task.tgid))
+}
+
+/// The task's cgroup v2 id: task->cgroups->dfl_cgrp->kn->id.
+fn task_cgroup_v2_id(task: *const u8) -> Result<u64, u32> {
+    let css_set = read::<*const u8>(task, config!(task.cgroups))?;
+    let cgroup = read::<*const u8>(css_set, config!(task.css_set_dfl_cgrp))?;
+    let kn = read::<*const u8>(cgroup, config!(task.cgroup_kn))?;
+    read::<u64>(kn, config!(task.kernfs_node_id))
+}
+
+// sched_process_fork: fires in kernel_clone() once copy_process() has built
+// the child (its pid, tgid, cgroups and comm are set) and before it first
+// runs, in the parent's context. Raw tracepoint, TP_PROTO(struct task_struct
+// *parent, struct task_struct *child), unchanged since 2.6.32: reading the
+// tasks through BTF offsets keeps us off the record layout, which changed in
+// 6.x (comm became `__data_loc char[]`) and never carried the child's tgid.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let parent: *const u8 = ctx.arg(0);
+    let child: *const u8 = ctx.arg(1);
+    emit::<ForkEvent>(EventKind::Fork, |ev| {
+        let (parent_pid, parent_tgid) = task_ids(parent)?;
+        let (child_pid, child_tgid) = task_ids(child)?;
+        let value = ForkEvent {
+            header: header(EventKind::Fork),
+            parent_pid,
+            parent_tgid,
+            child_pid,
+            child_tgid,
+            child_ppid: real_parent_tgid(child).unwrap_or(parent_tgid),
+            child_flags: read::<u32>(child, config!(task.flags))?,
+            child_cgroup_id: task_cgroup_v2_id(child).unwrap_or(0),
+            parent_comm: task_comm(parent)?,
+            child_comm: task_comm(child)?,
+        };
+        // SAFETY: `ev` points to a reserved record of this type.
+        unsafe { ev.write(value) };
+        Ok(())
+    })
+}
+
+// sched_process_exec: fires in exec_binprm() after the new image is loaded
+// and comm is updated, in the exec'ing task. Raw tracepoint, TP_PROTO(struct
+// task_struct *p, pid_t old_pid, struct linux_binprm *bprm) since 3.4; the
+// filename is bprm->filename, as the classic record's `filename` field.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_exec(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let task: *const u8 = ctx.arg(0);
+    let old_pid: u64 = ctx.arg(1);
+    let bprm: *const u8 = ctx.arg(2);
+    emit::<ExecEvent>(EventKind::Exec, |ev| {
+        let (pid, tgid) = task_ids(task)?;
+        let filename = read::<*const u8>(bprm, config!(task.binprm_filename))?;
+        // SAFETY: `ev` points to a reserved record; the fields are written
+        // through raw pointers, never through references to uninit memory.
+        unsafe {
+            addr_of_mut!((*ev).header).write(header(EventKind::Exec));
+            addr_of_mut!((*ev).pid).write(pid);
+            addr_of_mut!((*ev).tgid).write(tgid);
+            addr_of_mut!((*ev).old_pid).write(old_pid as u32);
+            addr_of_mut!((*ev).comm).write(task_comm(task)?);
+            let len = read_str::<PATH_LEN>(filename, addr_of_mut!((*ev).filename))?;
+            addr_of_mut!((*ev).filename_len).write(len);
+        }
+        Ok(())
+    })
+}
+
+// sched_process_exit: fires in do_exit() after `tsk->exit_code = code` and
+// before exit_notify(), in the exiting task. Raw tracepoint, TP_PROTO(struct
+// task_struct *p) until 6.15; 6.16 added `bool group_dead`. Where the
+// argument is missing (CONFIG.task.exit_has_group_dead == 0, resolved from
+// BTF) we read signal->live, which do_exit() decremented just before.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_exit(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let task: *const u8 = ctx.arg(0);
+    let group_dead = if config!(task.exit_has_group_dead) != 0 {
+        let arg: u64 = ctx.arg(1);
+        arg & 0xff != 0
+    } else {
+        let signal = read::<*const u8>(task, config!(task.signal))?;
+        read::<i32>(signal, config!(task.signal_live))? == 0
+    };
+    emit::<ExitEvent>(EventKind::Exit, |ev| {
+        let (pid, tgid) = task_ids(task)?;
+        let value = ExitEvent {
+            header: header(EventKind::Exit),
+            pid,
+            tgid,
+            ppid: real_parent_tgid(task).unwrap_or(0),
+            exit_code: read::<u32>(task, config!(task.exit_code))?,
+            flags: read::<u32>(task, config!(task.flags))?,
+            group_dead: group_dead as u32,
+            comm: task_comm(task)?,
+        };
+        // SAFETY: `ev` points to a reserved record of this type.
+        unsafe { ev.write(value) };
+        Ok(())
+    })
+}
+
+// sched_process_hang: fires in khungtaskd's check_hung_task() for a task in
+// TASK_UNINTERRUPTIBLE longer than hung_task_timeout_secs, before the
+// rate-limited console warning (so it fires even when hung_task_warnings is
+// used up). Raw tracepoint, TP_PROTO(struct task_struct *tsk) since 4.0.
+#[raw_tracepoint(tracepoint = "sched_process_hang")]
+pub fn sched_process_hang(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_hang(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_hang(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let task: *const u8 = ctx.arg(0);
+    emit::<HungTaskEvent>(EventKind::HungTask, |ev| {
+        let (pid, tgid) = task_ids(task)?;
+        let value = HungTaskEvent {
+            header: header(EventKind::HungTask),
+            pid,
+            tgid,
+            comm: task_comm(task)?,
+        };
+        // SAFETY: `ev` points to a reserved record of this type.
+        unsafe { ev.write(value) };
+        Ok(())
+    })
+}
+
+// cgroup_attach_task / cgroup_transfer_tasks: fire once per task moved into
+// another cgroup of one hierarchy (a write to cgroup.procs or tasks, or a v1
+// cgroup_transfer_tasks), for v1 and v2 hierarchies alike. This is how the
+// agent learns v1 membership, which the BPF cgroup-id helpers cannot see.
+// Raw tracepoint, TP_PROTO(struct cgroup *dst_cgrp, const char *path, struct
+// task_struct *task, bool threadgroup) since the path became an argument
+// (TRACE_CGROUP_PATH, 5.0); the agent checks that prototype in BTF and skips
+// the probe on kernels where it differs.
+#[raw_tracepoint]
+pub fn cgroup_attach_task(ctx: RawTracePointContext) -> u32 {
+    match try_cgroup_attach_task(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_cgroup_attach_task(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let cgroup: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    let task: *const u8 = ctx.arg(2);
+    emit::<CgroupAttachEvent>(EventKind::CgroupAttach, |ev| {
+        let (pid, tgid) = task_ids(task)?;
+        let root = read::<*const u8>(cgroup, config!(task.cgroup_root))?;
+        let hierarchy_id = read::<i32>(root, config!(task.root_hierarchy_id))?;
+        // SAFETY: `ev` points to a reserved record; fields are written through
+        // raw pointers.
+        unsafe {
+            addr_of_mut!((*ev).header).write(header(EventKind::CgroupAttach));
+            addr_of_mut!((*ev).pid).write(pid);
+            addr_of_mut!((*ev).tgid).write(tgid);
+            addr_of_mut!((*ev).hierarchy_id).write(hierarchy_id as u32);
+            let len = read_str::<PATH_LEN>(path, addr_of_mut!((*ev).path))?;
+            addr_of_mut!((*ev).path_len).write(len);
+        }
+        Ok(())
+    })
+}
+
+// oom/mark_victim: fires when the OOM killer has chosen a victim, in the
+// context of the task whose allocation failed, before SIGKILL is sent. A
+// classic tracepoint on purpose: its record carries the rss figures the
+// kernel computed for the decision (total_vm, anon/file/shmem rss, pgtables,
+// oom_score_adj: added in 6.x; older kernels give only the pid, and the
+// raw arguments changed from `int pid` to the task and its uid). Offsets come
+// from the tracepoint's tracefs `format` file; absent fields stay absent.
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    match try_mark_victim(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
+    let record = ctx.as_ptr().cast::<u8>().cast_const();
+    emit::<OomKillEvent>(EventKind::OomKill, |ev| {
+        let mut present = 0;
+        let mut field = |offset: u32, bit: u32| -> u64 {
+            match read::<u64>(record, offset) {
+                Ok(value) => {
+                    present |= bit;
+                    value
+                }
+                Err(_) => 0,
+            }
+        };
+        let total_vm_kb = field(config!(mark_victim.total_vm), oom_field::TOTAL_VM);
+        let anon_rss_kb = field(config!(mark_victim.anon_rss), oom_field::ANON_RSS);
+        let file_rss_kb = field(config!(mark_victim.file_rss), oom_field::FILE_RSS);
+        let shmem_rss_kb = field(config!(mark_victim.shmem_rss), oom_field::SHMEM_RSS);
+        let pgtables_kb = field(config!(mark_victim.pgtables), oom_field::PGTABLES);
+        let uid = match read::<u32>(record, config!(mark_victim.uid)) {
+            Ok(uid) => {
+                present |= oom_field::UID;
+                uid
+            }
+            Err(_) => 0,
+        };
+        let oom_score_adj = match read::<i16>(record, config!(mark_victim.oom_score_adj)) {
+            Ok(adj) => {
+                present |= oom_field::OOM_SCORE_ADJ;
+                i32::from(adj)
+            }
+            Err(_) => 0,
+        };
+        let mut comm = [0u8; COMM_LEN];
+        let comm_offset = config!(mark_victim.comm);
+        if comm_offset != ABSENT {
+            // `__data_loc char[]`: a u32 whose low half is the string's offset
+            // in the record; otherwise an inline char[16].
+            let at = if config!(mark_victim.comm_is_data_loc) != 0 {
+                read::<u32>(record, comm_offset).map(|loc| loc & 0xffff)
+            } else {
+                Ok(comm_offset)
+            };
+            if let Ok(at) = at
+                && read_str::<COMM_LEN>(record.wrapping_add(at as usize), &raw mut comm).is_ok()
+            {
+                present |= oom_field::COMM;
+            }
+        }
+        let trigger = bpf_get_current_pid_tgid();
+        let value = OomKillEvent {
+            header: header(EventKind::OomKill),
+            pid: read::<u32>(record, config!(mark_victim.pid))?,
+            uid,
+            trigger_pid: trigger as u32,
+            trigger_tgid: (trigger >> 32) as u32,
+            total_vm_kb,
+            anon_rss_kb,
+            file_rss_kb,
+            shmem_rss_kb,
+            pgtables_kb,
+            oom_score_adj,
+            present,
+            comm,
+        };
+        // SAFETY: `ev` points to a reserved record of this type.
+        unsafe { ev.write(value) };
+        Ok(())
+    })
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,167 @@
+//! Command-line flags.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use clap::{Parser, ValueEnum};
+use guard_common::EventKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guard",
+    version,
+    about = "Kernel-level process tracer and fork/memory guard (eBPF).",
+    long_about = "Kernel-level process tracer and fork/memory guard (eBPF).\n\n\
+        guard loads eBPF programs on kernel tracepoints (process fork, exec and exit, cgroup moves, \
+        OOM kills, hung tasks) and streams one line per event to stdout until it gets SIGINT or \
+        SIGTERM; then it detaches and prints a summary (events seen per kind, events lost). \
+        Diagnostics go to stderr. It needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) and a \
+        kernel with BTF (/sys/kernel/btf/vmlinux).",
+    after_help = "Examples:\n  \
+        sudo guard                                   # everything, readable columns\n  \
+        sudo guard --json --events fork,exit         # NDJSON, two kinds\n  \
+        sudo guard --cgroup /sys/fs/cgroup/pids/ci   # only processes in that cgroup and below"
+)]
+pub struct Args {
+    /// Write NDJSON (one JSON object per line) instead of aligned columns.
+    /// Every object has `kind`, `time` (RFC 3339 UTC with nanoseconds) and
+    /// `boot_ns` (nanoseconds since boot, CLOCK_BOOTTIME); see the README for
+    /// the fields of each kind.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
+    /// hung_task, cgroup_attach, or `all`. Probes for kinds not shown are not
+    /// attached, except fork, exec, exit and cgroup_attach, which keep the
+    /// process table current.
+    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
+    pub events: KindSet,
+
+    /// Also show thread-level events: threads created (fork with
+    /// `thread: true`) and threads ending while their process lives on.
+    #[arg(long)]
+    pub threads: bool,
+
+    /// Show only processes in this cgroup or below it (repeatable: any of
+    /// them). PATH is a cgroup directory in any hierarchy: a v2 path such as
+    /// /sys/fs/cgroup/system.slice/foo.service, or a v1 controller path such
+    /// as /sys/fs/cgroup/pids/foo. The first PATH's hierarchy is also the one
+    /// whose paths events show in their `cgroup` field (otherwise: v2 on a
+    /// pure v2 host, else v1 pids, else v1 memory).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<PathBuf>,
+
+    /// When to colour the text output.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+
+    /// Size of the kernel ring buffer in MiB (a power of two). A larger one
+    /// rides out longer bursts before events are lost (losses are always
+    /// counted and reported).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+
+    /// Events the reader may queue ahead of the pipeline before it counts
+    /// further ones as lost.
+    #[arg(long, value_name = "EVENTS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+
+    /// Kernel BTF to resolve struct offsets from.
+    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
+
+    /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// A set of event kinds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindSet(pub BTreeSet<EventKind>);
+
+impl KindSet {
+    pub fn contains(&self, kind: EventKind) -> bool {
+        self.0.contains(&kind)
+    }
+}
+
+pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
+    let mut set = BTreeSet::new();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if word == "all" {
+            set.extend(EventKind::ALL);
+            continue;
+        }
+        let kind = EventKind::ALL
+            .into_iter()
+            .find(|k| k.name() == word)
+            .ok_or_else(|| {
+                let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "unknown event kind {word:?}; choose from {}, or all",
+                    names.join(", ")
+                )
+            })?;
+        set.insert(kind);
+    }
+    if set.is_empty() {
+        return Err("no event kind given".into());
+    }
+    Ok(KindSet(set))
+}
+
+fn parse_ring_mib(text: &str) -> Result<u32, String> {
+    let mib: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of MiB"))?;
+    if !mib.is_power_of_two() || mib > 1024 {
+        return Err(format!(
+            "{mib} MiB: the ring buffer size must be a power of two, at most 1024"
+        ));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn kinds_parse_and_errors_name_the_choices() {
+        let set = parse_kinds("fork, exit").expect("parse");
+        assert_eq!(
+            set.0.into_iter().collect::<Vec<_>>(),
+            vec![EventKind::Fork, EventKind::Exit]
+        );
+        assert_eq!(
+            parse_kinds("all").expect("all").0.len(),
+            EventKind::ALL.len()
+        );
+        let err = parse_kinds("fork,forks").expect_err("bad kind");
+        assert!(
+            err.contains("\"forks\"") && err.contains("oom_kill"),
+            "{err}"
+        );
+        assert!(parse_kinds(",").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_mib("32"), Ok(32));
+        assert!(parse_ring_mib("24").is_err());
+        assert!(parse_ring_mib("x").is_err());
+    }
+}

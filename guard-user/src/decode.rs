@@ -1,0 +1,520 @@
+//! Ring-buffer records → typed events. Pure: no I/O, no process table.
+
+use std::fmt;
+
+use guard_common::{
+    COMM_LEN, CgroupAttachEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent,
+    OomKillEvent, oom_field,
+};
+
+/// PF_KTHREAD from include/linux/sched.h.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// A task's comm: at most 15 bytes, kept inline (no allocation per event).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(raw: [u8; COMM_LEN]) -> Self {
+        let mut c = Comm(raw);
+        // Clear whatever follows the NUL so equal names compare equal.
+        if let Some(nul) = raw.iter().position(|&b| b == 0) {
+            c.0[nul..].fill(0);
+        }
+        c
+    }
+
+    pub fn from_str_lossy(s: &str) -> Self {
+        let mut raw = [0u8; COMM_LEN];
+        let n = s.len().min(COMM_LEN - 1);
+        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(raw)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..len]
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// How a task ended, from `task_struct.exit_code` (wait(2) status layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled { signal: i32, core_dumped: bool },
+}
+
+impl ExitStatus {
+    pub fn from_raw(raw: u32) -> Self {
+        let signal = (raw & 0x7f) as i32;
+        if signal == 0 {
+            ExitStatus::Exited(((raw >> 8) & 0xff) as i32)
+        } else {
+            ExitStatus::Signaled {
+                signal,
+                core_dumped: raw & 0x80 != 0,
+            }
+        }
+    }
+
+    /// A non-zero exit code or a fatal signal.
+    pub fn is_failure(self) -> bool {
+        self != ExitStatus::Exited(0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub boot_ns: u64,
+    pub parent_pid: u32,
+    pub parent_tgid: u32,
+    pub child_pid: u32,
+    pub child_tgid: u32,
+    /// The child's real parent process (differs from `parent_tgid` with
+    /// CLONE_PARENT).
+    pub child_ppid: u32,
+    pub kernel_thread: bool,
+    pub child_cgroup_id: u64,
+    pub parent_comm: Comm,
+    pub child_comm: Comm,
+}
+
+impl Fork {
+    /// A new thread of the same process, not a new process.
+    pub fn is_thread(&self) -> bool {
+        self.child_tgid == self.parent_tgid
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub old_pid: u32,
+    pub comm: Comm,
+    pub filename: String,
+    pub filename_truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub status: ExitStatus,
+    pub group_dead: bool,
+    pub kernel_thread: bool,
+    pub comm: Comm,
+}
+
+impl Exit {
+    /// A thread other than the last one ending: the process lives on.
+    pub fn is_thread_exit(&self) -> bool {
+        !self.group_dead
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomKill {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub comm: Option<Comm>,
+    pub uid: Option<u32>,
+    pub trigger_pid: u32,
+    pub trigger_tgid: u32,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HungTask {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: Comm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupAttach {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub hierarchy_id: u32,
+    /// Path inside the hierarchy, e.g. `/a/b`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Fork(Fork),
+    Exec(Exec),
+    Exit(Exit),
+    OomKill(OomKill),
+    HungTask(HungTask),
+    CgroupAttach(CgroupAttach),
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Fork(_) => EventKind::Fork,
+            Event::Exec(_) => EventKind::Exec,
+            Event::Exit(_) => EventKind::Exit,
+            Event::OomKill(_) => EventKind::OomKill,
+            Event::HungTask(_) => EventKind::HungTask,
+            Event::CgroupAttach(_) => EventKind::CgroupAttach,
+        }
+    }
+
+    pub fn boot_ns(&self) -> u64 {
+        match self {
+            Event::Fork(e) => e.boot_ns,
+            Event::Exec(e) => e.boot_ns,
+            Event::Exit(e) => e.boot_ns,
+            Event::OomKill(e) => e.boot_ns,
+            Event::HungTask(e) => e.boot_ns,
+            Event::CgroupAttach(e) => e.boot_ns,
+        }
+    }
+
+    /// A thread-level event (a thread created, or a non-last thread ending)
+    /// rather than a process-level one.
+    pub fn is_thread_level(&self) -> bool {
+        match self {
+            Event::Fork(f) => f.is_thread(),
+            Event::Exit(e) => e.is_thread_exit(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the header, or than its kind's struct.
+    Short {
+        len: usize,
+        need: usize,
+    },
+    UnknownKind(u32),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Short { len, need } => write!(f, "record of {len} bytes, need {need}"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+        }
+    }
+}
+
+/// Marker for the `#[repr(C)]` wire structs, all of whose bit patterns are
+/// valid values (integers and byte arrays only).
+trait Wire: Copy {}
+impl Wire for Header {}
+impl Wire for ForkEvent {}
+impl Wire for ExecEvent {}
+impl Wire for ExitEvent {}
+impl Wire for OomKillEvent {}
+impl Wire for HungTaskEvent {}
+impl Wire for CgroupAttachEvent {}
+
+fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length was checked above, `read_unaligned` has no alignment
+    // requirement, and every bit pattern is a valid `T` (see `Wire`).
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn string(bytes: &[u8], len: u32) -> (String, bool) {
+    let len = (len as usize).min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[..len]).into_owned();
+    (text, len >= bytes.len() - 1)
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: Header = read(bytes)?;
+    let kind = EventKind::try_from(header.kind).map_err(|e| DecodeError::UnknownKind(e.0))?;
+    let boot_ns = header.boot_ns;
+    Ok(match kind {
+        EventKind::Fork => {
+            let r: ForkEvent = read(bytes)?;
+            Event::Fork(Fork {
+                boot_ns,
+                parent_pid: r.parent_pid,
+                parent_tgid: r.parent_tgid,
+                child_pid: r.child_pid,
+                child_tgid: r.child_tgid,
+                child_ppid: r.child_ppid,
+                kernel_thread: r.child_flags & PF_KTHREAD != 0,
+                child_cgroup_id: r.child_cgroup_id,
+                parent_comm: Comm::new(r.parent_comm),
+                child_comm: Comm::new(r.child_comm),
+            })
+        }
+        EventKind::Exec => {
+            let r: ExecEvent = read(bytes)?;
+            let (filename, filename_truncated) = string(&r.filename, r.filename_len);
+            Event::Exec(Exec {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                old_pid: r.old_pid,
+                comm: Comm::new(r.comm),
+                filename,
+                filename_truncated,
+            })
+        }
+        EventKind::Exit => {
+            let r: ExitEvent = read(bytes)?;
+            Event::Exit(Exit {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                ppid: r.ppid,
+                status: ExitStatus::from_raw(r.exit_code),
+                group_dead: r.group_dead != 0,
+                kernel_thread: r.flags & PF_KTHREAD != 0,
+                comm: Comm::new(r.comm),
+            })
+        }
+        EventKind::OomKill => {
+            let r: OomKillEvent = read(bytes)?;
+            let has = |bit: u32| r.present & bit != 0;
+            Event::OomKill(OomKill {
+                boot_ns,
+                pid: r.pid,
+                comm: has(oom_field::COMM).then(|| Comm::new(r.comm)),
+                uid: has(oom_field::UID).then_some(r.uid),
+                trigger_pid: r.trigger_pid,
+                trigger_tgid: r.trigger_tgid,
+                total_vm_kb: has(oom_field::TOTAL_VM).then_some(r.total_vm_kb),
+                anon_rss_kb: has(oom_field::ANON_RSS).then_some(r.anon_rss_kb),
+                file_rss_kb: has(oom_field::FILE_RSS).then_some(r.file_rss_kb),
+                shmem_rss_kb: has(oom_field::SHMEM_RSS).then_some(r.shmem_rss_kb),
+                pgtables_kb: has(oom_field::PGTABLES).then_some(r.pgtables_kb),
+                oom_score_adj: has(oom_field::OOM_SCORE_ADJ).then_some(r.oom_score_adj),
+            })
+        }
+        EventKind::HungTask => {
+            let r: HungTaskEvent = read(bytes)?;
+            Event::HungTask(HungTask {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                comm: Comm::new(r.comm),
+            })
+        }
+        EventKind::CgroupAttach => {
+            let r: CgroupAttachEvent = read(bytes)?;
+            let (path, _) = string(&r.path, r.path_len);
+            Event::CgroupAttach(CgroupAttach {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                hierarchy_id: r.hierarchy_id,
+                path,
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use guard_common::PATH_LEN;
+
+    use super::*;
+
+    pub(crate) fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: T is one of the padding-free wire structs; reading its bytes
+        // is reading initialized integers.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    pub(crate) fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn header(kind: EventKind) -> Header {
+        Header {
+            kind: kind as u32,
+            cpu: 1,
+            boot_ns: 5_000,
+        }
+    }
+
+    #[test]
+    fn decodes_a_fork_and_tells_threads_apart() {
+        let raw = ForkEvent {
+            header: header(EventKind::Fork),
+            parent_pid: 10,
+            parent_tgid: 10,
+            child_pid: 11,
+            child_tgid: 11,
+            child_ppid: 10,
+            child_flags: 0,
+            child_cgroup_id: 77,
+            parent_comm: comm("bash"),
+            child_comm: comm("bash"),
+        };
+        let Ok(Event::Fork(f)) = decode(&bytes_of(&raw)) else {
+            panic!("not a fork")
+        };
+        assert_eq!(
+            (f.parent_tgid, f.child_pid, f.child_tgid, f.child_cgroup_id),
+            (10, 11, 11, 77)
+        );
+        assert!(!f.is_thread());
+        assert_eq!(f.child_comm.to_string(), "bash");
+        let thread = ForkEvent {
+            child_pid: 12,
+            child_tgid: 10,
+            child_flags: PF_KTHREAD,
+            ..raw
+        };
+        let Ok(Event::Fork(t)) = decode(&bytes_of(&thread)) else {
+            panic!("not a fork")
+        };
+        assert!(t.is_thread());
+        assert!(t.kernel_thread);
+    }
+
+    #[test]
+    fn decodes_exit_status_layouts() {
+        assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Exited(3));
+        assert_eq!(ExitStatus::from_raw(0), ExitStatus::Exited(0));
+        assert_eq!(
+            ExitStatus::from_raw(9),
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_raw(0x80 | 11),
+            ExitStatus::Signaled {
+                signal: 11,
+                core_dumped: true
+            }
+        );
+        assert!(!ExitStatus::Exited(0).is_failure());
+        assert!(ExitStatus::Exited(1).is_failure());
+        let raw = ExitEvent {
+            header: header(EventKind::Exit),
+            pid: 20,
+            tgid: 20,
+            ppid: 1,
+            exit_code: 3 << 8,
+            flags: 0,
+            group_dead: 1,
+            comm: comm("false"),
+        };
+        let Ok(Event::Exit(e)) = decode(&bytes_of(&raw)) else {
+            panic!("not an exit")
+        };
+        assert_eq!(e.status, ExitStatus::Exited(3));
+        assert!(e.group_dead && !e.is_thread_exit());
+    }
+
+    #[test]
+    fn decodes_exec_filename_and_truncation() {
+        let mut filename = [0u8; PATH_LEN];
+        filename[..9].copy_from_slice(b"/bin/true");
+        let raw = ExecEvent {
+            header: header(EventKind::Exec),
+            pid: 5,
+            tgid: 5,
+            old_pid: 5,
+            filename_len: 9,
+            comm: comm("true"),
+            filename,
+        };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&raw)) else {
+            panic!("not an exec")
+        };
+        assert_eq!(
+            (e.filename.as_str(), e.filename_truncated),
+            ("/bin/true", false)
+        );
+        let long = ExecEvent {
+            filename: [b'a'; PATH_LEN],
+            filename_len: (PATH_LEN - 1) as u32,
+            ..raw
+        };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&long)) else {
+            panic!("not an exec")
+        };
+        assert!(e.filename_truncated);
+        assert_eq!(e.filename.len(), PATH_LEN - 1);
+    }
+
+    #[test]
+    fn oom_fields_follow_the_present_mask() {
+        let raw = OomKillEvent {
+            header: header(EventKind::OomKill),
+            pid: 42,
+            uid: 0,
+            trigger_pid: 43,
+            trigger_tgid: 42,
+            total_vm_kb: 1000,
+            anon_rss_kb: 900,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 8,
+            oom_score_adj: -100,
+            present: oom_field::ANON_RSS | oom_field::OOM_SCORE_ADJ,
+            comm: comm("hog"),
+        };
+        let Ok(Event::OomKill(o)) = decode(&bytes_of(&raw)) else {
+            panic!("not an oom")
+        };
+        assert_eq!(o.anon_rss_kb, Some(900));
+        assert_eq!(o.oom_score_adj, Some(-100));
+        assert_eq!((o.total_vm_kb, o.comm, o.uid), (None, None, None));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(
+            decode(&[0; 8]),
+            Err(DecodeError::Short { len: 8, need: 16 })
+        );
+        let mut bytes = bytes_of(&header(EventKind::Fork));
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::Short {
+                len: 16,
+                need: size_of::<ForkEvent>()
+            })
+        );
+        bytes[0] = 99;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
+    }
+}

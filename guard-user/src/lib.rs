@@ -1,0 +1,15 @@
+//! guard's agent, one module per stage of the flow:
+//! kernel probes (`loader`, `probes`) → ring buffer (`source`) → `decode` →
+//! process table (`proctable`, `cgroup`) → `output`. `agent` wires them.
+
+pub mod agent;
+pub mod btf;
+pub mod cgroup;
+pub mod cli;
+pub mod decode;
+pub mod loader;
+pub mod output;
+pub mod probes;
+pub mod proctable;
+pub mod source;
+pub mod tracefs;

@@ -1,0 +1,182 @@
+//! Loads the embedded eBPF object with this kernel's offsets, hands out its
+//! maps, and attaches the probes the probe table allows on this kernel.
+//!
+//! Nothing is pinned: every program, link and map lives only as long as the
+//! agent's file descriptors, so a SIGKILLed agent leaves nothing attached.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+use guard_common::{EventKind, ProbeConfig};
+
+use crate::{
+    btf::Btf,
+    probes::{Hook, PROBES, Probe},
+};
+
+/// The object built by build.rs from guard-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
+
+pub struct LoadOptions {
+    pub btf: PathBuf,
+    pub ring_buffer_bytes: u32,
+    /// Event kinds the user asked for; probes feeding the process table are
+    /// attached regardless.
+    pub kinds: BTreeSet<EventKind>,
+}
+
+/// A loaded object, its probes not yet attached. Dropping it detaches them.
+pub struct Loaded {
+    ebpf: Ebpf,
+    probes: Vec<(&'static Probe, Option<String>)>,
+}
+
+/// The object's maps, taken out so that the reader can start before any
+/// probe is attached and the drop counters outlive the programs.
+pub struct Maps {
+    pub ring: RingBuf<MapData>,
+    pub drops: PerCpuArray<MapData, u64>,
+}
+
+/// What attaching did, for the `start` record and the logs.
+#[derive(Debug, Default)]
+pub struct AttachReport {
+    pub attached: Vec<String>,
+    /// (probe, why it was skipped).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Checks the capabilities loading needs, naming what is missing.
+pub fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    bail!(
+        "guard needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probes; this process \
+         (uid {euid}) lacks {}: run it as root, e.g. `sudo guard`",
+        missing.join(" and ")
+    )
+}
+
+/// Lifts RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps against it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Loads the object with this kernel's offsets and takes its maps.
+pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
+    check_privileges()?;
+    let btf = Btf::from_file(&opts.btf)?;
+    let needs_tracefs = PROBES
+        .iter()
+        .any(|p| matches!(p.hook, Hook::Classic { .. }) && opts.kinds.contains(&p.kind));
+    let tracefs = if needs_tracefs {
+        Some(crate::tracefs::ensure_mounted()?)
+    } else {
+        None
+    };
+
+    let probes: Vec<(&'static Probe, Option<String>)> = PROBES
+        .iter()
+        .filter(|p| p.feeds_process_table || opts.kinds.contains(&p.kind))
+        .map(|p| {
+            (
+                p,
+                crate::probes::unsupported_reason(&btf, p, tracefs.as_deref()),
+            )
+        })
+        .collect();
+    let config: ProbeConfig = crate::probes::probe_config(&btf, tracefs.as_deref())?;
+    tracing::debug!(?config, "kernel offsets");
+
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .load(OBJECT)
+        .context("loading guard's eBPF object")?;
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("DROPS map missing")?)?;
+    Ok((Loaded { ebpf, probes }, Maps { ring, drops }))
+}
+
+impl Loaded {
+    /// Loads and attaches every supported probe; one warning per skipped
+    /// probe, an error only when a supported probe fails.
+    pub fn attach(&mut self) -> Result<AttachReport> {
+        let mut report = AttachReport::default();
+        let mut loaded = BTreeSet::new();
+        for (probe, unsupported) in &self.probes {
+            let name = probe.describe();
+            if let Some(reason) = unsupported {
+                tracing::warn!("skipping {name} ({} events): {reason}", probe.kind.name());
+                report.skipped.push((name, reason.clone()));
+                continue;
+            }
+            let program = self
+                .ebpf
+                .program_mut(probe.program)
+                .with_context(|| format!("program {} missing from the object", probe.program))?;
+            let first_use = loaded.insert(probe.program);
+            match probe.hook {
+                Hook::Raw { tracepoint, .. } => {
+                    let program: &mut RawTracePoint = program.try_into()?;
+                    if first_use {
+                        program
+                            .load()
+                            .with_context(|| format!("loading {}", probe.program))?;
+                    }
+                    program
+                        .attach(tracepoint)
+                        .with_context(|| format!("attaching {name}"))?;
+                }
+                Hook::Classic { category, name: tp } => {
+                    let program: &mut TracePoint = program.try_into()?;
+                    if first_use {
+                        program
+                            .load()
+                            .with_context(|| format!("loading {}", probe.program))?;
+                    }
+                    program
+                        .attach(category, tp)
+                        .with_context(|| format!("attaching {name}"))?;
+                }
+            }
+            report.attached.push(name);
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,658 @@
+//! The stdout stream: one line per record, aligned text (colour only on a
+//! TTY) or NDJSON. The JSON schema is documented in the README; every object
+//! has `kind`, `time` (RFC 3339, UTC, nanoseconds) and `boot_ns`
+//! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
+
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime},
+};
+
+use guard_common::EventKind;
+
+use crate::decode::{Comm, Event, ExitStatus};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text { color: bool },
+    Json,
+}
+
+/// Turns CLOCK_BOOTTIME nanoseconds into wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// CLOCK_REALTIME − CLOCK_BOOTTIME, in ns, measured once at start.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec we own.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        };
+        let boot = read(libc::CLOCK_BOOTTIME);
+        let real = read(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - boot,
+        }
+    }
+
+    pub fn fixed(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn to_system_time(self, boot_ns: u64) -> SystemTime {
+        let ns = (self.offset_ns + i128::from(boot_ns)).max(0) as u128;
+        SystemTime::UNIX_EPOCH
+            + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+
+    pub fn boot_ns_now() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// What the process table adds to an event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'a> {
+    pub comm: Option<Comm>,
+    pub ppid: Option<u32>,
+    pub parent_comm: Option<Comm>,
+    pub cgroup: Option<&'a str>,
+    /// How long the process had lived (exit events).
+    pub age_ns: Option<u64>,
+}
+
+/// A JSON object written straight into a line buffer.
+pub struct JsonObject<'b> {
+    buf: &'b mut Vec<u8>,
+    first: bool,
+}
+
+impl<'b> JsonObject<'b> {
+    pub fn new(buf: &'b mut Vec<u8>) -> Self {
+        buf.push(b'{');
+        Self { buf, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.buf, value);
+        self
+    }
+
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    pub fn comm(&mut self, key: &str, value: Option<Comm>) -> &mut Self {
+        match value {
+            Some(c) => self.str(key, &String::from_utf8_lossy(c.as_bytes())),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    pub fn num(&mut self, key: &str, value: impl itoa_like::Num) -> &mut Self {
+        self.key(key);
+        value.write(self.buf);
+        self
+    }
+
+    pub fn opt_num<N: itoa_like::Num>(&mut self, key: &str, value: Option<N>) -> &mut Self {
+        match value {
+            Some(v) => self.num(key, v),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.raw(key, if value { "true" } else { "false" })
+    }
+
+    /// `value` must already be valid JSON.
+    pub fn raw(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.buf.extend_from_slice(value.as_bytes());
+        self
+    }
+
+    pub fn finish(self) {
+        self.buf.extend_from_slice(b"}\n");
+    }
+}
+
+mod itoa_like {
+    use std::io::Write as _;
+
+    pub trait Num: Copy {
+        fn write(self, buf: &mut Vec<u8>);
+    }
+    macro_rules! num {
+        ($($t:ty),*) => {$(
+            impl Num for $t {
+                fn write(self, buf: &mut Vec<u8>) {
+                    let _ = write!(buf, "{self}");
+                }
+            }
+        )*};
+    }
+    num!(u32, u64, i32, i64, usize);
+}
+
+pub fn signal_name(signal: i32) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("SIGRT")
+}
+
+/// Writes records to `W` in one format.
+pub struct Output<W: Write> {
+    out: W,
+    format: Format,
+    clock: WallClock,
+    line: Vec<u8>,
+    header_done: bool,
+}
+
+impl<W: Write> Output<W> {
+    pub fn new(out: W, format: Format, clock: WallClock) -> Self {
+        Self {
+            out,
+            format,
+            clock,
+            line: Vec::with_capacity(512),
+            header_done: false,
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn time_rfc3339(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.clock.to_system_time(boot_ns)).to_string()
+    }
+
+    /// One event with what the process table knows about its subject.
+    pub fn event(&mut self, event: &Event, ctx: &Context<'_>) -> io::Result<()> {
+        self.line.clear();
+        match self.format {
+            Format::Json => self.json_event(event, ctx),
+            Format::Text { color } => {
+                if !self.header_done {
+                    self.header_done = true;
+                    let _ = writeln!(
+                        self.line,
+                        "{:<15}  {:<13} {:>7} {:>7}  {:<16} {:<40} DETAILS",
+                        "TIME(UTC)", "EVENT", "PID", "PPID", "COMM", "CGROUP"
+                    );
+                }
+                self.text_event(event, ctx, color);
+            }
+        }
+        self.out.write_all(&self.line)
+    }
+
+    /// A record that is not a kernel event (`start`, `lost`, `summary`):
+    /// JSON as given, or `kind: k=v ...` in text.
+    pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+        self.line.clear();
+        let now = WallClock::boot_ns_now();
+        match self.format {
+            Format::Json => {
+                let time = self.time_rfc3339(now);
+                let mut o = JsonObject::new(&mut self.line);
+                o.str("kind", kind).str("time", &time).num("boot_ns", now);
+                for (k, v) in fields {
+                    o.raw(k, &v.to_string());
+                }
+                o.finish();
+            }
+            Format::Text { .. } => {
+                let _ = write!(self.line, "# {kind}:");
+                for (k, v) in fields {
+                    let _ = match v {
+                        serde_json::Value::String(s) => write!(self.line, " {k}={s}"),
+                        other => write!(self.line, " {k}={other}"),
+                    };
+                }
+                self.line.push(b'\n');
+            }
+        }
+        self.out.write_all(&self.line)
+    }
+
+    fn json_event(&mut self, event: &Event, ctx: &Context<'_>) {
+        let time = self.time_rfc3339(event.boot_ns());
+        let mut o = JsonObject::new(&mut self.line);
+        o.str("kind", event.kind().name())
+            .str("time", &time)
+            .num("boot_ns", event.boot_ns());
+        let (pid, tgid) = subject_ids(event);
+        o.num("pid", pid).num("tgid", tgid);
+        o.comm("comm", subject_comm(event, ctx));
+        o.opt_num("ppid", ctx.ppid)
+            .comm("parent_comm", ctx.parent_comm)
+            .opt_str("cgroup", ctx.cgroup);
+        match event {
+            Event::Fork(f) => {
+                o.num("parent_pid", f.parent_pid)
+                    .num("parent_tgid", f.parent_tgid);
+                o.bool("thread", f.is_thread())
+                    .bool("kernel_thread", f.kernel_thread);
+            }
+            Event::Exec(e) => {
+                o.str("filename", &e.filename)
+                    .bool("filename_truncated", e.filename_truncated)
+                    .num("old_pid", e.old_pid);
+            }
+            Event::Exit(e) => {
+                match e.status {
+                    ExitStatus::Exited(code) => {
+                        o.num("exit_code", code)
+                            .raw("signal", "null")
+                            .bool("core_dumped", false);
+                    }
+                    ExitStatus::Signaled {
+                        signal,
+                        core_dumped,
+                    } => {
+                        o.raw("exit_code", "null")
+                            .str("signal", signal_name(signal))
+                            .bool("core_dumped", core_dumped);
+                    }
+                }
+                o.bool("group_dead", e.group_dead)
+                    .bool("kernel_thread", e.kernel_thread)
+                    .opt_num("age_ns", ctx.age_ns);
+            }
+            Event::OomKill(k) => {
+                o.opt_num("total_vm_kb", k.total_vm_kb)
+                    .opt_num("anon_rss_kb", k.anon_rss_kb)
+                    .opt_num("file_rss_kb", k.file_rss_kb)
+                    .opt_num("shmem_rss_kb", k.shmem_rss_kb)
+                    .opt_num("pgtables_kb", k.pgtables_kb)
+                    .opt_num("oom_score_adj", k.oom_score_adj)
+                    .opt_num("uid", k.uid)
+                    .num("trigger_pid", k.trigger_pid)
+                    .num("trigger_tgid", k.trigger_tgid);
+            }
+            Event::HungTask(_) => {}
+            Event::CgroupAttach(a) => {
+                o.num("hierarchy_id", a.hierarchy_id).str("path", &a.path);
+            }
+        }
+        o.finish();
+    }
+
+    fn text_event(&mut self, event: &Event, ctx: &Context<'_>, color: bool) {
+        let time = self.time_rfc3339(event.boot_ns());
+        // "2026-11-22T07:01:02.123456789Z" → "07:01:02.123456"
+        let clock = time.get(11..26).unwrap_or(&time);
+        let (pid, tgid) = subject_ids(event);
+        let kind = event.kind();
+        let label = match event {
+            Event::Fork(f) if f.is_thread() => "fork(thread)",
+            Event::Exit(e) if e.is_thread_exit() => "exit(thread)",
+            _ => kind.name(),
+        };
+        let failed = matches!(event, Event::Exit(e) if e.status.is_failure());
+        let paint = match kind {
+            _ if !color => "",
+            EventKind::OomKill => "\x1b[1;31m",
+            EventKind::HungTask => "\x1b[1;33m",
+            EventKind::Exit if failed => "\x1b[31m",
+            EventKind::Fork => "\x1b[32m",
+            EventKind::Exec => "\x1b[36m",
+            _ => "",
+        };
+        let reset = if paint.is_empty() { "" } else { "\x1b[0m" };
+        let comm = subject_comm(event, ctx)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "?".into());
+        let ppid = ctx.ppid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+        let shown_pid = if event.is_thread_level() { pid } else { tgid };
+        let _ = write!(
+            self.line,
+            "{clock:<15}  {paint}{label:<13}{reset} {shown_pid:>7} {ppid:>7}  {comm:<16} {:<40} ",
+            ctx.cgroup.unwrap_or("?")
+        );
+        let _ = match event {
+            Event::Fork(f) => write!(
+                self.line,
+                "parent={}({}){}",
+                f.parent_tgid,
+                f.parent_comm,
+                if f.is_thread() {
+                    format!(" tid={}", f.child_pid)
+                } else {
+                    String::new()
+                }
+            ),
+            Event::Exec(e) => write!(
+                self.line,
+                "{}{}",
+                e.filename,
+                if e.filename_truncated { "…" } else { "" }
+            ),
+            Event::Exit(e) => {
+                let how = match e.status {
+                    ExitStatus::Exited(code) => format!("code={code}"),
+                    ExitStatus::Signaled {
+                        signal,
+                        core_dumped,
+                    } => {
+                        format!(
+                            "signal={}{}",
+                            signal_name(signal),
+                            if core_dumped { " (core dumped)" } else { "" }
+                        )
+                    }
+                };
+                let age = ctx
+                    .age_ns
+                    .map(|ns| format!(" age={}", human_duration(ns)))
+                    .unwrap_or_default();
+                write!(self.line, "{how}{age}")
+            }
+            Event::OomKill(k) => {
+                let kb = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v}kB"));
+                write!(
+                    self.line,
+                    "anon_rss={} file_rss={} shmem_rss={} total_vm={} oom_score_adj={} by={}",
+                    kb(k.anon_rss_kb),
+                    kb(k.file_rss_kb),
+                    kb(k.shmem_rss_kb),
+                    kb(k.total_vm_kb),
+                    k.oom_score_adj
+                        .map_or_else(|| "?".to_owned(), |v| v.to_string()),
+                    k.trigger_tgid
+                )
+            }
+            Event::HungTask(h) => write!(
+                self.line,
+                "blocked past hung_task_timeout_secs (tid {})",
+                h.pid
+            ),
+            Event::CgroupAttach(a) => write!(
+                self.line,
+                "moved (hierarchy {} path {})",
+                a.hierarchy_id, a.path
+            ),
+        };
+        self.line.push(b'\n');
+    }
+}
+
+/// (pid, tgid) of the task an event is about.
+pub fn subject_ids(event: &Event) -> (u32, u32) {
+    match event {
+        Event::Fork(f) => (f.child_pid, f.child_tgid),
+        Event::Exec(e) => (e.pid, e.tgid),
+        Event::Exit(e) => (e.pid, e.tgid),
+        Event::OomKill(k) => (k.pid, k.pid),
+        Event::HungTask(h) => (h.pid, h.tgid),
+        Event::CgroupAttach(a) => (a.pid, a.tgid),
+    }
+}
+
+fn subject_comm(event: &Event, ctx: &Context<'_>) -> Option<Comm> {
+    match event {
+        Event::Fork(f) => Some(f.child_comm),
+        Event::Exec(e) => Some(e.comm),
+        Event::Exit(e) => Some(e.comm),
+        Event::OomKill(k) => k.comm.or(ctx.comm),
+        Event::HungTask(h) => Some(h.comm),
+        Event::CgroupAttach(_) => ctx.comm,
+    }
+}
+
+pub fn human_duration(ns: u64) -> String {
+    match ns {
+        n if n < 1_000_000 => format!("{:.1}µs", n as f64 / 1e3),
+        n if n < 1_000_000_000 => format!("{:.1}ms", n as f64 / 1e6),
+        n => format!("{:.1}s", n as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Exit, Fork, OomKill};
+
+    fn clock() -> WallClock {
+        // Boot at 2026-11-22T00:00:00Z.
+        WallClock::fixed(1_795_305_600 * 1_000_000_000)
+    }
+
+    fn exit(status: ExitStatus) -> Event {
+        Event::Exit(Exit {
+            boot_ns: 3_000_000_123,
+            pid: 42,
+            tgid: 42,
+            ppid: 7,
+            status,
+            group_dead: true,
+            kernel_thread: false,
+            comm: Comm::from_str_lossy("crashy"),
+        })
+    }
+
+    fn ctx() -> Context<'static> {
+        Context {
+            comm: None,
+            ppid: Some(7),
+            parent_comm: Some(Comm::from_str_lossy("supervisor")),
+            cgroup: Some("/sys/fs/cgroup/pids/svc"),
+            age_ns: Some(50_000_000),
+        }
+    }
+
+    fn json_line(event: &Event, ctx: &Context<'_>) -> serde_json::Value {
+        let mut out = Output::new(Vec::new(), Format::Json, clock());
+        out.event(event, ctx).expect("write");
+        let text = String::from_utf8(out.into_inner()).expect("utf8");
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "one line: {text:?}"
+        );
+        serde_json::from_str(&text).expect("valid JSON")
+    }
+
+    #[test]
+    fn json_exit_with_code() {
+        let v = json_line(&exit(ExitStatus::Exited(3)), &ctx());
+        assert_eq!(v["kind"], "exit");
+        assert_eq!(v["time"], "2026-11-22T00:00:03.000000123Z");
+        assert_eq!(v["boot_ns"], 3_000_000_123u64);
+        assert_eq!((v["pid"].as_u64(), v["ppid"].as_u64()), (Some(42), Some(7)));
+        assert_eq!(
+            (v["comm"].as_str(), v["parent_comm"].as_str()),
+            (Some("crashy"), Some("supervisor"))
+        );
+        assert_eq!(v["cgroup"], "/sys/fs/cgroup/pids/svc");
+        assert_eq!(
+            (v["exit_code"].as_i64(), v["signal"].is_null()),
+            (Some(3), true)
+        );
+        assert_eq!(v["age_ns"], 50_000_000u64);
+    }
+
+    #[test]
+    fn json_exit_by_signal_and_unknown_context() {
+        let v = json_line(
+            &exit(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            }),
+            &Context::default(),
+        );
+        assert!(v["exit_code"].is_null());
+        assert_eq!(v["signal"], "SIGKILL");
+        assert!(v["ppid"].is_null() && v["cgroup"].is_null() && v["parent_comm"].is_null());
+    }
+
+    #[test]
+    fn json_escapes_strings() {
+        let fork = Event::Fork(Fork {
+            boot_ns: 1,
+            parent_pid: 1,
+            parent_tgid: 1,
+            child_pid: 2,
+            child_tgid: 2,
+            child_ppid: 1,
+            kernel_thread: false,
+            child_cgroup_id: 0,
+            parent_comm: Comm::from_str_lossy("a\"b\\c"),
+            child_comm: Comm::from_str_lossy("tab\there"),
+        });
+        let v = json_line(
+            &fork,
+            &Context {
+                cgroup: Some("/x/\"q\""),
+                ..ctx()
+            },
+        );
+        assert_eq!(v["comm"], "tab\there");
+        assert_eq!(v["cgroup"], "/x/\"q\"");
+        assert_eq!(v["thread"], false);
+    }
+
+    #[test]
+    fn json_oom_marks_absent_fields_null() {
+        let oom = Event::OomKill(OomKill {
+            boot_ns: 5,
+            pid: 9,
+            comm: None,
+            uid: None,
+            trigger_pid: 9,
+            trigger_tgid: 9,
+            total_vm_kb: None,
+            anon_rss_kb: Some(65_000),
+            file_rss_kb: None,
+            shmem_rss_kb: None,
+            pgtables_kb: None,
+            oom_score_adj: Some(0),
+        });
+        let v = json_line(
+            &oom,
+            &Context {
+                comm: Some(Comm::from_str_lossy("hog")),
+                ..ctx()
+            },
+        );
+        assert_eq!(v["comm"], "hog", "falls back to the process table's comm");
+        assert_eq!(v["anon_rss_kb"], 65_000);
+        assert!(v["total_vm_kb"].is_null());
+    }
+
+    #[test]
+    fn text_is_aligned_with_a_header_and_no_colour_off_tty() {
+        let mut out = Output::new(Vec::new(), Format::Text { color: false }, clock());
+        out.event(
+            &exit(ExitStatus::Signaled {
+                signal: 15,
+                core_dumped: false,
+            }),
+            &ctx(),
+        )
+        .expect("write");
+        out.event(&exit(ExitStatus::Exited(0)), &ctx())
+            .expect("write");
+        let text = String::from_utf8(out.into_inner()).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("TIME(UTC)"));
+        assert!(lines[1].starts_with("00:00:03.000000  exit"));
+        assert!(lines[1].contains("signal=SIGTERM age=50.0ms"));
+        assert!(lines[2].contains("code=0"));
+        let col = |l: &str| l.find("/sys/fs/cgroup");
+        assert_eq!(col(lines[1]), col(lines[2]));
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn records_in_both_formats() {
+        let mut out = Output::new(Vec::new(), Format::Json, clock());
+        out.record("summary", &[("lost", serde_json::json!(0))])
+            .expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out.into_inner()).expect("json");
+        assert_eq!(
+            (v["kind"].as_str(), v["lost"].as_u64()),
+            (Some("summary"), Some(0))
+        );
+        let mut out = Output::new(Vec::new(), Format::Text { color: false }, clock());
+        out.record("summary", &[("lost", serde_json::json!(0))])
+            .expect("write");
+        assert_eq!(
+            String::from_utf8(out.into_inner()).expect("utf8"),
+            "# summary: lost=0\n"
+        );
+    }
+}

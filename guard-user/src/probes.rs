@@ -1,0 +1,194 @@
+//! The probe table: which program hooks which tracepoint, what each needs
+//! from the running kernel, and the per-kernel offsets handed to the programs.
+//! Per-kernel facts live here as data; the programs only read `CONFIG`.
+
+use anyhow::{Context as _, Result};
+use guard_common::{EventKind, ProbeConfig, TaskOffsets};
+
+use crate::btf::Btf;
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A raw tracepoint; `args` is the TP_PROTO argument count the program
+    /// relies on (checked against the `btf_trace_<name>` prototype).
+    Raw {
+        tracepoint: &'static str,
+        min_args: u32,
+    },
+    /// A classic tracepoint, attached through tracefs; its record layout comes
+    /// from the tracefs `format` file.
+    Classic {
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    /// The eBPF program (function) name in guard-ebpf.
+    pub program: &'static str,
+    pub hook: Hook,
+    pub kind: EventKind,
+    /// Attached whatever `--events` says: the process table depends on it.
+    pub feeds_process_table: bool,
+}
+
+impl Probe {
+    pub fn describe(&self) -> String {
+        match self.hook {
+            Hook::Raw { tracepoint, .. } => format!("raw_tp/{tracepoint}"),
+            Hook::Classic { category, name } => format!("tracepoint/{category}/{name}"),
+        }
+    }
+}
+
+/// Every probe guard has. The comment beside each program in guard-ebpf says
+/// why that hook and which kernels changed it.
+pub const PROBES: &[Probe] = &[
+    Probe {
+        program: "sched_process_fork",
+        hook: Hook::Raw {
+            tracepoint: "sched_process_fork",
+            min_args: 2,
+        },
+        kind: EventKind::Fork,
+        feeds_process_table: true,
+    },
+    Probe {
+        program: "sched_process_exec",
+        hook: Hook::Raw {
+            tracepoint: "sched_process_exec",
+            min_args: 3,
+        },
+        kind: EventKind::Exec,
+        feeds_process_table: true,
+    },
+    Probe {
+        program: "sched_process_exit",
+        hook: Hook::Raw {
+            tracepoint: "sched_process_exit",
+            min_args: 1,
+        },
+        kind: EventKind::Exit,
+        feeds_process_table: true,
+    },
+    Probe {
+        program: "cgroup_attach_task",
+        hook: Hook::Raw {
+            tracepoint: "cgroup_attach_task",
+            min_args: 4,
+        },
+        kind: EventKind::CgroupAttach,
+        feeds_process_table: true,
+    },
+    Probe {
+        program: "cgroup_attach_task",
+        hook: Hook::Raw {
+            tracepoint: "cgroup_transfer_tasks",
+            min_args: 4,
+        },
+        kind: EventKind::CgroupAttach,
+        feeds_process_table: true,
+    },
+    Probe {
+        program: "mark_victim",
+        hook: Hook::Classic {
+            category: "oom",
+            name: "mark_victim",
+        },
+        kind: EventKind::OomKill,
+        feeds_process_table: false,
+    },
+    Probe {
+        program: "sched_process_hang",
+        hook: Hook::Raw {
+            tracepoint: "sched_process_hang",
+            min_args: 1,
+        },
+        kind: EventKind::HungTask,
+        feeds_process_table: false,
+    },
+];
+
+/// Why a probe cannot run on this kernel, or `None` when it can.
+pub fn unsupported_reason(
+    btf: &Btf,
+    probe: &Probe,
+    tracefs: Option<&std::path::Path>,
+) -> Option<String> {
+    match probe.hook {
+        Hook::Raw {
+            tracepoint,
+            min_args,
+        } => match btf.raw_tracepoint_args(tracepoint) {
+            Ok(Some(n)) if n >= min_args => None,
+            Ok(Some(n)) => Some(format!(
+                "its prototype has {n} arguments, the program needs {min_args}"
+            )),
+            Ok(None) => Some("this kernel has no such tracepoint".into()),
+            Err(err) => Some(format!("its BTF prototype is unreadable: {err:#}")),
+        },
+        Hook::Classic { category, name } => {
+            let Some(tracefs) = tracefs else {
+                return Some("tracefs is not available".into());
+            };
+            let format = tracefs
+                .join("events")
+                .join(category)
+                .join(name)
+                .join("format");
+            (!format.exists()).then(|| {
+                format!(
+                    "this kernel has no such tracepoint ({} is missing)",
+                    format.display()
+                )
+            })
+        }
+    }
+}
+
+/// Resolves the `task_struct` & co. member offsets from BTF.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    let exit_args = btf.raw_tracepoint_args("sched_process_exit")?.unwrap_or(1);
+    let resolve = || -> Result<TaskOffsets> {
+        Ok(TaskOffsets {
+            pid: m("task_struct", "pid")?,
+            tgid: m("task_struct", "tgid")?,
+            comm: m("task_struct", "comm")?,
+            flags: m("task_struct", "flags")?,
+            exit_code: m("task_struct", "exit_code")?,
+            real_parent: m("task_struct", "real_parent")?,
+            signal: m("task_struct", "signal")?,
+            cgroups: m("task_struct", "cgroups")?,
+            signal_live: m("signal_struct", "live")?,
+            binprm_filename: m("linux_binprm", "filename")?,
+            css_set_dfl_cgrp: m("css_set", "dfl_cgrp")?,
+            cgroup_kn: m("cgroup", "kn")?,
+            kernfs_node_id: m("kernfs_node", "id")?,
+            cgroup_root: m("cgroup", "root")?,
+            root_hierarchy_id: m("cgroup_root", "hierarchy_id")?,
+            // 6.16 added `bool group_dead` to sched_process_exit.
+            exit_has_group_dead: u32::from(exit_args >= 2),
+        })
+    };
+    resolve().context("resolving kernel struct offsets from BTF")
+}
+
+/// The full `CONFIG` value for this kernel.
+pub fn probe_config(btf: &Btf, tracefs: Option<&std::path::Path>) -> Result<ProbeConfig> {
+    let mut config = ProbeConfig {
+        task: task_offsets(btf)?,
+        ..ProbeConfig::UNSET
+    };
+    if let Some(tracefs) = tracefs {
+        let path = tracefs.join("events/oom/mark_victim/format");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let fields = crate::tracefs::parse_format(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            config.mark_victim = crate::tracefs::mark_victim_layout(&fields)?;
+        }
+    }
+    Ok(config)
+}

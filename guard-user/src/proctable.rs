@@ -1,0 +1,515 @@
+//! The process table: every live process (by tgid) with its parent, comm and
+//! cgroups, seeded from /proc at start-up and kept current from the event
+//! stream, so every event can be shown with names rather than numbers.
+//!
+//! cgroup membership: a child starts in its parent's cgroups (copied at
+//! fork), moves with `cgroup_attach` events (v1 and v2, written to
+//! cgroup.procs or tasks), and on v2 a child spawned straight into another
+//! cgroup (clone3 CLONE_INTO_CGROUP) is placed by the v2 cgroup id the fork
+//! probe reads from the child.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    cgroup::{CgroupSet, Hierarchies, Interner},
+    decode::{Comm, Event},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub comm: Comm,
+    pub kernel_thread: bool,
+    /// CLOCK_BOOTTIME ns at fork (from the event, or /proc's starttime).
+    pub start_boot_ns: u64,
+    pub cgroups: CgroupSet,
+}
+
+impl ProcInfo {
+    /// Directory of this process's cgroup in hierarchy `index`.
+    pub fn cgroup(&self, index: usize) -> Option<&Arc<str>> {
+        self.cgroups.get(index).and_then(Option::as_ref)
+    }
+}
+
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcInfo>,
+    hierarchies: Arc<Hierarchies>,
+    interner: Interner,
+    proc_root: PathBuf,
+    v2: Option<V2Ids>,
+}
+
+/// v2 cgroup id (the directory's inode number) ↔ directory.
+struct V2Ids {
+    index: usize,
+    mount: PathBuf,
+    by_id: HashMap<u64, Arc<str>>,
+    by_dir: HashMap<Arc<str>, u64>,
+}
+
+impl V2Ids {
+    fn id_of(&mut self, dir: &Arc<str>) -> Option<u64> {
+        if let Some(&id) = self.by_dir.get(dir) {
+            return Some(id);
+        }
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&**dir).ok()?);
+        self.by_dir.insert(dir.clone(), id);
+        Some(id)
+    }
+
+    fn dir_of(&mut self, id: u64, interner: &mut Interner) -> Option<Arc<str>> {
+        if let Some(dir) = self.by_id.get(&id) {
+            return Some(dir.clone());
+        }
+        // A cgroup not seen before: walk the v2 tree once more.
+        let mut stack = vec![self.mount.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let text = interner.intern(&dir.to_string_lossy());
+            let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+            self.by_id.insert(ino, text.clone());
+            self.by_dir.insert(text, ino);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        self.by_id.get(&id).cloned()
+    }
+}
+
+/// PF_KTHREAD from include/linux/sched.h.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl ProcessTable {
+    pub fn new(hierarchies: Arc<Hierarchies>, proc_root: impl Into<PathBuf>) -> Self {
+        let v2 = hierarchies.index_of_id(0).map(|index| V2Ids {
+            index,
+            mount: hierarchies.list[index].mount.clone(),
+            by_id: HashMap::new(),
+            by_dir: HashMap::new(),
+        });
+        Self {
+            procs: HashMap::new(),
+            hierarchies,
+            interner: Interner::default(),
+            proc_root: proc_root.into(),
+            v2,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, tgid: u32) -> Option<&ProcInfo> {
+        self.procs.get(&tgid)
+    }
+
+    pub fn hierarchies(&self) -> &Hierarchies {
+        &self.hierarchies
+    }
+
+    /// Adds every live process under the proc root (zombies are skipped).
+    /// Entries already known from events are kept: they are newer.
+    pub fn seed(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        let tgids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        for tgid in tgids {
+            if !self.procs.contains_key(&tgid)
+                && let Some(info) = self.read_proc(tgid)
+            {
+                self.procs.insert(tgid, info);
+            }
+        }
+    }
+
+    /// Drops entries whose process is gone (after lost events, an exit may
+    /// have been missed).
+    pub fn sweep(&mut self) -> usize {
+        let before = self.procs.len();
+        let root = self.proc_root.clone();
+        self.procs
+            .retain(|tgid, _| root.join(tgid.to_string()).exists());
+        before - self.procs.len()
+    }
+
+    fn read_proc(&mut self, tgid: u32) -> Option<ProcInfo> {
+        let dir = self.proc_root.join(tgid.to_string());
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let parsed = parse_stat(&stat)?;
+        if parsed.state == 'Z' || parsed.state == 'X' {
+            return None;
+        }
+        let cgroups = match std::fs::read_to_string(dir.join("cgroup")) {
+            Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
+            Err(_) => self.empty_set(),
+        };
+        Some(ProcInfo {
+            tgid,
+            ppid: parsed.ppid,
+            comm: Comm::from_str_lossy(&parsed.comm),
+            kernel_thread: parsed.flags & PF_KTHREAD != 0,
+            start_boot_ns: parsed.start_ticks.saturating_mul(1_000_000_000) / clock_ticks_per_sec(),
+            cgroups,
+        })
+    }
+
+    fn empty_set(&self) -> CgroupSet {
+        vec![None; self.hierarchies.list.len()].into()
+    }
+
+    /// Applies an event and returns what the table knows of its subject:
+    /// the process after the event, or for a process exit the entry removed.
+    pub fn apply(&mut self, event: &Event) -> Option<ProcInfo> {
+        match event {
+            Event::Fork(f) => {
+                if f.is_thread() {
+                    return self.lookup(f.child_tgid);
+                }
+                if let Some(existing) = self.procs.get(&f.child_tgid)
+                    && existing.start_boot_ns >= f.boot_ns
+                {
+                    // Seeded from /proc after this fork happened: newer.
+                    return Some(existing.clone());
+                }
+                let mut cgroups = match self.procs.get(&f.parent_tgid) {
+                    Some(parent) => parent.cgroups.clone(),
+                    None => match std::fs::read_to_string(
+                        self.proc_root.join(format!("{}/cgroup", f.child_tgid)),
+                    ) {
+                        Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
+                        Err(_) => self.empty_set(),
+                    },
+                };
+                if let Some(v2) = self.v2.as_mut()
+                    && f.child_cgroup_id != 0
+                {
+                    let inherited = cgroups.get(v2.index).cloned().flatten();
+                    let same =
+                        inherited.as_ref().and_then(|dir| v2.id_of(dir)) == Some(f.child_cgroup_id);
+                    if !same && let Some(dir) = v2.dir_of(f.child_cgroup_id, &mut self.interner) {
+                        let mut moved: Vec<_> = cgroups.to_vec();
+                        moved[v2.index] = Some(dir);
+                        cgroups = moved.into();
+                    }
+                }
+                let info = ProcInfo {
+                    tgid: f.child_tgid,
+                    ppid: f.child_ppid,
+                    comm: f.child_comm,
+                    kernel_thread: f.kernel_thread,
+                    start_boot_ns: f.boot_ns,
+                    cgroups,
+                };
+                self.procs.insert(f.child_tgid, info.clone());
+                Some(info)
+            }
+            Event::Exec(e) => {
+                let info = self.lookup_or_read(e.tgid)?;
+                info.comm = e.comm;
+                Some(info.clone())
+            }
+            Event::Exit(e) => {
+                if e.group_dead {
+                    self.procs.remove(&e.tgid)
+                } else {
+                    self.lookup(e.tgid)
+                }
+            }
+            Event::CgroupAttach(a) => {
+                let index = self.hierarchies.index_of_id(a.hierarchy_id)?;
+                let dir = self
+                    .interner
+                    .intern(&self.hierarchies.list[index].dir_of(&a.path));
+                let info = self.lookup_or_read(a.tgid)?;
+                let mut set: Vec<_> = info.cgroups.to_vec();
+                set[index] = Some(dir);
+                info.cgroups = set.into();
+                Some(info.clone())
+            }
+            Event::OomKill(o) => self.lookup(o.pid),
+            Event::HungTask(h) => self.lookup(h.tgid),
+        }
+    }
+
+    fn lookup(&self, tgid: u32) -> Option<ProcInfo> {
+        self.procs.get(&tgid).cloned()
+    }
+
+    fn lookup_or_read(&mut self, tgid: u32) -> Option<&mut ProcInfo> {
+        if !self.procs.contains_key(&tgid) {
+            let info = self.read_proc(tgid)?;
+            self.procs.insert(tgid, info);
+        }
+        self.procs.get_mut(&tgid)
+    }
+
+    /// Whether `tgid` is `ancestor` or descends from it, by the parent links
+    /// the table holds now.
+    pub fn descends_from(&self, tgid: u32, ancestor: u32) -> bool {
+        let mut current = tgid;
+        for _ in 0..4096 {
+            if current == ancestor {
+                return true;
+            }
+            match self.procs.get(&current) {
+                Some(p) if p.ppid != current && p.ppid != 0 => current = p.ppid,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+struct Stat {
+    comm: String,
+    state: char,
+    ppid: u32,
+    flags: u64,
+    start_ticks: u64,
+}
+
+/// Parses /proc/PID/stat; the comm may hold spaces and parentheses, so the
+/// fields are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    Some(Stat {
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        flags: rest.get(6)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// Path of /proc on this host.
+pub fn default_proc_root() -> &'static Path {
+    Path::new("/proc")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{CgroupAttach, Exec, Exit, ExitStatus, Fork};
+
+    const MOUNTINFO: &str = "\
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+    const CGROUP: &str = "8:pids:/\n0::/\n";
+
+    /// A table over an empty fake /proc with one known process, 100.
+    fn table() -> (ProcessTable, tempdir::Dir) {
+        let hierarchies = Arc::new(Hierarchies::parse(MOUNTINFO, CGROUP).expect("hierarchies"));
+        let dir = tempdir::Dir::new();
+        let proc100 = dir.path().join("100");
+        std::fs::create_dir_all(&proc100).expect("mkdir");
+        std::fs::write(
+            proc100.join("stat"),
+            "100 (my shell) S 1 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0",
+        )
+        .expect("stat");
+        std::fs::write(proc100.join("cgroup"), "8:pids:/jobs\n0::/\n").expect("cgroup");
+        let mut t = ProcessTable::new(hierarchies, dir.path());
+        t.v2 = None; // no real v2 tree behind the fixture
+        t.seed();
+        (t, dir)
+    }
+
+    fn fork(parent: u32, child: u32, tgid: u32, at: u64) -> Event {
+        Event::Fork(Fork {
+            boot_ns: at,
+            parent_pid: parent,
+            parent_tgid: parent,
+            child_pid: child,
+            child_tgid: tgid,
+            child_ppid: parent,
+            kernel_thread: false,
+            child_cgroup_id: 0,
+            parent_comm: Comm::from_str_lossy("my shell"),
+            child_comm: Comm::from_str_lossy("my shell"),
+        })
+    }
+
+    fn exit(pid: u32, group_dead: bool) -> Event {
+        Event::Exit(Exit {
+            boot_ns: 10_000_000_000,
+            pid,
+            tgid: pid,
+            ppid: 100,
+            status: ExitStatus::Exited(0),
+            group_dead,
+            kernel_thread: false,
+            comm: Comm::from_str_lossy("worker"),
+        })
+    }
+
+    #[test]
+    fn seeds_from_proc_with_comm_parent_and_cgroups() {
+        let (t, _dir) = table();
+        let p = t.get(100).expect("seeded");
+        assert_eq!((p.ppid, p.comm.to_string().as_str()), (1, "my shell"));
+        assert_eq!(p.cgroup(1).map(|s| &**s), Some("/sys/fs/cgroup/pids/jobs"));
+        // starttime 250 ticks at 100 Hz.
+        assert_eq!(p.start_boot_ns, 250 * 1_000_000_000 / clock_ticks_per_sec());
+    }
+
+    #[test]
+    fn fork_inherits_cgroups_exec_renames_exit_removes() {
+        let (mut t, _dir) = table();
+        let child = t.apply(&fork(100, 200, 200, 9_000_000_000)).expect("child");
+        assert_eq!(
+            child.cgroup(1).map(|s| &**s),
+            Some("/sys/fs/cgroup/pids/jobs")
+        );
+        assert_eq!(child.ppid, 100);
+        let exec = Event::Exec(Exec {
+            boot_ns: 9_100_000_000,
+            pid: 200,
+            tgid: 200,
+            old_pid: 200,
+            comm: Comm::from_str_lossy("worker"),
+            filename: "/usr/bin/worker".into(),
+            filename_truncated: false,
+        });
+        assert_eq!(
+            t.apply(&exec).map(|p| p.comm.to_string()),
+            Some("worker".into())
+        );
+        // A thread neither adds a process nor removes one when it ends.
+        t.apply(&fork(200, 201, 200, 9_200_000_000));
+        assert_eq!(t.len(), 2);
+        assert!(t.apply(&exit(201, false)).is_some());
+        assert_eq!(t.len(), 2);
+        let gone = t.apply(&exit(200, true)).expect("removed entry");
+        assert_eq!(gone.comm.to_string(), "worker");
+        assert!(t.get(200).is_none());
+    }
+
+    #[test]
+    fn attach_moves_one_hierarchy_only() {
+        let (mut t, _dir) = table();
+        t.apply(&fork(100, 300, 300, 9_000_000_000));
+        let moved = t
+            .apply(&Event::CgroupAttach(CgroupAttach {
+                boot_ns: 9_500_000_000,
+                pid: 300,
+                tgid: 300,
+                hierarchy_id: 8,
+                path: "/jobs/bomb".into(),
+            }))
+            .expect("moved");
+        assert_eq!(
+            moved.cgroup(1).map(|s| &**s),
+            Some("/sys/fs/cgroup/pids/jobs/bomb")
+        );
+        assert_eq!(
+            moved.cgroup(0).map(|s| &**s),
+            Some("/sys/fs/cgroup/unified")
+        );
+        // The parent stays where it was.
+        assert_eq!(
+            t.get(100).and_then(|p| p.cgroup(1)).map(|s| &**s),
+            Some("/sys/fs/cgroup/pids/jobs")
+        );
+        // Its children are born in the new cgroup.
+        let grandchild = t
+            .apply(&fork(300, 301, 301, 9_600_000_000))
+            .expect("grandchild");
+        assert_eq!(
+            grandchild.cgroup(1).map(|s| &**s),
+            Some("/sys/fs/cgroup/pids/jobs/bomb")
+        );
+        assert!(t.descends_from(301, 100));
+        assert!(!t.descends_from(100, 301));
+    }
+
+    #[test]
+    fn a_seeded_entry_newer_than_the_fork_wins() {
+        let (mut t, _dir) = table();
+        // Process 100 started at 2.5 s; a queued fork event from 1 s for the
+        // same tgid (an older incarnation) must not overwrite it.
+        let kept = t.apply(&fork(1, 100, 100, 1_000_000_000)).expect("kept");
+        assert_eq!(kept.comm.to_string(), "my shell");
+        assert_eq!(kept.ppid, 1);
+    }
+
+    #[test]
+    fn sweep_drops_vanished_processes() {
+        let (mut t, _dir) = table();
+        t.apply(&fork(100, 400, 400, 9_000_000_000));
+        assert_eq!(t.sweep(), 1, "400 has no /proc entry");
+        assert!(t.get(100).is_some());
+    }
+
+    #[test]
+    fn stat_with_parentheses_in_comm() {
+        let s = parse_stat("7 (a) (b) R 3 7 7 0 -1 2097152 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0")
+            .expect("parse");
+        assert_eq!(
+            (s.comm.as_str(), s.state, s.ppid, s.start_ticks),
+            ("a) (b", 'R', 3, 99)
+        );
+        assert_eq!(s.flags & PF_KTHREAD, PF_KTHREAD);
+    }
+
+    /// A temporary directory removed on drop (no extra crate for tests).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+
+        pub struct Dir(PathBuf);
+
+        impl Dir {
+            pub fn new() -> Self {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path =
+                    std::env::temp_dir().join(format!("guard-unit-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&path).expect("create temp dir");
+                Dir(path)
+            }
+
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Reads the `EVENTS` ring buffer and hands decoded events to the pipeline.
+//!
+//! The reader never blocks on the pipeline: it drains every record that is
+//! ready, clears readiness, and hands each event through a bounded channel
+//! with `try_send`. When the channel is full the event is counted as lost on
+//! the queue side; records the kernel could not write (ring buffer full) are
+//! counted per CPU in the `DROPS` map. The two are reported separately.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use guard_common::{EventKind, KIND_SLOTS};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use crate::decode::{Event, decode};
+
+/// Losses on the agent's side of the ring buffer.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Events dropped because the pipeline's queue was full.
+    pub queue_full: AtomicU64,
+    /// Records that did not decode (a version mismatch would show here).
+    pub undecodable: AtomicU64,
+}
+
+/// Starts the reader task. It ends after `stop` fires (with one last drain)
+/// or when the pipeline hangs up; the channel closes when it ends.
+pub fn spawn_reader(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<SourceStats>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<JoinHandle<()>> {
+    // SAFETY: the ring buffer map owns its fd and keeps it open, unchanged,
+    // for as long as the map lives, and the AsyncFd owns the map.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+        .context("polling the ring buffer")?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ready = ring.readable_mut() => {
+                    let Ok(mut guard) = ready else { break };
+                    let open = drain(guard.get_inner_mut(), &tx, &stats);
+                    guard.clear_ready();
+                    if !open {
+                        break;
+                    }
+                }
+                _ = &mut stop => {
+                    drain(ring.get_mut(), &tx, &stats);
+                    break;
+                }
+            }
+        }
+    }))
+}
+
+/// Reads every ready record; false when the pipeline has hung up.
+fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceStats) -> bool {
+    while let Some(record) = ring.next() {
+        match decode(&record) {
+            Ok(event) => match tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            },
+            Err(err) => {
+                if stats.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("undecodable ring-buffer record: {err}");
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Kernel-side losses, summed over CPUs, indexed by `EventKind as usize`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// The ring buffer was full.
+    pub ring_full: [u64; KIND_SLOTS as usize],
+    /// A kernel memory read failed, so the record was discarded.
+    pub read_failed: [u64; KIND_SLOTS as usize],
+}
+
+impl KernelDrops {
+    pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self> {
+        let mut drops = KernelDrops::default();
+        for slot in 0..2 * KIND_SLOTS {
+            let per_cpu = map.get(&slot, 0).context("reading the DROPS map")?;
+            let total: u64 = per_cpu.iter().sum();
+            if slot < KIND_SLOTS {
+                drops.ring_full[slot as usize] = total;
+            } else {
+                drops.read_failed[(slot - KIND_SLOTS) as usize] = total;
+            }
+        }
+        Ok(drops)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ring_full.iter().chain(&self.read_failed).sum()
+    }
+
+    pub fn of(&self, kind: EventKind) -> u64 {
+        self.ring_full[kind as usize] + self.read_failed[kind as usize]
+    }
+
+    /// Counts that grew since `before`.
+    pub fn since(&self, before: &KernelDrops) -> KernelDrops {
+        let mut d = KernelDrops::default();
+        for i in 0..KIND_SLOTS as usize {
+            d.ring_full[i] = self.ring_full[i].saturating_sub(before.ring_full[i]);
+            d.read_failed[i] = self.read_failed[i].saturating_sub(before.read_failed[i]);
+        }
+        d
+    }
+
+    /// `{"fork": 3, ...}` of the non-zero counts in `counts`.
+    pub fn by_kind(counts: &[u64; KIND_SLOTS as usize]) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = EventKind::ALL
+            .iter()
+            .filter(|k| counts[**k as usize] > 0)
+            .map(|k| (k.name().to_owned(), counts[*k as usize].into()))
+            .collect();
+        map.into()
+    }
+}
