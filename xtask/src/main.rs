@@ -1,1 +1,294 @@
-fn main() {}
+//! `cargo xtask setup|build|run|test|bench`: everything around the build that
+//! cargo alone cannot do. Every command that needs the toolchain runs
+//! `setup` first; `setup` only installs what is missing.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(about = "Build, run, test and benchmark guard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building guard needs and is missing: the nightly
+    /// toolchain's rust-src, Debian's LLVM 22, bpf-linker 0.13 built against
+    /// it, and the tools the integration tests drive.
+    Setup,
+    /// Set up, then build the agent (release) and the test workloads.
+    Build,
+    /// Set up, build, and start the agent as root; arguments after `--` go to
+    /// it (`cargo xtask run -- --json`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, build, then run every test: unit tests, and the root
+    /// integration tests against this kernel, one at a time.
+    Test {
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Set up, build, and measure the agent's cost and detection figures.
+    Bench {
+        /// Rounds of each measurement.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+}
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            build()?;
+            require_root("the agent loads eBPF programs")?;
+            let err = Command::new(workspace().join("target/release/guard"))
+                .args(args)
+                .exec();
+            Err(err).context("starting target/release/guard")
+        }
+        Cmd::Test { filter } => {
+            setup()?;
+            build()?;
+            test(filter.as_deref())
+        }
+        Cmd::Bench { rounds } => {
+            setup()?;
+            build()?;
+            require_root("the benchmarks load the agent")?;
+            bench::run(&workspace(), rounds)
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+/// Runs a command, echoing it, failing with its status.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    ensure!(status.success(), "{} failed: {status}", show(cmd));
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// PATH with cargo's bin directory (where bpf-linker is installed) first.
+fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![cargo_bin_dir()];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    require_root("installing Debian packages")?;
+    let updated = Path::new("/var/lib/apt/lists")
+        .read_dir()
+        .map(|d| d.count() > 2)
+        .unwrap_or(false);
+    if !updated {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
+    let result = run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if result.is_err() && updated {
+        // Stale package lists: refresh once and retry.
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    // 1. The nightly toolchain with rust-src (eBPF programs build core).
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
+        "rustup is not on PATH: guard builds its eBPF programs with rustup's nightly toolchain",
+    )?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // 2. LLVM 22 (bpf-linker links against it) and the tools the tests drive.
+    let mut missing = Vec::new();
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        missing.extend(["llvm-22-dev", "libpolly-22-dev"]);
+    }
+    for (tool, package) in [
+        ("mkfs.ext4", "e2fsprogs"),
+        ("losetup", "mount"),
+        ("fsfreeze", "util-linux"),
+    ] {
+        if !tool_exists(tool) {
+            missing.push(package);
+        }
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+
+    // 3. bpf-linker built against LLVM 22.
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let version = output(Command::new(&linker).arg("--version")).unwrap_or_default();
+    if !version
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|v| v.starts_with(BPF_LINKER_VERSION))
+    {
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            path_with_cargo_bin().to_string_lossy()
+        );
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("^{BPF_LINKER_VERSION}"),
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+fn tool_exists(tool: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace())
+        .env("PATH", path_with_cargo_bin());
+    cmd
+}
+
+fn build() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "guard-user",
+        "--package",
+        "guard-tests",
+        "--bins",
+    ]))
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    // Unit tests: pure logic, no root needed.
+    run(cargo().args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "guard-tests",
+    ]))?;
+    // Integration tests: the real agent on this kernel, one at a time (they
+    // share the kernel, cgroup trees and sysctls).
+    require_root("the integration tests load the agent and make cgroups")?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "guard-tests",
+        "--",
+        "--test-threads=1",
+    ]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    cmd.env("GUARD_BIN", workspace().join("target/release/guard"));
+    run(&mut cmd)
+}

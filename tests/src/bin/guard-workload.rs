@@ -1,0 +1,137 @@
+//! Workloads with exact, countable behaviour for guard's integration tests
+//! and benchmarks. Each prints one JSON line with what it did.
+//!
+//!   forks N              fork N children that _exit(0) at once; wait for each
+//!   spawn N PROG ARGS..  fork N children that exec PROG ARGS; wait for each
+//!   threads N            start N threads, each sleeping 20 ms; join them
+//!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
+//!   exit CODE            exit with CODE
+//!   sleep SECS           sleep
+
+use std::time::{Duration, Instant};
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage(&format!("missing or bad {what}")))
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!(
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | sleep SECS"
+    );
+    std::process::exit(2)
+}
+
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    status
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let pid = std::process::id();
+    let started = Instant::now();
+    match args.get(1).map(String::as_str) {
+        Some("forks") => {
+            let n: u64 = arg(&args, 2, "N");
+            let mut done = 0u64;
+            for _ in 0..n {
+                // SAFETY: the child only calls _exit, which is async-signal-safe.
+                match unsafe { libc::fork() } {
+                    0 => unsafe { libc::_exit(0) },
+                    child if child > 0 => {
+                        wait_child(child);
+                        done += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "{{\"pid\":{pid},\"forks\":{done},\"elapsed_ns\":{},\"per_sec\":{:.1}}}",
+                elapsed.as_nanos(),
+                done as f64 / elapsed.as_secs_f64()
+            );
+        }
+        Some("spawn") => {
+            let n: u64 = arg(&args, 2, "N");
+            let program = args.get(3).unwrap_or_else(|| usage("missing PROG"));
+            let c_args: Vec<std::ffi::CString> = args[3..]
+                .iter()
+                .map(|a| std::ffi::CString::new(a.as_str()).expect("no NUL"))
+                .collect();
+            let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+            argv.push(std::ptr::null());
+            let mut children = Vec::new();
+            for _ in 0..n {
+                // SAFETY: the child only calls execv and _exit on memory
+                // prepared before fork.
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        libc::execv(argv[0], argv.as_ptr());
+                        libc::_exit(127)
+                    },
+                    child if child > 0 => {
+                        let status = wait_child(child);
+                        children.push(format!("{{\"pid\":{child},\"status\":{status}}}"));
+                    }
+                    _ => break,
+                }
+            }
+            println!(
+                "{{\"pid\":{pid},\"program\":{program:?},\"children\":[{}]}}",
+                children.join(",")
+            );
+        }
+        Some("threads") => {
+            let n: usize = arg(&args, 2, "N");
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    std::thread::spawn(|| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        // SAFETY: gettid has no preconditions.
+                        unsafe { libc::gettid() }
+                    })
+                })
+                .collect();
+            let tids: Vec<String> = handles
+                .into_iter()
+                .filter_map(|h| h.join().ok())
+                .map(|t| t.to_string())
+                .collect();
+            println!("{{\"pid\":{pid},\"tids\":[{}]}}", tids.join(","));
+        }
+        Some("alloc") => {
+            let mib: usize = arg(&args, 2, "MIB");
+            let hold: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..mib {
+                let mut block = vec![0u8; 1 << 20];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                blocks.push(block);
+            }
+            println!("{{\"pid\":{pid},\"allocated_mib\":{}}}", blocks.len());
+            std::thread::sleep(Duration::from_secs(hold));
+            std::hint::black_box(&blocks);
+        }
+        Some("exit") => {
+            let code: i32 = arg(&args, 2, "CODE");
+            std::process::exit(code);
+        }
+        Some("sleep") => {
+            let secs: f64 = arg(&args, 2, "SECS");
+            println!("{{\"pid\":{pid}}}");
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
+        _ => usage("unknown workload"),
+    }
+}
