@@ -22,6 +22,13 @@ use tokio::{
 
 use crate::decode::{Event, decode};
 
+/// Pause after each drain before waiting for the ring buffer again. The
+/// kernel wakes a reader only when it has caught up with the writer, so
+/// this bounds wakeups to one per interval under load (a fork storm would
+/// otherwise cost a wakeup of the reader and of the pipeline per event),
+/// while adding at most this much latency.
+pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Losses on the agent's side of the ring buffer.
 #[derive(Debug, Default)]
 pub struct SourceStats {
@@ -53,6 +60,13 @@ pub fn spawn_reader(
                     guard.clear_ready();
                     if !open {
                         break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(READ_INTERVAL) => {}
+                        _ = &mut stop => {
+                            drain(ring.get_mut(), &tx, &stats);
+                            break;
+                        }
                     }
                 }
                 _ = &mut stop => {
