@@ -363,11 +363,11 @@ mod tests {
         })
     }
 
-    fn exit(pid: u32, group_dead: bool) -> Event {
+    fn exit(pid: u32, tgid: u32, group_dead: bool) -> Event {
         Event::Exit(Exit {
             boot_ns: 10_000_000_000,
             pid,
-            tgid: pid,
+            tgid,
             ppid: 100,
             status: ExitStatus::Exited(0),
             group_dead,
@@ -411,9 +411,9 @@ mod tests {
         // A thread neither adds a process nor removes one when it ends.
         t.apply(&fork(200, 201, 200, 9_200_000_000));
         assert_eq!(t.len(), 2);
-        assert!(t.apply(&exit(201, false)).is_some());
+        assert!(t.apply(&exit(201, 200, false)).is_some());
         assert_eq!(t.len(), 2);
-        let gone = t.apply(&exit(200, true)).expect("removed entry");
+        let gone = t.apply(&exit(200, 200, true)).expect("removed entry");
         assert_eq!(gone.comm.to_string(), "worker");
         assert!(t.get(200).is_none());
     }

@@ -86,7 +86,7 @@ impl TestCgroup {
     pub fn new(name: &str, pids_max: u32, memory_max: u64) -> Self {
         let leaf = format!("guard-test-{name}-{}", std::process::id());
         let v1_pids = Path::new("/sys/fs/cgroup/pids");
-        let cg = if v1_pids.join("cgroup.procs").exists() {
+        if v1_pids.join("cgroup.procs").exists() {
             let pids = own_cgroup_dir(v1_pids, "pids").join(&leaf);
             let memory = own_cgroup_dir(Path::new("/sys/fs/cgroup/memory"), "memory").join(&leaf);
             for dir in [&pids, &memory] {
@@ -117,8 +117,7 @@ impl TestCgroup {
             cg.write(&cg.memory, "memory.max", &memory_max.to_string());
             cg.write(&cg.memory, "memory.swap.max", "0");
             cg
-        };
-        cg
+        }
     }
 
     fn write(&self, dir: &Path, file: &str, value: &str) {

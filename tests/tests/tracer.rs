@@ -117,7 +117,7 @@ fn exit_codes_and_signals_come_from_the_task() {
         "exit",
     ]);
 
-    let (status, _) = run(&mut cg
+    let (status, _) = run(cg
         .workload(&["exit", "42"])
         .stdout(std::process::Stdio::piped()));
     assert_eq!(status.code(), Some(42));

@@ -43,8 +43,9 @@ fn main() {
             let n: u64 = arg(&args, 2, "N");
             let mut done = 0u64;
             for _ in 0..n {
-                // SAFETY: the child only calls _exit, which is async-signal-safe.
+                // SAFETY: fork has no memory preconditions; see the child arm.
                 match unsafe { libc::fork() } {
+                    // SAFETY: the child only calls _exit, async-signal-safe.
                     0 => unsafe { libc::_exit(0) },
                     child if child > 0 => {
                         wait_child(child);
@@ -71,9 +72,10 @@ fn main() {
             argv.push(std::ptr::null());
             let mut children = Vec::new();
             for _ in 0..n {
-                // SAFETY: the child only calls execv and _exit on memory
-                // prepared before fork.
+                // SAFETY: fork has no memory preconditions; see the child arm.
                 match unsafe { libc::fork() } {
+                    // SAFETY: the child only calls execv and _exit on memory
+                    // prepared before fork.
                     0 => unsafe {
                         libc::execv(argv[0], argv.as_ptr());
                         libc::_exit(127)
