@@ -272,6 +272,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "--release",
         "--workspace",
         "--exclude",
+        "guard-ebpf",
+        "--exclude",
         "guard-tests",
     ]))?;
     // Integration tests: the real agent on this kernel, one at a time (they
