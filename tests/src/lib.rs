@@ -189,6 +189,22 @@ impl TestCgroup {
         cmd
     }
 
+    /// Starts the workload helper with `args` in this cgroup and returns once
+    /// it printed its first line (it is then past exec, in the cgroup).
+    pub fn spawn_ready(&self, args: &[&str]) -> Child {
+        let mut child = self
+            .workload(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read workload line");
+        assert!(!line.is_empty(), "workload {args:?} printed nothing");
+        child
+    }
+
     /// SIGKILLs every member until none is left (members may fork while
     /// being killed; the pids limit bounds how many there can be).
     pub fn kill_all(&self) {
@@ -306,21 +322,9 @@ impl Agent {
             stderr,
             start: Value::Null,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match agent.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let v: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
-                    if v["kind"] == "start" {
-                        agent.start = v;
-                        return agent;
-                    }
-                }
-                Err(_) => panic!("guard did not start; stderr:\n{}", agent.stderr()),
-            }
-        }
+        agent.start = agent.wait_for(Duration::from_secs(60), "start", |r| r["kind"] == "start");
+        agent.seen.clear();
+        agent
     }
 
     pub fn pid(&self) -> u32 {

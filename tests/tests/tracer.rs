@@ -123,18 +123,7 @@ fn exit_codes_and_signals_come_from_the_task() {
     assert_eq!(status.code(), Some(42));
     let mut victims = Vec::new();
     for signal in [libc::SIGTERM, libc::SIGKILL, libc::SIGUSR1] {
-        let mut child = cg
-            .workload(&["sleep", "30"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        // Wait for it to print its pid, i.e. to be past exec.
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("read");
+        let mut child = cg.spawn_ready(&["sleep", "30"]);
         // SAFETY: signals our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         child.wait().expect("wait");
@@ -236,17 +225,7 @@ fn scope_shows_only_its_cgroup_and_paths_follow_moves() {
     assert_eq!(agent.start["scope"], serde_json::json!([scope]));
 
     run(&mut outside.workload(&["exit", "0"]));
-    let mut mover = outside
-        .workload(&["sleep", "30"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(mover.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
+    let mut mover = outside.spawn_ready(&["sleep", "30"]);
     let mover_pid = mover.id() as u64;
     // Move it into the scope by hand, as an operator would.
     std::fs::write(

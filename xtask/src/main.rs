@@ -142,26 +142,22 @@ fn path_with_cargo_bin() -> OsString {
 
 fn apt_install(packages: &[&str]) -> Result<()> {
     require_root("installing Debian packages")?;
-    let updated = Path::new("/var/lib/apt/lists")
-        .read_dir()
-        .map(|d| d.count() > 2)
-        .unwrap_or(false);
-    if !updated {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-    }
-    let result = run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"));
-    if result.is_err() && updated {
-        // Stale package lists: refresh once and retry.
-        run(Command::new("apt-get").args(["update", "-q"]))?;
+    let install = || {
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    let update = || run(Command::new("apt-get").args(["update", "-q"]));
+    let have_lists = Path::new("/var/lib/apt/lists")
+        .read_dir()
+        .is_ok_and(|d| d.count() > 2);
+    if !have_lists {
+        update()?;
+        return install();
     }
-    Ok(())
+    // Stale package lists: refresh once and retry.
+    install().or_else(|_| update().and_then(|()| install()))
 }
 
 fn setup() -> Result<()> {
