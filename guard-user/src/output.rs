@@ -104,6 +104,14 @@ impl<'b> JsonObject<'b> {
         self
     }
 
+    /// A string from a `Display` value that needs no JSON escaping (e.g. a
+    /// timestamp), written without an intermediate `String`.
+    pub fn plain(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.buf, "\"{value}\"");
+        self
+    }
+
     pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         match value {
             Some(v) => self.str(key, v),
@@ -289,10 +297,10 @@ impl<W: Write> Output<W> {
     }
 
     fn json_event(&mut self, event: &Event, ctx: &Context<'_>) {
-        let time = self.time_rfc3339(event.boot_ns());
+        let time = humantime::format_rfc3339_nanos(self.clock.to_system_time(event.boot_ns()));
         let mut o = JsonObject::new(&mut self.line);
         o.str("kind", event.kind().name())
-            .str("time", &time)
+            .plain("time", time)
             .num("boot_ns", event.boot_ns());
         let (pid, tgid) = subject_ids(event);
         o.num("pid", pid).num("tgid", tgid);
