@@ -28,6 +28,8 @@ pub struct ProcInfo {
     /// CLOCK_BOOTTIME ns at fork (from the event, or /proc's starttime).
     pub start_boot_ns: u64,
     pub cgroups: CgroupSet,
+    /// This process's node in the [`Lineage`].
+    pub node: NodeId,
 }
 
 impl ProcInfo {
@@ -37,8 +39,140 @@ impl ProcInfo {
     }
 }
 
+/// Identity of a process in the lineage: unlike a pid, never reused.
+pub type NodeId = u64;
+
+/// Who begot whom, recorded at fork time and kept while any descendant
+/// lives, so a subtree stays whole when its members are re-parented (a bash
+/// fork bomb's processes are orphaned at once and adopted by PID 1 or a
+/// subreaper; their fork-time ancestry still leads to the shell that started
+/// it). Dead ancestors stay as ghosts until their last descendant is gone.
+#[derive(Default)]
+pub struct Lineage {
+    nodes: HashMap<NodeId, LineageNode>,
+    next: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineageNode {
+    pub tgid: u32,
+    /// The process that forked this one (not the current parent).
+    pub parent: Option<NodeId>,
+    pub comm: Comm,
+    pub alive: bool,
+    pub born_ns: u64,
+    pub kernel_thread: bool,
+    /// Its cgroups when it was last seen alive.
+    pub cgroups: CgroupSet,
+    /// Nodes, live or ghost, whose `parent` is this one.
+    children: u32,
+}
+
+impl Lineage {
+    fn add(&mut self, parent: Option<NodeId>, info: &ProcInfo) -> NodeId {
+        self.next += 1;
+        let parent = parent.filter(|p| self.nodes.contains_key(p));
+        if let Some(p) = parent.and_then(|p| self.nodes.get_mut(&p)) {
+            p.children += 1;
+        }
+        let node = LineageNode {
+            tgid: info.tgid,
+            parent,
+            comm: info.comm,
+            alive: true,
+            born_ns: info.start_boot_ns,
+            kernel_thread: info.kernel_thread,
+            cgroups: info.cgroups.clone(),
+            children: 0,
+        };
+        self.nodes.insert(self.next, node);
+        self.next
+    }
+
+    /// The process died: drop its node, and any ancestors it kept alive as
+    /// ghosts, once nothing descends from them.
+    fn died(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.alive = false;
+        let mut current = id;
+        loop {
+            let Some(node) = self.nodes.get(&current) else {
+                return;
+            };
+            if node.alive || node.children > 0 {
+                return;
+            }
+            let parent = node.parent;
+            self.nodes.remove(&current);
+            let Some(parent) = parent else { return };
+            match self.nodes.get_mut(&parent) {
+                Some(p) => p.children = p.children.saturating_sub(1),
+                None => return,
+            }
+            current = parent;
+        }
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&LineageNode> {
+        self.nodes.get(&id)
+    }
+
+    /// Number of nodes, live and ghost.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `id`'s ancestors by fork, nearest first.
+    pub fn ancestors(&self, id: NodeId) -> impl Iterator<Item = (NodeId, &LineageNode)> + '_ {
+        let mut next = self.nodes.get(&id).and_then(|n| n.parent);
+        std::iter::from_fn(move || {
+            let id = next?;
+            let node = self.nodes.get(&id)?;
+            next = node.parent;
+            Some((id, node))
+        })
+    }
+
+    /// Live processes descending from `root` (itself included when alive),
+    /// as (tgid, node).
+    pub fn live_descendants(&self, root: NodeId) -> Vec<(u32, NodeId)> {
+        let mut memo: HashMap<NodeId, bool> = HashMap::new();
+        memo.insert(root, true);
+        let mut out = Vec::new();
+        for (&id, node) in &self.nodes {
+            if !node.alive {
+                continue;
+            }
+            let mut path = Vec::new();
+            let mut current = Some(id);
+            let verdict = loop {
+                let Some(c) = current else { break false };
+                if let Some(&known) = memo.get(&c) {
+                    break known;
+                }
+                path.push(c);
+                current = self.nodes.get(&c).and_then(|n| n.parent);
+            };
+            for p in path {
+                memo.insert(p, verdict);
+            }
+            if verdict {
+                out.push((node.tgid, id));
+            }
+        }
+        out
+    }
+}
+
 pub struct ProcessTable {
     procs: HashMap<u32, ProcInfo>,
+    lineage: Lineage,
     hierarchies: Arc<Hierarchies>,
     interner: Interner,
     proc_root: PathBuf,
@@ -103,6 +237,7 @@ impl ProcessTable {
         });
         Self {
             procs: HashMap::new(),
+            lineage: Lineage::default(),
             hierarchies,
             interner: Interner::default(),
             proc_root: proc_root.into(),
@@ -136,23 +271,50 @@ impl ProcessTable {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
+        let mut fresh = Vec::new();
         for tgid in tgids {
             if !self.procs.contains_key(&tgid)
                 && let Some(info) = self.read_proc(tgid)
             {
-                self.procs.insert(tgid, info);
+                fresh.push(info);
             }
         }
+        // Parents first, so that children can link to them; a process that
+        // was already re-parented links to its adopter (the fork-time parent
+        // of a process older than guard is unknowable).
+        fresh.sort_by_key(|p| p.start_boot_ns);
+        for mut info in fresh {
+            let parent = self.procs.get(&info.ppid).map(|p| p.node);
+            info.node = self.lineage.add(parent, &info);
+            self.procs.insert(info.tgid, info);
+        }
+    }
+
+    pub fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
+    /// Removes a live process, keeping its lineage node as a ghost while it
+    /// has descendants.
+    fn remove(&mut self, tgid: u32) -> Option<ProcInfo> {
+        let info = self.procs.remove(&tgid)?;
+        self.lineage.died(info.node);
+        Some(info)
     }
 
     /// Drops entries whose process is gone (after lost events, an exit may
     /// have been missed).
     pub fn sweep(&mut self) -> usize {
-        let before = self.procs.len();
-        let root = self.proc_root.clone();
-        self.procs
-            .retain(|tgid, _| root.join(tgid.to_string()).exists());
-        before - self.procs.len()
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .filter(|tgid| !self.proc_root.join(tgid.to_string()).exists())
+            .copied()
+            .collect();
+        for tgid in &gone {
+            self.remove(*tgid);
+        }
+        gone.len()
     }
 
     fn read_proc(&mut self, tgid: u32) -> Option<ProcInfo> {
@@ -173,6 +335,7 @@ impl ProcessTable {
             kernel_thread: parsed.flags & PF_KTHREAD != 0,
             start_boot_ns: parsed.start_ticks.saturating_mul(1_000_000_000) / clock_ticks_per_sec(),
             cgroups,
+            node: 0,
         })
     }
 
@@ -215,25 +378,34 @@ impl ProcessTable {
                         cgroups = moved.into();
                     }
                 }
-                let info = ProcInfo {
+                // A stale entry under this tgid (an exit we missed) ends here.
+                self.remove(f.child_tgid);
+                let parent = self.procs.get(&f.parent_tgid).map(|p| p.node);
+                let mut info = ProcInfo {
                     tgid: f.child_tgid,
                     ppid: f.child_ppid,
                     comm: f.child_comm,
                     kernel_thread: f.kernel_thread,
                     start_boot_ns: f.boot_ns,
                     cgroups,
+                    node: 0,
                 };
+                info.node = self.lineage.add(parent, &info);
                 self.procs.insert(f.child_tgid, info.clone());
                 Some(info)
             }
             Event::Exec(e) => {
                 let info = self.lookup_or_read(e.tgid)?;
                 info.comm = e.comm;
-                Some(info.clone())
+                let (node, snapshot) = (info.node, info.clone());
+                if let Some(n) = self.lineage.nodes.get_mut(&node) {
+                    n.comm = e.comm;
+                }
+                Some(snapshot)
             }
             Event::Exit(e) => {
                 if e.group_dead {
-                    self.procs.remove(&e.tgid)
+                    self.remove(e.tgid)
                 } else {
                     self.lookup(e.tgid)
                 }
@@ -247,7 +419,11 @@ impl ProcessTable {
                 let mut set: Vec<_> = info.cgroups.to_vec();
                 set[index] = Some(dir);
                 info.cgroups = set.into();
-                Some(info.clone())
+                let (node, snapshot) = (info.node, info.clone());
+                if let Some(n) = self.lineage.nodes.get_mut(&node) {
+                    n.cgroups = snapshot.cgroups.clone();
+                }
+                Some(snapshot)
             }
             Event::OomKill(o) => self.lookup(o.pid),
             Event::HungTask(h) => self.lookup(h.tgid),
@@ -260,26 +436,12 @@ impl ProcessTable {
 
     fn lookup_or_read(&mut self, tgid: u32) -> Option<&mut ProcInfo> {
         if !self.procs.contains_key(&tgid) {
-            let info = self.read_proc(tgid)?;
+            let mut info = self.read_proc(tgid)?;
+            let parent = self.procs.get(&info.ppid).map(|p| p.node);
+            info.node = self.lineage.add(parent, &info);
             self.procs.insert(tgid, info);
         }
         self.procs.get_mut(&tgid)
-    }
-
-    /// Whether `tgid` is `ancestor` or descends from it, by the parent links
-    /// the table holds now.
-    pub fn descends_from(&self, tgid: u32, ancestor: u32) -> bool {
-        let mut current = tgid;
-        for _ in 0..4096 {
-            if current == ancestor {
-                return true;
-            }
-            match self.procs.get(&current) {
-                Some(p) if p.ppid != current && p.ppid != 0 => current = p.ppid,
-                _ => return false,
-            }
-        }
-        false
     }
 }
 
@@ -452,8 +614,6 @@ mod tests {
             grandchild.cgroup(1).map(|s| &**s),
             Some("/sys/fs/cgroup/pids/jobs/bomb")
         );
-        assert!(t.descends_from(301, 100));
-        assert!(!t.descends_from(100, 301));
     }
 
     #[test]
@@ -472,6 +632,48 @@ mod tests {
         t.apply(&fork(100, 400, 400, 9_000_000_000));
         assert_eq!(t.sweep(), 1, "400 has no /proc entry");
         assert!(t.get(100).is_some());
+    }
+
+    #[test]
+    fn lineage_survives_reparenting_and_ghosts_are_reaped() {
+        let (mut t, _dir) = table();
+        // 100 (shell) -> 500 (bomb root) -> 501, 502; 501 -> 503.
+        t.apply(&fork(100, 500, 500, 9_000_000_000));
+        t.apply(&fork(500, 501, 501, 9_000_000_001));
+        t.apply(&fork(500, 502, 502, 9_000_000_002));
+        t.apply(&fork(501, 503, 503, 9_000_000_003));
+        let root = t.get(500).expect("root").node;
+        // The root and 501 exit at once: their children are orphans now.
+        t.apply(&exit(500, 500, true));
+        t.apply(&exit(501, 501, true));
+        let mut members = t.lineage().live_descendants(root);
+        members.sort();
+        assert_eq!(
+            members.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![502, 503]
+        );
+        let ancestry: Vec<u32> = t
+            .lineage()
+            .ancestors(t.get(503).expect("503").node)
+            .map(|(_, n)| n.tgid)
+            .collect();
+        assert_eq!(
+            ancestry,
+            vec![501, 500, 100],
+            "fork-time ancestry, through ghosts"
+        );
+        assert!(!t.lineage().get(root).expect("ghost").alive);
+        // When the last descendants die, the ghosts go too.
+        let before = t.lineage().len();
+        t.apply(&exit(502, 502, true));
+        t.apply(&exit(503, 503, true));
+        assert_eq!(
+            before - t.lineage().len(),
+            4,
+            "502, 503 and the ghosts 500, 501"
+        );
+        assert!(t.lineage().get(root).is_none());
+        assert!(t.lineage().live_descendants(root).is_empty());
     }
 
     #[test]
