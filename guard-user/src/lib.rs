@@ -7,6 +7,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod decode;
+pub mod detect;
 pub mod loader;
 pub mod output;
 pub mod probes;

@@ -69,7 +69,7 @@ pub struct LineageNode {
 }
 
 impl Lineage {
-    fn add(&mut self, parent: Option<NodeId>, info: &ProcInfo) -> NodeId {
+    pub(crate) fn add(&mut self, parent: Option<NodeId>, info: &ProcInfo) -> NodeId {
         self.next += 1;
         let parent = parent.filter(|p| self.nodes.contains_key(p));
         if let Some(p) = parent.and_then(|p| self.nodes.get_mut(&p)) {
@@ -91,7 +91,7 @@ impl Lineage {
 
     /// The process died: drop its node, and any ancestors it kept alive as
     /// ghosts, once nothing descends from them.
-    fn died(&mut self, id: NodeId) {
+    pub(crate) fn died(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };

@@ -1,0 +1,487 @@
+//! The fork detector: process explosions and pids limits about to be hit.
+//! Pure: events, observations and a clock in, verdicts out; no I/O.
+//!
+//! **Explosion.** Per cgroup, over a sliding window (`--fork-window`,
+//! default 1 s): at least `--fork-rate` × window process births *and* a live
+//! process count that grew by at least `--fork-growth` (default 32) from its
+//! lowest point in the window. Both must hold: a build or a test runner that
+//! starts hundreds of short-lived processes a second (births, no growth) does
+//! not trigger, nor does a service starting its worker pool once (growth,
+//! too few births). A bash fork bomb meets both within tens of milliseconds.
+//!
+//! **Limit trend.** Per cgroup with a pids limit, from samples of the task
+//! count (`pids.current`) and the limit (`pids.max`; "max" means none, and
+//! the host's pid_max then stands in): the growth rate is fitted over the
+//! last `TREND_WINDOW`, and when the projected time to the limit falls under
+//! `--pids-horizon` (default 30 s) an alert names it. This catches the slow
+//! leak (+30 processes every 30 s toward a few hundred) that never bursts.
+//!
+//! **Offender.** The topmost ancestor, by fork-time lineage, of the recent
+//! births that is not protected: walking up from each birth, the last node
+//! before a protected one (PID 1, a kernel thread, guard or its ancestors,
+//! outside the scope, `--protect`). The most common answer wins.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use crate::proctable::{Lineage, LineageNode, NodeId};
+
+const NS: u64 = 1_000_000_000;
+
+/// Samples of the limit trend kept and fitted.
+pub const TREND_WINDOW_NS: u64 = 20 * NS;
+/// The trend needs this much history before it projects anything.
+pub const TREND_MIN_SPAN_NS: u64 = 3 * NS;
+/// One alert per cgroup and rule at most this often.
+pub const REALERT_NS: u64 = 10 * NS;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForkRules {
+    pub window_ns: u64,
+    /// Births per second, averaged over the window.
+    pub rate: f64,
+    pub growth: u32,
+    pub horizon_ns: u64,
+}
+
+impl Default for ForkRules {
+    fn default() -> Self {
+        Self {
+            window_ns: NS,
+            rate: 100.0,
+            growth: 32,
+            horizon_ns: 30 * NS,
+        }
+    }
+}
+
+/// A cgroup, named by its directory.
+pub type CgroupKey = Arc<str>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ForkVerdict {
+    Explosion {
+        cgroup: CgroupKey,
+        births: u32,
+        births_per_sec: f64,
+        growth: u32,
+        live: u32,
+        window_ns: u64,
+        /// Lineage nodes of the most recent births, newest first.
+        recent: Vec<NodeId>,
+    },
+    LimitTrend {
+        cgroup: CgroupKey,
+        current: u64,
+        limit: u64,
+        per_sec: f64,
+        eta_ns: u64,
+    },
+}
+
+#[derive(Default)]
+struct Population {
+    /// (time, node) of births within the window.
+    births: VecDeque<(u64, NodeId)>,
+    live: u32,
+    /// (time, live) after each change within the window.
+    history: VecDeque<(u64, u32)>,
+    last_alert: Option<u64>,
+}
+
+impl Population {
+    fn record(&mut self, now: u64) {
+        self.history.push_back((now, self.live));
+    }
+
+    fn prune(&mut self, now: u64, window: u64) {
+        let horizon = now.saturating_sub(window);
+        while self.births.front().is_some_and(|&(t, _)| t < horizon) {
+            self.births.pop_front();
+        }
+        // Keep one sample from before the window: the level it started at.
+        while self.history.len() > 1 && self.history.get(1).is_some_and(|&(t, _)| t < horizon) {
+            self.history.pop_front();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Trend {
+    samples: VecDeque<(u64, u64)>,
+    limit: Option<u64>,
+    last_alert: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct ForkDetector {
+    rules: ForkRules,
+    populations: HashMap<CgroupKey, Population>,
+    trends: HashMap<CgroupKey, Trend>,
+}
+
+impl ForkDetector {
+    pub fn new(rules: ForkRules) -> Self {
+        Self {
+            rules,
+            ..Default::default()
+        }
+    }
+
+    pub fn rules(&self) -> &ForkRules {
+        &self.rules
+    }
+
+    /// A process that was already alive when guard started, or moved in.
+    pub fn present(&mut self, now: u64, cgroup: &CgroupKey) {
+        let p = self.populations.entry(cgroup.clone()).or_default();
+        p.live += 1;
+        p.record(now);
+    }
+
+    /// A process was born into `cgroup`.
+    pub fn birth(&mut self, now: u64, cgroup: &CgroupKey, node: NodeId) {
+        let p = self.populations.entry(cgroup.clone()).or_default();
+        p.live += 1;
+        p.births.push_back((now, node));
+        p.record(now);
+    }
+
+    /// A process of `cgroup` ended (or moved out).
+    pub fn gone(&mut self, now: u64, cgroup: &CgroupKey) {
+        if let Some(p) = self.populations.get_mut(cgroup) {
+            p.live = p.live.saturating_sub(1);
+            p.record(now);
+        }
+    }
+
+    /// A reading of a cgroup's task count and limit (`None`: no limit).
+    pub fn pids_sample(&mut self, now: u64, cgroup: &CgroupKey, current: u64, limit: Option<u64>) {
+        let t = self.trends.entry(cgroup.clone()).or_default();
+        t.samples.push_back((now, current));
+        t.limit = limit;
+        while t
+            .samples
+            .front()
+            .is_some_and(|&(at, _)| at + TREND_WINDOW_NS < now)
+        {
+            t.samples.pop_front();
+        }
+    }
+
+    /// Cgroups whose limit trend is followed.
+    pub fn trended(&self) -> impl Iterator<Item = &CgroupKey> {
+        self.trends.keys()
+    }
+
+    /// Evaluates every rule at `now`.
+    pub fn check(&mut self, now: u64) -> Vec<ForkVerdict> {
+        let mut verdicts = Vec::new();
+        let rules = self.rules;
+        let min_births = (rules.rate * rules.window_ns as f64 / NS as f64)
+            .ceil()
+            .max(1.0) as usize;
+        self.populations.retain(|cgroup, p| {
+            p.prune(now, rules.window_ns);
+            let lowest = p
+                .history
+                .iter()
+                .map(|&(_, live)| live)
+                .min()
+                .unwrap_or(p.live);
+            let growth = p.live.saturating_sub(lowest);
+            let quiet = p
+                .last_alert
+                .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
+            if p.births.len() >= min_births && growth >= rules.growth && quiet {
+                p.last_alert = Some(now);
+                let span = p
+                    .births
+                    .front()
+                    .map_or(rules.window_ns, |&(t, _)| now.saturating_sub(t))
+                    .max(1);
+                verdicts.push(ForkVerdict::Explosion {
+                    cgroup: cgroup.clone(),
+                    births: p.births.len() as u32,
+                    births_per_sec: p.births.len() as f64 * NS as f64
+                        / span.max(rules.window_ns / 10) as f64,
+                    growth,
+                    live: p.live,
+                    window_ns: rules.window_ns,
+                    recent: p.births.iter().rev().take(64).map(|&(_, n)| n).collect(),
+                });
+            }
+            p.live > 0 || !p.births.is_empty() || p.history.len() > 1
+        });
+        for (cgroup, t) in &mut self.trends {
+            let (Some(limit), Some(&(first, _)), Some(&(last, current))) =
+                (t.limit, t.samples.front(), t.samples.back())
+            else {
+                continue;
+            };
+            if last.saturating_sub(first) < TREND_MIN_SPAN_NS {
+                continue;
+            }
+            let per_sec = slope_per_sec(&t.samples);
+            if per_sec <= 0.0 || current >= limit {
+                continue;
+            }
+            let eta_ns = ((limit - current) as f64 / per_sec * NS as f64) as u64;
+            let quiet = t
+                .last_alert
+                .is_none_or(|at| now.saturating_sub(at) >= REALERT_NS);
+            if eta_ns <= rules.horizon_ns && quiet {
+                t.last_alert = Some(now);
+                verdicts.push(ForkVerdict::LimitTrend {
+                    cgroup: cgroup.clone(),
+                    current,
+                    limit,
+                    per_sec,
+                    eta_ns,
+                });
+            }
+        }
+        verdicts
+    }
+}
+
+/// Least-squares slope of (ns, value) samples, per second.
+fn slope_per_sec(samples: &VecDeque<(u64, u64)>) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let t0 = samples.front().map_or(0, |s| s.0);
+    let xs = samples.iter().map(|&(t, _)| (t - t0) as f64 / NS as f64);
+    let mean_x = xs.clone().sum::<f64>() / n;
+    let mean_y = samples.iter().map(|&(_, v)| v as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, &(_, y)) in xs.zip(samples) {
+        num += (x - mean_x) * (y as f64 - mean_y);
+        den += (x - mean_x) * (x - mean_x);
+    }
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+/// The process (maybe a ghost) whose subtree produced the growth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offender {
+    pub node: NodeId,
+    pub tgid: u32,
+    pub alive: bool,
+}
+
+/// Walks up from each recent birth to the topmost unprotected ancestor;
+/// the most common one is the offender. `protected` says why a node may not
+/// be touched (or `None`).
+pub fn find_offender(
+    lineage: &Lineage,
+    recent: &[NodeId],
+    protected: impl Fn(&LineageNode) -> Option<&'static str>,
+) -> Option<Offender> {
+    let mut votes: HashMap<NodeId, u32> = HashMap::new();
+    for &birth in recent {
+        let Some(node) = lineage.get(birth) else {
+            continue;
+        };
+        if protected(node).is_some() {
+            continue;
+        }
+        let mut top = birth;
+        for (id, ancestor) in lineage.ancestors(birth) {
+            if protected(ancestor).is_some() {
+                break;
+            }
+            top = id;
+        }
+        *votes.entry(top).or_default() += 1;
+    }
+    let (&node, _) = votes
+        .iter()
+        .max_by_key(|&(id, count)| (*count, std::cmp::Reverse(*id)))?;
+    let n = lineage.get(node)?;
+    Some(Offender {
+        node,
+        tgid: n.tgid,
+        alive: n.alive,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn key(s: &str) -> CgroupKey {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn a_fork_bomb_trips_the_explosion_rule_within_tens_of_ms() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/sys/fs/cgroup/pids/bomb");
+        d.present(0, &cg);
+        // Doubling every 5 ms; nobody exits.
+        let mut live = 1u64;
+        let mut t = 10 * MS;
+        let mut node = 0;
+        let verdict = loop {
+            for _ in 0..live {
+                node += 1;
+                d.birth(t, &cg, node);
+            }
+            live *= 2;
+            if let Some(v) = d.check(t).into_iter().next() {
+                break v;
+            }
+            t += 5 * MS;
+            assert!(t < 200 * MS, "no alert by 200 ms");
+        };
+        let ForkVerdict::Explosion {
+            births,
+            growth,
+            live: l,
+            recent,
+            ..
+        } = verdict
+        else {
+            panic!("{verdict:?}")
+        };
+        assert!(
+            births >= 100 && growth >= 32,
+            "births {births}, growth {growth}"
+        );
+        assert!(l <= 256, "alerted at {l} live: too late");
+        assert_eq!(recent.first(), Some(&node), "newest first");
+        assert!(t <= 45 * MS, "alerted at {} ms", t / MS);
+    }
+
+    #[test]
+    fn a_burst_of_short_lived_processes_does_not() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/ci");
+        d.present(0, &cg);
+        // 200 processes in one second, each gone 2 ms after birth.
+        for i in 0..200u64 {
+            let t = i * 5 * MS;
+            d.birth(t, &cg, i + 1);
+            d.gone(t + 2 * MS, &cg);
+            assert!(d.check(t + 2 * MS).is_empty(), "alert at {} ms", t / MS);
+        }
+        for quiet in 1..5 {
+            assert!(d.check(1_000 * MS + quiet * 100 * MS).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_worker_pool_starting_once_does_not() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/svc");
+        // 64 long-lived workers at once: growth, but too few births.
+        for i in 0..64 {
+            d.birth(MS, &cg, i + 1);
+        }
+        assert!(d.check(2 * MS).is_empty());
+    }
+
+    #[test]
+    fn a_slow_leak_is_projected_to_the_limit_before_it_is_hit() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/leak");
+        // +5 tasks a second toward a limit of 100, sampled every 250 ms.
+        let mut alert = None;
+        for step in 0..80u64 {
+            let t = step * 250 * MS;
+            let current = 10 + step * 5 / 4;
+            d.pids_sample(t, &cg, current, Some(100));
+            if let Some(v) = d.check(t).into_iter().next() {
+                alert = Some((t, v));
+                break;
+            }
+        }
+        let (
+            t,
+            ForkVerdict::LimitTrend {
+                current,
+                limit,
+                per_sec,
+                eta_ns,
+                ..
+            },
+        ) = alert.expect("an alert")
+        else {
+            panic!("not a trend verdict")
+        };
+        assert_eq!(limit, 100);
+        assert!((per_sec - 5.0).abs() < 0.5, "fitted {per_sec}/s");
+        assert!(
+            current < limit && eta_ns <= 30 * NS && eta_ns > 0,
+            "current {current}, eta {eta_ns}"
+        );
+        assert!(
+            t >= TREND_MIN_SPAN_NS,
+            "projected from at least 3 s of history"
+        );
+        // Once per REALERT_NS.
+        assert!(d.check(t + MS).is_empty());
+    }
+
+    fn info(tgid: u32, kernel_thread: bool) -> crate::proctable::ProcInfo {
+        crate::proctable::ProcInfo {
+            tgid,
+            ppid: 0,
+            comm: crate::decode::Comm::from_str_lossy("x"),
+            kernel_thread,
+            start_boot_ns: 0,
+            cgroups: Arc::from(Vec::new()),
+            node: 0,
+        }
+    }
+
+    #[test]
+    fn the_offender_is_the_topmost_unprotected_ancestor_even_when_dead() {
+        let mut l = Lineage::default();
+        let init = l.add(None, &info(1, false));
+        let shell = l.add(Some(init), &info(100, false));
+        let bomb = l.add(Some(shell), &info(200, false));
+        let a = l.add(Some(bomb), &info(201, false));
+        let b = l.add(Some(bomb), &info(202, false));
+        let c = l.add(Some(a), &info(203, false));
+        let stray = l.add(Some(init), &info(300, false));
+        l.died(bomb);
+        l.died(a);
+        // The shell is protected (say, out of scope); init always is.
+        let protected = |n: &LineageNode| match n.tgid {
+            1 => Some("pid 1"),
+            100 => Some("outside the scope"),
+            _ => None,
+        };
+        let o = find_offender(&l, &[c, b, stray, c], protected).expect("offender");
+        assert_eq!(
+            o,
+            Offender {
+                node: bomb,
+                tgid: 200,
+                alive: false
+            }
+        );
+        let mut members = l.live_descendants(o.node);
+        members.sort();
+        assert_eq!(members, vec![(202, b), (203, c)]);
+        // Births that are themselves protected vote for nobody.
+        assert_eq!(find_offender(&l, &[shell], protected), None);
+    }
+
+    #[test]
+    fn no_limit_or_no_growth_projects_nothing() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        for step in 0..40u64 {
+            d.pids_sample(step * 250 * MS, &key("/flat"), 90, Some(100));
+            d.pids_sample(step * 250 * MS, &key("/nolimit"), step * 10, None);
+        }
+        assert!(d.check(10 * NS).is_empty());
+    }
+}
