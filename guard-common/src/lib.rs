@@ -320,6 +320,12 @@ impl ProbeConfig {
 /// the page size); the agent's `--ring-buffer-mib` overrides it.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
+/// Capacity of the `LINEAGE` map (tgid → tag): live members of subtrees
+/// being acted on.
+pub const LINEAGE_ENTRIES: u32 = 65536;
+/// Capacity of the `CONDEMNED` map (tag → signal).
+pub const CONDEMNED_ENTRIES: u32 = 256;
+
 /// Slots of the per-CPU `DROPS` map: `[kind]` counts records lost because the
 /// ring buffer was full, `[KIND_SLOTS + kind]` records discarded because a
 /// kernel read failed.

@@ -18,16 +18,17 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+        bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel_str, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{RawTracePointContext, TracePointContext},
 };
 use guard_common::{
-    ABSENT, COMM_LEN, CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent,
-    ExitEvent, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, OomKillEvent, PATH_LEN, ProbeConfig,
-    oom_field,
+    ABSENT, COMM_LEN, CONDEMNED_ENTRIES, CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS,
+    EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES,
+    OomKillEvent, PATH_LEN, ProbeConfig, oom_field,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -41,6 +42,18 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+/// Lineage tags: tgid → tag. Set by the agent on the members of a subtree
+/// it acts on; inherited at fork (so members born while it acts carry the
+/// tag, whoever adopts them later), removed at exit.
+#[map]
+static LINEAGE: HashMap<u32, u64> = HashMap::with_max_entries(LINEAGE_ENTRIES, 0);
+
+/// Condemned tags → signal. A process whose tag is condemned gets the signal
+/// the moment it tries to fork: the subtree cannot grow while the agent
+/// signals its members.
+#[map]
+static CONDEMNED: HashMap<u64, u32> = HashMap::with_max_entries(CONDEMNED_ENTRIES, 0);
 
 /// Error value of the `try_` functions: the program's return value, which the
 /// kernel ignores for tracepoints.
@@ -169,9 +182,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
+    let (parent_pid, parent_tgid) = task_ids(parent)?;
+    let (child_pid, child_tgid) = task_ids(child)?;
+    enforce_lineage(parent_tgid, child_tgid);
     emit::<ForkEvent>(EventKind::Fork, |ev| {
-        let (parent_pid, parent_tgid) = task_ids(parent)?;
-        let (child_pid, child_tgid) = task_ids(child)?;
         let value = ForkEvent {
             header: header(EventKind::Fork),
             parent_pid,
@@ -188,6 +202,28 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
         unsafe { ev.write(value) };
         Ok(())
     })
+}
+
+/// Passes the forker's lineage tag to a new process, and signals a forker
+/// whose tag is condemned. Two hash lookups that miss on every fork outside
+/// an action.
+fn enforce_lineage(parent_tgid: u32, child_tgid: u32) {
+    // SAFETY: the value is copied out at once; entries are plain u64s.
+    let Some(tag) = (unsafe { LINEAGE.get(parent_tgid) }).copied() else {
+        return;
+    };
+    if child_tgid != parent_tgid {
+        // A full map only means this child is found by the agent's own
+        // sweep instead.
+        let _ = LINEAGE.insert(child_tgid, tag, 0);
+    }
+    // SAFETY: as above.
+    if let Some(signal) = (unsafe { CONDEMNED.get(tag) }).copied() {
+        // SAFETY: signals the current task's process; allowed in tracing
+        // programs, and current is a user task (kernel threads never carry
+        // a tag: the agent refuses to tag them).
+        unsafe { bpf_send_signal(signal) };
+    }
 }
 
 // sched_process_exec: fires in exec_binprm() after the new image is loaded
@@ -244,8 +280,11 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         let signal = read::<*const u8>(task, config!(task.signal))?;
         read::<i32>(signal, config!(task.signal_live))? == 0
     };
+    let (pid, tgid) = task_ids(task)?;
+    if group_dead {
+        let _ = LINEAGE.remove(tgid);
+    }
     emit::<ExitEvent>(EventKind::Exit, |ev| {
-        let (pid, tgid) = task_ids(task)?;
         let value = ExitEvent {
             header: header(EventKind::Exit),
             pid,

@@ -51,15 +51,20 @@ impl Scope {
     }
 
     pub fn contains(&self, process: Option<&ProcInfo>) -> bool {
-        if self.cgroups.is_empty() {
-            return true;
+        match process {
+            Some(p) => self.contains_cgroups(&p.cgroups),
+            None => self.cgroups.is_empty(),
         }
-        let Some(process) = process else { return false };
-        self.cgroups.iter().any(|(index, dir)| {
-            process
-                .cgroup(*index)
-                .is_some_and(|own| is_within(own, dir))
-        })
+    }
+
+    /// Whether a process with these cgroups is in scope (no scope: all).
+    pub fn contains_cgroups(&self, set: &crate::cgroup::CgroupSet) -> bool {
+        self.cgroups.is_empty()
+            || self.cgroups.iter().any(|(index, dir)| {
+                set.get(*index)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|own| is_within(own, dir))
+            })
     }
 }
 

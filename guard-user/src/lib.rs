@@ -2,6 +2,7 @@
 //! kernel probes (`loader`, `probes`) → ring buffer (`source`) → `decode` →
 //! process table (`proctable`, `cgroup`) → `output`. `agent` wires them.
 
+pub mod act;
 pub mod agent;
 pub mod btf;
 pub mod cgroup;
@@ -12,5 +13,6 @@ pub mod loader;
 pub mod output;
 pub mod probes;
 pub mod proctable;
+pub mod protect;
 pub mod source;
 pub mod tracefs;

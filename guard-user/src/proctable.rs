@@ -65,7 +65,7 @@ pub struct LineageNode {
     /// Its cgroups when it was last seen alive.
     pub cgroups: CgroupSet,
     /// Nodes, live or ghost, whose `parent` is this one.
-    children: u32,
+    pub(crate) children: u32,
 }
 
 impl Lineage {

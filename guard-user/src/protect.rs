@@ -1,0 +1,171 @@
+//! What guard never signals, whatever the configuration: PID 1, kernel
+//! threads, guard itself and its ancestors, anything outside the scope, and
+//! what `--protect` names. Detectors use it to choose an offender; `act`
+//! checks it again before every signal.
+
+use std::collections::HashSet;
+
+use crate::{agent::Scope, cgroup::is_within, proctable::LineageNode};
+
+/// One `--protect` value: a pid, a cgroup directory (starts with `/`), or a
+/// comm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protected {
+    Pid(u32),
+    Cgroup(String),
+    Comm(String),
+}
+
+pub fn parse_protected(text: &str) -> Result<Protected, String> {
+    if text.is_empty() {
+        return Err("empty --protect value".into());
+    }
+    if let Ok(pid) = text.parse::<u32>() {
+        return Ok(Protected::Pid(pid));
+    }
+    if text.starts_with('/') {
+        let dir = std::fs::canonicalize(text).map_err(|e| format!("--protect {text}: {e}"))?;
+        return Ok(Protected::Cgroup(dir.to_string_lossy().into_owned()));
+    }
+    if text.len() > 15 {
+        return Err(format!(
+            "--protect {text}: a comm is at most 15 bytes (the kernel cuts longer names)"
+        ));
+    }
+    Ok(Protected::Comm(text.to_owned()))
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Protection {
+    /// guard's own tgid and its ancestors' at start.
+    guard_chain: HashSet<u32>,
+    listed: Vec<Protected>,
+    scope: Scope,
+}
+
+impl Protection {
+    pub fn new(guard_chain: HashSet<u32>, listed: Vec<Protected>, scope: Scope) -> Self {
+        Self {
+            guard_chain,
+            listed,
+            scope,
+        }
+    }
+
+    /// guard's tgid and every ancestor's, read from /proc.
+    pub fn own_chain() -> HashSet<u32> {
+        let mut chain = HashSet::new();
+        let mut pid = std::process::id();
+        while pid > 1 && chain.insert(pid) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse().ok());
+            match ppid {
+                Some(p) => pid = p,
+                None => break,
+            }
+        }
+        chain
+    }
+
+    /// Why `node` must not be signalled, or `None` when it may be.
+    pub fn why(&self, node: &LineageNode) -> Option<&'static str> {
+        if node.tgid <= 1 {
+            return Some("PID 1");
+        }
+        if node.kernel_thread || node.tgid == 2 {
+            return Some("a kernel thread");
+        }
+        if self.guard_chain.contains(&node.tgid) {
+            return Some("guard itself or its ancestor");
+        }
+        if !self.scope.contains_cgroups(&node.cgroups) {
+            return Some("outside the --cgroup scope");
+        }
+        for p in &self.listed {
+            let hit = match p {
+                Protected::Pid(pid) => node.tgid == *pid,
+                Protected::Comm(comm) => node.comm.as_bytes() == comm.as_bytes(),
+                Protected::Cgroup(dir) => {
+                    node.cgroups.iter().flatten().any(|own| is_within(own, dir))
+                }
+            };
+            if hit {
+                return Some("named by --protect");
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::decode::Comm;
+
+    fn node(tgid: u32, comm: &str, cgroup: &str, kernel_thread: bool) -> LineageNode {
+        LineageNode {
+            tgid,
+            parent: None,
+            comm: Comm::from_str_lossy(comm),
+            alive: true,
+            born_ns: 0,
+            kernel_thread,
+            cgroups: Arc::from(vec![Some(Arc::<str>::from(cgroup))]),
+            children: 0,
+        }
+    }
+
+    #[test]
+    fn never_pid_1_kernel_threads_guard_or_outside_scope() {
+        let scope = Scope {
+            cgroups: vec![(0, "/sys/fs/cgroup/pids/jobs".into())],
+        };
+        let p = Protection::new(HashSet::from([4242, 4000]), vec![], scope);
+        let inside = "/sys/fs/cgroup/pids/jobs/a";
+        assert_eq!(p.why(&node(1, "init", inside, false)), Some("PID 1"));
+        assert_eq!(
+            p.why(&node(77, "kworker/0:1", inside, true)),
+            Some("a kernel thread")
+        );
+        assert_eq!(
+            p.why(&node(4000, "sudo", inside, false)),
+            Some("guard itself or its ancestor")
+        );
+        assert_eq!(
+            p.why(&node(500, "bash", "/sys/fs/cgroup/pids/other", false)),
+            Some("outside the --cgroup scope")
+        );
+        assert_eq!(p.why(&node(500, "bash", inside, false)), None);
+    }
+
+    #[test]
+    fn protect_by_pid_comm_and_cgroup() {
+        let listed = vec![
+            parse_protected("600").expect("pid"),
+            parse_protected("postgres").expect("comm"),
+            Protected::Cgroup("/sys/fs/cgroup/pids/db".into()),
+        ];
+        let p = Protection::new(HashSet::new(), listed, Scope::default());
+        assert!(
+            p.why(&node(600, "x", "/sys/fs/cgroup/pids", false))
+                .is_some()
+        );
+        assert!(
+            p.why(&node(601, "postgres", "/sys/fs/cgroup/pids", false))
+                .is_some()
+        );
+        assert!(
+            p.why(&node(602, "x", "/sys/fs/cgroup/pids/db/replica", false))
+                .is_some()
+        );
+        assert!(
+            p.why(&node(603, "x", "/sys/fs/cgroup/pids/dbx", false))
+                .is_none()
+        );
+        assert!(parse_protected("a-very-long-command-name").is_err());
+    }
+}
