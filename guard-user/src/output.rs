@@ -5,6 +5,12 @@
 
 use std::{
     io::{self, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
     time::{Duration, SystemTime},
 };
 
@@ -215,6 +221,96 @@ pub fn signal_name(signal: i32) -> &'static str {
         .unwrap_or("SIGRT")
 }
 
+/// stdout written by a thread of its own, so that a slow reader (a pipe to
+/// a logger, a terminal, a test harness starved by the very fork bomb guard
+/// is fighting) never stalls the pipeline: detection and actions go on while
+/// output queues. [`Output`] drops event lines (counting them) once
+/// [`BACKLOG_LIMIT`] bytes wait; alerts, actions and summaries always queue.
+pub struct ThreadedStdout {
+    buf: Vec<u8>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    backlog: Arc<AtomicUsize>,
+    broken: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Bytes of output allowed to wait before event lines are dropped.
+pub const BACKLOG_LIMIT: usize = 64 << 20;
+
+impl ThreadedStdout {
+    pub fn spawn() -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(AtomicBool::new(false));
+        let (pending, gone) = (backlog.clone(), broken.clone());
+        let thread = std::thread::Builder::new()
+            .name("guard-stdout".into())
+            .spawn(move || {
+                let mut stdout = io::stdout().lock();
+                for chunk in rx {
+                    let written = stdout.write_all(&chunk).and_then(|()| stdout.flush());
+                    pending.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    if written.is_err() {
+                        gone.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            buf: Vec::with_capacity(64 << 10),
+            tx: Some(tx),
+            backlog,
+            broken,
+            thread: Some(thread),
+        })
+    }
+
+    /// Bytes handed to the writer thread and not yet written.
+    pub fn backlog(&self) -> Arc<AtomicUsize> {
+        self.backlog.clone()
+    }
+
+    fn broken_pipe() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "stdout was closed")
+    }
+}
+
+impl Write for ThreadedStdout {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Self::broken_pipe());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Self::broken_pipe());
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
+        self.backlog.fetch_add(chunk.len(), Ordering::Relaxed);
+        match &self.tx {
+            Some(tx) if tx.send(chunk).is_ok() => Ok(()),
+            _ => Err(Self::broken_pipe()),
+        }
+    }
+}
+
+impl Drop for ThreadedStdout {
+    /// Hands over what is buffered and waits until it is written.
+    fn drop(&mut self) {
+        let _ = self.flush();
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Writes records to `W` in one format.
 pub struct Output<W: Write> {
     out: W,
@@ -222,6 +318,10 @@ pub struct Output<W: Write> {
     clock: WallClock,
     line: Vec<u8>,
     header_done: bool,
+    /// Bytes waiting to be written, when `W` queues them.
+    backlog: Option<Arc<AtomicUsize>>,
+    /// Event lines dropped because too much output was waiting.
+    pub dropped: u64,
 }
 
 impl<W: Write> Output<W> {
@@ -232,7 +332,16 @@ impl<W: Write> Output<W> {
             clock,
             line: Vec::with_capacity(512),
             header_done: false,
+            backlog: None,
+            dropped: 0,
         }
+    }
+
+    /// Drop event lines (counted in `dropped`) while more than
+    /// [`BACKLOG_LIMIT`] bytes wait in `backlog`.
+    pub fn with_backlog(mut self, backlog: Arc<AtomicUsize>) -> Self {
+        self.backlog = Some(backlog);
+        self
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -249,6 +358,14 @@ impl<W: Write> Output<W> {
 
     /// One event with what the process table knows about its subject.
     pub fn event(&mut self, event: &Event, ctx: &Context<'_>) -> io::Result<()> {
+        if self
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Relaxed) > BACKLOG_LIMIT)
+        {
+            self.dropped += 1;
+            return Ok(());
+        }
         self.line.clear();
         match self.format {
             Format::Json => self.json_event(event, ctx),
@@ -643,6 +760,31 @@ mod tests {
         let col = |l: &str| l.find("/sys/fs/cgroup");
         assert_eq!(col(lines[1]), col(lines[2]));
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn events_are_dropped_and_counted_while_output_is_backlogged() {
+        let backlog = Arc::new(AtomicUsize::new(BACKLOG_LIMIT + 1));
+        let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
+        out.event(&exit(ExitStatus::Exited(0)), &ctx())
+            .expect("write");
+        out.record("alert", &[("detector", serde_json::json!("fork"))])
+            .expect("write");
+        assert_eq!(out.dropped, 1);
+        backlog.store(0, Ordering::Relaxed);
+        out.event(&exit(ExitStatus::Exited(0)), &ctx())
+            .expect("write");
+        let text = String::from_utf8(out.into_inner()).expect("utf8");
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "the alert, and the event once the backlog cleared: {text}"
+        );
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains("\"kind\":\"alert\""))
+        );
     }
 
     #[test]
