@@ -11,8 +11,9 @@
 //!    signalled by the fork probe itself (`bpf_send_signal`), at once;
 //! 3. every tagged process is signalled through a pidfd, after checking it
 //!    still carries the tag (a reused pid never does), round after round
-//!    until none is left running: SIGSTOP for `stop`; SIGSTOP, then SIGKILL
-//!    for `kill`.
+//!    until none is left running: SIGSTOP for `stop`, SIGKILL for `kill`
+//!    (condemned with SIGKILL from the start, nothing can fork in between:
+//!    that is what freezing first would buy, without its leak).
 //!
 //! Members are judged by live processes: a killed member stays a zombie
 //! until its (adoptive) parent reaps it, still holding a pids.current slot;
@@ -22,6 +23,7 @@
 
 use std::{
     collections::BTreeSet,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -36,7 +38,8 @@ pub enum ActionKind {
     Log,
     /// Freeze the whole offending subtree (SIGSTOP).
     Stop,
-    /// Stop, then kill the whole offending subtree (SIGKILL).
+    /// Kill the whole offending subtree (SIGKILL; members that fork meanwhile
+    /// are killed by the fork probe at that moment).
     Kill,
 }
 
@@ -49,19 +52,20 @@ pub enum ProcState {
     Running,
 }
 
-/// Everything containment needs from the system.
+/// Everything containment needs from the system. Shared: the pipeline tags
+/// members born while an action runs, as their fork events arrive.
 pub trait System {
     /// Gives `tgid` the lineage tag, if it is still the process born at
     /// `born_ns` (0: unknown). False when it is gone or someone else.
-    fn tag(&mut self, tgid: u32, born_ns: u64, tag: u64) -> bool;
+    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> bool;
     /// Makes the fork probe send `signal` to members of `tag` that fork.
-    fn condemn(&mut self, tag: u64, signal: i32);
+    fn condemn(&self, tag: u64, signal: i32);
     /// Ends the condemnation.
-    fn release(&mut self, tag: u64);
+    fn release(&self, tag: u64);
     /// Processes that carry `tag` now.
     fn tagged(&self, tag: u64) -> Vec<u32>;
     /// Signals `tgid` if it still carries `tag`. True when sent.
-    fn signal_tagged(&mut self, tgid: u32, tag: u64, signal: i32) -> bool;
+    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool;
     fn state(&self, tgid: u32) -> ProcState;
 }
 
@@ -90,7 +94,7 @@ pub struct Outcome {
 /// Signals every member of the subtree tagged `tag` until none is left
 /// running, or `deadline` passes.
 pub fn contain(
-    sys: &mut impl System,
+    sys: &impl System,
     tag: u64,
     members: &[Member],
     kind: ActionKind,
@@ -111,9 +115,13 @@ pub fn contain(
     for m in members {
         sys.tag(m.tgid, m.born_ns, tag);
     }
+    // Kill condemns with SIGKILL from the first instant: a member that forks
+    // dies at that moment, so the subtree only shrinks. (Stopping first, as
+    // a freezer would, lets every fork of a not-yet-stopped member leave a
+    // new running child behind: measured, it let a bash bomb reach pids.max.)
     let passes: &[i32] = match kind {
         ActionKind::Stop => &[libc::SIGSTOP],
-        _ => &[libc::SIGSTOP, libc::SIGKILL],
+        _ => &[libc::SIGKILL],
     };
     for &signal in passes {
         sys.condemn(tag, signal);
@@ -122,10 +130,13 @@ pub fn contain(
             let pending: Vec<u32> = sys
                 .tagged(tag)
                 .into_iter()
-                .filter(|&t| match (signal, sys.state(t)) {
-                    (_, ProcState::Gone | ProcState::Zombie) => false,
-                    (libc::SIGSTOP, ProcState::Stopped) => false,
-                    _ => true,
+                // Still to signal: alive, and not already stopped by a stop pass.
+                .filter(|&t| {
+                    !matches!(
+                        (signal, sys.state(t)),
+                        (_, ProcState::Gone | ProcState::Zombie)
+                            | (libc::SIGSTOP, ProcState::Stopped)
+                    )
                 })
                 .collect();
             if pending.is_empty() || Instant::now() >= pass_deadline {
@@ -179,8 +190,8 @@ pub fn contain(
 
 /// The real system: the kernel's LINEAGE and CONDEMNED maps, pidfds, /proc.
 pub struct LiveSystem {
-    pub lineage: BpfHashMap<MapData, u32, u64>,
-    pub condemned: BpfHashMap<MapData, u64, u32>,
+    lineage: Mutex<BpfHashMap<MapData, u32, u64>>,
+    condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
 }
 
 struct Pidfd(i32);
@@ -229,8 +240,14 @@ fn ticks_per_sec() -> u64 {
     if t > 0 { t as u64 } else { 100 }
 }
 
+/// A poisoned lock only means another thread panicked mid-call; the map
+/// itself lives in the kernel and is still whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl System for LiveSystem {
-    fn tag(&mut self, tgid: u32, born_ns: u64, tag: u64) -> bool {
+    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> bool {
         let Some(_pidfd) = Pidfd::open(tgid) else {
             return false;
         };
@@ -248,21 +265,21 @@ impl System for LiveSystem {
                 return false;
             }
         }
-        self.lineage.insert(tgid, tag, 0).is_ok()
+        lock(&self.lineage).insert(tgid, tag, 0).is_ok()
     }
 
-    fn condemn(&mut self, tag: u64, signal: i32) {
-        if let Err(err) = self.condemned.insert(tag, signal as u32, 0) {
+    fn condemn(&self, tag: u64, signal: i32) {
+        if let Err(err) = lock(&self.condemned).insert(tag, signal as u32, 0) {
             tracing::warn!("could not condemn subtree {tag} in the kernel: {err}");
         }
     }
 
-    fn release(&mut self, tag: u64) {
-        let _ = self.condemned.remove(&tag);
+    fn release(&self, tag: u64) {
+        let _ = lock(&self.condemned).remove(&tag);
     }
 
     fn tagged(&self, tag: u64) -> Vec<u32> {
-        self.lineage
+        lock(&self.lineage)
             .iter()
             .filter_map(Result::ok)
             .filter(|&(_, t)| t == tag)
@@ -270,13 +287,13 @@ impl System for LiveSystem {
             .collect()
     }
 
-    fn signal_tagged(&mut self, tgid: u32, tag: u64, signal: i32) -> bool {
+    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool {
         let Some(pidfd) = Pidfd::open(tgid) else {
             return false;
         };
         // The tag is removed when a process exits, before its pid can be
         // reused; checked with the pidfd held, it proves the identity.
-        if self.lineage.get(&tgid, 0).ok() != Some(tag) {
+        if lock(&self.lineage).get(&tgid, 0).ok() != Some(tag) {
             return false;
         }
         pidfd.send(signal)
@@ -295,8 +312,8 @@ impl System for LiveSystem {
 impl LiveSystem {
     pub fn new(lineage: aya::maps::Map, condemned: aya::maps::Map) -> Result<Self> {
         Ok(Self {
-            lineage: BpfHashMap::try_from(lineage).context("LINEAGE map")?,
-            condemned: BpfHashMap::try_from(condemned).context("CONDEMNED map")?,
+            lineage: Mutex::new(BpfHashMap::try_from(lineage).context("LINEAGE map")?),
+            condemned: Mutex::new(BpfHashMap::try_from(condemned).context("CONDEMNED map")?),
         })
     }
 }
@@ -311,6 +328,11 @@ mod tests {
     /// round (as a bomb does) unless the probe's signal gets it first.
     #[derive(Default)]
     struct Bomb {
+        inner: std::cell::RefCell<BombState>,
+    }
+
+    #[derive(Default)]
+    struct BombState {
         procs: HashMap<u32, (ProcState, Option<u64>)>,
         condemned: HashMap<u64, i32>,
         next_pid: u32,
@@ -319,16 +341,24 @@ mod tests {
 
     impl Bomb {
         fn with(members: &[u32]) -> Self {
-            let mut b = Bomb {
+            let mut state = BombState {
                 next_pid: 1000,
                 ..Default::default()
             };
             for &m in members {
-                b.procs.insert(m, (ProcState::Running, None));
+                state.procs.insert(m, (ProcState::Running, None));
             }
-            b
+            Bomb {
+                inner: std::cell::RefCell::new(state),
+            }
         }
 
+        fn st(&self) -> std::cell::RefMut<'_, BombState> {
+            self.inner.borrow_mut()
+        }
+    }
+
+    impl BombState {
         fn apply(&mut self, tgid: u32, signal: i32) {
             if let Some(p) = self.procs.get_mut(&tgid) {
                 p.0 = match signal {
@@ -341,8 +371,8 @@ mod tests {
     }
 
     impl System for Bomb {
-        fn tag(&mut self, tgid: u32, _born: u64, tag: u64) -> bool {
-            match self.procs.get_mut(&tgid) {
+        fn tag(&self, tgid: u32, _born: u64, tag: u64) -> bool {
+            match self.st().procs.get_mut(&tgid) {
                 Some(p) if p.0 != ProcState::Gone => {
                     p.1 = Some(tag);
                     true
@@ -350,80 +380,100 @@ mod tests {
                 _ => false,
             }
         }
-        fn condemn(&mut self, tag: u64, signal: i32) {
-            self.condemned.insert(tag, signal);
+        fn condemn(&self, tag: u64, signal: i32) {
+            let mut st = self.st();
+            st.condemned.insert(tag, signal);
             // Every running tagged member tries to fork once: the probe
             // signals it, the child inherits the tag.
-            let forkers: Vec<(u32, u64)> = self
+            let forkers: Vec<(u32, u64)> = st
                 .procs
                 .iter()
                 .filter(|(_, p)| p.0 == ProcState::Running)
                 .filter_map(|(&t, p)| Some((t, p.1?)))
                 .collect();
             for (t, tag) in forkers {
-                self.next_pid += 1;
-                self.procs
-                    .insert(self.next_pid, (ProcState::Running, Some(tag)));
-                self.apply(t, signal);
+                st.next_pid += 1;
+                let child = st.next_pid;
+                st.procs.insert(child, (ProcState::Running, Some(tag)));
+                st.apply(t, signal);
             }
         }
-        fn release(&mut self, tag: u64) {
-            self.condemned.remove(&tag);
+        fn release(&self, tag: u64) {
+            self.st().condemned.remove(&tag);
         }
         fn tagged(&self, tag: u64) -> Vec<u32> {
-            self.procs
+            let st = self.inner.borrow();
+            st.procs
                 .iter()
                 .filter(|(_, p)| p.1 == Some(tag) && p.0 != ProcState::Gone)
                 .map(|(&t, _)| t)
                 .collect()
         }
-        fn signal_tagged(&mut self, tgid: u32, tag: u64, signal: i32) -> bool {
-            if self.procs.get(&tgid).and_then(|p| p.1) != Some(tag) {
+        fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool {
+            let mut st = self.st();
+            if st.procs.get(&tgid).and_then(|p| p.1) != Some(tag) {
                 return false;
             }
-            self.log.push((tgid, signal));
-            self.apply(tgid, signal);
+            st.log.push((tgid, signal));
+            st.apply(tgid, signal);
             true
         }
         fn state(&self, tgid: u32) -> ProcState {
-            self.procs.get(&tgid).map_or(ProcState::Gone, |p| p.0)
+            self.inner
+                .borrow()
+                .procs
+                .get(&tgid)
+                .map_or(ProcState::Gone, |p| p.0)
         }
+    }
+
+    fn members(tgids: &[u32]) -> Vec<Member> {
+        tgids
+            .iter()
+            .map(|&tgid| Member { tgid, born_ns: 0 })
+            .collect()
     }
 
     #[test]
     fn kill_converges_on_members_born_while_acting() {
-        let mut sys = Bomb::with(&[10, 11, 12]);
+        let sys = Bomb::with(&[10, 11, 12]);
         // An unrelated process in the same cgroup.
-        sys.procs.insert(99, (ProcState::Running, None));
-        let members: Vec<Member> = [10, 11, 12]
-            .iter()
-            .map(|&tgid| Member { tgid, born_ns: 0 })
-            .collect();
+        sys.st().procs.insert(99, (ProcState::Running, None));
         let out = contain(
-            &mut sys,
+            &sys,
             7,
-            &members,
+            &members(&[10, 11, 12]),
             ActionKind::Kill,
             Duration::from_secs(1),
         );
         assert!(out.contained, "{out:?}");
         assert_eq!(out.running, 0);
-        assert_eq!(
-            out.signalled, 6,
-            "3 members and the 3 children they forked under condemnation"
-        );
-        assert_eq!(out.died, 6);
-        assert_eq!(out.zombies, 6);
+        // The members forked under condemnation: the probe killed them; their
+        // children (tagged at birth) got the sweep's SIGKILL.
+        assert_eq!(out.signalled, 3, "the 3 children born under condemnation");
+        assert_eq!((out.died, out.zombies), (3, 3));
+        for t in [10, 11, 12, 1001, 1002, 1003] {
+            assert_eq!(sys.state(t), ProcState::Zombie, "{t}");
+        }
+        let stops = sys
+            .inner
+            .borrow()
+            .log
+            .iter()
+            .filter(|l| l.1 == libc::SIGSTOP)
+            .count();
+        assert_eq!(stops, 0, "kill never stops first");
         assert_eq!(
             sys.state(99),
             ProcState::Running,
             "the bystander is untouched"
         );
-        assert!(sys.log.iter().all(|&(t, _)| t != 99));
-        assert!(sys.condemned.is_empty(), "condemnation released");
-        // Stop came before kill for every member.
+        let st = sys.inner.borrow();
+        assert!(st.log.iter().all(|&(t, _)| t != 99));
+        assert!(st.condemned.is_empty(), "condemnation released");
+        // Kill is the last signal every member got.
         for t in [10, 11, 12] {
-            let signals: Vec<i32> = sys.log.iter().filter(|l| l.0 == t).map(|l| l.1).collect();
+            let signals: Vec<i32> = st.log.iter().filter(|l| l.0 == t).map(|l| l.1).collect();
             assert!(
                 signals.is_empty() || signals.last() == Some(&libc::SIGKILL),
                 "{t}: {signals:?}"
@@ -433,21 +483,11 @@ mod tests {
 
     #[test]
     fn stop_leaves_everyone_stopped_and_log_does_nothing() {
-        let mut sys = Bomb::with(&[20, 21]);
-        let members = [
-            Member {
-                tgid: 20,
-                born_ns: 0,
-            },
-            Member {
-                tgid: 21,
-                born_ns: 0,
-            },
-        ];
+        let sys = Bomb::with(&[20, 21]);
         let out = contain(
-            &mut sys,
+            &sys,
             8,
-            &members,
+            &members(&[20, 21]),
             ActionKind::Stop,
             Duration::from_secs(1),
         );
@@ -455,19 +495,22 @@ mod tests {
             out.contained && out.died == 0 && out.running == 0,
             "{out:?}"
         );
-        assert!(sys.procs.values().all(|p| p.0 == ProcState::Stopped));
-        let mut quiet = Bomb::with(&[30]);
+        assert!(
+            sys.inner
+                .borrow()
+                .procs
+                .values()
+                .all(|p| p.0 == ProcState::Stopped)
+        );
+        let quiet = Bomb::with(&[30]);
         let out = contain(
-            &mut quiet,
+            &quiet,
             9,
-            &[Member {
-                tgid: 30,
-                born_ns: 0,
-            }],
+            &members(&[30]),
             ActionKind::Log,
             Duration::from_secs(1),
         );
         assert_eq!(out.signalled, 0);
-        assert!(quiet.log.is_empty() && quiet.condemned.is_empty());
+        assert!(quiet.inner.borrow().log.is_empty() && quiet.inner.borrow().condemned.is_empty());
     }
 }

@@ -1,15 +1,14 @@
-//! The pipeline: ring buffer → decode → process table → filter → output.
-//! Loads, attaches, runs until SIGINT/SIGTERM, detaches, and summarises.
+//! Wiring: loads and attaches the probes, starts the reader, feeds the
+//! pipeline events and ticks, runs the actions it requests, and on
+//! SIGINT/SIGTERM detaches and summarises.
 
 use std::{
-    collections::BTreeMap,
     io::{self, IsTerminal as _, Write},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use guard_common::{EventKind, KIND_SLOTS};
 use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -17,12 +16,16 @@ use tokio::{
 };
 
 use crate::{
+    act::{LiveSystem, Outcome, System, contain},
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
     decode::Event,
+    detect::fork::{ForkDetector, ForkRules},
     loader::{self, LoadOptions},
-    output::{Context, Format, Output, WallClock},
+    output::{Format, Output, ThreadedStdout, WallClock},
+    pipeline::{ActionRequest, Pipeline, Settings},
     proctable::{ProcInfo, ProcessTable, default_proc_root},
+    protect::Protection,
     source::{self, KernelDrops, SourceStats},
 };
 
@@ -76,28 +79,65 @@ pub enum Ending {
     BrokenPipe,
 }
 
-struct Counters {
-    seen: [u64; KIND_SLOTS as usize],
-    shown: u64,
+/// How long one containment may take before it reports what it got.
+const ACTION_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Keeps the agent responsive while the host is in trouble, as a guard must
+/// be: a fork bomb puts hundreds of runnable processes on the CPUs (CFS would
+/// give the agent a few percent), a memory runaway pages things out, the OOM
+/// killer picks big processes. SCHED_FIFO at the lowest real-time priority
+/// (the agent blocks on epoll between batches and sleeps between signal
+/// rounds; the kernel's RT throttling caps it at sched_rt_runtime_us anyway),
+/// else nice -20; memory locked; OOM score adjustment -1000.
+fn harden_self(realtime: bool) {
+    if realtime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets this process's own policy; `param` outlives the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+            tracing::debug!("running as SCHED_FIFO priority 1");
+        } else {
+            // SAFETY: setpriority on this process only.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } != 0 {
+                tracing::warn!(
+                    "could not raise guard's priority: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    // SAFETY: locks this process's own pages; no pointers involved.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        tracing::debug!("mlockall failed: {}", io::Error::last_os_error());
+    }
+    if let Err(err) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::debug!("could not set oom_score_adj: {err}");
+    }
 }
 
 pub async fn run(args: Args) -> Result<Ending> {
+    harden_self(!args.no_realtime);
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
-    let primary = hierarchies.primary;
 
     let (mut loaded, maps) = loader::load(&LoadOptions {
         btf: args.btf.clone(),
         ring_buffer_bytes: args.ring_buffer_mib << 20,
         kinds: args.events.0.clone(),
     })?;
+    let loader::Maps {
+        ring,
+        drops,
+        lineage,
+        condemned,
+    } = maps;
+    let system = Arc::new(LiveSystem::new(lineage, condemned)?);
 
     // Start reading before attaching, so start-up loses nothing.
     let (tx, mut rx) = mpsc::channel::<Event>(args.queue as usize);
     let stats = Arc::new(SourceStats::default());
     let (stop_reader, stop_rx) = oneshot::channel();
-    let reader = source::spawn_reader(maps.ring, tx, stats.clone(), stop_rx)?;
+    let reader = source::spawn_reader(ring, tx, stats.clone(), stop_rx)?;
     let report = loaded.attach()?;
 
     let mut table = ProcessTable::new(hierarchies.clone(), default_proc_root());
@@ -113,22 +153,44 @@ pub async fn run(args: Args) -> Result<Ending> {
     } else {
         Format::Text { color }
     };
-    let mut out = Output::new(
-        io::BufWriter::with_capacity(64 * 1024, io::stdout().lock()),
-        format,
-        WallClock::now(),
+    let stdout = ThreadedStdout::spawn().context("starting the stdout writer")?;
+    let backlog = stdout.backlog();
+    let out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
+    let rules = ForkRules {
+        window_ns: args.fork_window_ms * 1_000_000,
+        rate: args.fork_rate,
+        growth: args.fork_growth,
+        horizon_ns: args.pids_horizon * 1_000_000_000,
+    };
+    let protection = Protection::new(Protection::own_chain(), args.protect.clone(), scope.clone());
+    let settings = Settings {
+        events: args.events.clone(),
+        threads: args.threads,
+        fork_action: args.fork_action,
+        dry_run: args.dry_run,
+    };
+    let processes = table.len();
+    let shared: Arc<dyn System + Send + Sync> = system.clone();
+    let mut pipe = Pipeline::new(
+        settings,
+        scope.clone(),
+        protection,
+        table,
+        ForkDetector::new(rules),
+        out,
+        Some(shared),
     );
+    pipe.seed_detector(WallClock::boot_ns_now());
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
     tracing::info!(
-        "ready: {} probes attached, {} processes known, cgroup paths from {}",
+        "ready: {} probes attached, {processes} processes known, cgroup paths from {}",
         report.attached.len(),
-        table.len(),
         hierarchies.primary().mount.display()
     );
-    let start = out.record(
+    let start = pipe.out.record(
         "start",
         &[
             ("version", json!(env!("CARGO_PKG_VERSION"))),
@@ -149,18 +211,48 @@ pub async fn run(args: Args) -> Result<Ending> {
                 "scope",
                 json!(scope.cgroups.iter().map(|(_, d)| d).collect::<Vec<_>>()),
             ),
-            ("processes", json!(table.len())),
+            ("processes", json!(processes)),
+            ("fork_action", json!(args.fork_action)),
+            ("dry_run", json!(args.dry_run)),
         ],
     );
-    let mut broken = check_pipe(start.and_then(|()| out.flush()))?;
+    let mut broken = check_pipe(start.and_then(|()| pipe.out.flush()))?;
 
-    let mut counters = Counters {
-        seen: [0; KIND_SLOTS as usize],
-        shown: 0,
-    };
     let mut reported = KernelDrops::default();
     let mut reported_queue = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ActionRequest, Outcome)>();
+    // One long-lived action thread, started now: creating a thread when a
+    // bomb is already running costs milliseconds (its stack is populated and
+    // locked under mlockall) that the bomb does not give.
+    let (act_tx, act_rx) = std::sync::mpsc::channel::<ActionRequest>();
+    let actor = {
+        let system = system.clone();
+        let done = done_tx.clone();
+        std::thread::Builder::new()
+            .name("guard-act".into())
+            .spawn(move || {
+                for request in act_rx {
+                    let outcome = contain(
+                        &*system,
+                        request.tag,
+                        &request.members,
+                        request.kind,
+                        ACTION_DEADLINE,
+                    );
+                    if done.send((request, outcome)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the action thread")?
+    };
+    let run_actions = |requests: Vec<ActionRequest>| {
+        for request in requests {
+            let _ = act_tx.send(request);
+        }
+    };
 
     let mut stopped_by_signal = false;
     while !broken {
@@ -168,66 +260,72 @@ pub async fn run(args: Args) -> Result<Ending> {
             _ = sigint.recv() => { stopped_by_signal = true; break }
             _ = sigterm.recv() => { stopped_by_signal = true; break }
             _ = tick.tick() => {
-                let result = report_losses(&maps.drops, &stats, &mut reported, &mut reported_queue, &mut table, &mut out);
+                let result = report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe);
                 broken = check_pipe(result)?;
+            }
+            _ = sample.tick() => {
+                pipe.sample_pids(WallClock::boot_ns_now());
+                match pipe.check(WallClock::boot_ns_now()) {
+                    Ok(requests) => run_actions(requests),
+                    Err(err) => broken = check_pipe(Err(err))?,
+                }
+            }
+            Some((request, outcome)) = done_rx.recv() => {
+                match pipe.action_done(&request, &outcome) {
+                    Ok(follow_up) => run_actions(follow_up),
+                    Err(err) => broken = check_pipe(Err(err))?,
+                }
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                let mut result = handle(&event, &args, &scope, primary, &mut table, &mut counters, &mut out);
-                // Take whatever else is queued, then flush once.
+                let mut result = pipe.handle(&event);
+                // Take whatever else is queued, then check and flush once.
                 while result.is_ok() && let Ok(event) = rx.try_recv() {
-                    result = handle(&event, &args, &scope, primary, &mut table, &mut counters, &mut out);
+                    result = pipe.handle(&event);
                 }
-                broken = check_pipe(result.and_then(|()| out.flush()))?;
+                let result = result.and_then(|()| pipe.check(WallClock::boot_ns_now())).map(run_actions);
+                broken = check_pipe(result.and_then(|()| pipe.out.flush()))?;
             }
         }
     }
 
     // Detach every probe, then take what the reader still holds.
+    drop(act_tx);
+    let _ = actor.join();
     drop(loaded);
     let _ = stop_reader.send(());
     while let Some(event) = rx.recv().await {
-        if broken {
-            continue;
+        if !broken {
+            broken = check_pipe(pipe.handle(&event))?;
         }
-        let result = handle(
-            &event,
-            &args,
-            &scope,
-            primary,
-            &mut table,
-            &mut counters,
-            &mut out,
-        );
-        broken = check_pipe(result)?;
     }
     let _ = reader.await;
     if broken {
         return Ok(Ending::BrokenPipe);
     }
 
-    let drops = KernelDrops::read(&maps.drops)?;
+    let kernel = KernelDrops::read(&drops)?;
     let queue_full = stats.queue_full.load(Ordering::Relaxed);
-    let seen: BTreeMap<&str, u64> = EventKind::ALL
-        .iter()
-        .map(|k| (k.name(), counters.seen[*k as usize]))
-        .collect();
-    let summary = out.record(
+    let summary = pipe.out.record(
         "summary",
         &[
-            ("seen", json!(seen)),
-            ("shown", json!(counters.shown)),
-            ("lost", json!(drops.total() + queue_full)),
-            ("lost_ring_full", KernelDrops::by_kind(&drops.ring_full)),
-            ("lost_read_failed", KernelDrops::by_kind(&drops.read_failed)),
+            ("seen", json!(pipe.seen_by_kind())),
+            ("shown", json!(pipe.counters.shown)),
+            ("lost", json!(kernel.total() + queue_full)),
+            ("lost_ring_full", KernelDrops::by_kind(&kernel.ring_full)),
+            (
+                "lost_read_failed",
+                KernelDrops::by_kind(&kernel.read_failed),
+            ),
             ("lost_queue_full", json!(queue_full)),
             (
                 "undecodable",
                 json!(stats.undecodable.load(Ordering::Relaxed)),
             ),
+            ("output_dropped", json!(pipe.out.dropped)),
         ],
     );
-    if check_pipe(summary.and_then(|()| out.flush()))? {
+    if check_pipe(summary.and_then(|()| pipe.out.flush()))? {
         return Ok(Ending::BrokenPipe);
     }
     Ok(if stopped_by_signal {
@@ -237,48 +335,9 @@ pub async fn run(args: Args) -> Result<Ending> {
     })
 }
 
-/// Applies one event to the table and shows it when it passes the filters.
-fn handle(
-    event: &Event,
-    args: &Args,
-    scope: &Scope,
-    primary: usize,
-    table: &mut ProcessTable,
-    counters: &mut Counters,
-    out: &mut Output<impl Write>,
-) -> io::Result<()> {
-    let kind = event.kind();
-    counters.seen[kind as usize] += 1;
-    let subject = table.apply(event);
-    if !args.events.contains(kind)
-        || (event.is_thread_level() && !args.threads)
-        || !scope.contains(subject.as_ref())
-    {
-        return Ok(());
-    }
-    let ppid = match event {
-        Event::Fork(f) => Some(f.child_ppid),
-        Event::Exit(e) => Some(e.ppid),
-        _ => subject.as_ref().map(|p| p.ppid),
-    };
-    let ctx = Context {
-        comm: subject.as_ref().map(|p| p.comm),
-        ppid,
-        parent_comm: ppid.and_then(|p| table.get(p)).map(|p| p.comm),
-        cgroup: subject
-            .as_ref()
-            .and_then(|p| p.cgroup(primary))
-            .map(|s| &**s),
-        age_ns: match (event, &subject) {
-            (Event::Exit(e), Some(p)) if p.start_boot_ns > 0 => {
-                Some(e.boot_ns.saturating_sub(p.start_boot_ns))
-            }
-            _ => None,
-        },
-    };
-    counters.shown += 1;
-    out.event(event, &ctx)
-}
+/// How often cgroup task counts and limits are read for the trend rule (and
+/// the detectors checked when no event arrives).
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Reports kernel- and queue-side losses that grew since the last report,
 /// as a `lost` record and a warning; after a loss, drops table entries whose
@@ -288,8 +347,7 @@ fn report_losses(
     stats: &SourceStats,
     reported: &mut KernelDrops,
     reported_queue: &mut u64,
-    table: &mut ProcessTable,
-    out: &mut Output<impl Write>,
+    pipe: &mut Pipeline<impl Write>,
 ) -> io::Result<()> {
     let Ok(now) = KernelDrops::read(drops) else {
         return Ok(());
@@ -302,13 +360,13 @@ fn report_losses(
     }
     *reported = now;
     *reported_queue = queue;
-    let swept = table.sweep();
+    let swept = pipe.table.sweep();
     tracing::warn!(
         "lost {} events in the kernel (ring buffer full: raise --ring-buffer-mib) and {queue_delta} in the \
          agent's queue (raise --queue); dropped {swept} stale process-table entries",
         delta.total()
     );
-    out.record(
+    pipe.out.record(
         "lost",
         &[
             ("ring_full", KernelDrops::by_kind(&delta.ring_full)),
@@ -316,7 +374,7 @@ fn report_losses(
             ("queue_full", json!(queue_delta)),
         ],
     )?;
-    out.flush()
+    pipe.out.flush()
 }
 
 /// Ok(true) when stdout's reader has gone; other write errors are errors.

@@ -5,6 +5,8 @@ use std::{collections::BTreeSet, path::PathBuf};
 use clap::{Parser, ValueEnum};
 use guard_common::EventKind;
 
+use crate::act::ActionKind;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "guard",
@@ -68,6 +70,54 @@ pub struct Args {
     /// Kernel BTF to resolve struct offsets from.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
+
+    /// What a fork alert leads to: `log` (alert only), `stop` (freeze the
+    /// offending subtree with SIGSTOP) or `kill` (SIGKILL every member; one
+    /// that forks meanwhile is killed by the kernel probe at that moment).
+    /// Protected processes are never signalled.
+    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    pub fork_action: ActionKind,
+
+    /// Explosion rule: births per second (averaged over --fork-window-ms) a
+    /// cgroup must sustain...
+    #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
+    pub fork_rate: f64,
+
+    /// ...while its live process count grows by at least this much from its
+    /// lowest point in the window. Short-lived bursts (a build, a test
+    /// runner) do not grow it; a worker pool starting once has too few
+    /// births.
+    #[arg(long, value_name = "PROCESSES", default_value_t = 32)]
+    pub fork_growth: u32,
+
+    /// The explosion rule's sliding window.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub fork_window_ms: u64,
+
+    /// Trend rule: alert when a cgroup's pids.current, at its growth rate
+    /// over the last 20 s, would reach pids.max within this many seconds
+    /// (cgroups without a limit count toward the host's pid_max).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub pids_horizon: u64,
+
+    /// Never signal this: a pid, a comm (e.g. postgres), or a cgroup
+    /// directory (and everything below it). Repeatable. PID 1, kernel
+    /// threads, guard and its ancestors, and everything outside --cgroup are
+    /// always protected.
+    #[arg(long, value_name = "PID|COMM|CGROUP", value_parser = crate::protect::parse_protected)]
+    pub protect: Vec<crate::protect::Protected>,
+
+    /// Print the actions guard would take (as `action` records with
+    /// `dry_run: true`) without signalling anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Keep normal scheduling. By default guard runs as SCHED_FIFO at the
+    /// lowest real-time priority (falling back to nice -20), so that a fork
+    /// bomb's hundreds of runnable processes cannot starve it; it also locks
+    /// its memory and sets its oom_score_adj to -1000.
+    #[arg(long)]
+    pub no_realtime: bool,
 
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]

@@ -41,6 +41,9 @@ pub struct Loaded {
 pub struct Maps {
     pub ring: RingBuf<MapData>,
     pub drops: PerCpuArray<MapData, u64>,
+    /// LINEAGE and CONDEMNED, for `act`.
+    pub lineage: aya::maps::Map,
+    pub condemned: aya::maps::Map,
 }
 
 /// What attaching did, for the `start` record and the logs.
@@ -130,7 +133,19 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
         .context("loading guard's eBPF object")?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("DROPS map missing")?)?;
-    Ok((Loaded { ebpf, probes }, Maps { ring, drops }))
+    let lineage = ebpf.take_map("LINEAGE").context("LINEAGE map missing")?;
+    let condemned = ebpf
+        .take_map("CONDEMNED")
+        .context("CONDEMNED map missing")?;
+    Ok((
+        Loaded { ebpf, probes },
+        Maps {
+            ring,
+            drops,
+            lineage,
+            condemned,
+        },
+    ))
 }
 
 impl Loaded {

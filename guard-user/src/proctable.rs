@@ -62,6 +62,9 @@ pub struct LineageNode {
     pub alive: bool,
     pub born_ns: u64,
     pub kernel_thread: bool,
+    /// The program it runs, from its last exec event (none: it was forked
+    /// and has not exec'd since guard started; its parent's program).
+    pub exe: Option<Arc<str>>,
     /// Its cgroups when it was last seen alive.
     pub cgroups: CgroupSet,
     /// Nodes, live or ghost, whose `parent` is this one.
@@ -82,6 +85,9 @@ impl Lineage {
             alive: true,
             born_ns: info.start_boot_ns,
             kernel_thread: info.kernel_thread,
+            exe: parent
+                .and_then(|p| self.nodes.get(&p))
+                .and_then(|p| p.exe.clone()),
             cgroups: info.cgroups.clone(),
             children: 0,
         };
@@ -257,6 +263,11 @@ impl ProcessTable {
         self.procs.get(&tgid)
     }
 
+    /// Every live process.
+    pub fn processes(&self) -> impl Iterator<Item = &ProcInfo> {
+        self.procs.values()
+    }
+
     pub fn hierarchies(&self) -> &Hierarchies {
         &self.hierarchies
     }
@@ -400,6 +411,7 @@ impl ProcessTable {
                 let (node, snapshot) = (info.node, info.clone());
                 if let Some(n) = self.lineage.nodes.get_mut(&node) {
                     n.comm = e.comm;
+                    n.exe = Some(Arc::from(e.filename.as_str()));
                 }
                 Some(snapshot)
             }

@@ -114,6 +114,7 @@ mod tests {
             alive: true,
             born_ns: 0,
             kernel_thread,
+            exe: None,
             cgroups: Arc::from(vec![Some(Arc::<str>::from(cgroup))]),
             children: 0,
         }

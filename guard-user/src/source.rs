@@ -29,6 +29,9 @@ use crate::decode::{Event, decode};
 /// while adding at most this much latency.
 pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Longest the reader waits for a wakeup before it looks anyway.
+pub const BACKSTOP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Losses on the agent's side of the ring buffer.
 #[derive(Debug, Default)]
 pub struct SourceStats {
@@ -67,6 +70,12 @@ pub fn spawn_reader(
                             drain(ring.get_mut(), &tx, &stats);
                             break;
                         }
+                    }
+                }
+                // A backstop for a wakeup that does not come: drain anyway.
+                _ = tokio::time::sleep(BACKSTOP_INTERVAL) => {
+                    if !drain(ring.get_mut(), &tx, &stats) {
+                        break;
                     }
                 }
                 _ = &mut stop => {

@@ -78,13 +78,21 @@ pub enum ForkVerdict {
         limit: u64,
         per_sec: f64,
         eta_ns: u64,
+        /// Lineage nodes of the cgroup's last births, newest first.
+        recent: Vec<NodeId>,
     },
 }
+
+/// Births remembered per cgroup, whatever their age, to name the offender
+/// of a slow trend.
+const RECENT_BIRTHS: usize = 64;
 
 #[derive(Default)]
 struct Population {
     /// (time, node) of births within the window.
     births: VecDeque<(u64, NodeId)>,
+    /// The last births, newest last.
+    recent: VecDeque<NodeId>,
     live: u32,
     /// (time, live) after each change within the window.
     history: VecDeque<(u64, u32)>,
@@ -146,6 +154,10 @@ impl ForkDetector {
         let p = self.populations.entry(cgroup.clone()).or_default();
         p.live += 1;
         p.births.push_back((now, node));
+        if p.recent.len() == RECENT_BIRTHS {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(node);
         p.record(now);
     }
 
@@ -171,9 +183,13 @@ impl ForkDetector {
         }
     }
 
-    /// Cgroups whose limit trend is followed.
-    pub fn trended(&self) -> impl Iterator<Item = &CgroupKey> {
-        self.trends.keys()
+    /// Cgroups with live processes or recent births: those to sample.
+    pub fn populated(&self) -> Vec<CgroupKey> {
+        self.populations
+            .iter()
+            .filter(|(_, p)| p.live > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Evaluates every rule at `now`.
@@ -213,7 +229,7 @@ impl ForkDetector {
                     recent: p.births.iter().rev().take(64).map(|&(_, n)| n).collect(),
                 });
             }
-            p.live > 0 || !p.births.is_empty() || p.history.len() > 1
+            p.live > 0 || !p.births.is_empty() || p.history.len() > 1 || !p.recent.is_empty()
         });
         for (cgroup, t) in &mut self.trends {
             let (Some(limit), Some(&(first, _)), Some(&(last, current))) =
@@ -234,12 +250,18 @@ impl ForkDetector {
                 .is_none_or(|at| now.saturating_sub(at) >= REALERT_NS);
             if eta_ns <= rules.horizon_ns && quiet {
                 t.last_alert = Some(now);
+                let recent = self
+                    .populations
+                    .get(cgroup)
+                    .map(|p| p.recent.iter().rev().copied().collect())
+                    .unwrap_or_default();
                 verdicts.push(ForkVerdict::LimitTrend {
                     cgroup: cgroup.clone(),
                     current,
                     limit,
                     per_sec,
                     eta_ns,
+                    recent,
                 });
             }
         }

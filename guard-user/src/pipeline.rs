@@ -1,0 +1,436 @@
+//! The per-event stages after decode: process table (enrich) → detectors →
+//! action requests → output. Owns their state; `agent` feeds it events and
+//! clock ticks, runs the actions it requests (through `act`), and hands the
+//! outcomes back.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, Write},
+    sync::Arc,
+};
+
+use guard_common::{EventKind, KIND_SLOTS};
+use serde_json::{Value, json};
+
+use crate::{
+    act::{ActionKind, Member, Outcome, System},
+    agent::Scope,
+    cli::KindSet,
+    decode::Event,
+    detect::fork::{CgroupKey, ForkDetector, ForkVerdict, find_offender},
+    observe,
+    output::{Context, Output, human_duration},
+    proctable::{NodeId, ProcessTable},
+    protect::Protection,
+};
+
+/// What the stream shows and what verdicts lead to.
+pub struct Settings {
+    pub events: KindSet,
+    pub threads: bool,
+    pub fork_action: ActionKind,
+    pub dry_run: bool,
+}
+
+/// A subtree to contain, for `agent` to run through `act::contain`.
+#[derive(Clone, Debug)]
+pub struct ActionRequest {
+    pub rule: &'static str,
+    /// The offender's lineage node: the kernel tag of the subtree.
+    pub tag: NodeId,
+    pub kind: ActionKind,
+    pub offender: Value,
+    pub members: Vec<Member>,
+}
+
+pub struct Counters {
+    pub seen: [u64; KIND_SLOTS as usize],
+    pub shown: u64,
+}
+
+pub struct Pipeline<W: Write> {
+    pub settings: Settings,
+    pub scope: Scope,
+    pub protection: Protection,
+    pub table: ProcessTable,
+    pub detector: ForkDetector,
+    pub counters: Counters,
+    pub out: Output<W>,
+    /// Hierarchy whose paths events show.
+    primary: usize,
+    /// Hierarchy the fork detector counts in (where pids.max lives).
+    pids_index: usize,
+    /// Offenders with an action under way.
+    active: HashSet<NodeId>,
+    /// Lineage nodes of subtrees being acted on → their tag. A process born
+    /// to one of them joins (transitively, as fork events arrive in order)
+    /// and is tagged in the kernel at once, so members born between the
+    /// action's snapshot and their parent's tagging cannot escape.
+    condemned: HashMap<NodeId, NodeId>,
+    system: Option<Arc<dyn System + Send + Sync>>,
+}
+
+const HOST: &str = "host";
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(
+        settings: Settings,
+        scope: Scope,
+        protection: Protection,
+        table: ProcessTable,
+        detector: ForkDetector,
+        out: Output<W>,
+        system: Option<Arc<dyn System + Send + Sync>>,
+    ) -> Self {
+        let h = table.hierarchies();
+        let primary = h.primary;
+        let pids_index = h
+            .index_of_controller("pids")
+            .or_else(|| h.index_of_id(0))
+            .unwrap_or(primary);
+        Self {
+            settings,
+            scope,
+            protection,
+            table,
+            detector,
+            counters: Counters {
+                seen: [0; KIND_SLOTS as usize],
+                shown: 0,
+            },
+            out,
+            primary,
+            pids_index,
+            active: HashSet::new(),
+            condemned: HashMap::new(),
+            system,
+        }
+    }
+
+    /// Marks a subtree as being acted on (see `condemned`).
+    fn condemn(&mut self, request: &ActionRequest) {
+        self.active.insert(request.tag);
+        self.condemned.insert(request.tag, request.tag);
+        let lineage = self.table.lineage();
+        for (_, id) in lineage.live_descendants(request.tag) {
+            self.condemned.insert(id, request.tag);
+        }
+    }
+
+    /// A child born to a condemned subtree joins it.
+    fn follow_condemned(&mut self, child: NodeId, tgid: u32, born_ns: u64) {
+        let lineage = self.table.lineage();
+        let Some(parent) = lineage.get(child).and_then(|n| n.parent) else {
+            return;
+        };
+        let Some(&tag) = self.condemned.get(&parent) else {
+            return;
+        };
+        if lineage
+            .get(child)
+            .is_some_and(|n| self.protection.why(n).is_some())
+        {
+            return;
+        }
+        self.condemned.insert(child, tag);
+        if let Some(system) = &self.system {
+            system.tag(tgid, born_ns, tag);
+        }
+    }
+
+    /// The detector's key for a process: its pids-hierarchy cgroup, when it
+    /// is in scope and not protected as a kernel thread.
+    fn population_key(
+        &self,
+        cgroups: &crate::cgroup::CgroupSet,
+        kernel_thread: bool,
+    ) -> Option<CgroupKey> {
+        if kernel_thread || !self.scope.contains_cgroups(cgroups) {
+            return None;
+        }
+        cgroups.get(self.pids_index).cloned().flatten()
+    }
+
+    /// Counts the processes already alive at start.
+    pub fn seed_detector(&mut self, now: u64) {
+        let keys: Vec<CgroupKey> = self
+            .table
+            .processes()
+            .filter_map(|p| self.population_key(&p.cgroups, p.kernel_thread))
+            .collect();
+        for key in keys {
+            self.detector.present(now, &key);
+        }
+    }
+
+    /// Applies one event to the table and the detector, and shows it when it
+    /// passes the filters.
+    pub fn handle(&mut self, event: &Event) -> io::Result<()> {
+        let kind = event.kind();
+        self.counters.seen[kind as usize] += 1;
+        let moved_from = match event {
+            Event::CgroupAttach(a) => self
+                .table
+                .get(a.tgid)
+                .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
+            _ => None,
+        };
+        let subject = self.table.apply(event);
+        if let Some(p) = &subject {
+            let key = self.population_key(&p.cgroups, p.kernel_thread);
+            let now = event.boot_ns();
+            if let Event::Fork(f) = event
+                && !f.is_thread()
+                && !self.condemned.is_empty()
+            {
+                self.follow_condemned(p.node, p.tgid, p.start_boot_ns);
+            }
+            match (event, key) {
+                (Event::Fork(f), Some(key)) if !f.is_thread() => {
+                    self.detector.birth(now, &key, p.node)
+                }
+                (Event::Exit(e), Some(key)) if e.group_dead => self.detector.gone(now, &key),
+                (Event::CgroupAttach(_), key) if key != moved_from => {
+                    if let Some(old) = &moved_from {
+                        self.detector.gone(now, old);
+                    }
+                    if let Some(new) = &key {
+                        self.detector.present(now, new);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let s = &self.settings;
+        if !s.events.contains(kind)
+            || (event.is_thread_level() && !s.threads)
+            || !self.scope.contains(subject.as_ref())
+        {
+            return Ok(());
+        }
+        let ppid = match event {
+            Event::Fork(f) => Some(f.child_ppid),
+            Event::Exit(e) => Some(e.ppid),
+            _ => subject.as_ref().map(|p| p.ppid),
+        };
+        let ctx = Context {
+            comm: subject.as_ref().map(|p| p.comm),
+            ppid,
+            parent_comm: ppid.and_then(|p| self.table.get(p)).map(|p| p.comm),
+            cgroup: subject
+                .as_ref()
+                .and_then(|p| p.cgroup(self.primary))
+                .map(|s| &**s),
+            age_ns: match (event, &subject) {
+                (Event::Exit(e), Some(p)) if p.start_boot_ns > 0 => {
+                    Some(e.boot_ns.saturating_sub(p.start_boot_ns))
+                }
+                _ => None,
+            },
+        };
+        self.counters.shown += 1;
+        self.out.event(event, &ctx)
+    }
+
+    /// Feeds the trend rule: pids.current and pids.max of every populated
+    /// cgroup with a limit, and the host's task count.
+    pub fn sample_pids(&mut self, now: u64) {
+        for key in self.detector.populated() {
+            if let Some((current, Some(limit))) = observe::cgroup_pids(&key) {
+                self.detector.pids_sample(now, &key, current, Some(limit));
+            }
+        }
+        if let Some((total, limit)) = observe::host_pids() {
+            self.detector
+                .pids_sample(now, &Arc::from(HOST), total, Some(limit));
+        }
+    }
+
+    /// Evaluates the detectors; writes alerts; returns the actions to run.
+    pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
+        let mut requests = Vec::new();
+        for verdict in self.detector.check(now) {
+            let (rule, cgroup, recent, mut figures) = match &verdict {
+                ForkVerdict::Explosion {
+                    cgroup,
+                    births,
+                    births_per_sec,
+                    growth,
+                    live,
+                    window_ns,
+                    recent,
+                } => (
+                    "explosion",
+                    cgroup.clone(),
+                    recent.clone(),
+                    vec![
+                        ("births", json!(births)),
+                        ("births_per_sec", json!(births_per_sec.round())),
+                        ("growth", json!(growth)),
+                        ("live", json!(live)),
+                        ("window_ms", json!(window_ns / 1_000_000)),
+                    ],
+                ),
+                ForkVerdict::LimitTrend {
+                    cgroup,
+                    current,
+                    limit,
+                    per_sec,
+                    eta_ns,
+                    recent,
+                } => (
+                    "pids_limit_trend",
+                    cgroup.clone(),
+                    recent.clone(),
+                    vec![
+                        ("current", json!(current)),
+                        ("limit", json!(limit)),
+                        ("per_sec", json!((per_sec * 100.0).round() / 100.0)),
+                        ("eta_secs", json!((*eta_ns as f64 / 1e8).round() / 10.0)),
+                        ("eta", json!(human_duration(*eta_ns))),
+                    ],
+                ),
+            };
+            let lineage = self.table.lineage();
+            let protection = &self.protection;
+            let offender = find_offender(lineage, &recent, |n| protection.why(n));
+            let mut fields = vec![
+                ("detector", json!("fork")),
+                ("rule", json!(rule)),
+                ("cgroup", json!(&*cgroup)),
+            ];
+            fields.append(&mut figures);
+            let Some(offender) = offender else {
+                fields.push(("offender", Value::Null));
+                fields.push(("note", json!("no unprotected process behind the growth")));
+                self.out.record("alert", &fields)?;
+                continue;
+            };
+            let members: Vec<Member> = lineage
+                .live_descendants(offender.node)
+                .into_iter()
+                .filter(|&(_, id)| lineage.get(id).is_some_and(|n| protection.why(n).is_none()))
+                .map(|(tgid, id)| Member {
+                    tgid,
+                    born_ns: lineage.get(id).map_or(0, |n| n.born_ns),
+                })
+                .collect();
+            let described = self.describe_offender(offender.node, members.len());
+            fields.push(("offender", described.clone()));
+            fields.push(("action", json!(self.settings.fork_action)));
+            self.out.record("alert", &fields)?;
+            if self.settings.fork_action == ActionKind::Log || self.active.contains(&offender.node)
+            {
+                continue;
+            }
+            let request = ActionRequest {
+                rule,
+                tag: offender.node,
+                kind: self.settings.fork_action,
+                offender: described,
+                members,
+            };
+            if self.settings.dry_run {
+                self.dry_run(&request)?;
+            } else {
+                self.condemn(&request);
+                requests.push(request);
+            }
+        }
+        self.out.flush()?;
+        Ok(requests)
+    }
+
+    fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {
+        let lineage = self.table.lineage();
+        let Some(n) = lineage.get(node) else {
+            return Value::Null;
+        };
+        json!({
+            "pid": n.tgid,
+            "comm": n.comm.to_string(),
+            "alive": n.alive,
+            // From exec events: reading /proc/PID/cmdline here would wait on
+            // the offender's mmap_lock, which a forking process holds.
+            "exe": n.exe.as_deref(),
+            "cgroup": n.cgroups.get(self.primary).cloned().flatten().map(|s| s.to_string()),
+            "subtree_size": subtree,
+        })
+    }
+
+    fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {
+        let pids: Vec<u32> = request.members.iter().map(|m| m.tgid).collect();
+        self.out.record(
+            "action",
+            &[
+                ("detector", json!("fork")),
+                ("rule", json!(request.rule)),
+                ("action", json!(request.kind)),
+                ("dry_run", json!(true)),
+                ("offender", request.offender.clone()),
+                ("members", json!(pids)),
+            ],
+        )
+    }
+
+    /// An action finished: report it. When members of the subtree are still
+    /// alive by the lineage (born before they could be tagged), request a
+    /// follow-up.
+    pub fn action_done(
+        &mut self,
+        request: &ActionRequest,
+        outcome: &Outcome,
+    ) -> io::Result<Vec<ActionRequest>> {
+        self.active.remove(&request.tag);
+        self.condemned.retain(|_, tag| *tag != request.tag);
+        let signals = match request.kind {
+            ActionKind::Stop => "SIGSTOP",
+            _ => "SIGKILL",
+        };
+        self.out.record(
+            "action",
+            &[
+                ("detector", json!("fork")),
+                ("rule", json!(request.rule)),
+                ("action", json!(request.kind)),
+                ("dry_run", json!(false)),
+                ("signals", json!(signals)),
+                ("offender", request.offender.clone()),
+                ("members", json!(request.members.len())),
+                ("outcome", json!(outcome)),
+            ],
+        )?;
+        self.out.flush()?;
+        let lineage = self.table.lineage();
+        let left: Vec<Member> = lineage
+            .live_descendants(request.tag)
+            .into_iter()
+            .filter(|&(_, id)| {
+                lineage
+                    .get(id)
+                    .is_some_and(|n| self.protection.why(n).is_none())
+            })
+            .filter(|&(tgid, _)| std::path::Path::new(&format!("/proc/{tgid}")).exists())
+            .map(|(tgid, id)| Member {
+                tgid,
+                born_ns: lineage.get(id).map_or(0, |n| n.born_ns),
+            })
+            .collect();
+        if left.is_empty() || request.kind == ActionKind::Log {
+            return Ok(Vec::new());
+        }
+        let follow_up = ActionRequest {
+            members: left,
+            ..request.clone()
+        };
+        self.condemn(&follow_up);
+        Ok(vec![follow_up])
+    }
+
+    pub fn seen_by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        EventKind::ALL
+            .iter()
+            .map(|k| (k.name(), self.counters.seen[*k as usize]))
+            .collect()
+    }
+}
