@@ -112,10 +112,12 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Keep normal scheduling. By default guard runs as SCHED_FIFO at the
-    /// lowest real-time priority (falling back to nice -20), so that a fork
-    /// bomb's hundreds of runnable processes cannot starve it; it also locks
-    /// its memory and sets its oom_score_adj to -1000.
+    /// Keep normal scheduling throughout. By default guard switches itself
+    /// to SCHED_FIFO (lowest real-time priority) while a cgroup is a quarter
+    /// of the way to the explosion rule or an action runs, so that a fork
+    /// bomb's hundreds of runnable processes cannot starve it, and back to
+    /// normal when quiet. It always locks its memory and sets its
+    /// oom_score_adj to -1000.
     #[arg(long)]
     pub no_realtime: bool,
 

@@ -107,6 +107,11 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// Whether an action is under way.
+    pub fn acting(&self) -> bool {
+        !self.active.is_empty()
+    }
+
     /// Marks a subtree as being acted on (see `condemned`).
     fn condemn(&mut self, request: &ActionRequest) {
         self.active.insert(request.tag);

@@ -1,10 +1,16 @@
-//! `cargo xtask bench`: the agent's cost, measured as ratios within one run
-//! (never as timed assertions in tests).
+//! `cargo xtask bench`: the agent's cost and its figures, measured within one
+//! run (never as timed assertions in tests).
 //!
 //! fork rate: a tight fork+exit+wait loop (guard-workload forks N) in a cgroup
 //! of its own, alternating rounds without and with the agent attached (the
 //! agent streaming every event of the host as NDJSON to /dev/null, its
 //! default configuration). Prints the medians and the ratio.
+//!
+//! fork bomb: a bash bomb in a cgroup with pids.max=1000, the agent scoped to
+//! it with --fork-action kill. From the agent's own fork and exit records:
+//! time from the bomb's first fork to its last process gone, the peak number
+//! of bomb processes alive; from pids.events: whether the limit refused a
+//! fork. Beside it, the same bomb under pids.max alone.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -18,14 +24,29 @@ use guard_tests::TestCgroup;
 
 const FORKS: &str = "20000";
 
-pub fn run(workspace: &Path, rounds: u32) -> Result<()> {
+pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
+    match only {
+        None => {
+            fork_rate_bench(workspace, rounds)?;
+            bomb_bench(workspace, rounds)
+        }
+        Some("fork-rate") => fork_rate_bench(workspace, rounds),
+        Some("fork-bomb") => bomb_bench(workspace, rounds),
+        Some(other) => bail!("unknown benchmark {other:?}: fork-rate or fork-bomb"),
+    }
+}
+
+fn fork_rate_bench(workspace: &Path, rounds: u32) -> Result<()> {
     let guard = workspace.join("target/release/guard");
     let cg = TestCgroup::new("bench", 4096, 1 << 30);
     let mut without = Vec::new();
     let mut with = Vec::new();
     for round in 1..=rounds {
         without.push(fork_rate(&cg)?);
-        let agent = AgentProcess::start(&guard, &["--json"])?;
+        let mut args = vec!["--json"];
+        let extra = std::env::var("GUARD_BENCH_ARGS").unwrap_or_default();
+        args.extend(extra.split_whitespace());
+        let agent = AgentProcess::start(&guard, &args, Stdio::null())?;
         with.push(fork_rate(&cg)?);
         agent.stop()?;
         eprintln!(
@@ -77,14 +98,161 @@ fn fork_rate(cg: &TestCgroup) -> Result<f64> {
         .context("no per_sec in workload output")
 }
 
+const BOMB: &str = ":(){ :|:& };:";
+const BOMB_PIDS_MAX: u32 = 1000;
+
+/// (pids.events "max" count, pids.current).
+fn pids_figures(cg: &TestCgroup) -> (u64, u64) {
+    let read = |f: &str| std::fs::read_to_string(cg.pids_dir().join(f)).unwrap_or_default();
+    let hits = read("pids.events")
+        .lines()
+        .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
+        .unwrap_or(0);
+    (hits, read("pids.current").trim().parse().unwrap_or(0))
+}
+
+/// Live (non-zombie) bash processes in the cgroup.
+fn live_bash(cg: &TestCgroup) -> usize {
+    cg.procs()
+        .into_iter()
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains("(bash)") && !stat.contains(") Z ")
+        })
+        .count()
+}
+
+fn start_bomb(cg: &TestCgroup) -> Result<()> {
+    cg.command("/bin/bash")
+        .args(["-c", BOMB])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("starting the bomb")?;
+    Ok(())
+}
+
+struct BombRound {
+    contained_ms: f64,
+    peak: u64,
+    refused: u64,
+}
+
+fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
+    let guard = workspace.join("target/release/guard");
+    let cg = TestCgroup::new(&format!("bench-bomb{round}"), BOMB_PIDS_MAX, 1 << 30);
+    let dir = cg.pids_dir().canonicalize()?.to_string_lossy().into_owned();
+    let log = workspace.join(format!("target/bench-bomb-{round}.json"));
+    let file = std::fs::File::create(&log)?;
+    let agent = AgentProcess::start(
+        &guard,
+        &[
+            "--json",
+            "--cgroup",
+            &dir,
+            "--fork-action",
+            "kill",
+            "--events",
+            "fork,exit",
+        ],
+        Stdio::from(file),
+    )?;
+    start_bomb(&cg)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live_bash(&cg) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (refused, _) = pids_figures(&cg);
+    agent.stop()?;
+    // The bomb's processes, from the agent's own records.
+    let mut changes: Vec<(u64, i64)> = Vec::new();
+    for line in std::fs::read_to_string(&log)?.lines() {
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        if r["comm"] != "bash" || r["cgroup"] != dir.as_str() {
+            continue;
+        }
+        let at = r["boot_ns"].as_u64().unwrap_or(0);
+        match r["kind"].as_str() {
+            Some("fork") if r["thread"] == false => changes.push((at, 1)),
+            Some("exit") if r["group_dead"] == true => changes.push((at, -1)),
+            _ => {}
+        }
+    }
+    changes.sort();
+    let (mut live, mut peak) = (0i64, 0i64);
+    for &(_, d) in &changes {
+        live += d;
+        peak = peak.max(live);
+    }
+    let first = changes.first().map_or(0, |c| c.0);
+    let last = changes
+        .iter()
+        .rev()
+        .find(|c| c.1 < 0)
+        .map_or(first, |c| c.0);
+    let _ = std::fs::remove_file(&log);
+    Ok(BombRound {
+        contained_ms: (last - first) as f64 / 1e6,
+        peak: peak as u64,
+        refused,
+    })
+}
+
+fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let r = bomb_round(workspace, round)?;
+        eprintln!(
+            "bomb round {round}/{rounds}: contained in {:.0} ms, peak {} alive, pids.max refused {} forks",
+            r.contained_ms, r.peak, r.refused
+        );
+        results.push(r);
+    }
+    // The same bomb with pids.max alone, for one second.
+    let cg = TestCgroup::new("bench-bomb-alone", BOMB_PIDS_MAX, 1 << 30);
+    start_bomb(&cg)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (alone_refused, alone_current) = pids_figures(&cg);
+    drop(cg);
+
+    let mut ms: Vec<f64> = results.iter().map(|r| r.contained_ms).collect();
+    let mut peaks: Vec<f64> = results.iter().map(|r| r.peak as f64).collect();
+    let clean = results.iter().filter(|r| r.refused == 0).count();
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!("bash fork bomb, pids.max={BOMB_PIDS_MAX}, {rounds} rounds with --fork-action kill:");
+    println!(
+        "  first fork to last bomb process gone: median {:.0} ms, worst {:.0} ms (target < 250 ms)",
+        median(&mut ms),
+        worst(&ms)
+    );
+    println!(
+        "  peak bomb processes alive: median {:.0}, worst {:.0} (target < {})",
+        median(&mut peaks),
+        worst(&peaks),
+        BOMB_PIDS_MAX / 10
+    );
+    println!("  rounds in which pids.max never refused a fork: {clean}/{rounds} (target: all)");
+    println!(
+        "  pids.max alone, after 1 s: {alone_current} tasks (the limit), {alone_refused} forks refused, nothing contained"
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "fork_bomb", "rounds": rounds, "median_ms": median(&mut ms), "worst_ms": worst(&ms),
+            "median_peak": median(&mut peaks), "worst_peak": worst(&peaks), "clean_rounds": clean,
+            "alone_refused": alone_refused, "alone_current": alone_current})
+    );
+    Ok(())
+}
+
 /// The agent with stdout to /dev/null, ready once it logs `ready:`.
 struct AgentProcess(std::process::Child);
 
 impl AgentProcess {
-    fn start(guard: &Path, args: &[&str]) -> Result<Self> {
+    fn start(guard: &Path, args: &[&str], stdout: Stdio) -> Result<Self> {
         let mut child = Command::new(guard)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", guard.display()))?;

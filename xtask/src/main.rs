@@ -46,6 +46,9 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Only this benchmark: fork-rate or fork-bomb.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -74,11 +77,11 @@ fn main() -> Result<()> {
             build()?;
             test(filter.as_deref())
         }
-        Cmd::Bench { rounds } => {
+        Cmd::Bench { rounds, only } => {
             setup()?;
             build()?;
             require_root("the benchmarks load the agent")?;
-            bench::run(&workspace(), rounds)
+            bench::run(&workspace(), rounds, only.as_deref())
         }
     }
 }

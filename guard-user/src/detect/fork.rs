@@ -192,6 +192,25 @@ impl ForkDetector {
             .collect()
     }
 
+    /// Whether some cgroup is a quarter of the way to the explosion rule
+    /// (births and growth both): the agent raises its priority then, so that
+    /// a bomb's runnable processes cannot starve it, and runs at normal
+    /// priority otherwise (a fork+exit loop has births but no growth).
+    pub fn armed(&self) -> bool {
+        let rules = self.rules;
+        let min_births = rules.rate * rules.window_ns as f64 / NS as f64;
+        self.populations.values().any(|p| {
+            let lowest = p
+                .history
+                .iter()
+                .map(|&(_, live)| live)
+                .min()
+                .unwrap_or(p.live);
+            p.births.len() as f64 >= min_births / 4.0
+                && p.live.saturating_sub(lowest) >= rules.growth / 4
+        })
+    }
+
     /// Evaluates every rule at `now`.
     pub fn check(&mut self, now: u64) -> Vec<ForkVerdict> {
         let mut verdicts = Vec::new();
@@ -379,6 +398,24 @@ mod tests {
         assert!(l <= 256, "alerted at {l} live: too late");
         assert_eq!(recent.first(), Some(&node), "newest first");
         assert!(t <= 45 * MS, "alerted at {} ms", t / MS);
+        assert!(d.armed());
+    }
+
+    #[test]
+    fn a_fork_exit_loop_never_arms_a_bomb_does_early() {
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/loop");
+        for i in 0..5_000u64 {
+            d.birth(i * 200_000, &cg, i + 1);
+            d.gone(i * 200_000 + 100_000, &cg);
+        }
+        assert!(!d.armed(), "5000 forks a second that each exit at once");
+        let bomb = key("/bomb");
+        for i in 0..30u64 {
+            d.birth(MS + i * 10_000, &bomb, 10_000 + i);
+        }
+        assert!(d.armed(), "30 births, 30 more live");
+        assert!(d.check(2 * MS).is_empty(), "armed, not yet alerting");
     }
 
     #[test]
