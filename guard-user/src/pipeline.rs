@@ -20,7 +20,7 @@ use crate::{
     detect::fork::{CgroupKey, ForkDetector, ForkVerdict, find_offender},
     observe,
     output::{Context, Output, human_duration},
-    proctable::{NodeId, ProcessTable},
+    proctable::{Lineage, NodeId, ProcessTable},
     protect::Protection,
 };
 
@@ -41,6 +41,21 @@ pub struct ActionRequest {
     pub kind: ActionKind,
     pub offender: Value,
     pub members: Vec<Member>,
+}
+
+/// The live members of `root`'s subtree that may be signalled.
+fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId) -> Vec<Member> {
+    lineage
+        .live_descendants(root)
+        .into_iter()
+        .filter_map(|(tgid, id)| {
+            let node = lineage.get(id)?;
+            protection.why(node).is_none().then_some(Member {
+                tgid,
+                born_ns: node.born_ns,
+            })
+        })
+        .collect()
 }
 
 pub struct Counters {
@@ -311,15 +326,7 @@ impl<W: Write> Pipeline<W> {
                 self.out.record("alert", &fields)?;
                 continue;
             };
-            let members: Vec<Member> = lineage
-                .live_descendants(offender.node)
-                .into_iter()
-                .filter(|&(_, id)| lineage.get(id).is_some_and(|n| protection.why(n).is_none()))
-                .map(|(tgid, id)| Member {
-                    tgid,
-                    born_ns: lineage.get(id).map_or(0, |n| n.born_ns),
-                })
-                .collect();
+            let members = unprotected_members(lineage, protection, offender.node);
             let described = self.describe_offender(offender.node, members.len());
             fields.push(("offender", described.clone()));
             fields.push(("action", json!(self.settings.fork_action)));
@@ -407,20 +414,8 @@ impl<W: Write> Pipeline<W> {
         )?;
         self.out.flush()?;
         let lineage = self.table.lineage();
-        let left: Vec<Member> = lineage
-            .live_descendants(request.tag)
-            .into_iter()
-            .filter(|&(_, id)| {
-                lineage
-                    .get(id)
-                    .is_some_and(|n| self.protection.why(n).is_none())
-            })
-            .filter(|&(tgid, _)| std::path::Path::new(&format!("/proc/{tgid}")).exists())
-            .map(|(tgid, id)| Member {
-                tgid,
-                born_ns: lineage.get(id).map_or(0, |n| n.born_ns),
-            })
-            .collect();
+        let mut left = unprotected_members(lineage, &self.protection, request.tag);
+        left.retain(|m| std::path::Path::new(&format!("/proc/{}", m.tgid)).exists());
         if left.is_empty() || request.kind == ActionKind::Log {
             return Ok(Vec::new());
         }

@@ -46,6 +46,15 @@ pub struct ForkRules {
     pub horizon_ns: u64,
 }
 
+impl ForkRules {
+    /// Births the window must hold: the rate times the window.
+    fn min_births(&self) -> usize {
+        (self.rate * self.window_ns as f64 / NS as f64)
+            .ceil()
+            .max(1.0) as usize
+    }
+}
+
 impl Default for ForkRules {
     fn default() -> Self {
         Self {
@@ -102,6 +111,17 @@ struct Population {
 impl Population {
     fn record(&mut self, now: u64) {
         self.history.push_back((now, self.live));
+    }
+
+    /// Growth of the live count from its lowest point in the window.
+    fn growth(&self) -> u32 {
+        let lowest = self
+            .history
+            .iter()
+            .map(|&(_, live)| live)
+            .min()
+            .unwrap_or(self.live);
+        self.live.saturating_sub(lowest)
     }
 
     fn prune(&mut self, now: u64, window: u64) {
@@ -198,35 +218,19 @@ impl ForkDetector {
     /// priority otherwise (a fork+exit loop has births but no growth).
     pub fn armed(&self) -> bool {
         let rules = self.rules;
-        let min_births = rules.rate * rules.window_ns as f64 / NS as f64;
-        self.populations.values().any(|p| {
-            let lowest = p
-                .history
-                .iter()
-                .map(|&(_, live)| live)
-                .min()
-                .unwrap_or(p.live);
-            p.births.len() as f64 >= min_births / 4.0
-                && p.live.saturating_sub(lowest) >= rules.growth / 4
-        })
+        self.populations
+            .values()
+            .any(|p| 4 * p.births.len() >= rules.min_births() && p.growth() >= rules.growth / 4)
     }
 
     /// Evaluates every rule at `now`.
     pub fn check(&mut self, now: u64) -> Vec<ForkVerdict> {
         let mut verdicts = Vec::new();
         let rules = self.rules;
-        let min_births = (rules.rate * rules.window_ns as f64 / NS as f64)
-            .ceil()
-            .max(1.0) as usize;
+        let min_births = rules.min_births();
         self.populations.retain(|cgroup, p| {
             p.prune(now, rules.window_ns);
-            let lowest = p
-                .history
-                .iter()
-                .map(|&(_, live)| live)
-                .min()
-                .unwrap_or(p.live);
-            let growth = p.live.saturating_sub(lowest);
+            let growth = p.growth();
             let quiet = p
                 .last_alert
                 .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
