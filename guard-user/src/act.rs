@@ -126,6 +126,9 @@ pub fn contain(
     for &signal in passes {
         sys.condemn(tag, signal);
         let pass_deadline = started + deadline;
+        // A member killed by the fork probe leaves its newborn child behind
+        // (tagged, running): the pass ends only after two empty looks.
+        let mut empty_looks = 0;
         loop {
             let pending: Vec<u32> = sys
                 .tagged(tag)
@@ -139,7 +142,12 @@ pub fn contain(
                     )
                 })
                 .collect();
-            if pending.is_empty() || Instant::now() >= pass_deadline {
+            empty_looks = if pending.is_empty() {
+                empty_looks + 1
+            } else {
+                0
+            };
+            if empty_looks == 2 || Instant::now() >= pass_deadline {
                 break;
             }
             for tgid in pending {
@@ -147,7 +155,7 @@ pub fn contain(
                     signalled.insert(tgid);
                 }
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
     if kind == ActionKind::Kill {

@@ -77,11 +77,13 @@ pub struct Pipeline<W: Write> {
     pids_index: usize,
     /// Offenders with an action under way.
     active: HashSet<NodeId>,
-    /// Lineage nodes of subtrees being acted on → their tag. A process born
-    /// to one of them joins (transitively, as fork events arrive in order)
-    /// and is tagged in the kernel at once, so members born between the
-    /// action's snapshot and their parent's tagging cannot escape.
-    condemned: HashMap<NodeId, NodeId>,
+    /// Suspected offenders of armed cgroups, tagged ahead of any alert.
+    watched: HashSet<NodeId>,
+    /// Lineage nodes of subtrees tagged in the kernel (watched, or being
+    /// acted on) → their tag. A process born to one of them joins
+    /// (transitively: fork events arrive in order) and is tagged at once, so
+    /// no member escapes the tag; the kernel passes it on by itself too.
+    tagged: HashMap<NodeId, NodeId>,
     system: Option<Arc<dyn System + Send + Sync>>,
 }
 
@@ -117,7 +119,8 @@ impl<W: Write> Pipeline<W> {
             primary,
             pids_index,
             active: HashSet::new(),
-            condemned: HashMap::new(),
+            watched: HashSet::new(),
+            tagged: HashMap::new(),
             system,
         }
     }
@@ -127,23 +130,27 @@ impl<W: Write> Pipeline<W> {
         !self.active.is_empty()
     }
 
-    /// Marks a subtree as being acted on (see `condemned`).
-    fn condemn(&mut self, request: &ActionRequest) {
-        self.active.insert(request.tag);
-        self.condemned.insert(request.tag, request.tag);
-        let lineage = self.table.lineage();
-        for (_, id) in lineage.live_descendants(request.tag) {
-            self.condemned.insert(id, request.tag);
+    /// Tags `tag`'s subtree, in the kernel and in `tagged`.
+    fn follow(&mut self, tag: NodeId) {
+        self.tagged.insert(tag, tag);
+        let members = unprotected_members(self.table.lineage(), &self.protection, tag);
+        for (_, id) in self.table.lineage().live_descendants(tag) {
+            self.tagged.insert(id, tag);
+        }
+        if let Some(system) = &self.system {
+            for m in members {
+                system.tag(m.tgid, m.born_ns, tag);
+            }
         }
     }
 
-    /// A child born to a condemned subtree joins it.
-    fn follow_condemned(&mut self, child: NodeId, tgid: u32, born_ns: u64) {
+    /// A child born to a tagged subtree joins it.
+    fn follow_birth(&mut self, child: NodeId, tgid: u32, born_ns: u64) {
         let lineage = self.table.lineage();
         let Some(parent) = lineage.get(child).and_then(|n| n.parent) else {
             return;
         };
-        let Some(&tag) = self.condemned.get(&parent) else {
+        let Some(&tag) = self.tagged.get(&parent) else {
             return;
         };
         if lineage
@@ -152,9 +159,38 @@ impl<W: Write> Pipeline<W> {
         {
             return;
         }
-        self.condemned.insert(child, tag);
+        self.tagged.insert(child, tag);
         if let Some(system) = &self.system {
             system.tag(tgid, born_ns, tag);
+        }
+    }
+
+    /// Tags the suspected subtree of every armed cgroup ahead of an alert,
+    /// and forgets the watch once nothing is armed or acted on.
+    fn watch_armed(&mut self) {
+        if self.settings.fork_action == ActionKind::Log || self.settings.dry_run {
+            return;
+        }
+        let armed = self.detector.armed_populations();
+        if armed.is_empty() && self.active.is_empty() && !self.watched.is_empty() {
+            self.watched.clear();
+            self.tagged.clear();
+            return;
+        }
+        for (_, recent) in armed {
+            let protection = &self.protection;
+            let Some(suspect) = find_offender(self.table.lineage(), &recent, |n| protection.why(n))
+            else {
+                continue;
+            };
+            if self.watched.insert(suspect.node) {
+                tracing::debug!(
+                    "watching the subtree of {} (tag {})",
+                    suspect.tgid,
+                    suspect.node
+                );
+                self.follow(suspect.node);
+            }
         }
     }
 
@@ -201,9 +237,9 @@ impl<W: Write> Pipeline<W> {
             let now = event.boot_ns();
             if let Event::Fork(f) = event
                 && !f.is_thread()
-                && !self.condemned.is_empty()
+                && !self.tagged.is_empty()
             {
-                self.follow_condemned(p.node, p.tgid, p.start_boot_ns);
+                self.follow_birth(p.node, p.tgid, p.start_boot_ns);
             }
             match (event, key) {
                 (Event::Fork(f), Some(key)) if !f.is_thread() => {
@@ -268,6 +304,7 @@ impl<W: Write> Pipeline<W> {
 
     /// Evaluates the detectors; writes alerts; returns the actions to run.
     pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
+        self.watch_armed();
         let mut requests = Vec::new();
         for verdict in self.detector.check(now) {
             let (rule, cgroup, recent, mut figures) = match &verdict {
@@ -345,7 +382,8 @@ impl<W: Write> Pipeline<W> {
             if self.settings.dry_run {
                 self.dry_run(&request)?;
             } else {
-                self.condemn(&request);
+                self.active.insert(request.tag);
+                self.follow(request.tag);
                 requests.push(request);
             }
         }
@@ -394,7 +432,8 @@ impl<W: Write> Pipeline<W> {
         outcome: &Outcome,
     ) -> io::Result<Vec<ActionRequest>> {
         self.active.remove(&request.tag);
-        self.condemned.retain(|_, tag| *tag != request.tag);
+        self.watched.remove(&request.tag);
+        self.tagged.retain(|_, tag| *tag != request.tag);
         let signals = match request.kind {
             ActionKind::Stop => "SIGSTOP",
             _ => "SIGKILL",
@@ -423,7 +462,8 @@ impl<W: Write> Pipeline<W> {
             members: left,
             ..request.clone()
         };
-        self.condemn(&follow_up);
+        self.active.insert(follow_up.tag);
+        self.follow(follow_up.tag);
         Ok(vec![follow_up])
     }
 

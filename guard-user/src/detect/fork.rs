@@ -217,10 +217,22 @@ impl ForkDetector {
     /// a bomb's runnable processes cannot starve it, and runs at normal
     /// priority otherwise (a fork+exit loop has births but no growth).
     pub fn armed(&self) -> bool {
-        let rules = self.rules;
+        self.populations.values().any(|p| self.is_armed(p))
+    }
+
+    fn is_armed(&self, p: &Population) -> bool {
+        4 * p.births.len() >= self.rules.min_births() && p.growth() >= self.rules.growth / 4
+    }
+
+    /// The armed cgroups, each with its recent births (newest first): the
+    /// agent tags the suspected subtree in the kernel then, so that members
+    /// born from then on carry the tag whatever happens to the agent.
+    pub fn armed_populations(&self) -> Vec<(CgroupKey, Vec<NodeId>)> {
         self.populations
-            .values()
-            .any(|p| 4 * p.births.len() >= rules.min_births() && p.growth() >= rules.growth / 4)
+            .iter()
+            .filter(|(_, p)| self.is_armed(p))
+            .map(|(k, p)| (k.clone(), p.recent.iter().rev().copied().collect()))
+            .collect()
     }
 
     /// Evaluates every rule at `now`.
