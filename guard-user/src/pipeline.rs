@@ -19,7 +19,7 @@ use crate::{
     decode::Event,
     detect::fork::{CgroupKey, ForkDetector, ForkVerdict, find_offender},
     observe,
-    output::{Context, Output, human_duration},
+    output::{Context, Output, WallClock, human_duration},
     proctable::{Lineage, NodeId, ProcessTable},
     protect::Protection,
 };
@@ -80,10 +80,11 @@ pub struct Pipeline<W: Write> {
     /// Suspected offenders of armed cgroups, tagged ahead of any alert.
     watched: HashSet<NodeId>,
     /// Lineage nodes of subtrees tagged in the kernel (watched, or being
-    /// acted on) → their tag. A process born to one of them joins
-    /// (transitively: fork events arrive in order) and is tagged at once, so
-    /// no member escapes the tag; the kernel passes it on by itself too.
-    tagged: HashMap<NodeId, NodeId>,
+    /// acted on) → (their tag, since when the node carries it, boot ns). A
+    /// process born to one of them joins (transitively: fork events arrive
+    /// in order). Born after its parent was tagged, it got the tag from the
+    /// fork probe; born before, it is tagged here, so no member escapes.
+    tagged: HashMap<NodeId, (NodeId, u64)>,
     system: Option<Arc<dyn System + Send + Sync>>,
 }
 
@@ -130,16 +131,19 @@ impl<W: Write> Pipeline<W> {
         !self.active.is_empty()
     }
 
-    /// Tags `tag`'s subtree, in the kernel and in `tagged`.
+    /// Tags `tag`'s subtree, in the kernel and in `tagged`. Each member's
+    /// "since" is taken after its kernel tag is in place: a child born later
+    /// got the tag from the fork probe.
     fn follow(&mut self, tag: NodeId) {
-        self.tagged.insert(tag, tag);
         let members = unprotected_members(self.table.lineage(), &self.protection, tag);
-        for (_, id) in self.table.lineage().live_descendants(tag) {
-            self.tagged.insert(id, tag);
-        }
-        if let Some(system) = &self.system {
-            for m in members {
-                system.tag(m.tgid, m.born_ns, tag);
+        self.tagged.insert(tag, (tag, WallClock::boot_ns_now()));
+        for m in members {
+            let tagged = self
+                .system
+                .as_ref()
+                .is_none_or(|system| system.tag(m.tgid, m.born_ns, tag));
+            if tagged && let Some(node) = self.table.get(m.tgid).map(|p| p.node) {
+                self.tagged.insert(node, (tag, WallClock::boot_ns_now()));
             }
         }
     }
@@ -150,7 +154,7 @@ impl<W: Write> Pipeline<W> {
         let Some(parent) = lineage.get(child).and_then(|n| n.parent) else {
             return;
         };
-        let Some(&tag) = self.tagged.get(&parent) else {
+        let Some(&(tag, since)) = self.tagged.get(&parent) else {
             return;
         };
         if lineage
@@ -159,7 +163,12 @@ impl<W: Write> Pipeline<W> {
         {
             return;
         }
-        self.tagged.insert(child, tag);
+        if born_ns > since {
+            // The fork probe passed the tag on: nothing to do in the kernel.
+            self.tagged.insert(child, (tag, born_ns));
+            return;
+        }
+        self.tagged.insert(child, (tag, WallClock::boot_ns_now()));
         if let Some(system) = &self.system {
             system.tag(tgid, born_ns, tag);
         }
@@ -433,7 +442,7 @@ impl<W: Write> Pipeline<W> {
     ) -> io::Result<Vec<ActionRequest>> {
         self.active.remove(&request.tag);
         self.watched.remove(&request.tag);
-        self.tagged.retain(|_, tag| *tag != request.tag);
+        self.tagged.retain(|_, (tag, _)| *tag != request.tag);
         let signals = match request.kind {
             ActionKind::Stop => "SIGSTOP",
             _ => "SIGKILL",
