@@ -20,7 +20,11 @@ use crate::{
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
     decode::Event,
-    detect::fork::{ForkDetector, ForkRules},
+    detect::{
+        Detectors,
+        crashloop::{CrashLoopDetector, CrashLoopRules},
+        fork::{ForkDetector, ForkRules},
+    },
     loader::{self, LoadOptions},
     output::{Format, Output, ThreadedStdout, WallClock},
     pipeline::{ActionRequest, Pipeline, Settings},
@@ -184,12 +188,20 @@ pub async fn run(args: Args) -> Result<Ending> {
     };
     let processes = table.len();
     let shared: Arc<dyn System + Send + Sync> = system.clone();
+    let crashloops = CrashLoopDetector::new(CrashLoopRules {
+        count: args.crashloop.0,
+        window_ns: args.crashloop.1 * 1_000_000_000,
+        max_lifetime_ns: args.crashloop_lifetime * 1_000_000_000,
+    });
     let mut pipe = Pipeline::new(
         settings,
         scope.clone(),
         protection,
         table,
-        ForkDetector::new(rules),
+        Detectors {
+            fork: ForkDetector::new(rules),
+            crashloop: crashloops,
+        },
         out,
         Some(shared),
     );
@@ -304,7 +316,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 }
                 let result = result.and_then(|()| pipe.check(WallClock::boot_ns_now())).map(run_actions);
                 broken = check_pipe(result.and_then(|()| pipe.out.flush()))?;
-                let want = realtime && (pipe.detector.armed() || pipe.acting());
+                let want = realtime && (pipe.detectors.fork.armed() || pipe.acting());
                 if want != raised && set_realtime(want) {
                     raised = want;
                     tracing::debug!("SCHED_FIFO {}", if want { "on" } else { "off" });

@@ -100,6 +100,18 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub pids_horizon: u64,
 
+    /// Crash-loop rule: alert when the same program, in the same cgroup,
+    /// under the same parent, crashes (non-zero exit code or fatal signal)
+    /// this many times within this many seconds. Alerts only: guard does not
+    /// stop a supervisor.
+    #[arg(long, value_name = "N/SECS", default_value = "5/60", value_parser = crate::detect::crashloop::parse_rule)]
+    pub crashloop: (u32, u64),
+
+    /// A process that lived longer than this before failing did not crash on
+    /// start and does not count toward a crash loop.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub crashloop_lifetime: u64,
+
     /// Never signal this: a pid, a comm (e.g. postgres), or a cgroup
     /// directory (and everything below it). Repeatable. PID 1, kernel
     /// threads, guard and its ancestors, and everything outside --cgroup are

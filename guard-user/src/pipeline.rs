@@ -16,8 +16,12 @@ use crate::{
     act::{ActionKind, Member, Outcome, System},
     agent::Scope,
     cli::KindSet,
-    decode::Event,
-    detect::fork::{CgroupKey, ForkDetector, ForkVerdict, find_offender},
+    decode::{Event, ExitStatus},
+    detect::{
+        Detectors,
+        crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
+        fork::{CgroupKey, ForkVerdict, find_offender},
+    },
     observe,
     output::{Context, Output, WallClock, human_duration},
     proctable::{Lineage, NodeId, ProcessTable},
@@ -68,7 +72,7 @@ pub struct Pipeline<W: Write> {
     pub scope: Scope,
     pub protection: Protection,
     pub table: ProcessTable,
-    pub detector: ForkDetector,
+    pub detectors: Detectors,
     pub counters: Counters,
     pub out: Output<W>,
     /// Hierarchy whose paths events show.
@@ -96,7 +100,7 @@ impl<W: Write> Pipeline<W> {
         scope: Scope,
         protection: Protection,
         table: ProcessTable,
-        detector: ForkDetector,
+        detectors: Detectors,
         out: Output<W>,
         system: Option<Arc<dyn System + Send + Sync>>,
     ) -> Self {
@@ -111,7 +115,7 @@ impl<W: Write> Pipeline<W> {
             scope,
             protection,
             table,
-            detector,
+            detectors,
             counters: Counters {
                 seen: [0; KIND_SLOTS as usize],
                 shown: 0,
@@ -180,7 +184,7 @@ impl<W: Write> Pipeline<W> {
         if self.settings.fork_action == ActionKind::Log || self.settings.dry_run {
             return;
         }
-        let armed = self.detector.armed_populations();
+        let armed = self.detectors.fork.armed_populations();
         if armed.is_empty() && self.active.is_empty() && !self.watched.is_empty() {
             self.watched.clear();
             self.tagged.clear();
@@ -224,7 +228,7 @@ impl<W: Write> Pipeline<W> {
             .filter_map(|p| self.population_key(&p.cgroups, p.kernel_thread))
             .collect();
         for key in keys {
-            self.detector.present(now, &key);
+            self.detectors.fork.present(now, &key);
         }
     }
 
@@ -240,7 +244,36 @@ impl<W: Write> Pipeline<W> {
                 .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
             _ => None,
         };
+        // The program of a process about to be removed, for the crash-loop rule.
+        let exe = match event {
+            Event::Exit(e) if e.group_dead => self
+                .table
+                .get(e.tgid)
+                .and_then(|p| self.table.lineage().get(p.node))
+                .and_then(|n| n.exe.clone()),
+            _ => None,
+        };
         let subject = self.table.apply(event);
+        if let (Event::Exit(e), Some(p)) = (event, &subject)
+            && e.group_dead
+            && !p.kernel_thread
+            && self.scope.contains_cgroups(&p.cgroups)
+        {
+            let exit = ExitInfo {
+                key: LoopKey {
+                    program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
+                    cgroup: p.cgroup(self.primary).cloned(),
+                    supervisor: e.ppid,
+                },
+                pid: e.tgid,
+                status: e.status,
+                lifetime_ns: (p.start_boot_ns > 0)
+                    .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
+            };
+            if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
+                self.crash_loop_alert(&crash_loop)?;
+            }
+        }
         if let Some(p) = &subject {
             let key = self.population_key(&p.cgroups, p.kernel_thread);
             let now = event.boot_ns();
@@ -252,15 +285,15 @@ impl<W: Write> Pipeline<W> {
             }
             match (event, key) {
                 (Event::Fork(f), Some(key)) if !f.is_thread() => {
-                    self.detector.birth(now, &key, p.node)
+                    self.detectors.fork.birth(now, &key, p.node)
                 }
-                (Event::Exit(e), Some(key)) if e.group_dead => self.detector.gone(now, &key),
+                (Event::Exit(e), Some(key)) if e.group_dead => self.detectors.fork.gone(now, &key),
                 (Event::CgroupAttach(_), key) if key != moved_from => {
                     if let Some(old) = &moved_from {
-                        self.detector.gone(now, old);
+                        self.detectors.fork.gone(now, old);
                     }
                     if let Some(new) = &key {
-                        self.detector.present(now, new);
+                        self.detectors.fork.present(now, new);
                     }
                 }
                 _ => {}
@@ -300,13 +333,16 @@ impl<W: Write> Pipeline<W> {
     /// Feeds the trend rule: pids.current and pids.max of every populated
     /// cgroup with a limit, and the host's task count.
     pub fn sample_pids(&mut self, now: u64) {
-        for key in self.detector.populated() {
+        for key in self.detectors.fork.populated() {
             if let Some((current, Some(limit))) = observe::cgroup_pids(&key) {
-                self.detector.pids_sample(now, &key, current, Some(limit));
+                self.detectors
+                    .fork
+                    .pids_sample(now, &key, current, Some(limit));
             }
         }
         if let Some((total, limit)) = observe::host_pids() {
-            self.detector
+            self.detectors
+                .fork
                 .pids_sample(now, &Arc::from(HOST), total, Some(limit));
         }
     }
@@ -314,8 +350,9 @@ impl<W: Write> Pipeline<W> {
     /// Evaluates the detectors; writes alerts; returns the actions to run.
     pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
         self.watch_armed();
+        self.detectors.crashloop.prune(now);
         let mut requests = Vec::new();
-        for verdict in self.detector.check(now) {
+        for verdict in self.detectors.fork.check(now) {
             let (rule, cgroup, recent, mut figures) = match &verdict {
                 ForkVerdict::Explosion {
                     cgroup,
@@ -398,6 +435,43 @@ impl<W: Write> Pipeline<W> {
         }
         self.out.flush()?;
         Ok(requests)
+    }
+
+    fn crash_loop_alert(&mut self, l: &CrashLoop) -> io::Result<()> {
+        let statuses: Vec<String> = l
+            .statuses
+            .iter()
+            .map(|s| match s {
+                ExitStatus::Exited(code) => format!("exit {code}"),
+                ExitStatus::Signaled { signal, .. } => {
+                    crate::output::signal_name(*signal).to_owned()
+                }
+            })
+            .collect();
+        let supervisor = self.table.get(l.key.supervisor).map(|p| p.comm.to_string());
+        self.out.record(
+            "alert",
+            &[
+                ("detector", json!("crashloop")),
+                ("rule", json!("crash_loop")),
+                ("program", json!(&*l.key.program)),
+                ("cgroup", json!(l.key.cgroup.as_deref())),
+                (
+                    "unit",
+                    json!(l.key.cgroup.as_deref().and_then(systemd_unit)),
+                ),
+                (
+                    "supervisor",
+                    json!({"pid": l.key.supervisor, "comm": supervisor}),
+                ),
+                ("crashes", json!(l.crashes)),
+                ("window_secs", json!(l.window_ns / 1_000_000_000)),
+                ("per_minute", json!((l.per_minute * 10.0).round() / 10.0)),
+                ("statuses", json!(statuses)),
+                ("last_pid", json!(l.last_pid)),
+                ("action", json!("log")),
+            ],
+        )
     }
 
     fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {

@@ -1,4 +1,11 @@
 //! Detectors: pure rules. Events, observations and a clock in; verdicts
 //! out. Each detector's whole rule is in its own file.
 
+pub mod crashloop;
 pub mod fork;
+
+/// Every detector's state, as the pipeline holds it.
+pub struct Detectors {
+    pub fork: fork::ForkDetector,
+    pub crashloop: crashloop::CrashLoopDetector,
+}

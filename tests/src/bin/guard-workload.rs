@@ -6,6 +6,7 @@
 //!   threads N            start N threads, each sleeping 20 ms; join them
 //!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
 //!   exit CODE            exit with CODE
+//!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
 
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | sleep SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS"
     );
     std::process::exit(2)
 }
@@ -127,6 +128,12 @@ fn main() {
         }
         Some("exit") => {
             let code: i32 = arg(&args, 2, "CODE");
+            std::process::exit(code);
+        }
+        Some("fail") => {
+            let code: i32 = arg(&args, 2, "CODE");
+            let ms: u64 = arg(&args, 3, "MS");
+            std::thread::sleep(Duration::from_millis(ms));
             std::process::exit(code);
         }
         Some("sleep") => {

@@ -1,0 +1,283 @@
+//! The crash-loop detector. Pure: process exits and a clock in, verdicts
+//! out; no I/O.
+//!
+//! **Crash.** A process that ends with a non-zero exit code or a fatal
+//! signal after living less than `--crashloop-lifetime` (default 30 s): a
+//! program that runs for minutes between failures is not looping.
+//!
+//! **Loop.** `N` crashes of the same program, in the same cgroup, under the
+//! same supervisor (the parent that keeps restarting it) within a window:
+//! `--crashloop N/SECS`, default 5 crashes in 60 s. One alert per loop and
+//! window; the alert names the program, the cgroup and its systemd unit when
+//! the path names one, the supervisor, the recent exit codes or signals, the
+//! count and the rate.
+//!
+//! Exits with code 0 never count, however often they come.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use crate::decode::ExitStatus;
+
+const NS: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoopRules {
+    /// Crashes that make a loop...
+    pub count: u32,
+    /// ...within this window.
+    pub window_ns: u64,
+    /// A process that lived longer did not crash on start.
+    pub max_lifetime_ns: u64,
+}
+
+impl Default for CrashLoopRules {
+    fn default() -> Self {
+        Self {
+            count: 5,
+            window_ns: 60 * NS,
+            max_lifetime_ns: 30 * NS,
+        }
+    }
+}
+
+/// Parses `N/SECS` (e.g. `5/60`).
+pub fn parse_rule(text: &str) -> Result<(u32, u64), String> {
+    let (n, secs) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected N/SECS, e.g. 5/60"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {n:?} is not a count"))?;
+    let secs: u64 = secs
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {secs:?} is not a number of seconds"))?;
+    if n < 2 || secs == 0 {
+        return Err(format!(
+            "{text:?}: a loop needs at least 2 crashes in at least 1 second"
+        ));
+    }
+    Ok((n, secs))
+}
+
+/// What identifies one looping service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LoopKey {
+    /// The program (exec filename, else comm).
+    pub program: Arc<str>,
+    pub cgroup: Option<Arc<str>>,
+    /// The parent that restarts it.
+    pub supervisor: u32,
+}
+
+/// One process exit, as the detector needs it.
+#[derive(Clone, Debug)]
+pub struct ExitInfo {
+    pub key: LoopKey,
+    pub pid: u32,
+    pub status: ExitStatus,
+    /// How long it lived, when known.
+    pub lifetime_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrashLoop {
+    pub key: LoopKey,
+    pub crashes: u32,
+    pub window_ns: u64,
+    pub per_minute: f64,
+    /// Recent failures, oldest first.
+    pub statuses: Vec<ExitStatus>,
+    pub last_pid: u32,
+}
+
+#[derive(Default)]
+struct History {
+    crashes: VecDeque<(u64, ExitStatus)>,
+    last_alert: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct CrashLoopDetector {
+    rules: CrashLoopRules,
+    loops: HashMap<LoopKey, History>,
+}
+
+impl CrashLoopDetector {
+    pub fn new(rules: CrashLoopRules) -> Self {
+        Self {
+            rules,
+            loops: HashMap::new(),
+        }
+    }
+
+    /// A process ended at `now`; returns the verdict when it completes a loop.
+    pub fn exit(&mut self, now: u64, exit: ExitInfo) -> Option<CrashLoop> {
+        let crashed = exit.status.is_failure()
+            && exit
+                .lifetime_ns
+                .is_some_and(|l| l <= self.rules.max_lifetime_ns);
+        if !crashed {
+            return None;
+        }
+        let rules = self.rules;
+        let history = self.loops.entry(exit.key.clone()).or_default();
+        history.crashes.push_back((now, exit.status));
+        while history
+            .crashes
+            .front()
+            .is_some_and(|&(t, _)| t + rules.window_ns < now)
+        {
+            history.crashes.pop_front();
+        }
+        let count = history.crashes.len() as u32;
+        let quiet = history
+            .last_alert
+            .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
+        if count < rules.count || !quiet {
+            return None;
+        }
+        history.last_alert = Some(now);
+        let span = now
+            .saturating_sub(history.crashes.front().map_or(now, |c| c.0))
+            .max(1);
+        Some(CrashLoop {
+            key: exit.key,
+            crashes: count,
+            window_ns: rules.window_ns,
+            per_minute: (count - 1) as f64 * 60.0 * NS as f64 / span as f64,
+            statuses: history.crashes.iter().map(|&(_, s)| s).collect(),
+            last_pid: exit.pid,
+        })
+    }
+
+    /// Forgets loops quiet for a whole window.
+    pub fn prune(&mut self, now: u64) {
+        let window = self.rules.window_ns;
+        self.loops
+            .retain(|_, h| h.crashes.back().is_some_and(|&(t, _)| t + window >= now));
+    }
+}
+
+/// The systemd unit a cgroup path names, if any (the last component that
+/// ends in .service, .scope, .slice or .socket).
+pub fn systemd_unit(cgroup: &str) -> Option<&str> {
+    cgroup
+        .rsplit('/')
+        .find(|c| {
+            [".service", ".scope", ".socket"]
+                .iter()
+                .any(|s| c.ends_with(s))
+        })
+        .or_else(|| cgroup.rsplit('/').find(|c| c.ends_with(".slice")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn key() -> LoopKey {
+        LoopKey {
+            program: Arc::from("/usr/bin/app"),
+            cgroup: Some(Arc::from("/sys/fs/cgroup/app.service")),
+            supervisor: 7,
+        }
+    }
+
+    fn exit(pid: u32, status: ExitStatus, lifetime_ms: u64) -> ExitInfo {
+        ExitInfo {
+            key: key(),
+            pid,
+            status,
+            lifetime_ns: Some(lifetime_ms * MS),
+        }
+    }
+
+    #[test]
+    fn the_nth_quick_failure_raises_one_alert() {
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let mut alerts = Vec::new();
+        for i in 0..12u32 {
+            // exits with 3 after 50 ms, restarted every 100 ms
+            if let Some(a) = d.exit(
+                u64::from(i) * 100 * MS,
+                exit(100 + i, ExitStatus::Exited(3), 50),
+            ) {
+                alerts.push((i, a));
+            }
+        }
+        assert_eq!(alerts.len(), 1, "one alert per window");
+        let (at, a) = &alerts[0];
+        assert_eq!(*at, 4, "at the 5th crash");
+        assert_eq!(a.crashes, 5);
+        assert_eq!(a.statuses, vec![ExitStatus::Exited(3); 5]);
+        assert_eq!(a.last_pid, 104);
+        assert!((a.per_minute - 600.0).abs() < 1.0, "{}", a.per_minute);
+    }
+
+    #[test]
+    fn signals_count_clean_exits_and_long_lives_do_not() {
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        for i in 0..20u64 {
+            assert!(
+                d.exit(i * 100 * MS, exit(1, ExitStatus::Exited(0), 50))
+                    .is_none(),
+                "exit 0 is no crash"
+            );
+        }
+        for i in 0..20u64 {
+            // fails every 2 minutes, after running for 2 minutes
+            assert!(
+                d.exit(i * 120_000 * MS, exit(2, ExitStatus::Exited(1), 120_000))
+                    .is_none()
+            );
+        }
+        let segv = ExitStatus::Signaled {
+            signal: 11,
+            core_dumped: true,
+        };
+        let alert = (0..5u64)
+            .filter_map(|i| d.exit(i * MS, exit(3, segv, 10)))
+            .next();
+        assert_eq!(alert.map(|a| a.statuses), Some(vec![segv; 5]));
+    }
+
+    #[test]
+    fn crashes_outside_the_window_do_not_add_up() {
+        let mut d = CrashLoopDetector::new(CrashLoopRules {
+            count: 3,
+            window_ns: 10 * NS,
+            ..Default::default()
+        });
+        for i in 0..10u64 {
+            // one crash every 6 s: never 3 within 10 s
+            assert!(
+                d.exit(i * 6 * NS, exit(4, ExitStatus::Exited(2), 5))
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn rules_and_units_parse() {
+        assert_eq!(parse_rule("5/60"), Ok((5, 60)));
+        assert!(
+            parse_rule("5").is_err() && parse_rule("1/60").is_err() && parse_rule("x/60").is_err()
+        );
+        assert_eq!(
+            systemd_unit("/sys/fs/cgroup/system.slice/nginx.service"),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            systemd_unit("/sys/fs/cgroup/user.slice/user-0.slice/session-1.scope"),
+            Some("session-1.scope")
+        );
+        assert_eq!(systemd_unit("/sys/fs/cgroup/pids/ci"), None);
+    }
+}
