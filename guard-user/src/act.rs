@@ -66,6 +66,10 @@ pub trait System {
     fn tagged(&self, tag: u64) -> Vec<u32>;
     /// Signals `tgid` if it still carries `tag`. True when sent.
     fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool;
+    /// Why `tgid` must not be signalled, judged now; `None` when it may be.
+    fn protected(&self, tgid: u32) -> Option<&'static str>;
+    /// Takes `tgid`'s tag away (it became something protected).
+    fn untag(&self, tgid: u32);
     fn state(&self, tgid: u32) -> ProcState;
 }
 
@@ -102,6 +106,7 @@ pub fn contain(
 ) -> Outcome {
     let started = Instant::now();
     let mut signalled = BTreeSet::new();
+    let mut spared = BTreeSet::new();
     if kind == ActionKind::Log {
         return Outcome {
             signalled: 0,
@@ -134,6 +139,7 @@ pub fn contain(
                 .tagged(tag)
                 .into_iter()
                 // Still to signal: alive, and not already stopped by a stop pass.
+                .filter(|t| !spared.contains(t))
                 .filter(|&t| {
                     !matches!(
                         (signal, sys.state(t)),
@@ -151,6 +157,15 @@ pub fn contain(
                 break;
             }
             for tgid in pending {
+                // Checked at the signal itself: a tag inherited in the
+                // kernel knows nothing of --protect, and an exec may have
+                // made a member something protected since it was tagged.
+                if let Some(why) = sys.protected(tgid) {
+                    if spared.insert(tgid) {
+                        tracing::info!("not signalling {tgid}: {why}");
+                    }
+                    continue;
+                }
                 if sys.signal_tagged(tgid, tag, signal) {
                     signalled.insert(tgid);
                 }
@@ -179,6 +194,7 @@ pub fn contain(
     let running = sys
         .tagged(tag)
         .into_iter()
+        .filter(|t| !spared.contains(t))
         .filter(|&t| sys.state(t) == ProcState::Running)
         .count()
         + states.iter().filter(|s| **s == ProcState::Running).count();
@@ -200,6 +216,8 @@ pub fn contain(
 pub struct LiveSystem {
     lineage: Mutex<BpfHashMap<MapData, u32, u64>>,
     condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
+    protection: crate::protect::Protection,
+    hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
 }
 
 struct Pidfd(i32);
@@ -307,6 +325,14 @@ impl System for LiveSystem {
         pidfd.send(signal)
     }
 
+    fn protected(&self, tgid: u32) -> Option<&'static str> {
+        self.protection.why_now(tgid, &self.hierarchies)
+    }
+
+    fn untag(&self, tgid: u32) {
+        let _ = lock(&self.lineage).remove(&tgid);
+    }
+
     fn state(&self, tgid: u32) -> ProcState {
         match proc_stat(tgid) {
             None => ProcState::Gone,
@@ -318,10 +344,17 @@ impl System for LiveSystem {
 }
 
 impl LiveSystem {
-    pub fn new(lineage: aya::maps::Map, condemned: aya::maps::Map) -> Result<Self> {
+    pub fn new(
+        lineage: aya::maps::Map,
+        condemned: aya::maps::Map,
+        protection: crate::protect::Protection,
+        hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
+    ) -> Result<Self> {
         Ok(Self {
             lineage: Mutex::new(BpfHashMap::try_from(lineage).context("LINEAGE map")?),
             condemned: Mutex::new(BpfHashMap::try_from(condemned).context("CONDEMNED map")?),
+            protection,
+            hierarchies,
         })
     }
 }
@@ -342,6 +375,7 @@ mod tests {
     #[derive(Default)]
     struct BombState {
         procs: HashMap<u32, (ProcState, Option<u64>)>,
+        protected: std::collections::HashSet<u32>,
         condemned: HashMap<u64, i32>,
         next_pid: u32,
         log: Vec<(u32, i32)>,
@@ -396,7 +430,7 @@ mod tests {
             let forkers: Vec<(u32, u64)> = st
                 .procs
                 .iter()
-                .filter(|(_, p)| p.0 == ProcState::Running)
+                .filter(|(t, p)| p.0 == ProcState::Running && !st.protected.contains(t))
                 .filter_map(|(&t, p)| Some((t, p.1?)))
                 .collect();
             for (t, tag) in forkers {
@@ -425,6 +459,18 @@ mod tests {
             st.log.push((tgid, signal));
             st.apply(tgid, signal);
             true
+        }
+        fn protected(&self, tgid: u32) -> Option<&'static str> {
+            self.inner
+                .borrow()
+                .protected
+                .contains(&tgid)
+                .then_some("named by --protect")
+        }
+        fn untag(&self, tgid: u32) {
+            if let Some(p) = self.st().procs.get_mut(&tgid) {
+                p.1 = None;
+            }
         }
         fn state(&self, tgid: u32) -> ProcState {
             self.inner
@@ -487,6 +533,31 @@ mod tests {
                 "{t}: {signals:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tagged_member_that_is_protected_now_is_never_signalled() {
+        // 41 carries the tag (inherited in the kernel) but has since become
+        // something protected (an exec into a protected program, say).
+        let sys = Bomb::with(&[40, 41]);
+        sys.st().protected.insert(41);
+        sys.st().procs.get_mut(&41).expect("41").1 = Some(5);
+        let out = contain(
+            &sys,
+            5,
+            &members(&[40]),
+            ActionKind::Kill,
+            Duration::from_millis(200),
+        );
+        assert!(
+            sys.inner.borrow().log.iter().all(|&(t, _)| t != 41),
+            "41 was signalled"
+        );
+        assert_eq!(sys.state(41), ProcState::Running);
+        assert!(
+            out.running == 0,
+            "a spared process does not count as escaped: {out:?}"
+        );
     }
 
     #[test]

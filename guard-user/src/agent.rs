@@ -148,7 +148,13 @@ pub async fn run(args: Args) -> Result<Ending> {
         lineage,
         condemned,
     } = maps;
-    let system = Arc::new(LiveSystem::new(lineage, condemned)?);
+    let protection = Protection::new(Protection::own_chain(), args.protect.clone(), scope.clone());
+    let system = Arc::new(LiveSystem::new(
+        lineage,
+        condemned,
+        protection.clone(),
+        hierarchies.clone(),
+    )?);
 
     // Start reading before attaching, so start-up loses nothing.
     let (tx, mut rx) = mpsc::channel::<Event>(args.queue as usize);
@@ -179,7 +185,6 @@ pub async fn run(args: Args) -> Result<Ending> {
         growth: args.fork_growth,
         horizon_ns: args.pids_horizon * 1_000_000_000,
     };
-    let protection = Protection::new(Protection::own_chain(), args.protect.clone(), scope.clone());
     let settings = Settings {
         events: args.events.clone(),
         threads: args.threads,

@@ -178,6 +178,22 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// A tagged process that exec'd into something protected loses its tag,
+    /// in the kernel too: the fork probe knows nothing of --protect.
+    fn untag_if_protected(&mut self, node: NodeId, tgid: u32) {
+        let protected = self
+            .table
+            .lineage()
+            .get(node)
+            .is_some_and(|n| self.protection.why(n).is_some());
+        if protected {
+            self.tagged.remove(&node);
+            if let Some(system) = &self.system {
+                system.untag(tgid);
+            }
+        }
+    }
+
     /// Tags the suspected subtree of every armed cgroup ahead of an alert,
     /// and forgets the watch once nothing is armed or acted on.
     fn watch_armed(&mut self) {
@@ -282,6 +298,11 @@ impl<W: Write> Pipeline<W> {
                 && !self.tagged.is_empty()
             {
                 self.follow_birth(p.node, p.tgid, p.start_boot_ns);
+            }
+            if let Event::Exec(_) = event
+                && self.tagged.contains_key(&p.node)
+            {
+                self.untag_if_protected(p.node, p.tgid);
             }
             match (event, key) {
                 (Event::Fork(f), Some(key)) if !f.is_thread() => {

@@ -5,7 +5,14 @@
 
 use std::collections::HashSet;
 
-use crate::{agent::Scope, cgroup::is_within, proctable::LineageNode};
+use std::sync::Arc;
+
+use crate::{
+    agent::Scope,
+    cgroup::{Hierarchies, Interner, is_within},
+    decode::Comm,
+    proctable::LineageNode,
+};
 
 /// One `--protect` value: a pid, a cgroup directory (starts with `/`), or a
 /// comm.
@@ -67,6 +74,56 @@ impl Protection {
             }
         }
         chain
+    }
+
+    /// Why the process `tgid` must not be signalled, judged on what it is
+    /// now (/proc): its comm may have changed by exec since guard last saw
+    /// it, and a tag it inherited in the kernel does not know about
+    /// `--protect`. `None` also when it is gone (nothing to signal).
+    pub fn why_now(&self, tgid: u32, hierarchies: &Hierarchies) -> Option<&'static str> {
+        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+        let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
+        let flags: u32 = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        let needs_cgroups = !self.scope.cgroups.is_empty()
+            || self
+                .listed
+                .iter()
+                .any(|p| matches!(p, Protected::Cgroup(_)));
+        let cgroups = if needs_cgroups {
+            let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).unwrap_or_default();
+            hierarchies.set_from_proc(&text, &mut Interner::default())
+        } else {
+            Arc::from(Vec::new())
+        };
+        let node = LineageNode {
+            tgid,
+            parent: None,
+            comm: Comm::from_str_lossy(comm),
+            alive: true,
+            born_ns: 0,
+            kernel_thread: flags & 0x0020_0000 != 0,
+            exe: None,
+            cgroups,
+            children: 0,
+        };
+        if needs_cgroups {
+            self.why(&node)
+        } else {
+            self.why_ignoring_cgroups(&node)
+        }
+    }
+
+    fn why_ignoring_cgroups(&self, node: &LineageNode) -> Option<&'static str> {
+        let unscoped = Protection {
+            scope: Scope::default(),
+            ..self.clone()
+        };
+        unscoped.why(node)
     }
 
     /// Why `node` must not be signalled, or `None` when it may be.
