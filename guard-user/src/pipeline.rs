@@ -178,8 +178,9 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// A tagged process that exec'd into something protected loses its tag,
-    /// in the kernel too: the fork probe knows nothing of --protect.
+    /// A tagged process that became protected (exec'd into a protected
+    /// program, moved out of scope or into a protected cgroup) loses its
+    /// tag, in the kernel too: the fork probe knows nothing of protection.
     fn untag_if_protected(&mut self, node: NodeId, tgid: u32) {
         let protected = self
             .table
@@ -299,7 +300,9 @@ impl<W: Write> Pipeline<W> {
             {
                 self.follow_birth(p.node, p.tgid, p.start_boot_ns);
             }
-            if let Event::Exec(_) = event
+            // An exec (new comm) or a move (out of scope, into a protected
+            // cgroup) can make a tagged process protected.
+            if matches!(event, Event::Exec(_) | Event::CgroupAttach(_))
                 && self.tagged.contains_key(&p.node)
             {
                 self.untag_if_protected(p.node, p.tgid);
