@@ -113,9 +113,7 @@ impl Hierarchies {
 
     /// A pure v2 host: no v1 hierarchy with controllers.
     pub fn is_pure_v2(&self) -> bool {
-        self.list
-            .iter()
-            .all(|h| h.is_v2() || h.controllers.starts_with("name="))
+        pure_v2(&self.list)
     }
 
     pub fn primary(&self) -> &Hierarchy {
@@ -193,12 +191,15 @@ impl Hierarchies {
     }
 }
 
+/// No v1 hierarchy with controllers (named ones, like name=systemd, hold none).
+fn pure_v2(list: &[Hierarchy]) -> bool {
+    list.iter()
+        .all(|h| h.is_v2() || h.controllers.starts_with("name="))
+}
+
 fn default_primary(list: &[Hierarchy]) -> usize {
-    let pure_v2 = list
-        .iter()
-        .all(|h| h.is_v2() || h.controllers.starts_with("name="));
     let by = |pred: &dyn Fn(&Hierarchy) -> bool| list.iter().position(pred);
-    if pure_v2 {
+    if pure_v2(list) {
         return by(&|h| h.is_v2()).unwrap_or(0);
     }
     by(&|h| h.has_controller("pids"))

@@ -47,6 +47,17 @@ pub struct ActionRequest {
     pub members: Vec<Member>,
 }
 
+/// The fields every `action` record starts with.
+fn action_fields(request: &ActionRequest, dry_run: bool) -> Vec<(&'static str, Value)> {
+    vec![
+        ("detector", json!("fork")),
+        ("rule", json!(request.rule)),
+        ("action", json!(request.kind)),
+        ("dry_run", json!(dry_run)),
+        ("offender", request.offender.clone()),
+    ]
+}
+
 /// The live members of `root`'s subtree that may be signalled.
 fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId) -> Vec<Member> {
     lineage
@@ -517,19 +528,10 @@ impl<W: Write> Pipeline<W> {
 
     fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {
         let pids: Vec<u32> = request.members.iter().map(|m| m.tgid).collect();
-        self.out.record(
-            "action",
-            &[
-                ("detector", json!("fork")),
-                ("rule", json!(request.rule)),
-                ("action", json!(request.kind)),
-                ("dry_run", json!(true)),
-                ("offender", request.offender.clone()),
-                ("members", json!(pids)),
-            ],
-        )
+        let mut fields = action_fields(request, true);
+        fields.push(("members", json!(pids)));
+        self.out.record("action", &fields)
     }
-
     /// An action finished: report it. When members of the subtree are still
     /// alive by the lineage (born before they could be tagged), request a
     /// follow-up.
@@ -545,19 +547,13 @@ impl<W: Write> Pipeline<W> {
             ActionKind::Stop => "SIGSTOP",
             _ => "SIGKILL",
         };
-        self.out.record(
-            "action",
-            &[
-                ("detector", json!("fork")),
-                ("rule", json!(request.rule)),
-                ("action", json!(request.kind)),
-                ("dry_run", json!(false)),
-                ("signals", json!(signals)),
-                ("offender", request.offender.clone()),
-                ("members", json!(request.members.len())),
-                ("outcome", json!(outcome)),
-            ],
-        )?;
+        let mut fields = action_fields(request, false);
+        fields.extend([
+            ("signals", json!(signals)),
+            ("members", json!(request.members.len())),
+            ("outcome", json!(outcome)),
+        ]);
+        self.out.record("action", &fields)?;
         self.out.flush()?;
         let lineage = self.table.lineage();
         let mut left = unprotected_members(lineage, &self.protection, request.tag);

@@ -111,19 +111,8 @@ impl Protection {
             cgroups,
             children: 0,
         };
-        if needs_cgroups {
-            self.why(&node)
-        } else {
-            self.why_ignoring_cgroups(&node)
-        }
-    }
-
-    fn why_ignoring_cgroups(&self, node: &LineageNode) -> Option<&'static str> {
-        let unscoped = Protection {
-            scope: Scope::default(),
-            ..self.clone()
-        };
-        unscoped.why(node)
+        // Without a scope or cgroup rule the empty set judges the same.
+        self.why(&node)
     }
 
     /// Why `node` must not be signalled, or `None` when it may be.

@@ -56,33 +56,26 @@ pub fn spawn_reader(
         .context("polling the ring buffer")?;
     Ok(tokio::spawn(async move {
         loop {
-            tokio::select! {
-                ready = ring.readable_mut() => {
-                    let Ok(mut guard) = ready else { break };
-                    let open = drain(guard.get_inner_mut(), &tx, &stats);
-                    guard.clear_ready();
-                    if !open {
-                        break;
+            let open = tokio::select! {
+                ready = ring.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        let open = drain(guard.get_inner_mut(), &tx, &stats);
+                        guard.clear_ready();
+                        open
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(READ_INTERVAL) => {}
-                        _ = &mut stop => {
-                            drain(ring.get_mut(), &tx, &stats);
-                            break;
-                        }
-                    }
-                }
+                    Err(_) => false,
+                },
                 // A backstop for a wakeup that does not come: drain anyway.
-                _ = tokio::time::sleep(BACKSTOP_INTERVAL) => {
-                    if !drain(ring.get_mut(), &tx, &stats) {
-                        break;
-                    }
-                }
+                _ = tokio::time::sleep(BACKSTOP_INTERVAL) => drain(ring.get_mut(), &tx, &stats),
                 _ = &mut stop => {
                     drain(ring.get_mut(), &tx, &stats);
-                    break;
+                    false
                 }
+            };
+            if !open {
+                break;
             }
+            tokio::time::sleep(READ_INTERVAL).await;
         }
     }))
 }
@@ -134,10 +127,6 @@ impl KernelDrops {
 
     pub fn total(&self) -> u64 {
         self.ring_full.iter().chain(&self.read_failed).sum()
-    }
-
-    pub fn of(&self, kind: EventKind) -> u64 {
-        self.ring_full[kind as usize] + self.read_failed[kind as usize]
     }
 
     /// Counts that grew since `before`.

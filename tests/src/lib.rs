@@ -78,7 +78,6 @@ pub struct TestCgroup {
     dirs: Vec<PathBuf>,
     pids: PathBuf,
     memory: PathBuf,
-    v2: bool,
 }
 
 impl TestCgroup {
@@ -96,7 +95,6 @@ impl TestCgroup {
                 dirs: vec![pids.clone(), memory.clone()],
                 pids,
                 memory,
-                v2: false,
             };
             cg.write(&cg.pids, "pids.max", &pids_max.to_string());
             cg.write(&cg.memory, "memory.limit_in_bytes", &memory_max.to_string());
@@ -111,7 +109,6 @@ impl TestCgroup {
                 dirs: vec![dir.clone()],
                 pids: dir.clone(),
                 memory: dir,
-                v2: true,
             };
             cg.write(&cg.pids, "pids.max", &pids_max.to_string());
             cg.write(&cg.memory, "memory.max", &memory_max.to_string());
@@ -135,10 +132,6 @@ impl TestCgroup {
     /// The memory-controller directory (v1), or the v2 directory.
     pub fn memory_dir(&self) -> &Path {
         &self.memory
-    }
-
-    pub fn is_v2(&self) -> bool {
-        self.v2
     }
 
     /// Live members (tgids) by the pids hierarchy.
@@ -325,10 +318,6 @@ impl Agent {
         agent.start = agent.wait_for(Duration::from_secs(60), "start", |r| r["kind"] == "start");
         agent.seen.clear();
         agent
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn stderr(&self) -> String {

@@ -158,10 +158,6 @@ impl ForkDetector {
         }
     }
 
-    pub fn rules(&self) -> &ForkRules {
-        &self.rules
-    }
-
     /// A process that was already alive when guard started, or moved in.
     pub fn present(&mut self, now: u64, cgroup: &CgroupKey) {
         let p = self.populations.entry(cgroup.clone()).or_default();
