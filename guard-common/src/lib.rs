@@ -30,16 +30,18 @@ pub enum EventKind {
     OomKill = 4,
     HungTask = 5,
     CgroupAttach = 6,
+    Unblocked = 7,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Fork,
         EventKind::Exec,
         EventKind::Exit,
         EventKind::OomKill,
         EventKind::HungTask,
         EventKind::CgroupAttach,
+        EventKind::Unblocked,
     ];
 
     /// The name used on the command line and in the `kind` field of the output.
@@ -51,6 +53,7 @@ impl EventKind {
             EventKind::OomKill => "oom_kill",
             EventKind::HungTask => "hung_task",
             EventKind::CgroupAttach => "cgroup_attach",
+            EventKind::Unblocked => "unblocked",
         }
     }
 }
@@ -69,6 +72,7 @@ impl TryFrom<u32> for EventKind {
             4 => EventKind::OomKill,
             5 => EventKind::HungTask,
             6 => EventKind::CgroupAttach,
+            7 => EventKind::Unblocked,
             other => return Err(UnknownKind(other)),
         })
     }
@@ -207,6 +211,57 @@ pub struct CgroupAttachEvent {
     pub path: [u8; PATH_LEN],
 }
 
+/// A task that guard reported as blocked (see [`BlockedSlot`]) ran again:
+/// written by the `sched_switch` program when it switches the task in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnblockedEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    /// The task's state when it blocked (`prev_state`, see [`task_state`]).
+    pub state: u32,
+    /// Explicit padding (always 0), so `since_ns` sits at a multiple of 8.
+    pub reserved: u32,
+    /// When it blocked (boot ns).
+    pub since_ns: u64,
+    /// How long it was off the CPU: from blocking to running again.
+    pub blocked_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of a task's state (`task_struct.__state`, the `prev_state` argument
+/// of `sched_switch`), unchanged since 4.14 (include/linux/sched.h).
+pub mod task_state {
+    pub const UNINTERRUPTIBLE: u32 = 0x0002;
+    /// With UNINTERRUPTIBLE: TASK_KILLABLE, a fatal signal ends the wait
+    /// (vfork parents, NFS, `mutex_lock_killable`); khungtaskd skips these.
+    pub const WAKEKILL: u32 = 0x0100;
+    /// With UNINTERRUPTIBLE: TASK_IDLE, an idle kernel thread waiting for
+    /// work; not a blocked task at all (khungtaskd skips these too).
+    pub const NOLOAD: u32 = 0x0400;
+}
+
+/// Value of the `BLOCKED` map (pid → slot): a task that left the CPU in
+/// uninterruptible sleep and has not run since. 24 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedSlot {
+    /// When it blocked (boot ns).
+    pub since_ns: u64,
+    pub tgid: u32,
+    /// Its state as it blocked (see [`task_state`]).
+    pub state: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Capacity of the `BLOCKED` map: tasks in uninterruptible sleep at once.
+/// A full map is counted (`DROPS[TRACKING_FULL_SLOT]`), never silent.
+pub const BLOCKED_ENTRIES: u32 = 16384;
+/// Capacity of the `REPORTED` map (pid → `since_ns` of the blocking the
+/// agent reported), which asks the kernel for an [`UnblockedEvent`].
+pub const REPORTED_ENTRIES: u32 = 4096;
+
 /// Marks a field offset this kernel does not have.
 pub const ABSENT: u32 = u32::MAX;
 
@@ -241,6 +296,12 @@ pub struct TaskOffsets {
     /// 1 when `sched_process_exit` passes `bool group_dead` as its second
     /// argument (6.16+); otherwise the program reads `signal->live`.
     pub exit_has_group_dead: u32,
+    /// `task_struct.__state` (5.14+) or `task_struct.state` (a `long`
+    /// before; its low 32 bits on little-endian), for kernels whose
+    /// `sched_switch` lacks the `prev_state` argument.
+    pub state: u32,
+    /// 1 when `sched_switch` passes `unsigned int prev_state` (5.18+).
+    pub switch_has_prev_state: u32,
 }
 
 /// Field offsets inside the `oom/mark_victim` record, from its tracefs
@@ -311,6 +372,8 @@ impl ProbeConfig {
             cgroup_root: 0,
             root_hierarchy_id: 0,
             exit_has_group_dead: 0,
+            state: 0,
+            switch_has_prev_state: 0,
         },
         mark_victim: MarkVictimLayout::NONE,
     };
@@ -328,8 +391,11 @@ pub const CONDEMNED_ENTRIES: u32 = 256;
 
 /// Slots of the per-CPU `DROPS` map: `[kind]` counts records lost because the
 /// ring buffer was full, `[KIND_SLOTS + kind]` records discarded because a
-/// kernel read failed.
-pub const DROP_SLOTS: u32 = 2 * KIND_SLOTS;
+/// kernel read failed, `[TRACKING_FULL_SLOT]` blocked tasks not tracked
+/// because the `BLOCKED` map was full.
+pub const DROP_SLOTS: u32 = 2 * KIND_SLOTS + 1;
+/// See [`DROP_SLOTS`].
+pub const TRACKING_FULL_SLOT: u32 = 2 * KIND_SLOTS;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -337,6 +403,8 @@ mod pod {
     // byte arrays, with no padding (pinned by the layout tests), so any bit
     // pattern is a valid value.
     unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BlockedSlot {}
 }
 
 #[cfg(test)]
@@ -357,7 +425,9 @@ mod layout {
         );
         assert_eq!(size_of::<HungTaskEvent>(), 16 + 2 * 4 + COMM_LEN);
         assert_eq!(size_of::<CgroupAttachEvent>(), 16 + 4 * 4 + PATH_LEN);
-        assert_eq!(size_of::<TaskOffsets>(), 16 * 4);
+        assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
+        assert_eq!(size_of::<BlockedSlot>(), 8 + 2 * 4 + COMM_LEN);
+        assert_eq!(size_of::<TaskOffsets>(), 18 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
     }
 
@@ -368,6 +438,6 @@ mod layout {
             assert!((kind as u32) < KIND_SLOTS);
         }
         assert_eq!(EventKind::try_from(0), Err(UnknownKind(0)));
-        assert_eq!(EventKind::try_from(7), Err(UnknownKind(7)));
+        assert_eq!(EventKind::try_from(8), Err(UnknownKind(8)));
     }
 }

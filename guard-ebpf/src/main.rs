@@ -22,9 +22,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use guard_common::{
-    ABSENT, COMM_LEN, CONDEMNED_ENTRIES, CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS,
-    EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES,
-    OomKillEvent, PATH_LEN, ProbeConfig, oom_field,
+    ABSENT, BLOCKED_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES, CgroupAttachEvent,
+    DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent, ExitEvent, ForkEvent, Header,
+    HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OomKillEvent, PATH_LEN, ProbeConfig,
+    REPORTED_ENTRIES, TRACKING_FULL_SLOT, UnblockedEvent, oom_field, task_state,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -50,6 +51,18 @@ static LINEAGE: HashMap<u32, u64> = HashMap::with_max_entries(LINEAGE_ENTRIES, 0
 /// signals its members.
 #[map]
 static CONDEMNED: HashMap<u64, u32> = HashMap::with_max_entries(CONDEMNED_ENTRIES, 0);
+
+/// Tasks in uninterruptible sleep: pid → when and how they blocked. Written
+/// by `sched_switch` as a task leaves the CPU in that state, removed when it
+/// is switched in again; the agent reads it every sample tick.
+#[map]
+static BLOCKED: HashMap<u32, BlockedSlot> = HashMap::with_max_entries(BLOCKED_ENTRIES, 0);
+
+/// Blockings the agent reported: pid → their `since_ns`. When such a task
+/// runs again, `sched_switch` writes an `Unblocked` record (and nothing is
+/// written for the many short sleeps nobody reported).
+#[map]
+static REPORTED: HashMap<u32, u64> = HashMap::with_max_entries(REPORTED_ENTRIES, 0);
 
 /// Error value of the `try_` functions: the program's return value, which the
 /// kernel ignores for tracepoints.
@@ -358,6 +371,96 @@ fn try_cgroup_attach_task(ctx: &RawTracePointContext) -> Result<u32, u32> {
     record.path_len =
         read_str::<PATH_LEN>(path, &raw mut record.path).map_err(|e| read_failed(kind, e))?;
     output(kind, &record)
+}
+
+// sched_switch: fires in __schedule() on every context switch, in the CPU's
+// context, with `prev` leaving and `next` arriving: the one place that sees
+// a task go to sleep with its state and run again, so the agent knows which
+// tasks are in D state and since when without a record per switch. Raw
+// tracepoint, TP_PROTO(bool preempt, struct task_struct *prev, struct
+// task_struct *next) since 4.x; 5.18 added `unsigned int prev_state` (the
+// state __schedule() acted on: reading prev->__state afterwards races with
+// a wakeup). Older kernels read prev->__state (5.14+) or prev->state, whose
+// offset the agent resolves from BTF. A preempted task is runnable whatever
+// its state says, so it is never recorded. This runs on the hottest path
+// guard hooks: one hash lookup that misses for almost every switch, a map
+// write only for an uninterruptible sleep, no ring-buffer record unless the
+// agent asked for one (`REPORTED`).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
+    match try_sched_switch(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let now = bpf_ktime_get_boot_ns_now();
+    let next_pid = read::<u32>(next, config!(task.pid))?;
+    // SAFETY: the value is copied out at once.
+    if next_pid != 0
+        && let Some(slot) = unsafe { BLOCKED.get(next_pid) }.copied()
+    {
+        let _ = BLOCKED.remove(next_pid);
+        unblocked(next_pid, &slot, now);
+    }
+    if preempt & 0xff != 0 {
+        return Ok(0);
+    }
+    let state = if config!(task.switch_has_prev_state) != 0 {
+        let arg: u64 = ctx.arg(3);
+        arg as u32
+    } else {
+        read::<u32>(prev, config!(task.state))?
+    };
+    if state & task_state::UNINTERRUPTIBLE == 0 || state & task_state::NOLOAD != 0 {
+        return Ok(0);
+    }
+    let (pid, tgid) = task_ids(prev)?;
+    if pid == 0 {
+        return Ok(0);
+    }
+    let slot = BlockedSlot {
+        since_ns: now,
+        tgid,
+        state,
+        comm: task_comm(prev)?,
+    };
+    if BLOCKED.insert(pid, slot, 0).is_err() {
+        count_drop(TRACKING_FULL_SLOT);
+    }
+    Ok(0)
+}
+
+/// A blocked task runs again: when the agent reported this blocking, tell it
+/// how long it lasted.
+fn unblocked(pid: u32, slot: &BlockedSlot, now: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(reported) = (unsafe { REPORTED.get(pid) }).copied() else {
+        return;
+    };
+    let _ = REPORTED.remove(pid);
+    if reported != slot.since_ns {
+        return;
+    }
+    let record = UnblockedEvent {
+        header: header(EventKind::Unblocked),
+        pid,
+        tgid: slot.tgid,
+        state: slot.state,
+        reserved: 0,
+        since_ns: slot.since_ns,
+        blocked_ns: now.saturating_sub(slot.since_ns),
+        comm: slot.comm,
+    };
+    let _ = output(EventKind::Unblocked, &record);
+}
+
+fn bpf_ktime_get_boot_ns_now() -> u64 {
+    // SAFETY: takes no pointers and cannot fail.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 // oom/mark_victim: fires when the OOM killer has chosen a victim, in the

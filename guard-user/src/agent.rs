@@ -22,6 +22,7 @@ use crate::{
     decode::Event,
     detect::{
         Detectors,
+        blocked::{BlockedDetector, BlockedRules},
         crashloop::{CrashLoopDetector, CrashLoopRules},
         fork::{ForkDetector, ForkRules},
     },
@@ -30,7 +31,7 @@ use crate::{
     pipeline::{ActionRequest, Pipeline, Settings},
     proctable::{ProcInfo, ProcessTable, default_proc_root},
     protect::Protection,
-    source::{self, KernelDrops, SourceStats},
+    source::{self, BlockedMaps, KernelDrops, SourceStats},
 };
 
 /// Which processes the stream (and later every action) covers.
@@ -147,7 +148,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         drops,
         lineage,
         condemned,
+        blocked,
+        reported,
     } = maps;
+    let mut blocked_maps = BlockedMaps::new(blocked, reported)?;
     let protection = Protection::new(Protection::own_chain(), args.protect.clone(), scope.clone());
     let system = Arc::new(LiveSystem::new(
         lineage,
@@ -165,6 +169,8 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let mut table = ProcessTable::new(hierarchies.clone(), default_proc_root());
     table.seed();
+    let already_blocked = blocked_maps.seed(default_proc_root(), WallClock::boot_ns_now());
+    tracing::debug!("{already_blocked} tasks were in D state at start");
 
     let color = match args.color {
         Color::Always => true,
@@ -206,6 +212,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         Detectors {
             fork: ForkDetector::new(rules),
             crashloop: crashloops,
+            blocked: BlockedDetector::new(BlockedRules {
+                threshold_ns: (args.blocked_threshold * 1e9) as u64,
+                storm: args.blocked_storm,
+            }),
         },
         out,
         Some(shared),
@@ -301,6 +311,11 @@ pub async fn run(args: Args) -> Result<Ending> {
             }
             _ = sample.tick() => {
                 pipe.sample_pids(WallClock::boot_ns_now());
+                let blocked_now = blocked_maps.snapshot();
+                match pipe.sample_blocked(WallClock::boot_ns_now(), &blocked_now) {
+                    Ok(book) => blocked_maps.apply(&book),
+                    Err(err) => broken = check_pipe(Err(err))?,
+                }
                 match pipe.check(WallClock::boot_ns_now()) {
                     Ok(requests) => run_actions(requests),
                     Err(err) => broken = check_pipe(Err(err))?,
@@ -359,6 +374,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 KernelDrops::by_kind(&kernel.read_failed),
             ),
             ("lost_queue_full", json!(queue_full)),
+            ("blocked_untracked", json!(kernel.tracking_full)),
             (
                 "undecodable",
                 json!(stats.undecodable.load(Ordering::Relaxed)),
@@ -396,7 +412,15 @@ fn report_losses(
     let queue = stats.queue_full.load(Ordering::Relaxed);
     let delta = now.since(reported);
     let queue_delta = queue - *reported_queue;
+    if delta.tracking_full > 0 {
+        tracing::warn!(
+            "{} tasks blocked while the kernel's table of blocked tasks was full: they are not \
+             tracked",
+            delta.tracking_full
+        );
+    }
     if delta.total() == 0 && queue_delta == 0 {
+        *reported = now;
         return Ok(());
     }
     *reported = now;
@@ -413,6 +437,7 @@ fn report_losses(
             ("ring_full", KernelDrops::by_kind(&delta.ring_full)),
             ("read_failed", KernelDrops::by_kind(&delta.read_failed)),
             ("queue_full", json!(queue_delta)),
+            ("blocked_untracked", json!(delta.tracking_full)),
         ],
     )?;
     pipe.out.flush()

@@ -32,9 +32,11 @@ pub struct Args {
     pub json: bool,
 
     /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
-    /// hung_task, cgroup_attach, or `all`. Probes for kinds not shown are not
-    /// attached, except fork, exec, exit and cgroup_attach, which keep the
-    /// process table current.
+    /// hung_task, cgroup_attach, unblocked, or `all`. Probes for kinds not
+    /// shown are not attached, except fork, exec, exit and cgroup_attach,
+    /// which keep the process table current, and sched_switch (unblocked),
+    /// which tracks blocked tasks. Detector records (`blocked`, `alert`,
+    /// `action`) are always shown.
     #[arg(long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
     pub events: KindSet,
 
@@ -112,6 +114,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub crashloop_lifetime: u64,
 
+    /// Blocked-task rule: report every task in uninterruptible sleep (D
+    /// state) for this long or longer, with where it waits (at least 1).
+    /// Idle kernel threads (TASK_IDLE) never count; killable waits
+    /// (TASK_KILLABLE, e.g. vfork parents) are reported, marked killable.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_blocked_threshold)]
+    pub blocked_threshold: f64,
+
+    /// Alert on a storm: this many tasks (uninterruptible, not killable)
+    /// blocked past --blocked-threshold at once. Alerts only: a task in D
+    /// state cannot be killed.
+    #[arg(long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub blocked_storm: u32,
+
     /// Never signal this: a pid, a comm (e.g. postgres), or a cgroup
     /// directory (and everything below it). Repeatable. PID 1, kernel
     /// threads, guard and its ancestors, and everything outside --cgroup are
@@ -178,6 +193,18 @@ pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
         return Err("no event kind given".into());
     }
     Ok(KindSet(set))
+}
+
+fn parse_blocked_threshold(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(1.0..=86_400.0).contains(&secs) {
+        return Err(format!(
+            "{secs} s: the blocked threshold must be between 1 and 86400 seconds"
+        ));
+    }
+    Ok(secs)
 }
 
 fn parse_ring_mib(text: &str) -> Result<u32, String> {

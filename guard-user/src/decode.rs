@@ -4,7 +4,7 @@ use std::fmt;
 
 use guard_common::{
     COMM_LEN, CgroupAttachEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent,
-    OomKillEvent, oom_field,
+    OomKillEvent, UnblockedEvent, oom_field, task_state,
 };
 
 /// PF_KTHREAD from include/linux/sched.h.
@@ -29,6 +29,11 @@ impl Comm {
         let n = s.len().min(COMM_LEN - 1);
         raw[..n].copy_from_slice(&s.as_bytes()[..n]);
         Comm(raw)
+    }
+
+    /// The NUL-padded bytes, as the kernel keeps them.
+    pub fn raw(&self) -> &[u8; COMM_LEN] {
+        &self.0
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -152,6 +157,19 @@ pub struct HungTask {
     pub comm: Comm,
 }
 
+/// A task guard reported as blocked ran again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unblocked {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    /// TASK_KILLABLE: the wait could have been ended by a fatal signal.
+    pub killable: bool,
+    pub since_ns: u64,
+    pub blocked_ns: u64,
+    pub comm: Comm,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupAttach {
     pub boot_ns: u64,
@@ -170,6 +188,7 @@ pub enum Event {
     OomKill(OomKill),
     HungTask(HungTask),
     CgroupAttach(CgroupAttach),
+    Unblocked(Unblocked),
 }
 
 impl Event {
@@ -181,6 +200,7 @@ impl Event {
             Event::OomKill(_) => EventKind::OomKill,
             Event::HungTask(_) => EventKind::HungTask,
             Event::CgroupAttach(_) => EventKind::CgroupAttach,
+            Event::Unblocked(_) => EventKind::Unblocked,
         }
     }
 
@@ -192,6 +212,7 @@ impl Event {
             Event::OomKill(e) => e.boot_ns,
             Event::HungTask(e) => e.boot_ns,
             Event::CgroupAttach(e) => e.boot_ns,
+            Event::Unblocked(e) => e.boot_ns,
         }
     }
 
@@ -235,6 +256,7 @@ impl Wire for ExitEvent {}
 impl Wire for OomKillEvent {}
 impl Wire for HungTaskEvent {}
 impl Wire for CgroupAttachEvent {}
+impl Wire for UnblockedEvent {}
 
 fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -338,6 +360,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tgid: r.tgid,
                 hierarchy_id: r.hierarchy_id,
                 path,
+            })
+        }
+        EventKind::Unblocked => {
+            let r: UnblockedEvent = read(bytes)?;
+            Event::Unblocked(Unblocked {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                killable: r.state & task_state::WAKEKILL != 0,
+                since_ns: r.since_ns,
+                blocked_ns: r.blocked_ns,
+                comm: Comm::new(r.comm),
             })
         }
     })

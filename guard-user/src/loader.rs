@@ -44,6 +44,9 @@ pub struct Maps {
     /// LINEAGE and CONDEMNED, for `act`.
     pub lineage: aya::maps::Map,
     pub condemned: aya::maps::Map,
+    /// BLOCKED and REPORTED, for the blocked-task tracker.
+    pub blocked: aya::maps::Map,
+    pub reported: aya::maps::Map,
 }
 
 /// What attaching did, for the `start` record and the logs.
@@ -114,7 +117,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
 
     let probes: Vec<(&'static Probe, Option<String>)> = PROBES
         .iter()
-        .filter(|p| p.feeds_process_table || opts.kinds.contains(&p.kind))
+        .filter(|p| p.always_attached || opts.kinds.contains(&p.kind))
         .map(|p| {
             (
                 p,
@@ -137,6 +140,8 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let condemned = ebpf
         .take_map("CONDEMNED")
         .context("CONDEMNED map missing")?;
+    let blocked = ebpf.take_map("BLOCKED").context("BLOCKED map missing")?;
+    let reported = ebpf.take_map("REPORTED").context("REPORTED map missing")?;
     Ok((
         Loaded { ebpf, probes },
         Maps {
@@ -144,6 +149,8 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             drops,
             lineage,
             condemned,
+            blocked,
+            reported,
         },
     ))
 }

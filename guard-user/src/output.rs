@@ -79,6 +79,9 @@ pub struct Context<'a> {
     pub cgroup: Option<&'a str>,
     /// How long the process had lived (exit events).
     pub age_ns: Option<u64>,
+    /// hung_task events: how long before khungtaskd guard reported the same
+    /// task as blocked.
+    pub lead_ns: Option<u64>,
 }
 
 /// A JSON object written straight into a line buffer.
@@ -468,9 +471,16 @@ impl<W: Write> Output<W> {
                     .num("trigger_pid", k.trigger_pid)
                     .num("trigger_tgid", k.trigger_tgid);
             }
-            Event::HungTask(_) => {}
+            Event::HungTask(_) => {
+                o.opt_num("guard_lead_ms", ctx.lead_ns.map(|ns| ns / 1_000_000));
+            }
             Event::CgroupAttach(a) => {
                 o.num("hierarchy_id", a.hierarchy_id).str("path", &a.path);
+            }
+            Event::Unblocked(u) => {
+                o.num("since_ns", u.since_ns)
+                    .num("blocked_ms", u.blocked_ns / 1_000_000)
+                    .bool("killable", u.killable);
             }
         }
         o.finish();
@@ -562,8 +572,18 @@ impl<W: Write> Output<W> {
             }
             Event::HungTask(h) => write!(
                 self.line,
-                "blocked past hung_task_timeout_secs (tid {})",
-                h.pid
+                "blocked past hung_task_timeout_secs (tid {}){}",
+                h.pid,
+                ctx.lead_ns
+                    .map(|ns| format!(", reported by guard {} earlier", human_duration(ns)))
+                    .unwrap_or_default()
+            ),
+            Event::Unblocked(u) => write!(
+                self.line,
+                "runs again after {} in D state (tid {}{})",
+                human_duration(u.blocked_ns),
+                u.pid,
+                if u.killable { ", killable" } else { "" }
             ),
             Event::CgroupAttach(a) => write!(
                 self.line,
@@ -584,6 +604,7 @@ pub fn subject_ids(event: &Event) -> (u32, u32) {
         Event::OomKill(k) => (k.pid, k.pid),
         Event::HungTask(h) => (h.pid, h.tgid),
         Event::CgroupAttach(a) => (a.pid, a.tgid),
+        Event::Unblocked(u) => (u.pid, u.tgid),
     }
 }
 
@@ -595,6 +616,7 @@ fn subject_comm(event: &Event, ctx: &Context<'_>) -> Option<Comm> {
         Event::OomKill(k) => k.comm.or(ctx.comm),
         Event::HungTask(h) => Some(h.comm),
         Event::CgroupAttach(_) => ctx.comm,
+        Event::Unblocked(u) => Some(u.comm),
     }
 }
 
@@ -636,6 +658,7 @@ mod tests {
             parent_comm: Some(Comm::from_str_lossy("supervisor")),
             cgroup: Some("/sys/fs/cgroup/pids/svc"),
             age_ns: Some(50_000_000),
+            lead_ns: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::{
     decode::{Event, ExitStatus},
     detect::{
         Detectors,
+        blocked::{BlockedTask, BlockedVerdict},
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
     },
@@ -71,6 +72,16 @@ fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId)
             })
         })
         .collect()
+}
+
+/// What the kernel's blocked-task maps need after a snapshot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BlockedBookkeeping {
+    /// (pid, since_ns) of blockings reported: ask the kernel for an
+    /// `unblocked` record when they end.
+    pub watch: Vec<(u32, u64)>,
+    /// Pids released without that record: drop their request.
+    pub forget: Vec<u32>,
 }
 
 pub struct Counters {
@@ -334,6 +345,12 @@ impl<W: Write> Pipeline<W> {
                 _ => {}
             }
         }
+        if let Event::Unblocked(u) = event
+            && !self.detectors.blocked.unblocked(u.pid, u.since_ns)
+        {
+            // Already reported released from a snapshot.
+            return Ok(());
+        }
         let s = &self.settings;
         if !s.events.contains(kind)
             || (event.is_thread_level() && !s.threads)
@@ -360,6 +377,14 @@ impl<W: Write> Pipeline<W> {
                 }
                 _ => None,
             },
+            lead_ns: match event {
+                Event::HungTask(h) => self
+                    .detectors
+                    .blocked
+                    .reported_at(h.pid)
+                    .map(|at| h.boot_ns.saturating_sub(at)),
+                _ => None,
+            },
         };
         self.counters.shown += 1;
         self.out.event(event, &ctx)
@@ -380,6 +405,130 @@ impl<W: Write> Pipeline<W> {
                 .fork
                 .pids_sample(now, &Arc::from(HOST), total, Some(limit));
         }
+    }
+
+    /// Feeds the blocked-task rule the kernel's `BLOCKED` map as read now:
+    /// reports tasks past the threshold (with where they wait), releases,
+    /// and storms. Returns what the kernel's maps need.
+    pub fn sample_blocked(
+        &mut self,
+        now: u64,
+        tasks: &[BlockedTask],
+    ) -> io::Result<BlockedBookkeeping> {
+        let in_scope: Vec<BlockedTask> = tasks
+            .iter()
+            .filter(|t| self.scope.contains(self.table.get(t.tgid)))
+            .cloned()
+            .collect();
+        let changes = self.detectors.blocked.snapshot(now, &in_scope);
+        let mut book = BlockedBookkeeping::default();
+        for task in &changes.crossed {
+            let wait = observe::task_wait(task.tgid, task.pid);
+            let process = self.table.get(task.tgid);
+            self.out.record(
+                "blocked",
+                &[
+                    ("pid", json!(task.pid)),
+                    ("tgid", json!(task.tgid)),
+                    ("comm", json!(task.comm.to_string())),
+                    (
+                        "cgroup",
+                        json!(process.and_then(|p| p.cgroup(self.primary)).map(|c| &**c)),
+                    ),
+                    (
+                        "kernel_thread",
+                        json!(process.is_some_and(|p| p.kernel_thread)),
+                    ),
+                    ("since_ns", json!(task.since_ns)),
+                    (
+                        "blocked_ms",
+                        json!(now.saturating_sub(task.since_ns) / 1_000_000),
+                    ),
+                    ("killable", json!(task.killable)),
+                    ("wchan", json!(wait.wchan)),
+                    ("stack", json!(wait.frames)),
+                ],
+            )?;
+            self.detectors.blocked.report(now, task, wait);
+            book.watch.push((task.pid, task.since_ns));
+        }
+        for released in &changes.released {
+            self.out.record(
+                "unblocked",
+                &[
+                    ("pid", json!(released.pid)),
+                    ("since_ns", json!(released.since_ns)),
+                    ("blocked_ms", json!(released.blocked_ns / 1_000_000)),
+                    ("killable", json!(released.killable)),
+                    ("approximate", json!(true)),
+                ],
+            )?;
+            book.forget.push(released.pid);
+        }
+        match self.detectors.blocked.check(now) {
+            Some(BlockedVerdict::Storm {
+                count,
+                killable,
+                pids,
+                shared,
+                longest_ns,
+            }) => {
+                let pressure = observe::memory_pressure();
+                // Memory pressure (PSI "full": every task stalled on memory)
+                // suggests reclaim is what they wait for.
+                let under_pressure = pressure.is_some_and(|p| p.full_avg10 >= 10.0);
+                let note = if under_pressure {
+                    "tasks in D state cannot be killed; the host is under memory pressure,                      which is the likely cause: look for the memory runaway"
+                } else {
+                    "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
+                };
+                self.out.record(
+                    "alert",
+                    &[
+                        ("detector", json!("blocked")),
+                        ("rule", json!("blocked_storm")),
+                        ("count", json!(count)),
+                        ("killable", json!(killable)),
+                        (
+                            "threshold_secs",
+                            json!(self.detectors.blocked.rules().threshold_ns as f64 / 1e9),
+                        ),
+                        ("longest_ms", json!(longest_ns / 1_000_000)),
+                        (
+                            "shared_wait",
+                            json!(shared.as_ref().map(|s| json!({
+                                "frames": s.frames,
+                                "tasks": s.tasks,
+                            }))),
+                        ),
+                        (
+                            "memory_pressure",
+                            json!(pressure.map(|p| json!({
+                                "some_avg10": p.some_avg10,
+                                "full_avg10": p.full_avg10,
+                            }))),
+                        ),
+                        ("pids", json!(pids)),
+                        ("action", json!("log")),
+                        ("note", json!(note)),
+                    ],
+                )?;
+            }
+            Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
+                self.out.record(
+                    "resolved",
+                    &[
+                        ("detector", json!("blocked")),
+                        ("rule", json!("blocked_storm")),
+                        ("peak", json!(peak)),
+                        ("lasted_ms", json!(lasted_ns / 1_000_000)),
+                    ],
+                )?;
+            }
+            None => {}
+        }
+        self.out.flush()?;
+        Ok(book)
     }
 
     /// Evaluates the detectors; writes alerts; returns the actions to run.

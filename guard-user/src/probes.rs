@@ -30,8 +30,9 @@ pub struct Probe {
     pub program: &'static str,
     pub hook: Hook,
     pub kind: EventKind,
-    /// Attached whatever `--events` says: the process table depends on it.
-    pub feeds_process_table: bool,
+    /// Attached whatever `--events` says: the process table or a detector
+    /// depends on it.
+    pub always_attached: bool,
 }
 
 impl Probe {
@@ -53,7 +54,7 @@ pub const PROBES: &[Probe] = &[
             min_args: 2,
         },
         kind: EventKind::Fork,
-        feeds_process_table: true,
+        always_attached: true,
     },
     Probe {
         program: "sched_process_exec",
@@ -62,7 +63,7 @@ pub const PROBES: &[Probe] = &[
             min_args: 3,
         },
         kind: EventKind::Exec,
-        feeds_process_table: true,
+        always_attached: true,
     },
     Probe {
         program: "sched_process_exit",
@@ -71,7 +72,7 @@ pub const PROBES: &[Probe] = &[
             min_args: 1,
         },
         kind: EventKind::Exit,
-        feeds_process_table: true,
+        always_attached: true,
     },
     Probe {
         program: "cgroup_attach_task",
@@ -80,7 +81,7 @@ pub const PROBES: &[Probe] = &[
             min_args: 4,
         },
         kind: EventKind::CgroupAttach,
-        feeds_process_table: true,
+        always_attached: true,
     },
     Probe {
         program: "cgroup_attach_task",
@@ -89,7 +90,16 @@ pub const PROBES: &[Probe] = &[
             min_args: 4,
         },
         kind: EventKind::CgroupAttach,
-        feeds_process_table: true,
+        always_attached: true,
+    },
+    Probe {
+        program: "sched_switch",
+        hook: Hook::Raw {
+            tracepoint: "sched_switch",
+            min_args: 3,
+        },
+        kind: EventKind::Unblocked,
+        always_attached: true,
     },
     Probe {
         program: "mark_victim",
@@ -98,7 +108,7 @@ pub const PROBES: &[Probe] = &[
             name: "mark_victim",
         },
         kind: EventKind::OomKill,
-        feeds_process_table: false,
+        always_attached: false,
     },
     Probe {
         program: "sched_process_hang",
@@ -107,7 +117,7 @@ pub const PROBES: &[Probe] = &[
             min_args: 1,
         },
         kind: EventKind::HungTask,
-        feeds_process_table: false,
+        always_attached: false,
     },
 ];
 
@@ -152,6 +162,9 @@ pub fn unsupported_reason(
 pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
     let exit_args = btf.raw_tracepoint_args("sched_process_exit")?.unwrap_or(1);
+    let switch_args = btf.raw_tracepoint_args("sched_switch")?.unwrap_or(3);
+    // 5.14 renamed `state` to `__state` (and made it an unsigned int).
+    let state = m("task_struct", "__state").or_else(|_| m("task_struct", "state"));
     let resolve = || -> Result<TaskOffsets> {
         Ok(TaskOffsets {
             pid: m("task_struct", "pid")?,
@@ -171,6 +184,9 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
             root_hierarchy_id: m("cgroup_root", "hierarchy_id")?,
             // 6.16 added `bool group_dead` to sched_process_exit.
             exit_has_group_dead: u32::from(exit_args >= 2),
+            state: state?,
+            // 5.18 added `unsigned int prev_state` to sched_switch.
+            switch_has_prev_state: u32::from(switch_args >= 4),
         })
     };
     resolve().context("resolving kernel struct offsets from BTF")

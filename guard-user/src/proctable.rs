@@ -439,6 +439,7 @@ impl ProcessTable {
             }
             Event::OomKill(o) => self.lookup(o.pid),
             Event::HungTask(h) => self.lookup(h.tgid),
+            Event::Unblocked(u) => self.lookup(u.tgid),
         }
     }
 

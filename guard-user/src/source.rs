@@ -12,15 +12,19 @@ use std::sync::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use guard_common::{EventKind, KIND_SLOTS};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, RingBuf};
+use guard_common::{BlockedSlot, EventKind, KIND_SLOTS, TRACKING_FULL_SLOT, task_state};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 
-use crate::decode::{Event, decode};
+use crate::{
+    decode::{Comm, Event, decode},
+    detect::blocked::BlockedTask,
+    pipeline::BlockedBookkeeping,
+};
 
 /// Pause after each drain before waiting for the ring buffer again. The
 /// kernel wakes a reader only when it has caught up with the writer, so
@@ -101,6 +105,114 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceSt
     true
 }
 
+/// The kernel's record of tasks in uninterruptible sleep (`BLOCKED`), and
+/// the agent's requests to hear when reported ones run again (`REPORTED`).
+pub struct BlockedMaps {
+    blocked: HashMap<MapData, u32, BlockedSlot>,
+    reported: HashMap<MapData, u32, u64>,
+}
+
+impl BlockedMaps {
+    pub fn new(blocked: Map, reported: Map) -> Result<Self> {
+        Ok(Self {
+            blocked: HashMap::try_from(blocked).context("BLOCKED map")?,
+            reported: HashMap::try_from(reported).context("REPORTED map")?,
+        })
+    }
+
+    /// Every task blocked now. Entries that vanish while the map is walked
+    /// (the task ran) are skipped.
+    pub fn snapshot(&self) -> Vec<BlockedTask> {
+        self.blocked
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, slot)| BlockedTask {
+                pid,
+                tgid: slot.tgid,
+                since_ns: slot.since_ns,
+                killable: slot.state & task_state::WAKEKILL != 0,
+                comm: Comm::new(slot.comm),
+            })
+            .collect()
+    }
+
+    /// Records the tasks already in D state when guard starts (the kernel
+    /// records a task only as it blocks), from /proc, as blocked since now:
+    /// their durations are then at least what guard shows. The kernel's own
+    /// entry wins (BPF_NOEXIST); one for a task that ran in between goes
+    /// when it is next switched in. /proc cannot tell killable waits apart,
+    /// so these count as uninterruptible.
+    pub fn seed(&mut self, proc_root: &std::path::Path, now_ns: u64) -> usize {
+        const BPF_NOEXIST: u64 = 1;
+        let mut seeded = 0;
+        let Ok(procs) = std::fs::read_dir(proc_root) else {
+            return 0;
+        };
+        for proc in procs.flatten() {
+            let Some(tgid) = proc
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(tasks) = std::fs::read_dir(proc.path().join("task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Some(pid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                    continue;
+                };
+                let Some((comm, state)) = parse_task_stat(&stat) else {
+                    continue;
+                };
+                if state != 'D' {
+                    continue;
+                }
+                let slot = BlockedSlot {
+                    since_ns: now_ns,
+                    tgid,
+                    state: task_state::UNINTERRUPTIBLE,
+                    comm: *Comm::from_str_lossy(comm).raw(),
+                };
+                if self.blocked.insert(pid, slot, BPF_NOEXIST).is_ok() {
+                    seeded += 1;
+                }
+            }
+        }
+        seeded
+    }
+
+    /// Applies what the pipeline asked for after a snapshot.
+    pub fn apply(&mut self, book: &BlockedBookkeeping) {
+        for &(pid, since_ns) in &book.watch {
+            if let Err(err) = self.reported.insert(pid, since_ns, 0) {
+                tracing::debug!("REPORTED map: {err}: no unblocked record for {pid}");
+            }
+        }
+        for pid in &book.forget {
+            let _ = self.reported.remove(pid);
+        }
+    }
+}
+
+/// (comm, state letter) of a /proc/PID/task/TID/stat line: `12 (sh) D ...`
+/// (the comm may itself hold spaces and parentheses).
+pub fn parse_task_stat(stat: &str) -> Option<(&str, char)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
+    Some((comm, state))
+}
+
 /// Kernel-side losses, summed over CPUs, indexed by `EventKind as usize`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelDrops {
@@ -108,15 +220,20 @@ pub struct KernelDrops {
     pub ring_full: [u64; KIND_SLOTS as usize],
     /// A kernel memory read failed, so the record was discarded.
     pub read_failed: [u64; KIND_SLOTS as usize],
+    /// Tasks that blocked while the `BLOCKED` map was full: not tracked, so
+    /// never reported as blocked.
+    pub tracking_full: u64,
 }
 
 impl KernelDrops {
     pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self> {
         let mut drops = KernelDrops::default();
-        for slot in 0..2 * KIND_SLOTS {
+        for slot in 0..=TRACKING_FULL_SLOT {
             let per_cpu = map.get(&slot, 0).context("reading the DROPS map")?;
             let total: u64 = per_cpu.iter().sum();
-            if slot < KIND_SLOTS {
+            if slot == TRACKING_FULL_SLOT {
+                drops.tracking_full = total;
+            } else if slot < KIND_SLOTS {
                 drops.ring_full[slot as usize] = total;
             } else {
                 drops.read_failed[(slot - KIND_SLOTS) as usize] = total;
@@ -125,6 +242,8 @@ impl KernelDrops {
         Ok(drops)
     }
 
+    /// Records lost (blocked tasks left untracked are not records: see
+    /// `tracking_full`).
     pub fn total(&self) -> u64 {
         self.ring_full.iter().chain(&self.read_failed).sum()
     }
@@ -136,6 +255,7 @@ impl KernelDrops {
             d.ring_full[i] = self.ring_full[i].saturating_sub(before.ring_full[i]);
             d.read_failed[i] = self.read_failed[i].saturating_sub(before.read_failed[i]);
         }
+        d.tracking_full = self.tracking_full.saturating_sub(before.tracking_full);
         d
     }
 
@@ -147,5 +267,20 @@ impl KernelDrops {
             .map(|k| (k.name().to_owned(), counts[*k as usize].into()))
             .collect();
         map.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_stat_gives_comm_and_state_even_with_parentheses_in_comm() {
+        assert_eq!(parse_task_stat("12 (sh) D 1 12 12 0 -1"), Some(("sh", 'D')));
+        assert_eq!(
+            parse_task_stat("40 (a) b (c)) I 2 0 0"),
+            Some(("a) b (c)", 'I'))
+        );
+        assert_eq!(parse_task_stat("junk"), None);
     }
 }

@@ -462,3 +462,56 @@ pub fn num(record: &Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no numeric {field} in {record}"))
 }
+
+/// A loop-mounted ext4 image, frozen on request; unfrozen, unmounted and
+/// detached on drop.
+pub struct FrozenFs {
+    image: PathBuf,
+    pub mount: PathBuf,
+    device: String,
+}
+
+impl FrozenFs {
+    /// A 16 MiB ext4 image on a loop device, mounted under the temp dir.
+    pub fn create() -> Self {
+        let base = std::env::temp_dir().join(format!("guard-test-hang-{}", std::process::id()));
+        let image = base.with_extension("img");
+        let mount = base.with_extension("mnt");
+        std::fs::create_dir_all(&mount).expect("mkdir mount point");
+        let file = std::fs::File::create(&image).expect("create image");
+        file.set_len(16 << 20).expect("size image");
+        let (status, _) = run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        assert!(status.success(), "mkfs.ext4 failed");
+        let (status, device) = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image));
+        assert!(status.success(), "losetup failed");
+        let fs = FrozenFs {
+            image,
+            mount,
+            device: device.trim().to_owned(),
+        };
+        let (status, _) = run(Command::new("mount").arg(&fs.device).arg(&fs.mount));
+        assert!(status.success(), "mount failed");
+        fs
+    }
+
+    pub fn freeze(&self) {
+        let (status, _) = run(Command::new("fsfreeze").arg("-f").arg(&self.mount));
+        assert!(status.success(), "fsfreeze -f failed");
+    }
+
+    pub fn thaw(&self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.mount).output();
+    }
+}
+
+impl Drop for FrozenFs {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = Command::new("umount").arg(&self.mount).output();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).output();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}

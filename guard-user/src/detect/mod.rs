@@ -1,6 +1,7 @@
 //! Detectors: pure rules. Events, observations and a clock in; verdicts
 //! out. Each detector's whole rule is in its own file.
 
+pub mod blocked;
 pub mod crashloop;
 pub mod fork;
 
@@ -8,4 +9,5 @@ pub mod fork;
 pub struct Detectors {
     pub fork: fork::ForkDetector,
     pub crashloop: crashloop::CrashLoopDetector,
+    pub blocked: blocked::BlockedDetector,
 }

@@ -8,6 +8,8 @@
 //!   exit CODE            exit with CODE
 //!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
+//!   vfork SECS           vfork a child that sleeps SECS, then _exits: the
+//!                        parent waits meanwhile in TASK_KILLABLE (D state)
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -141,6 +143,44 @@ fn main() {
             println!("{{\"pid\":{pid}}}");
             std::thread::sleep(Duration::from_secs_f64(secs));
         }
+        Some("vfork") => {
+            let secs: u32 = arg(&args, 2, "SECS");
+            println!("{{\"pid\":{pid}}}");
+            vfork_and_sleep(secs);
+        }
         _ => usage("unknown workload"),
     }
+}
+
+/// The child of `vfork_and_sleep`: sleeps, then leaves without returning
+/// (it runs on its own small stack, in the parent's memory).
+extern "C" fn vfork_child(arg: *mut libc::c_void) -> libc::c_int {
+    let secs = arg as usize as libc::c_uint;
+    // SAFETY: sleep and _exit are async-signal-safe and touch no shared
+    // state; the child never returns into the parent's frames.
+    unsafe {
+        libc::sleep(secs);
+        libc::_exit(0)
+    }
+}
+
+/// clone(CLONE_VM | CLONE_VFORK): the parent sleeps in wait_for_vfork_done
+/// (TASK_KILLABLE) until the child exits.
+fn vfork_and_sleep(secs: u32) {
+    let mut stack = vec![0u8; 64 << 10];
+    // SAFETY: the stack is ours and outlives the child (the parent is
+    // suspended until the child exits); the child only calls sleep/_exit.
+    let child = unsafe {
+        libc::clone(
+            vfork_child,
+            stack.as_mut_ptr().add(stack.len()).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            secs as usize as *mut libc::c_void,
+        )
+    };
+    if child < 0 {
+        eprintln!("clone: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    wait_child(child);
 }
