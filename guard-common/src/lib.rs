@@ -242,24 +242,41 @@ pub mod task_state {
     pub const NOLOAD: u32 = 0x0400;
 }
 
-/// Value of the `BLOCKED` map (pid → slot): a task that left the CPU in
-/// uninterruptible sleep and has not run since. 24 bytes, no padding.
+/// Value of the `BLOCKED` map (task_struct address → slot): a task that
+/// left the CPU in uninterruptible sleep and has not run since. 40 bytes, no
+/// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockedSlot {
     /// When it blocked (boot ns).
     pub since_ns: u64,
+    pub pid: u32,
     pub tgid: u32,
     /// Its state as it blocked (see [`task_state`]).
     pub state: u32,
+    /// Explicit padding (always 0), so the size is a multiple of 8.
+    pub reserved: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Slots of the `OCCUPANCY` array: counters of `BLOCKED` entries by a hash
+/// of their key, so that the switch-in path looks the hash map up only when
+/// its slot says the task may be there (an inlined array load instead of a
+/// hash lookup on almost every context switch).
+pub const OCCUPANCY_SLOTS: u32 = 4096;
+
+/// The `OCCUPANCY` slot of a task_struct address (Fibonacci hashing; task
+/// structs sit kilobytes apart in their slab).
+pub const fn occupancy_slot(task: u64) -> u32 {
+    (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32 & (OCCUPANCY_SLOTS - 1)
 }
 
 /// Capacity of the `BLOCKED` map: tasks in uninterruptible sleep at once.
 /// A full map is counted (`DROPS[TRACKING_FULL_SLOT]`), never silent.
 pub const BLOCKED_ENTRIES: u32 = 16384;
-/// Capacity of the `REPORTED` map (pid → `since_ns` of the blocking the
-/// agent reported), which asks the kernel for an [`UnblockedEvent`].
+/// Capacity of the `REPORTED` map (task_struct address → `since_ns` of the
+/// blocking the agent reported), which asks the kernel for an
+/// [`UnblockedEvent`].
 pub const REPORTED_ENTRIES: u32 = 4096;
 
 /// Marks a field offset this kernel does not have.
@@ -426,9 +443,26 @@ mod layout {
         assert_eq!(size_of::<HungTaskEvent>(), 16 + 2 * 4 + COMM_LEN);
         assert_eq!(size_of::<CgroupAttachEvent>(), 16 + 4 * 4 + PATH_LEN);
         assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
-        assert_eq!(size_of::<BlockedSlot>(), 8 + 2 * 4 + COMM_LEN);
+        assert_eq!(size_of::<BlockedSlot>(), 8 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<TaskOffsets>(), 18 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
+    }
+
+    #[test]
+    fn occupancy_slots_spread_task_addresses() {
+        // Task structs ~10 KiB apart in a slab land in distinct slots.
+        let base = 0xffff_8880_0400_0000u64;
+        let mut seen = [false; OCCUPANCY_SLOTS as usize];
+        let mut distinct = 0;
+        for i in 0..1000u64 {
+            let slot = occupancy_slot(base + i * 10_240) as usize;
+            assert!(slot < OCCUPANCY_SLOTS as usize);
+            if !seen[slot] {
+                seen[slot] = true;
+                distinct += 1;
+            }
+        }
+        assert!(distinct > 850, "{distinct} distinct slots of 1000");
     }
 
     #[test]

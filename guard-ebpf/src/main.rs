@@ -7,8 +7,16 @@
 //! come from the agent through the read-only `CONFIG` global.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types lack
+// fetch_add; the intrinsic lowers to BPF's atomic add instruction.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic add on the BPF target (see above)")]
 
-use core::{ffi::c_void, ptr::read_volatile};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::read_volatile,
+};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -18,14 +26,15 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use guard_common::{
     ABSENT, BLOCKED_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES, CgroupAttachEvent,
     DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent, ExitEvent, ForkEvent, Header,
-    HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OomKillEvent, PATH_LEN, ProbeConfig,
-    REPORTED_ENTRIES, TRACKING_FULL_SLOT, UnblockedEvent, oom_field, task_state,
+    HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN,
+    ProbeConfig, REPORTED_ENTRIES, TRACKING_FULL_SLOT, UnblockedEvent, occupancy_slot, oom_field,
+    task_state,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -52,17 +61,24 @@ static LINEAGE: HashMap<u32, u64> = HashMap::with_max_entries(LINEAGE_ENTRIES, 0
 #[map]
 static CONDEMNED: HashMap<u64, u32> = HashMap::with_max_entries(CONDEMNED_ENTRIES, 0);
 
-/// Tasks in uninterruptible sleep: pid → when and how they blocked. Written
-/// by `sched_switch` as a task leaves the CPU in that state, removed when it
-/// is switched in again; the agent reads it every sample tick.
+/// Tasks in uninterruptible sleep: task_struct address → who, when and how
+/// they blocked. Written by `sched_switch` as a task leaves the CPU in that
+/// state, removed when it is switched in again; the agent reads it every
+/// sample tick. Keyed by the task's address, which `sched_switch` hands over
+/// as an argument, so the switch-in path reads no kernel memory (a task
+/// cannot exit, and its address be reused, without running first).
 #[map]
-static BLOCKED: HashMap<u32, BlockedSlot> = HashMap::with_max_entries(BLOCKED_ENTRIES, 0);
+static BLOCKED: HashMap<u64, BlockedSlot> = HashMap::with_max_entries(BLOCKED_ENTRIES, 0);
 
-/// Blockings the agent reported: pid → their `since_ns`. When such a task
-/// runs again, `sched_switch` writes an `Unblocked` record (and nothing is
-/// written for the many short sleeps nobody reported).
+/// Counters of BLOCKED entries per [`occupancy_slot`] of their key.
 #[map]
-static REPORTED: HashMap<u32, u64> = HashMap::with_max_entries(REPORTED_ENTRIES, 0);
+static OCCUPANCY: Array<u64> = Array::with_max_entries(OCCUPANCY_SLOTS, 0);
+
+/// Blockings the agent reported: task address → their `since_ns`. When such
+/// a task runs again, `sched_switch` writes an `Unblocked` record (and
+/// nothing is written for the many short sleeps nobody reported).
+#[map]
+static REPORTED: HashMap<u64, u64> = HashMap::with_max_entries(REPORTED_ENTRIES, 0);
 
 /// Error value of the `try_` functions: the program's return value, which the
 /// kernel ignores for tracepoints.
@@ -383,9 +399,11 @@ fn try_cgroup_attach_task(ctx: &RawTracePointContext) -> Result<u32, u32> {
 // a wakeup). Older kernels read prev->__state (5.14+) or prev->state, whose
 // offset the agent resolves from BTF. A preempted task is runnable whatever
 // its state says, so it is never recorded. This runs on the hottest path
-// guard hooks: one hash lookup that misses for almost every switch, a map
-// write only for an uninterruptible sleep, no ring-buffer record unless the
-// agent asked for one (`REPORTED`).
+// guard hooks: an array load for almost every switch, a map write only for
+// an uninterruptible sleep, no ring-buffer record unless the
+// agent asked for one (`REPORTED`). The switch-in side reads no kernel
+// memory: the task's address is the key, and an array of counters by a hash
+// of it spares the hash lookup for tasks that are not in the map.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
     match try_sched_switch(&ctx) {
@@ -395,16 +413,21 @@ pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
 
 fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let preempt: u64 = ctx.arg(0);
-    let prev: *const u8 = ctx.arg(1);
-    let next: *const u8 = ctx.arg(2);
-    let now = bpf_ktime_get_boot_ns_now();
-    let next_pid = read::<u32>(next, config!(task.pid))?;
-    // SAFETY: the value is copied out at once.
-    if next_pid != 0
-        && let Some(slot) = unsafe { BLOCKED.get(next_pid) }.copied()
+    let prev: u64 = ctx.arg(1);
+    let next: u64 = ctx.arg(2);
+    // Switch-in: an inlined array load; the hash lookup only when the
+    // task's slot counts an entry.
+    if let Some(count) = OCCUPANCY.get_ptr_mut(occupancy_slot(next))
+        // SAFETY: a valid u64 slot of an array map.
+        && unsafe { *count } != 0
+        // SAFETY: the value is copied out at once.
+        && let Some(slot) = unsafe { BLOCKED.get(next) }.copied()
+        && BLOCKED.remove(next).is_ok()
     {
-        let _ = BLOCKED.remove(next_pid);
-        unblocked(next_pid, &slot, now);
+        // SAFETY: as above; an atomic decrement (other CPUs update other
+        // tasks of the same slot).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, u64::MAX) };
+        unblocked(next, &slot);
     }
     if preempt & 0xff != 0 {
         return Ok(0);
@@ -413,41 +436,52 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         let arg: u64 = ctx.arg(3);
         arg as u32
     } else {
-        read::<u32>(prev, config!(task.state))?
+        read::<u32>(prev as *const u8, config!(task.state))?
     };
     if state & task_state::UNINTERRUPTIBLE == 0 || state & task_state::NOLOAD != 0 {
         return Ok(0);
     }
-    let (pid, tgid) = task_ids(prev)?;
+    let task = prev as *const u8;
+    let (pid, tgid) = task_ids(task)?;
     if pid == 0 {
         return Ok(0);
     }
     let slot = BlockedSlot {
-        since_ns: now,
+        since_ns: bpf_ktime_get_boot_ns_now(),
+        pid,
         tgid,
         state,
-        comm: task_comm(prev)?,
+        reserved: 0,
+        comm: task_comm(task)?,
     };
-    if BLOCKED.insert(pid, slot, 0).is_err() {
+    let Some(count) = OCCUPANCY.get_ptr_mut(occupancy_slot(prev)) else {
+        return Err(FAILED);
+    };
+    if BLOCKED.insert(prev, slot, 0).is_err() {
         count_drop(TRACKING_FULL_SLOT);
+        return Ok(0);
     }
+    // SAFETY: as above. Counted after the insert: the task cannot be
+    // switched in elsewhere before this switch completes.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
     Ok(0)
 }
 
 /// A blocked task runs again: when the agent reported this blocking, tell it
 /// how long it lasted.
-fn unblocked(pid: u32, slot: &BlockedSlot, now: u64) {
+fn unblocked(task: u64, slot: &BlockedSlot) {
     // SAFETY: the value is copied out at once.
-    let Some(reported) = (unsafe { REPORTED.get(pid) }).copied() else {
+    let Some(reported) = (unsafe { REPORTED.get(task) }).copied() else {
         return;
     };
-    let _ = REPORTED.remove(pid);
+    let _ = REPORTED.remove(task);
     if reported != slot.since_ns {
         return;
     }
+    let now = bpf_ktime_get_boot_ns_now();
     let record = UnblockedEvent {
         header: header(EventKind::Unblocked),
-        pid,
+        pid: slot.pid,
         tgid: slot.tgid,
         state: slot.state,
         reserved: 0,

@@ -169,8 +169,6 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let mut table = ProcessTable::new(hierarchies.clone(), default_proc_root());
     table.seed();
-    let already_blocked = blocked_maps.seed(default_proc_root(), WallClock::boot_ns_now());
-    tracing::debug!("{already_blocked} tasks were in D state at start");
 
     let color = match args.color {
         Color::Always => true,

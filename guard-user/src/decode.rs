@@ -31,11 +31,6 @@ impl Comm {
         Comm(raw)
     }
 
-    /// The NUL-padded bytes, as the kernel keeps them.
-    pub fn raw(&self) -> &[u8; COMM_LEN] {
-        &self.0
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &self.0[..len]

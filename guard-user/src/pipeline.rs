@@ -77,11 +77,11 @@ fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId)
 /// What the kernel's blocked-task maps need after a snapshot.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BlockedBookkeeping {
-    /// (pid, since_ns) of blockings reported: ask the kernel for an
+    /// (task, since_ns) of blockings reported: ask the kernel for an
     /// `unblocked` record when they end.
-    pub watch: Vec<(u32, u64)>,
-    /// Pids released without that record: drop their request.
-    pub forget: Vec<u32>,
+    pub watch: Vec<(u64, u64)>,
+    /// Tasks released without that record: drop their request.
+    pub forget: Vec<u64>,
 }
 
 pub struct Counters {
@@ -450,7 +450,7 @@ impl<W: Write> Pipeline<W> {
                 ],
             )?;
             self.detectors.blocked.report(now, task, wait);
-            book.watch.push((task.pid, task.since_ns));
+            book.watch.push((task.task, task.since_ns));
         }
         for released in &changes.released {
             self.out.record(
@@ -463,7 +463,7 @@ impl<W: Write> Pipeline<W> {
                     ("approximate", json!(true)),
                 ],
             )?;
-            book.forget.push(released.pid);
+            book.forget.push(released.task);
         }
         match self.detectors.blocked.check(now) {
             Some(BlockedVerdict::Storm {

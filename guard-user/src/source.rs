@@ -108,8 +108,8 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceSt
 /// The kernel's record of tasks in uninterruptible sleep (`BLOCKED`), and
 /// the agent's requests to hear when reported ones run again (`REPORTED`).
 pub struct BlockedMaps {
-    blocked: HashMap<MapData, u32, BlockedSlot>,
-    reported: HashMap<MapData, u32, u64>,
+    blocked: HashMap<MapData, u64, BlockedSlot>,
+    reported: HashMap<MapData, u64, u64>,
 }
 
 impl BlockedMaps {
@@ -126,8 +126,9 @@ impl BlockedMaps {
         self.blocked
             .iter()
             .filter_map(Result::ok)
-            .map(|(pid, slot)| BlockedTask {
-                pid,
+            .map(|(task, slot)| BlockedTask {
+                task,
+                pid: slot.pid,
                 tgid: slot.tgid,
                 since_ns: slot.since_ns,
                 killable: slot.state & task_state::WAKEKILL != 0,
@@ -136,81 +137,17 @@ impl BlockedMaps {
             .collect()
     }
 
-    /// Records the tasks already in D state when guard starts (the kernel
-    /// records a task only as it blocks), from /proc, as blocked since now:
-    /// their durations are then at least what guard shows. The kernel's own
-    /// entry wins (BPF_NOEXIST); one for a task that ran in between goes
-    /// when it is next switched in. /proc cannot tell killable waits apart,
-    /// so these count as uninterruptible.
-    pub fn seed(&mut self, proc_root: &std::path::Path, now_ns: u64) -> usize {
-        const BPF_NOEXIST: u64 = 1;
-        let mut seeded = 0;
-        let Ok(procs) = std::fs::read_dir(proc_root) else {
-            return 0;
-        };
-        for proc in procs.flatten() {
-            let Some(tgid) = proc
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(tasks) = std::fs::read_dir(proc.path().join("task")) else {
-                continue;
-            };
-            for task in tasks.flatten() {
-                let Some(pid) = task
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                    continue;
-                };
-                let Some((comm, state)) = parse_task_stat(&stat) else {
-                    continue;
-                };
-                if state != 'D' {
-                    continue;
-                }
-                let slot = BlockedSlot {
-                    since_ns: now_ns,
-                    tgid,
-                    state: task_state::UNINTERRUPTIBLE,
-                    comm: *Comm::from_str_lossy(comm).raw(),
-                };
-                if self.blocked.insert(pid, slot, BPF_NOEXIST).is_ok() {
-                    seeded += 1;
-                }
-            }
-        }
-        seeded
-    }
-
     /// Applies what the pipeline asked for after a snapshot.
     pub fn apply(&mut self, book: &BlockedBookkeeping) {
-        for &(pid, since_ns) in &book.watch {
-            if let Err(err) = self.reported.insert(pid, since_ns, 0) {
-                tracing::debug!("REPORTED map: {err}: no unblocked record for {pid}");
+        for &(task, since_ns) in &book.watch {
+            if let Err(err) = self.reported.insert(task, since_ns, 0) {
+                tracing::debug!("REPORTED map: {err}: no unblocked record for task {task:#x}");
             }
         }
-        for pid in &book.forget {
-            let _ = self.reported.remove(pid);
+        for task in &book.forget {
+            let _ = self.reported.remove(task);
         }
     }
-}
-
-/// (comm, state letter) of a /proc/PID/task/TID/stat line: `12 (sh) D ...`
-/// (the comm may itself hold spaces and parentheses).
-pub fn parse_task_stat(stat: &str) -> Option<(&str, char)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?;
-    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
-    Some((comm, state))
 }
 
 /// Kernel-side losses, summed over CPUs, indexed by `EventKind as usize`.
@@ -267,20 +204,5 @@ impl KernelDrops {
             .map(|k| (k.name().to_owned(), counts[*k as usize].into()))
             .collect();
         map.into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn task_stat_gives_comm_and_state_even_with_parentheses_in_comm() {
-        assert_eq!(parse_task_stat("12 (sh) D 1 12 12 0 -1"), Some(("sh", 'D')));
-        assert_eq!(
-            parse_task_stat("40 (a) b (c)) I 2 0 0"),
-            Some(("a) b (c)", 'I'))
-        );
-        assert_eq!(parse_task_stat("junk"), None);
     }
 }

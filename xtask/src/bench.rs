@@ -11,6 +11,16 @@
 //! time from the bomb's first fork to its last process gone, the peak number
 //! of bomb processes alive; from pids.events: whether the limit refused a
 //! fork. Beside it, the same bomb under pids.max alone.
+//!
+//! context switches: a pipe ping-pong between two processes pinned to one
+//! CPU (two switches per round trip), rounds without and with the agent (its
+//! sched_switch program runs on every switch). Prints the medians and the
+//! ratio.
+//!
+//! blocked storm: 20 writers blocked on a frozen loop-mounted ext4, the agent
+//! scoped to their cgroup with --blocked-threshold 1 --blocked-storm 20.
+//! From its records: the delay from each writer crossing the threshold to its
+//! `blocked` report, and from the 20th crossing to the storm alert.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -20,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use guard_tests::TestCgroup;
+use guard_tests::{FrozenFs, TestCgroup};
 
 const FORKS: &str = "20000";
 
@@ -28,11 +38,17 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
     match only {
         None => {
             fork_rate_bench(workspace, rounds)?;
-            bomb_bench(workspace, rounds)
+            bomb_bench(workspace, rounds)?;
+            ctx_switch_bench(workspace, rounds)?;
+            storm_bench(workspace, rounds)
         }
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
         Some("fork-bomb") => bomb_bench(workspace, rounds),
-        Some(other) => bail!("unknown benchmark {other:?}: fork-rate or fork-bomb"),
+        Some("ctx-switch") => ctx_switch_bench(workspace, rounds),
+        Some("blocked-storm") => storm_bench(workspace, rounds),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch or blocked-storm")
+        }
     }
 }
 
@@ -241,6 +257,161 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
         serde_json::json!({"bench": "fork_bomb", "rounds": rounds, "median_ms": median(&mut ms), "worst_ms": worst(&ms),
             "median_peak": median(&mut peaks), "worst_peak": worst(&peaks), "clean_rounds": clean,
             "alone_refused": alone_refused, "alone_current": alone_current})
+    );
+    Ok(())
+}
+
+const ROUND_TRIPS: &str = "200000";
+
+fn ping_pong(cg: &TestCgroup) -> Result<f64> {
+    let out = cg
+        .workload(&["pingpong", ROUND_TRIPS])
+        .output()
+        .context("running guard-workload pingpong")?;
+    if !out.status.success() {
+        bail!("guard-workload pingpong failed: {}", out.status);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("workload output")?;
+    v["per_sec"]
+        .as_f64()
+        .context("no per_sec in workload output")
+}
+
+fn ctx_switch_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    let guard = workspace.join("target/release/guard");
+    let cg = TestCgroup::new("bench-switch", 16, 256 << 20);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        without.push(ping_pong(&cg)?);
+        let agent = AgentProcess::start(&guard, &["--json"], Stdio::null())?;
+        with.push(ping_pong(&cg)?);
+        agent.stop()?;
+        eprintln!(
+            "round {round}/{rounds}: {:.0} round trips/s without the agent, {:.0} with",
+            without[without.len() - 1],
+            with[with.len() - 1]
+        );
+    }
+    let (a, b) = (median(&mut without), median(&mut with));
+    let ratio = b / a;
+    println!(
+        "pipe ping-pong on one CPU (2 context switches per round trip), median of {rounds} rounds of {ROUND_TRIPS}:"
+    );
+    println!("  without agent  {a:>10.0} round trips/s");
+    println!("  with agent     {b:>10.0} round trips/s");
+    println!(
+        "  ratio          {ratio:>10.3}  (overhead {:.1}%, target <= 5%)",
+        (1.0 - ratio) * 100.0
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ctx_switch", "rounds": rounds, "without_per_sec": a, "with_per_sec": b, "ratio": ratio})
+    );
+    Ok(())
+}
+
+const STORM_WRITERS: usize = 20;
+
+/// (per-task report delays, storm alert delay), in ms past the threshold.
+fn storm_round(workspace: &Path, round: u32) -> Result<(Vec<f64>, f64)> {
+    let guard = workspace.join("target/release/guard");
+    let fs = FrozenFs::create();
+    let cg = TestCgroup::new(&format!("bench-storm{round}"), 64, 256 << 20);
+    let dir = cg.pids_dir().canonicalize()?.to_string_lossy().into_owned();
+    let log = workspace.join(format!("target/bench-storm-{round}.json"));
+    let agent = AgentProcess::start(
+        &guard,
+        &[
+            "--json",
+            "--cgroup",
+            &dir,
+            "--blocked-threshold",
+            "1",
+            "--blocked-storm",
+            &STORM_WRITERS.to_string(),
+        ],
+        Stdio::from(std::fs::File::create(&log)?),
+    )?;
+    fs.freeze();
+    let mut writers = Vec::new();
+    for i in 0..STORM_WRITERS {
+        let target = fs.mount.join(format!("file{i}"));
+        writers.push(
+            cg.command("/bin/sh")
+                .arg("-c")
+                .arg(format!("echo blocked > {}", target.display()))
+                .spawn()
+                .context("spawn writer")?,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    fs.thaw();
+    for mut w in writers {
+        w.wait()?;
+    }
+    agent.stop()?;
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    drop(cg);
+    drop(fs);
+    let mut crossings = Vec::new();
+    let mut delays = Vec::new();
+    let mut storm_at = None;
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        let at = r["boot_ns"].as_u64().unwrap_or(0);
+        match r["kind"].as_str() {
+            Some("blocked") => {
+                let crossed = r["since_ns"].as_u64().unwrap_or(0) + 1_000_000_000;
+                crossings.push(crossed);
+                delays.push(at.saturating_sub(crossed) as f64 / 1e6);
+            }
+            Some("alert") if r["rule"] == "blocked_storm" => storm_at = Some(at),
+            _ => {}
+        }
+    }
+    if crossings.len() != STORM_WRITERS {
+        bail!(
+            "round {round}: {} of {STORM_WRITERS} writers reported",
+            crossings.len()
+        );
+    }
+    let storm_at = storm_at.with_context(|| format!("round {round}: no storm alert"))?;
+    let last = crossings.iter().copied().max().unwrap_or(0);
+    Ok((delays, storm_at.saturating_sub(last) as f64 / 1e6))
+}
+
+fn storm_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    let (mut reports, mut storms) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (delays, storm) = storm_round(workspace, round)?;
+        eprintln!(
+            "storm round {round}/{rounds}: reports {:.0}..{:.0} ms past the threshold, storm alert {storm:.0} ms after the 20th crossing",
+            delays.iter().copied().fold(f64::MAX, f64::min),
+            delays.iter().copied().fold(0.0, f64::max)
+        );
+        reports.extend(delays);
+        storms.push(storm);
+    }
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "blocked-task storm, {STORM_WRITERS} writers on a frozen ext4, --blocked-threshold 1, {rounds} rounds:"
+    );
+    println!(
+        "  blocked report after crossing the threshold: median {:.0} ms, worst {:.0} ms",
+        median(&mut reports),
+        worst(&reports)
+    );
+    println!(
+        "  storm alert after the {STORM_WRITERS}th crossing: median {:.0} ms, worst {:.0} ms",
+        median(&mut storms),
+        worst(&storms)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "blocked_storm", "rounds": rounds,
+            "report_median_ms": median(&mut reports), "report_worst_ms": worst(&reports),
+            "storm_median_ms": median(&mut storms), "storm_worst_ms": worst(&storms)})
     );
     Ok(())
 }

@@ -46,7 +46,7 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Only this benchmark: fork-rate or fork-bomb.
+        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch or blocked-storm.
         #[arg(long)]
         only: Option<String>,
     },

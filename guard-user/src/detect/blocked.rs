@@ -32,6 +32,8 @@ pub struct BlockedRules {
 /// One task of the kernel's `BLOCKED` map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockedTask {
+    /// The kernel's key for it (its task_struct address): opaque here.
+    pub task: u64,
     pub pid: u32,
     pub tgid: u32,
     /// When it blocked (boot ns).
@@ -53,6 +55,7 @@ pub struct Wait {
 
 #[derive(Clone, Debug)]
 struct Reported {
+    task: u64,
     since_ns: u64,
     killable: bool,
     /// When guard reported it.
@@ -66,6 +69,7 @@ struct Reported {
 /// A reported task that runs again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released {
+    pub task: u64,
     pub pid: u32,
     pub since_ns: u64,
     /// How long it was blocked, at most (from the snapshot in which it was
@@ -166,6 +170,7 @@ impl BlockedDetector {
                 }
                 Some(missed) => {
                     changes.released.push(Released {
+                        task: r.task,
                         pid,
                         since_ns: r.since_ns,
                         blocked_ns: missed.saturating_sub(r.since_ns),
@@ -185,6 +190,7 @@ impl BlockedDetector {
         self.reported.insert(
             task.pid,
             Reported {
+                task: task.task,
                 since_ns: task.since_ns,
                 killable: task.killable,
                 reported_ns: now,
@@ -312,6 +318,7 @@ mod tests {
 
     fn task(pid: u32, since_ns: u64) -> BlockedTask {
         BlockedTask {
+            task: 0xffff_0000 + u64::from(pid),
             pid,
             tgid: pid,
             since_ns,
@@ -375,6 +382,7 @@ mod tests {
         assert_eq!(
             changes.released,
             vec![Released {
+                task: 0xffff_0000 + 10,
                 pid: 10,
                 since_ns: 100 * S,
                 blocked_ns: 3 * S,

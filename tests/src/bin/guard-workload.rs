@@ -8,6 +8,9 @@
 //!   exit CODE            exit with CODE
 //!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
+//!   pingpong N           two processes pinned to CPU 0 bounce a byte
+//!                        through two pipes N times (2 context switches
+//!                        per round trip); prints round trips per second
 //!   vfork SECS           vfork a child that sleeps SECS, then _exits: the
 //!                        parent waits meanwhile in TASK_KILLABLE (D state)
 
@@ -21,7 +24,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -143,6 +146,15 @@ fn main() {
             println!("{{\"pid\":{pid}}}");
             std::thread::sleep(Duration::from_secs_f64(secs));
         }
+        Some("pingpong") => {
+            let n: u64 = arg(&args, 2, "N");
+            let elapsed = ping_pong(n);
+            println!(
+                "{{\"pid\":{pid},\"round_trips\":{n},\"elapsed_ns\":{},\"per_sec\":{:.1}}}",
+                elapsed.as_nanos(),
+                n as f64 / elapsed.as_secs_f64()
+            );
+        }
         Some("vfork") => {
             let secs: u32 = arg(&args, 2, "SECS");
             println!("{{\"pid\":{pid}}}");
@@ -183,4 +195,69 @@ fn vfork_and_sleep(secs: u32) {
         std::process::exit(1);
     }
     wait_child(child);
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and
+    // sched_setaffinity only touch `set`, which outlives the calls.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn pipe() -> [libc::c_int; 2] {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("pipe: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    fds
+}
+
+/// Reads one byte from `from` and writes it to `to`, `n` times (the child
+/// side), or writes then reads (`first_write`).
+fn bounce(from: libc::c_int, to: libc::c_int, n: u64, first_write: bool) {
+    let mut byte = [0u8; 1];
+    for _ in 0..n {
+        // SAFETY: one-byte reads and writes into a local buffer on pipe
+        // fds this process owns.
+        unsafe {
+            if first_write {
+                libc::write(to, byte.as_ptr().cast(), 1);
+                libc::read(from, byte.as_mut_ptr().cast(), 1);
+            } else {
+                libc::read(from, byte.as_mut_ptr().cast(), 1);
+                libc::write(to, byte.as_ptr().cast(), 1);
+            }
+        }
+    }
+}
+
+/// Two processes on one CPU: every round trip is two context switches.
+fn ping_pong(n: u64) -> Duration {
+    pin_to_cpu0();
+    let (ping, pong) = (pipe(), pipe());
+    // SAFETY: fork has no memory preconditions; the child only bounces
+    // bytes and _exits.
+    match unsafe { libc::fork() } {
+        0 => {
+            bounce(ping[0], pong[1], n, false);
+            // SAFETY: async-signal-safe exit of the child.
+            unsafe { libc::_exit(0) }
+        }
+        child if child > 0 => {
+            let started = Instant::now();
+            bounce(pong[0], ping[1], n, true);
+            let elapsed = started.elapsed();
+            wait_child(child);
+            elapsed
+        }
+        _ => {
+            eprintln!("fork: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+    }
 }
