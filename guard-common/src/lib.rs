@@ -17,7 +17,7 @@ pub const PATH_LEN: usize = 256;
 
 /// Number of slots in the per-CPU drop counter map: one per [`EventKind`]
 /// value (slot 0 is unused).
-pub const KIND_SLOTS: u32 = 8;
+pub const KIND_SLOTS: u32 = 16;
 
 /// Kind tag of a ring-buffer record. Decoded with `TryFrom<u32>`; an unknown
 /// value is an error, never a transmute.
@@ -31,10 +31,12 @@ pub enum EventKind {
     HungTask = 5,
     CgroupAttach = 6,
     Unblocked = 7,
+    Rss = 8,
+    ReclaimStall = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Fork,
         EventKind::Exec,
         EventKind::Exit,
@@ -42,6 +44,8 @@ impl EventKind {
         EventKind::HungTask,
         EventKind::CgroupAttach,
         EventKind::Unblocked,
+        EventKind::Rss,
+        EventKind::ReclaimStall,
     ];
 
     /// The name used on the command line and in the `kind` field of the output.
@@ -54,6 +58,8 @@ impl EventKind {
             EventKind::HungTask => "hung_task",
             EventKind::CgroupAttach => "cgroup_attach",
             EventKind::Unblocked => "unblocked",
+            EventKind::Rss => "rss",
+            EventKind::ReclaimStall => "reclaim_stall",
         }
     }
 }
@@ -73,6 +79,8 @@ impl TryFrom<u32> for EventKind {
             5 => EventKind::HungTask,
             6 => EventKind::CgroupAttach,
             7 => EventKind::Unblocked,
+            8 => EventKind::Rss,
+            9 => EventKind::ReclaimStall,
             other => return Err(UnknownKind(other)),
         })
     }
@@ -230,6 +238,39 @@ pub struct UnblockedEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// `kmem/rss_stat`: a process's resident memory crossed a step (up or
+/// down) of `MemoryProbe::rss_step_pages`. Figures are the mm's counters as
+/// the kernel keeps them (per-CPU batched: they may lag by a few hundred KiB).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RssEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Resident bytes / step: the step it is in now.
+    pub step: u32,
+    /// The step it was in before (`u32::MAX`: first seen).
+    pub previous_step: u32,
+    pub file_bytes: u64,
+    pub anon_bytes: u64,
+    pub shmem_bytes: u64,
+    pub swap_bytes: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `vmscan/mm_vmscan_{direct,memcg}_reclaim_{begin,end}`: a task stalled in
+/// reclaim for at least `MemoryProbe::reclaim_stall_us`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReclaimStallEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    pub stall_ns: u64,
+    pub nr_reclaimed: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
 /// Bits of a task's state (`task_struct.__state`, the `prev_state` argument
 /// of `sched_switch`), unchanged since 4.14 (include/linux/sched.h).
 pub mod task_state {
@@ -361,12 +402,42 @@ impl Default for MarkVictimLayout {
     }
 }
 
+/// What the memory programs need: offsets from BTF and the user's steps.
+/// All `u32`: no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryProbe {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.rss_stat`: an array of NR_MM_COUNTERS counters,
+    /// `percpu_counter` (6.2+) or `atomic_long_t` (before).
+    pub mm_rss_stat: u32,
+    /// Size of one counter (`sizeof(struct percpu_counter)`, or 8).
+    pub rss_stride: u32,
+    /// Offset of the s64 count inside one counter.
+    pub rss_count: u32,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// An `rss` record each time resident memory crosses a multiple of this
+    /// many pages.
+    pub rss_step_pages: u32,
+    /// A `reclaim_stall` record for a reclaim that took this long or more.
+    pub reclaim_stall_us: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
+}
+
+/// Words of `mm_struct.rss_stat` the rss program copies in one read: enough
+/// for four counters of up to 40 bytes each.
+pub const RSS_STAT_WORDS: usize = 20;
+
 /// Everything per-kernel the programs need, as one read-only global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
     pub task: TaskOffsets,
     pub mark_victim: MarkVictimLayout,
+    pub memory: MemoryProbe,
 }
 
 impl ProbeConfig {
@@ -393,6 +464,16 @@ impl ProbeConfig {
             switch_has_prev_state: 0,
         },
         mark_victim: MarkVictimLayout::NONE,
+        memory: MemoryProbe {
+            task_mm: 0,
+            mm_rss_stat: 0,
+            rss_stride: 0,
+            rss_count: 0,
+            page_size: 4096,
+            rss_step_pages: 0,
+            reclaim_stall_us: 0,
+            reserved: 0,
+        },
     };
 }
 
@@ -403,6 +484,11 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 /// Capacity of the `LINEAGE` map (tgid → tag): live members of subtrees
 /// being acted on.
 pub const LINEAGE_ENTRIES: u32 = 65536;
+/// Capacity of the `RSS_STEP` map (tgid → the rss step last reported) and
+/// of `RECLAIM_BEGIN` (pid → when its reclaim began).
+pub const RSS_ENTRIES: u32 = 65536;
+pub const RECLAIM_ENTRIES: u32 = 16384;
+
 /// Capacity of the `CONDEMNED` map (tag → signal).
 pub const CONDEMNED_ENTRIES: u32 = 256;
 
@@ -445,6 +531,12 @@ mod layout {
         assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
         assert_eq!(size_of::<BlockedSlot>(), 8 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<TaskOffsets>(), 18 * 4);
+        assert_eq!(size_of::<RssEvent>(), 16 + 4 * 4 + 4 * 8 + COMM_LEN);
+        assert_eq!(
+            size_of::<ReclaimStallEvent>(),
+            16 + 2 * 4 + 2 * 8 + COMM_LEN
+        );
+        assert_eq!(size_of::<MemoryProbe>(), 8 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
     }
 
@@ -472,6 +564,6 @@ mod layout {
             assert!((kind as u32) < KIND_SLOTS);
         }
         assert_eq!(EventKind::try_from(0), Err(UnknownKind(0)));
-        assert_eq!(EventKind::try_from(8), Err(UnknownKind(8)));
+        assert_eq!(EventKind::try_from(10), Err(UnknownKind(10)));
     }
 }

@@ -25,6 +25,7 @@ use crate::{
         blocked::{BlockedDetector, BlockedRules},
         crashloop::{CrashLoopDetector, CrashLoopRules},
         fork::{ForkDetector, ForkRules},
+        memory::{MemoryDetector, MemoryRules},
     },
     loader::{self, LoadOptions},
     output::{Format, Output, ThreadedStdout, WallClock},
@@ -142,6 +143,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         btf: args.btf.clone(),
         ring_buffer_bytes: args.ring_buffer_mib << 20,
         kinds: args.events.0.clone(),
+        memory: crate::probes::MemoryTunables {
+            rss_step_bytes: args.rss_step_mib << 20,
+            reclaim_stall_us: args.reclaim_stall_ms * 1000,
+        },
     })?;
     let loader::Maps {
         ring,
@@ -193,6 +198,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         events: args.events.clone(),
         threads: args.threads,
         fork_action: args.fork_action,
+        mem_action: args.mem_action,
         dry_run: args.dry_run,
     };
     let processes = table.len();
@@ -213,6 +219,12 @@ pub async fn run(args: Args) -> Result<Ending> {
             blocked: BlockedDetector::new(BlockedRules {
                 threshold_ns: (args.blocked_threshold * 1e9) as u64,
                 storm: args.blocked_storm,
+            }),
+            memory: MemoryDetector::new(MemoryRules {
+                horizon_ns: (args.mem_horizon * 1e9) as u64,
+                headroom_pct: args.mem_headroom,
+                window_ns: MEMORY_WINDOW.as_nanos() as u64,
+                sustain_ns: MEMORY_WINDOW.as_nanos() as u64,
             }),
         },
         out,
@@ -251,6 +263,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             ),
             ("processes", json!(processes)),
             ("fork_action", json!(args.fork_action)),
+            ("mem_action", json!(args.mem_action)),
             ("dry_run", json!(args.dry_run)),
         ],
     );
@@ -309,6 +322,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             }
             _ = sample.tick() => {
                 pipe.sample_pids(WallClock::boot_ns_now());
+                pipe.sample_memory(WallClock::boot_ns_now());
                 let blocked_now = blocked_maps.snapshot();
                 match pipe.sample_blocked(WallClock::boot_ns_now(), &blocked_now) {
                     Ok(book) => blocked_maps.apply(&book),
@@ -389,6 +403,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         Ending::BrokenPipe
     })
 }
+
+/// Window of each process's growth, and how long a pool's usage must grow
+/// at every reading for the memory horizon rule.
+const MEMORY_WINDOW: Duration = Duration::from_secs(2);
 
 /// How often cgroup task counts and limits are read for the trend rule (and
 /// the detectors checked when no event arrives).

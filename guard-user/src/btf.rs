@@ -179,6 +179,14 @@ impl Btf {
         bail!("type chain too long at id {id}")
     }
 
+    /// Size in bytes of `struct name`; `None` when this kernel has none.
+    pub fn struct_size(&self, name: &str) -> Result<Option<u32>> {
+        let Some(&id) = self.by_name.get(&(KIND_STRUCT, name.to_owned())) else {
+            return Ok(None);
+        };
+        Ok(Some(self.entry(id)?.size_or_type))
+    }
+
     /// Byte offset of `member` in `struct name`, searching through anonymous
     /// struct and union members (as C's member access does).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {

@@ -32,10 +32,11 @@ pub struct Args {
     pub json: bool,
 
     /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
-    /// hung_task, cgroup_attach, unblocked, or `all`. Probes for kinds not
+    /// hung_task, cgroup_attach, unblocked, rss, reclaim_stall, or `all`. Probes for kinds not
     /// shown are not attached, except fork, exec, exit and cgroup_attach,
     /// which keep the process table current, and sched_switch (unblocked),
-    /// which tracks blocked tasks. Detector records (`blocked`, `alert`,
+    /// which tracks blocked tasks, and rss, which feeds the memory rule.
+    /// Detector records (`blocked`, `alert`,
     /// `action`) are always shown.
     #[arg(long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
     pub events: KindSet,
@@ -113,6 +114,33 @@ pub struct Args {
     /// start and does not count toward a crash loop.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub crashloop_lifetime: u64,
+
+    /// What a memory alert leads to: `log` (alert only), `stop` (SIGSTOP
+    /// the offender) or `kill` (SIGKILL it; a child it forks meanwhile dies
+    /// at birth). Protected processes are never signalled.
+    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    pub mem_action: ActionKind,
+
+    /// Memory rule: alert when a memory cgroup's (or the host's) usage that
+    /// reclaim cannot take back (anon + shmem; page cache does not count),
+    /// growing steadily, would reach its limit within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub mem_horizon: f64,
+
+    /// ...or passes this percentage of the limit while growing (the fast
+    /// path for a runaway too quick for the horizon).
+    #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
+    pub mem_headroom: f64,
+
+    /// An `rss` record each time a process's resident memory crosses a
+    /// multiple of this many MiB (the memory rule's view of each process).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub rss_step_mib: u64,
+
+    /// A `reclaim_stall` record for every direct or memory-cgroup reclaim
+    /// that stalls a task this long or longer.
+    #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub reclaim_stall_ms: u32,
 
     /// Blocked-task rule: report every task in uninterruptible sleep (D
     /// state) for this long or longer, with where it waits (at least 1).
@@ -193,6 +221,16 @@ pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
         return Err("no event kind given".into());
     }
     Ok(KindSet(set))
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let pct: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage"))?;
+    if !(1.0..=100.0).contains(&pct) {
+        return Err(format!("{pct}: a percentage of the limit, 1 to 100"));
+    }
+    Ok(pct)
 }
 
 fn parse_blocked_threshold(text: &str) -> Result<f64, String> {

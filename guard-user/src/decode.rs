@@ -4,7 +4,7 @@ use std::fmt;
 
 use guard_common::{
     COMM_LEN, CgroupAttachEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent,
-    OomKillEvent, UnblockedEvent, oom_field, task_state,
+    OomKillEvent, ReclaimStallEvent, RssEvent, UnblockedEvent, oom_field, task_state,
 };
 
 /// PF_KTHREAD from include/linux/sched.h.
@@ -165,6 +165,45 @@ pub struct Unblocked {
     pub comm: Comm,
 }
 
+/// A process's resident memory crossed a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rss {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub step: u32,
+    /// `None`: the first step seen for this process.
+    pub previous_step: Option<u32>,
+    pub file_bytes: u64,
+    pub anon_bytes: u64,
+    pub shmem_bytes: u64,
+    pub swap_bytes: u64,
+    pub comm: Comm,
+}
+
+impl Rss {
+    /// Resident bytes: file + anon + shmem.
+    pub fn rss_bytes(&self) -> u64 {
+        self.file_bytes + self.anon_bytes + self.shmem_bytes
+    }
+
+    /// What reclaim cannot take back without swap: anon + shmem.
+    pub fn unreclaimable_bytes(&self) -> u64 {
+        self.anon_bytes + self.shmem_bytes
+    }
+}
+
+/// A task stalled in memory reclaim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReclaimStall {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub stall_ns: u64,
+    pub nr_reclaimed: u64,
+    pub comm: Comm,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupAttach {
     pub boot_ns: u64,
@@ -184,6 +223,8 @@ pub enum Event {
     HungTask(HungTask),
     CgroupAttach(CgroupAttach),
     Unblocked(Unblocked),
+    Rss(Rss),
+    ReclaimStall(ReclaimStall),
 }
 
 impl Event {
@@ -196,6 +237,8 @@ impl Event {
             Event::HungTask(_) => EventKind::HungTask,
             Event::CgroupAttach(_) => EventKind::CgroupAttach,
             Event::Unblocked(_) => EventKind::Unblocked,
+            Event::Rss(_) => EventKind::Rss,
+            Event::ReclaimStall(_) => EventKind::ReclaimStall,
         }
     }
 
@@ -208,6 +251,8 @@ impl Event {
             Event::HungTask(e) => e.boot_ns,
             Event::CgroupAttach(e) => e.boot_ns,
             Event::Unblocked(e) => e.boot_ns,
+            Event::Rss(e) => e.boot_ns,
+            Event::ReclaimStall(e) => e.boot_ns,
         }
     }
 
@@ -252,6 +297,8 @@ impl Wire for OomKillEvent {}
 impl Wire for HungTaskEvent {}
 impl Wire for CgroupAttachEvent {}
 impl Wire for UnblockedEvent {}
+impl Wire for RssEvent {}
+impl Wire for ReclaimStallEvent {}
 
 fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -366,6 +413,32 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 killable: r.state & task_state::WAKEKILL != 0,
                 since_ns: r.since_ns,
                 blocked_ns: r.blocked_ns,
+                comm: Comm::new(r.comm),
+            })
+        }
+        EventKind::Rss => {
+            let r: RssEvent = read(bytes)?;
+            Event::Rss(Rss {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                step: r.step,
+                previous_step: (r.previous_step != u32::MAX).then_some(r.previous_step),
+                file_bytes: r.file_bytes,
+                anon_bytes: r.anon_bytes,
+                shmem_bytes: r.shmem_bytes,
+                swap_bytes: r.swap_bytes,
+                comm: Comm::new(r.comm),
+            })
+        }
+        EventKind::ReclaimStall => {
+            let r: ReclaimStallEvent = read(bytes)?;
+            Event::ReclaimStall(ReclaimStall {
+                boot_ns,
+                pid: r.pid,
+                tgid: r.tgid,
+                stall_ns: r.stall_ns,
+                nr_reclaimed: r.nr_reclaimed,
                 comm: Comm::new(r.comm),
             })
         }

@@ -28,6 +28,7 @@ pub struct LoadOptions {
     /// Event kinds the user asked for; probes feeding the process table are
     /// attached regardless.
     pub kinds: BTreeSet<EventKind>,
+    pub memory: crate::probes::MemoryTunables,
 }
 
 /// A loaded object, its probes not yet attached. Dropping it detaches them.
@@ -125,7 +126,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             )
         })
         .collect();
-    let config: ProbeConfig = crate::probes::probe_config(&btf, tracefs.as_deref())?;
+    let config: ProbeConfig = crate::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
     tracing::debug!(?config, "kernel offsets");
 
     raise_memlock_limit();

@@ -48,6 +48,97 @@ pub fn host_pids() -> Option<(u64, u64)> {
     Some((total, limit))
 }
 
+/// A limit file's value: "max" (v2) or a v1 "unlimited" value (PAGE_COUNTER_MAX
+/// pages, ~2^63 bytes) mean no limit.
+pub fn parse_memory_limit(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => None,
+        n => n.parse::<u64>().ok().filter(|&v| v < 1 << 60),
+    }
+}
+
+/// The memory limit of a cgroup directory: v1 `memory.limit_in_bytes`, or
+/// the lower of v2 `memory.max` and `memory.high`. `None`: no limit (or no
+/// memory controller there).
+pub fn memory_limit(dir: &str) -> Option<u64> {
+    let dir = Path::new(dir);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    if let Some(v1) = read("memory.limit_in_bytes") {
+        return parse_memory_limit(&v1);
+    }
+    let max = read("memory.max").and_then(|t| parse_memory_limit(&t));
+    let high = read("memory.high").and_then(|t| parse_memory_limit(&t));
+    match (max, high) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sums `keys` of a memory.stat text.
+pub fn stat_sum(text: &str, keys: &[&str]) -> Option<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(k), Some(v)) = (parts.next(), parts.next())
+            && keys.contains(&k)
+        {
+            total += v.parse::<u64>().ok()?;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+/// A memory cgroup's usage: anon + shmem (v1 `total_rss` + `total_shmem`,
+/// hierarchical; v2 `anon` + `shmem`), everything charged, and the limit.
+pub fn memcg_usage(dir: &str) -> Option<crate::detect::memory::MemUsage> {
+    let path = Path::new(dir);
+    let read = |f: &str| std::fs::read_to_string(path.join(f)).ok();
+    let limit = memory_limit(dir)?;
+    let stat = read("memory.stat")?;
+    let (usage, unreclaimable) = match read("memory.usage_in_bytes") {
+        Some(v1) => (
+            v1.trim().parse().ok()?,
+            stat_sum(&stat, &["total_rss", "total_shmem"])?,
+        ),
+        None => (
+            read("memory.current")?.trim().parse().ok()?,
+            stat_sum(&stat, &["anon", "shmem"])?,
+        ),
+    };
+    Some(crate::detect::memory::MemUsage {
+        unreclaimable,
+        usage,
+        limit,
+    })
+}
+
+/// The host as a pool: MemTotal − MemAvailable of MemTotal.
+pub fn host_memory() -> Option<crate::detect::memory::MemUsage> {
+    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+pub fn parse_meminfo(text: &str) -> Option<crate::detect::memory::MemUsage> {
+    let kb = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|v| v << 10)
+    };
+    let total = kb("MemTotal:")?;
+    let available = kb("MemAvailable:")?;
+    Some(crate::detect::memory::MemUsage {
+        unreclaimable: total.saturating_sub(available),
+        usage: total.saturating_sub(kb("MemFree:").unwrap_or(available)),
+        limit: total,
+    })
+}
+
 /// Where a task waits: /proc/TGID/task/PID/{wchan,stack}. Read only for
 /// tasks already blocked past the threshold (not running, so the stack is
 /// stable), once per blocking.
@@ -116,6 +207,28 @@ pub fn parse_pressure(text: &str) -> Option<MemoryPressure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_limits_on_v1_and_v2() {
+        assert_eq!(parse_memory_limit("max\n"), None);
+        assert_eq!(parse_memory_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_memory_limit("1073741824\n"), Some(1 << 30));
+        let v1 =
+            "cache 4096\nrss 100\nshmem 0\ntotal_cache 8192\ntotal_rss 1048576\ntotal_shmem 4096\n";
+        assert_eq!(stat_sum(v1, &["total_rss", "total_shmem"]), Some(1_052_672));
+        let v2 = "anon 2097152\nfile 1048576\nkernel 12288\nshmem 4096\n";
+        assert_eq!(stat_sum(v2, &["anon", "shmem"]), Some(2_101_248));
+        assert_eq!(stat_sum(v2, &["total_rss"]), None);
+    }
+
+    #[test]
+    fn meminfo_gives_the_host_pool() {
+        let text = "MemTotal:       24576000 kB\nMemFree:        20000000 kB\nMemAvailable:   22000000 kB\n";
+        let host = parse_meminfo(text).expect("parse");
+        assert_eq!(host.limit, 24_576_000 << 10);
+        assert_eq!(host.unreclaimable, 2_576_000 << 10);
+        assert_eq!(host.usage, 4_576_000 << 10);
+    }
 
     #[test]
     fn stacks_keep_function_and_module_names() {

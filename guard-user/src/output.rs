@@ -477,6 +477,19 @@ impl<W: Write> Output<W> {
             Event::CgroupAttach(a) => {
                 o.num("hierarchy_id", a.hierarchy_id).str("path", &a.path);
             }
+            Event::Rss(r) => {
+                o.num("step", r.step)
+                    .opt_num("previous_step", r.previous_step)
+                    .num("rss_bytes", r.rss_bytes())
+                    .num("anon_bytes", r.anon_bytes)
+                    .num("file_bytes", r.file_bytes)
+                    .num("shmem_bytes", r.shmem_bytes)
+                    .num("swap_bytes", r.swap_bytes);
+            }
+            Event::ReclaimStall(r) => {
+                o.num("stall_us", r.stall_ns / 1000)
+                    .num("nr_reclaimed", r.nr_reclaimed);
+            }
             Event::Unblocked(u) => {
                 o.num("since_ns", u.since_ns)
                     .num("blocked_ms", u.blocked_ns / 1_000_000)
@@ -578,6 +591,21 @@ impl<W: Write> Output<W> {
                     .map(|ns| format!(", reported by guard {} earlier", human_duration(ns)))
                     .unwrap_or_default()
             ),
+            Event::Rss(r) => write!(
+                self.line,
+                "rss {} MiB (anon {} MiB, file {} MiB, shmem {} MiB), step {}",
+                r.rss_bytes() >> 20,
+                r.anon_bytes >> 20,
+                r.file_bytes >> 20,
+                r.shmem_bytes >> 20,
+                r.step
+            ),
+            Event::ReclaimStall(r) => write!(
+                self.line,
+                "stalled {} in memory reclaim ({} pages reclaimed)",
+                human_duration(r.stall_ns),
+                r.nr_reclaimed
+            ),
             Event::Unblocked(u) => write!(
                 self.line,
                 "runs again after {} in D state (tid {}{})",
@@ -605,6 +633,8 @@ pub fn subject_ids(event: &Event) -> (u32, u32) {
         Event::HungTask(h) => (h.pid, h.tgid),
         Event::CgroupAttach(a) => (a.pid, a.tgid),
         Event::Unblocked(u) => (u.pid, u.tgid),
+        Event::Rss(r) => (r.pid, r.tgid),
+        Event::ReclaimStall(r) => (r.pid, r.tgid),
     }
 }
 
@@ -617,6 +647,8 @@ fn subject_comm(event: &Event, ctx: &Context<'_>) -> Option<Comm> {
         Event::HungTask(h) => Some(h.comm),
         Event::CgroupAttach(_) => ctx.comm,
         Event::Unblocked(u) => Some(u.comm),
+        Event::Rss(r) => Some(r.comm),
+        Event::ReclaimStall(r) => Some(r.comm),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
         blocked::{BlockedTask, BlockedVerdict},
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
+        memory::{HOST, MemoryVerdict, PoolKey},
     },
     observe,
     output::{Context, Output, WallClock, human_duration},
@@ -34,24 +35,32 @@ pub struct Settings {
     pub events: KindSet,
     pub threads: bool,
     pub fork_action: ActionKind,
+    pub mem_action: ActionKind,
     pub dry_run: bool,
 }
+
+/// Shortest time between two readings of one memory cgroup driven by `rss`
+/// records (a fast allocator crosses a 64 MiB step every few ms).
+const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
 
 /// A subtree to contain, for `agent` to run through `act::contain`.
 #[derive(Clone, Debug)]
 pub struct ActionRequest {
+    pub detector: &'static str,
     pub rule: &'static str,
     /// The offender's lineage node: the kernel tag of the subtree.
     pub tag: NodeId,
     pub kind: ActionKind,
     pub offender: Value,
     pub members: Vec<Member>,
+    /// Memory actions: the pool and its unreclaimable bytes at the alert.
+    pub pool: Option<(PoolKey, u64)>,
 }
 
 /// The fields every `action` record starts with.
 fn action_fields(request: &ActionRequest, dry_run: bool) -> Vec<(&'static str, Value)> {
     vec![
-        ("detector", json!("fork")),
+        ("detector", json!(request.detector)),
         ("rule", json!(request.rule)),
         ("action", json!(request.kind)),
         ("dry_run", json!(dry_run)),
@@ -101,6 +110,11 @@ pub struct Pipeline<W: Write> {
     primary: usize,
     /// Hierarchy the fork detector counts in (where pids.max lives).
     pids_index: usize,
+    /// Hierarchy of memory limits (v1 memory, else v2).
+    mem_index: Option<usize>,
+    /// Memory cgroup directory → the pool it counts against (itself or the
+    /// nearest ancestor with a limit; `None`: only the host's).
+    pool_of_dir: HashMap<Arc<str>, Option<PoolKey>>,
     /// Offenders with an action under way.
     active: HashSet<NodeId>,
     /// Suspected offenders of armed cgroups, tagged ahead of any alert.
@@ -113,8 +127,6 @@ pub struct Pipeline<W: Write> {
     tagged: HashMap<NodeId, (NodeId, u64)>,
     system: Option<Arc<dyn System + Send + Sync>>,
 }
-
-const HOST: &str = "host";
 
 impl<W: Write> Pipeline<W> {
     pub fn new(
@@ -132,6 +144,7 @@ impl<W: Write> Pipeline<W> {
             .index_of_controller("pids")
             .or_else(|| h.index_of_id(0))
             .unwrap_or(primary);
+        let mem_index = h.index_of_controller("memory").or_else(|| h.index_of_id(0));
         Self {
             settings,
             scope,
@@ -145,6 +158,8 @@ impl<W: Write> Pipeline<W> {
             out,
             primary,
             pids_index,
+            mem_index,
+            pool_of_dir: HashMap::new(),
             active: HashSet::new(),
             watched: HashSet::new(),
             tagged: HashMap::new(),
@@ -313,6 +328,7 @@ impl<W: Write> Pipeline<W> {
                 self.crash_loop_alert(&crash_loop)?;
             }
         }
+        self.track_memory(event, subject.as_ref());
         if let Some(p) = &subject {
             let key = self.population_key(&p.cgroups, p.kernel_thread);
             let now = event.boot_ns();
@@ -388,6 +404,141 @@ impl<W: Write> Pipeline<W> {
         };
         self.counters.shown += 1;
         self.out.event(event, &ctx)
+    }
+
+    /// The memory pool a process's memory cgroup counts against.
+    fn pool_of(&mut self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {
+        let index = self.mem_index?;
+        let dir = cgroups.get(index).cloned().flatten()?;
+        if let Some(pool) = self.pool_of_dir.get(&dir) {
+            return pool.clone();
+        }
+        let mount = self.table.hierarchies().list.get(index)?.mount.clone();
+        let mut at = std::path::PathBuf::from(&*dir);
+        let pool = loop {
+            if observe::memory_limit(&at.to_string_lossy()).is_some() {
+                break Some(PoolKey::from(at.to_string_lossy().as_ref()));
+            }
+            if at == mount || !at.pop() {
+                break None;
+            }
+        };
+        self.pool_of_dir.insert(dir, pool.clone());
+        pool
+    }
+
+    /// Feeds the memory rule from `rss` records and exits; reads the pool
+    /// of a process that crossed a step, at most every 20 ms.
+    fn track_memory(&mut self, event: &Event, subject: Option<&crate::proctable::ProcInfo>) {
+        match (event, subject) {
+            (Event::Rss(r), Some(p))
+                if !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups) =>
+            {
+                let pool = self.pool_of(&p.cgroups);
+                let node = p.node;
+                self.detectors.memory.rss(
+                    r.boot_ns,
+                    r.tgid,
+                    node,
+                    pool.clone(),
+                    r.unreclaimable_bytes(),
+                    r.previous_step.is_none_or(|step| step == 0),
+                );
+                let now = WallClock::boot_ns_now();
+                if let Some(pool) = pool
+                    && self
+                        .detectors
+                        .memory
+                        .sampled_at(&pool)
+                        .is_none_or(|at| now.saturating_sub(at) >= POOL_SAMPLE_GAP_NS)
+                    && let Some(usage) = observe::memcg_usage(&pool)
+                {
+                    self.detectors.memory.sample(now, &pool, usage);
+                }
+            }
+            (Event::Exit(e), _) if e.group_dead => self.detectors.memory.gone(e.tgid),
+            _ => {}
+        }
+    }
+
+    /// Reads every memory pool guard knows of, and the host's.
+    pub fn sample_memory(&mut self, now: u64) {
+        for pool in self.detectors.memory.pools() {
+            if &*pool == HOST {
+                continue;
+            }
+            if let Some(usage) = observe::memcg_usage(&pool) {
+                self.detectors.memory.sample(now, &pool, usage);
+            }
+        }
+        if let Some(host) = observe::host_memory() {
+            self.detectors
+                .memory
+                .sample(now, &PoolKey::from(HOST), host);
+        }
+    }
+
+    /// Writes a memory alert; returns the action it leads to.
+    fn memory_alert(&mut self, v: &MemoryVerdict) -> io::Result<Option<ActionRequest>> {
+        let lineage = self.table.lineage();
+        let protection = &self.protection;
+        let offender = v.growers.iter().find(|g| {
+            lineage
+                .get(g.node)
+                .is_some_and(|n| n.alive && protection.why(n).is_none())
+        });
+        let limit = v.usage.limit.max(1);
+        let mut fields = vec![
+            ("detector", json!("memory")),
+            ("rule", json!(v.rule.name())),
+            ("cgroup", json!(&*v.pool)),
+            ("usage_bytes", json!(v.usage.unreclaimable)),
+            ("charged_bytes", json!(v.usage.usage)),
+            ("limit_bytes", json!(v.usage.limit)),
+            (
+                "percent",
+                json!((v.usage.unreclaimable as f64 * 1000.0 / limit as f64).round() / 10.0),
+            ),
+            (
+                "mib_per_sec",
+                json!((v.bytes_per_sec / f64::from(1 << 20) * 10.0).round() / 10.0),
+            ),
+            (
+                "eta_secs",
+                json!(v.eta_ns.map(|e| (e as f64 / 1e8).round() / 10.0)),
+            ),
+        ];
+        let Some(g) = offender else {
+            fields.push(("offender", Value::Null));
+            fields.push(("note", json!("no unprotected process grew in this pool")));
+            self.out.record("alert", &fields)?;
+            return Ok(None);
+        };
+        let mut described = self.describe_offender(g.node, 1);
+        if let Some(o) = described.as_object_mut() {
+            o.remove("subtree_size");
+            o.insert("growth_bytes".into(), json!(g.growth));
+            o.insert("resident_bytes".into(), json!(g.resident));
+        }
+        fields.push(("offender", described.clone()));
+        fields.push(("action", json!(self.settings.mem_action)));
+        self.out.record("alert", &fields)?;
+        if self.settings.mem_action == ActionKind::Log || self.active.contains(&g.node) {
+            return Ok(None);
+        }
+        let born_ns = lineage.get(g.node).map_or(0, |n| n.born_ns);
+        Ok(Some(ActionRequest {
+            detector: "memory",
+            rule: v.rule.name(),
+            tag: g.node,
+            kind: self.settings.mem_action,
+            offender: described,
+            members: vec![Member {
+                tgid: g.tgid,
+                born_ns,
+            }],
+            pool: Some((v.pool.clone(), v.usage.unreclaimable)),
+        }))
     }
 
     /// Feeds the trend rule: pids.current and pids.max of every populated
@@ -603,17 +754,32 @@ impl<W: Write> Pipeline<W> {
                 continue;
             }
             let request = ActionRequest {
+                detector: "fork",
                 rule,
                 tag: offender.node,
                 kind: self.settings.fork_action,
                 offender: described,
                 members,
+                pool: None,
             };
             if self.settings.dry_run {
                 self.dry_run(&request)?;
             } else {
                 self.active.insert(request.tag);
                 self.follow(request.tag);
+                requests.push(request);
+            }
+        }
+        for verdict in self.detectors.memory.check(now) {
+            let Some(request) = self.memory_alert(&verdict)? else {
+                continue;
+            };
+            if self.settings.dry_run {
+                self.dry_run(&request)?;
+            } else {
+                // Only the offender (and what it forks from now on): not
+                // its whole subtree.
+                self.active.insert(request.tag);
                 requests.push(request);
             }
         }
@@ -702,8 +868,24 @@ impl<W: Write> Pipeline<W> {
             ("members", json!(request.members.len())),
             ("outcome", json!(outcome)),
         ]);
+        if let Some((pool, before)) = &request.pool {
+            let after = if &**pool == HOST {
+                observe::host_memory()
+            } else {
+                observe::memcg_usage(pool)
+            };
+            fields.push(("usage_before_bytes", json!(before)));
+            fields.push(("usage_after_bytes", json!(after.map(|a| a.unreclaimable))));
+            fields.push((
+                "freed_bytes",
+                json!(after.map(|a| before.saturating_sub(a.unreclaimable))),
+            ));
+        }
         self.out.record("action", &fields)?;
         self.out.flush()?;
+        if request.detector != "fork" {
+            return Ok(Vec::new());
+        }
         let lineage = self.table.lineage();
         let mut left = unprotected_members(lineage, &self.protection, request.tag);
         left.retain(|m| std::path::Path::new(&format!("/proc/{}", m.tgid)).exists());

@@ -2,8 +2,8 @@
 //! from the running kernel, and the per-kernel offsets handed to the programs.
 //! Per-kernel facts live here as data; the programs only read `CONFIG`.
 
-use anyhow::{Context as _, Result};
-use guard_common::{EventKind, ProbeConfig, TaskOffsets};
+use anyhow::{Context as _, Result, ensure};
+use guard_common::{EventKind, MemoryProbe, ProbeConfig, RSS_STAT_WORDS, TaskOffsets};
 
 use crate::btf::Btf;
 
@@ -102,6 +102,51 @@ pub const PROBES: &[Probe] = &[
         always_attached: true,
     },
     Probe {
+        program: "rss_stat",
+        hook: Hook::Raw {
+            tracepoint: "rss_stat",
+            min_args: 2,
+        },
+        kind: EventKind::Rss,
+        always_attached: true,
+    },
+    Probe {
+        program: "reclaim_begin",
+        hook: Hook::Raw {
+            tracepoint: "mm_vmscan_direct_reclaim_begin",
+            min_args: 2,
+        },
+        kind: EventKind::ReclaimStall,
+        always_attached: false,
+    },
+    Probe {
+        program: "reclaim_end",
+        hook: Hook::Raw {
+            tracepoint: "mm_vmscan_direct_reclaim_end",
+            min_args: 1,
+        },
+        kind: EventKind::ReclaimStall,
+        always_attached: false,
+    },
+    Probe {
+        program: "reclaim_begin",
+        hook: Hook::Raw {
+            tracepoint: "mm_vmscan_memcg_reclaim_begin",
+            min_args: 2,
+        },
+        kind: EventKind::ReclaimStall,
+        always_attached: false,
+    },
+    Probe {
+        program: "reclaim_end",
+        hook: Hook::Raw {
+            tracepoint: "mm_vmscan_memcg_reclaim_end",
+            min_args: 1,
+        },
+        kind: EventKind::ReclaimStall,
+        always_attached: false,
+    },
+    Probe {
         program: "mark_victim",
         hook: Hook::Classic {
             category: "oom",
@@ -192,10 +237,61 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     resolve().context("resolving kernel struct offsets from BTF")
 }
 
+/// What the user chooses for the memory programs.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryTunables {
+    pub rss_step_bytes: u64,
+    pub reclaim_stall_us: u32,
+}
+
+/// Where `mm_struct`'s resident-memory counters are. 6.2 made them
+/// `struct percpu_counter rss_stat[NR_MM_COUNTERS]`; before, a `struct
+/// mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }`.
+pub fn memory_probe(btf: &Btf, tunables: MemoryTunables) -> Result<MemoryProbe> {
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    let (stride, count) = if btf.struct_size("mm_rss_stat")?.is_some() {
+        (8, m("mm_rss_stat", "count")?)
+    } else {
+        let size = btf
+            .struct_size("percpu_counter")?
+            .context("struct percpu_counter not found in BTF")?;
+        (size, m("percpu_counter", "count")?)
+    };
+    ensure!(
+        (3 * stride + count) as usize / 8 < RSS_STAT_WORDS && count % 8 == 0,
+        "mm_struct.rss_stat has an unexpected layout (counters of {stride} bytes, count at {count})"
+    );
+    // SAFETY: sysconf has no memory effects.
+    let page_size = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    Ok(MemoryProbe {
+        task_mm: m("task_struct", "mm")?,
+        mm_rss_stat: m("mm_struct", "rss_stat")?,
+        rss_stride: stride,
+        rss_count: count,
+        page_size,
+        rss_step_pages: u32::try_from((tunables.rss_step_bytes / u64::from(page_size)).max(1))
+            .unwrap_or(u32::MAX),
+        reclaim_stall_us: tunables.reclaim_stall_us,
+        reserved: 0,
+    })
+}
+
 /// The full `CONFIG` value for this kernel.
-pub fn probe_config(btf: &Btf, tracefs: Option<&std::path::Path>) -> Result<ProbeConfig> {
+pub fn probe_config(
+    btf: &Btf,
+    tracefs: Option<&std::path::Path>,
+    tunables: MemoryTunables,
+) -> Result<ProbeConfig> {
+    let memory = match memory_probe(btf, tunables) {
+        Ok(memory) => memory,
+        Err(err) => {
+            tracing::warn!("no rss tracking on this kernel: {err:#}");
+            ProbeConfig::UNSET.memory
+        }
+    };
     let mut config = ProbeConfig {
         task: task_offsets(btf)?,
+        memory,
         ..ProbeConfig::UNSET
     };
     if let Some(tracefs) = tracefs {

@@ -440,6 +440,8 @@ impl ProcessTable {
             Event::OomKill(o) => self.lookup(o.pid),
             Event::HungTask(h) => self.lookup(h.tgid),
             Event::Unblocked(u) => self.lookup(u.tgid),
+            Event::Rss(r) => self.lookup(r.tgid),
+            Event::ReclaimStall(r) => self.lookup(r.tgid),
         }
     }
 

@@ -4,10 +4,12 @@
 pub mod blocked;
 pub mod crashloop;
 pub mod fork;
+pub mod memory;
 
 /// Every detector's state, as the pipeline holds it.
 pub struct Detectors {
     pub fork: fork::ForkDetector,
     pub crashloop: crashloop::CrashLoopDetector,
     pub blocked: blocked::BlockedDetector,
+    pub memory: memory::MemoryDetector,
 }

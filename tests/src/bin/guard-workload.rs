@@ -5,6 +5,8 @@
 //!   spawn N PROG ARGS..  fork N children that exec PROG ARGS; wait for each
 //!   threads N            start N threads, each sleeping 20 ms; join them
 //!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
+//!   grow RATE MIB [SECS] print a line, then allocate and touch MIB MiB at
+//!                        RATE MiB/s (0: as fast as it can), then hold it
 //!   exit CODE            exit with CODE
 //!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
@@ -24,7 +26,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -128,6 +130,34 @@ fn main() {
                 blocks.push(block);
             }
             println!("{{\"pid\":{pid},\"allocated_mib\":{}}}", blocks.len());
+            std::thread::sleep(Duration::from_secs(hold));
+            std::hint::black_box(&blocks);
+        }
+        Some("grow") => {
+            let rate: f64 = arg(&args, 2, "RATE");
+            let mib: usize = arg(&args, 3, "MIB");
+            let hold: u64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
+            println!("{{\"pid\":{pid}}}");
+            let started = Instant::now();
+            let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(mib);
+            for i in 0..mib {
+                let mut block = vec![0u8; 1 << 20];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                blocks.push(block);
+                if rate > 0.0 {
+                    let due = Duration::from_secs_f64((i + 1) as f64 / rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            println!(
+                "{{\"pid\":{pid},\"allocated_mib\":{},\"elapsed_ns\":{}}}",
+                blocks.len(),
+                started.elapsed().as_nanos()
+            );
             std::thread::sleep(Duration::from_secs(hold));
             std::hint::black_box(&blocks);
         }

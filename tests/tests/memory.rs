@@ -1,0 +1,244 @@
+//! The memory guard, for real, in memory cgroups of the tests' own: a
+//! runaway killed before its limit beside a bystander, a block allocated
+//! once, a page-cache reader, and the kernel's rss step records.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::ExitStatusExt as _,
+    process::{Child, ChildStdout, Stdio},
+    time::Duration,
+};
+
+use guard_tests::{Agent, TestCgroup, num};
+use serde_json::Value;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+fn memory_scope(cg: &TestCgroup) -> String {
+    cg.memory_dir()
+        .canonicalize()
+        .expect("memory cgroup dir")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// v1 `memory.oom_control`'s `oom_kill` (v2: `memory.events`).
+fn oom_kills(cg: &TestCgroup) -> u64 {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(cg.memory_dir().join(f)).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .expect("no oom_kill counter in the memory cgroup")
+}
+
+/// `guard-workload grow RATE MIB HOLD`, its output kept open.
+struct Grower {
+    child: Child,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Grower {
+    /// Starts it and waits for its first line (it is in the cgroup).
+    fn start(cg: &TestCgroup, rate: &str, mib: &str, hold: &str) -> Self {
+        let mut child = cg
+            .workload(&["grow", rate, mib, hold])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn grow");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        lines.read_line(&mut line).expect("read workload line");
+        assert!(line.contains("pid"), "workload said {line:?}");
+        Grower { child, lines }
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+
+    /// Waits for its second line: the allocation is done.
+    fn wait_allocated(&mut self) {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).expect("read workload line");
+        assert!(line.contains("allocated_mib"), "workload said {line:?}");
+    }
+}
+
+#[test]
+fn a_runaway_is_killed_before_the_limit_and_the_bystander_lives() {
+    let cg = TestCgroup::new("memhog", 32, GIB);
+    let scope = memory_scope(&cg);
+    let mut agent = Agent::start(&["--cgroup", &scope, "--mem-action", "kill"]);
+    // A bystander holding 200 MiB, steady, before the runaway starts.
+    let mut bystander = Grower::start(&cg, "0", "200", "60");
+    bystander.wait_allocated();
+    std::thread::sleep(Duration::from_millis(2500));
+    // The runaway: 200 MiB/s toward 2 GiB in a 1 GiB cgroup.
+    let hog = Grower::start(&cg, "200", "2048", "30");
+    let hog_pid = hog.pid();
+    let action = agent.wait_for(Duration::from_secs(20), "memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let Grower { mut child, .. } = hog;
+    let status = child.wait().expect("wait hog");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the hog must die");
+    let stopped = agent.stop();
+
+    let alert = stopped
+        .of_kind("alert")
+        .find(|r| r["detector"] == "memory")
+        .expect("memory alert");
+    assert_eq!(num(&alert["offender"], "pid"), hog_pid, "{alert}");
+    assert_eq!(alert["cgroup"], scope.as_str(), "{alert}");
+    assert_eq!(num(alert, "limit_bytes"), GIB, "{alert}");
+    assert_eq!(alert["action"], "kill", "{alert}");
+    let usage = num(alert, "usage_bytes");
+    assert!(usage < GIB, "alert at {usage} bytes");
+    let rate = alert["mib_per_sec"].as_f64().expect("rate");
+    assert!(
+        (100.0..=300.0).contains(&rate),
+        "rate {rate} MiB/s: {alert}"
+    );
+    assert!(alert["eta_secs"].as_f64().is_some(), "{alert}");
+    assert!(
+        num(&alert["offender"], "growth_bytes") >= 64 * MIB,
+        "{alert}"
+    );
+
+    assert_eq!(action["outcome"]["contained"], true, "{action}");
+    assert_eq!(num(&action["outcome"], "signalled"), 1, "{action}");
+    let freed = num(&action, "freed_bytes");
+    assert!(freed >= 64 * MIB, "freed only {freed} bytes: {action}");
+    // The kernel's OOM killer never ran, and the bystander is alive.
+    assert_eq!(oom_kills(&cg), 0, "the OOM killer fired");
+    assert!(
+        bystander.child.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    assert!(
+        stopped
+            .of_kind("oom_kill")
+            .all(|r| r["cgroup"] != scope.as_str())
+    );
+}
+
+#[test]
+fn a_block_allocated_once_and_held_raises_nothing() {
+    let cg = TestCgroup::new("memblock", 32, GIB);
+    let scope = memory_scope(&cg);
+    let agent = Agent::start(&["--cgroup", &scope, "--mem-action", "kill"]);
+    let mut block = Grower::start(&cg, "0", "600", "30");
+    block.wait_allocated();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        block.child.try_wait().expect("try_wait").is_none(),
+        "block died"
+    );
+    let stopped = agent.stop();
+    let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    // It was seen: its rss records went up to step 9 (600 MiB of anon and a
+    // few MiB of the program's own pages: 9 × 64 MiB and some).
+    let top = stopped
+        .of_kind("rss")
+        .filter(|r| num(r, "pid") == block.pid())
+        .map(|r| num(r, "step"))
+        .max()
+        .expect("rss records of the block");
+    assert_eq!(top, 9);
+}
+
+#[test]
+fn reading_a_large_file_grows_page_cache_and_raises_nothing() {
+    let cg = TestCgroup::new("memcache", 32, 512 * MIB);
+    let scope = memory_scope(&cg);
+    // 1.5 GiB on disk (the workspace's target dir, not tmpfs), out of the
+    // page cache before the read so that the reader's cgroup is charged.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/guard-test-cache-{}", std::process::id()));
+    let _remove = guard_tests::Defer(|| {
+        let _ = std::fs::remove_file(&path);
+    });
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&path).expect("create file");
+        let chunk = vec![7u8; 8 << 20];
+        for _ in 0..192 {
+            f.write_all(&chunk).expect("write");
+        }
+        f.sync_all().expect("sync");
+        // SAFETY: plain syscall on a file we own.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0, "fadvise");
+    }
+    let agent = Agent::start(&["--cgroup", &scope, "--mem-action", "kill"]);
+    let status = cg
+        .command("/bin/cat")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("cat");
+    assert!(status.success(), "the reader failed");
+    std::thread::sleep(Duration::from_millis(600));
+    let stopped = agent.stop();
+    let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    // The page cache did fill the cgroup (v1 max_usage_in_bytes, v2 peak).
+    let peak = ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(cg.memory_dir().join(f)).ok())
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .expect("peak usage");
+    assert!(peak >= 400 * MIB, "the read charged only {peak} bytes");
+    assert_eq!(oom_kills(&cg), 0);
+}
+
+#[test]
+fn rss_steps_of_a_process_growing_512_mib() {
+    let cg = TestCgroup::new("memsteps", 32, GIB);
+    let scope = memory_scope(&cg);
+    let agent = Agent::start(&["--cgroup", &scope, "--events", "rss"]);
+    let mut grower = Grower::start(&cg, "0", "512", "0");
+    let pid = grower.pid();
+    grower.wait_allocated();
+    assert!(grower.child.wait().expect("wait").success());
+    let stopped = agent.stop();
+    let steps: Vec<&Value> = stopped
+        .of_kind("rss")
+        .filter(|r| num(r, "pid") == pid)
+        .filter(|r| {
+            r["previous_step"]
+                .as_u64()
+                .is_some_and(|p| p < num(r, "step"))
+        })
+        .collect();
+    // One record per 64 MiB crossed on the way up: steps 1..=8 (the
+    // program's own few MiB of file pages start it in step 0).
+    let numbers: Vec<u64> = steps.iter().map(|r| num(r, "step")).collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "{steps:?}");
+    for r in &steps {
+        let rss = num(r, "rss_bytes");
+        let boundary = num(r, "step") * 64 * MIB;
+        assert!(
+            (boundary..boundary + MIB).contains(&rss),
+            "rss {rss} not just past {boundary}: {r}"
+        );
+        assert_eq!(num(r, "tgid"), pid, "{r}");
+        assert_eq!(r["comm"], "guard-workload", "{r}");
+        assert_eq!(r["cgroup"], scope.as_str(), "{r}");
+    }
+    assert!(num(steps[7], "anon_bytes") >= 500 * MIB, "{}", steps[7]);
+}
