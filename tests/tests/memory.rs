@@ -242,3 +242,48 @@ fn rss_steps_of_a_process_growing_512_mib() {
     }
     assert!(num(steps[7], "anon_bytes") >= 500 * MIB, "{}", steps[7]);
 }
+
+#[test]
+fn a_writer_through_a_small_memcg_stalls_in_reclaim_and_raises_nothing() {
+    let cg = TestCgroup::new("memwrite", 16, 64 * MIB);
+    let scope = memory_scope(&cg);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/guard-test-write-{}", std::process::id()));
+    let _remove = guard_tests::Defer(|| {
+        let _ = std::fs::remove_file(&path);
+    });
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--events",
+        "reclaim_stall",
+        "--reclaim-stall-ms",
+        "5",
+        "--mem-action",
+        "kill",
+    ]);
+    // 1 GiB of dirty page cache through a 64 MiB limit: the cgroup's own
+    // reclaim waits for writeback.
+    let mut dd = cg
+        .command("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=1M", "count=1024", "status=none"])
+        .spawn()
+        .expect("dd");
+    let pid = u64::from(dd.id());
+    assert!(dd.wait().expect("wait dd").success(), "dd failed");
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop();
+    let stalls: Vec<&Value> = stopped.of_kind("reclaim_stall").collect();
+    assert!(!stalls.is_empty(), "no reclaim stall seen");
+    for s in &stalls {
+        assert_eq!(num(s, "pid"), pid, "{s}");
+        assert_eq!(s["comm"], "dd", "{s}");
+        assert!(num(s, "stall_us") >= 5000, "{s}");
+        assert!(num(s, "nr_reclaimed") > 0, "{s}");
+    }
+    let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
+    assert!(alerts.is_empty(), "page cache raised {alerts:?}");
+    assert_eq!(oom_kills(&cg), 0);
+}
