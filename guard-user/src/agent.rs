@@ -357,9 +357,16 @@ pub async fn run(args: Args) -> Result<Ending> {
         }
     }
 
-    // Detach every probe, then take what the reader still holds.
+    // Let a running action finish and report it (its follow-ups are not
+    // started: guard is stopping), then detach every probe and take what
+    // the reader still holds.
     drop(act_tx);
     let _ = actor.join();
+    while let Ok((request, outcome)) = done_rx.try_recv() {
+        if !broken {
+            broken = check_pipe(pipe.action_done(&request, &outcome).map(|_| ()))?;
+        }
+    }
     drop(loaded);
     let _ = stop_reader.send(());
     while let Some(event) = rx.recv().await {

@@ -17,6 +17,15 @@
 //! sched_switch program runs on every switch). Prints the medians and the
 //! ratio.
 //!
+//! memory runaway: a process allocating at a steady rate (100, 200,
+//! 300 MiB/s and as fast as it can) toward 2 GiB in a 1 GiB memory cgroup,
+//! the agent scoped to it with --mem-action kill. Per rate: the share of
+//! runs in which guard killed it before the kernel's OOM killer fired, and
+//! the headroom (limit minus anon + shmem) left when it acted.
+//!
+//! GUARD_BENCH_KEEP=1 keeps the agent's records of the memory rounds in
+//! target/ and echoes its stderr.
+//!
 //! blocked storm: 20 writers blocked on a frozen loop-mounted ext4, the agent
 //! scoped to their cgroup with --blocked-threshold 1 --blocked-storm 20.
 //! From its records: the delay from each writer crossing the threshold to its
@@ -40,8 +49,10 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
             fork_rate_bench(workspace, rounds)?;
             bomb_bench(workspace, rounds)?;
             ctx_switch_bench(workspace, rounds)?;
-            storm_bench(workspace, rounds)
+            storm_bench(workspace, rounds)?;
+            memory_bench(workspace, rounds)
         }
+        Some("memory") => memory_bench(workspace, rounds),
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
         Some("fork-bomb") => bomb_bench(workspace, rounds),
         Some("ctx-switch") => ctx_switch_bench(workspace, rounds),
@@ -416,6 +427,118 @@ fn storm_bench(workspace: &Path, rounds: u32) -> Result<()> {
     Ok(())
 }
 
+/// How a memory round ended.
+struct MemoryRound {
+    /// guard killed the hog before the OOM killer fired.
+    stopped: bool,
+    /// Limit minus the cgroup's anon + shmem at the action.
+    headroom_mib: Option<f64>,
+    /// MiB/s the alert measured.
+    rate: Option<f64>,
+}
+
+fn memory_round(workspace: &Path, rate: &str, round: u32) -> Result<MemoryRound> {
+    const LIMIT: u64 = 1 << 30;
+    let guard = workspace.join("target/release/guard");
+    let cg = TestCgroup::new(&format!("bench-mem{round}"), 16, LIMIT);
+    let dir = cg
+        .memory_dir()
+        .canonicalize()?
+        .to_string_lossy()
+        .into_owned();
+    let log = workspace.join(format!("target/bench-mem-{rate}-{round}.json"));
+    let agent = AgentProcess::start(
+        &guard,
+        &["--json", "--cgroup", &dir, "--mem-action", "kill"],
+        Stdio::from(std::fs::File::create(&log)?),
+    )?;
+    let status = cg
+        .workload(&["grow", rate, "2048", "5"])
+        .stdout(Stdio::null())
+        .status()
+        .context("running the hog")?;
+    agent.stop()?;
+    let oom_kills: u64 = std::fs::read_to_string(cg.memory_dir().join("memory.oom_control"))
+        .or_else(|_| std::fs::read_to_string(cg.memory_dir().join("memory.events")))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(&log)?;
+    if std::env::var_os("GUARD_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&log);
+    }
+    let mut acted = None;
+    let mut measured = None;
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        if r["detector"] != "memory" {
+            continue;
+        }
+        match r["kind"].as_str() {
+            Some("alert") => measured = r["mib_per_sec"].as_f64(),
+            Some("action") => acted = r["usage_before_bytes"].as_u64(),
+            _ => {}
+        }
+    }
+    if status.success() {
+        bail!("the hog finished: neither guard nor the OOM killer stopped it");
+    }
+    Ok(MemoryRound {
+        stopped: acted.is_some() && oom_kills == 0,
+        headroom_mib: acted.map(|usage| LIMIT.saturating_sub(usage) as f64 / f64::from(1 << 20)),
+        rate: measured,
+    })
+}
+
+fn memory_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    println!(
+        "memory runaway toward 2 GiB in a 1 GiB memory cgroup, --mem-action kill, {rounds} rounds per rate:"
+    );
+    let mut figures = Vec::new();
+    for rate in ["100", "200", "300", "0"] {
+        let mut results = Vec::new();
+        for round in 1..=rounds {
+            let r = memory_round(workspace, rate, round)?;
+            eprintln!(
+                "rate {rate} round {round}/{rounds}: {} (headroom {:?} MiB, measured {:?} MiB/s)",
+                if r.stopped {
+                    "stopped by guard"
+                } else {
+                    "OOM killer"
+                },
+                r.headroom_mib.map(|h| h.round()),
+                r.rate
+            );
+            results.push(r);
+        }
+        let stopped = results.iter().filter(|r| r.stopped).count();
+        let mut headroom: Vec<f64> = results.iter().filter_map(|r| r.headroom_mib).collect();
+        let mut rates: Vec<f64> = results.iter().filter_map(|r| r.rate).collect();
+        let least = headroom.iter().copied().fold(f64::MAX, f64::min);
+        let label = if rate == "0" {
+            "as fast as it can".to_owned()
+        } else {
+            format!("{rate} MiB/s")
+        };
+        println!(
+            "  {label:<18} stopped before the OOM killer {stopped}/{rounds}; headroom left median {:.0} MiB, least {:.0} MiB; measured rate median {:.0} MiB/s",
+            median(&mut headroom),
+            if least == f64::MAX { 0.0 } else { least },
+            median(&mut rates)
+        );
+        figures.push(
+            serde_json::json!({"rate": rate, "stopped": stopped, "rounds": rounds,
+            "headroom_median_mib": median(&mut headroom), "measured_rate_mib": median(&mut rates)}),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "memory", "target": "100% stopped before the OOM killer", "rates": figures})
+    );
+    Ok(())
+}
+
 /// The agent with stdout to /dev/null, ready once it logs `ready:`.
 struct AgentProcess(std::process::Child);
 
@@ -430,7 +553,11 @@ impl AgentProcess {
         let stderr = child.stderr.take().context("stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let echo = std::env::var_os("GUARD_BENCH_KEEP").is_some();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("guard: {line}");
+                }
                 let ready = line.contains("ready:");
                 if ready {
                     let _ = tx.send(());

@@ -46,7 +46,7 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch or blocked-storm.
+        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch, blocked-storm or memory.
         #[arg(long)]
         only: Option<String>,
     },
