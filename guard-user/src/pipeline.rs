@@ -39,6 +39,12 @@ pub struct Settings {
     pub dry_run: bool,
 }
 
+/// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
+const PSI_FULL_PRESSURE: f64 = 10.0;
+
+/// Reclaim stalls this recent count as memory pressure for a storm.
+const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
+
 /// Shortest time between two readings of one memory cgroup driven by `rss`
 /// records (a fast allocator crosses a 64 MiB step every few ms).
 const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
@@ -126,6 +132,11 @@ pub struct Pipeline<W: Write> {
     /// fork probe; born before, it is tagged here, so no member escapes.
     tagged: HashMap<NodeId, (NodeId, u64)>,
     system: Option<Arc<dyn System + Send + Sync>>,
+    /// Actions decided outside `check` (a storm's memory runaway), handed
+    /// out by the next `check`.
+    pending: Vec<ActionRequest>,
+    /// When a task last stalled in reclaim (in scope), boot ns.
+    last_reclaim_stall_ns: Option<u64>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -164,6 +175,8 @@ impl<W: Write> Pipeline<W> {
             watched: HashSet::new(),
             tagged: HashMap::new(),
             system,
+            pending: Vec::new(),
+            last_reclaim_stall_ns: None,
         }
     }
 
@@ -456,6 +469,9 @@ impl<W: Write> Pipeline<W> {
                     self.detectors.memory.sample(now, &pool, usage);
                 }
             }
+            (Event::ReclaimStall(r), Some(p)) if self.scope.contains_cgroups(&p.cgroups) => {
+                self.last_reclaim_stall_ns = Some(r.boot_ns);
+            }
             (Event::Exit(e), _) if e.group_dead => self.detectors.memory.gone(e.tgid),
             _ => {}
         }
@@ -476,6 +492,63 @@ impl<W: Write> Pipeline<W> {
                 .memory
                 .sample(now, &PoolKey::from(HOST), host);
         }
+    }
+
+    /// Why a blocked-task storm looks like memory pressure: the host's PSI,
+    /// recent reclaim stalls, pools past the headroom line.
+    fn storm_pressure(&self, now: u64) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(p) = observe::memory_pressure()
+            && p.full_avg10 >= PSI_FULL_PRESSURE
+        {
+            reasons.push(format!(
+                "memory PSI full avg10 {:.1}% (every task stalled on memory)",
+                p.full_avg10
+            ));
+        }
+        if let Some(at) = self.last_reclaim_stall_ns
+            && now.saturating_sub(at) <= RECENT_RECLAIM_NS
+        {
+            reasons.push(format!(
+                "reclaim stalls, the last {} ago",
+                human_duration(now.saturating_sub(at))
+            ));
+        }
+        for (pool, pct) in self.detectors.memory.near_limit() {
+            reasons.push(format!("{pool} at {pct:.0}% of its memory limit"));
+        }
+        reasons
+    }
+
+    /// The memory runaway a storm under pressure is blamed on, as an
+    /// action of the memory detector's policy.
+    fn storm_runaway(&self, now: u64) -> Option<ActionRequest> {
+        let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
+        let lineage = self.table.lineage();
+        let g = growers.iter().find(|g| {
+            lineage
+                .get(g.node)
+                .is_some_and(|n| n.alive && self.protection.why(n).is_none())
+        })?;
+        let mut described = self.describe_offender(g.node, 1);
+        if let Some(o) = described.as_object_mut() {
+            o.remove("subtree_size");
+            o.insert("growth_bytes".into(), json!(g.growth));
+            o.insert("resident_bytes".into(), json!(g.resident));
+            o.insert("memory_cgroup".into(), json!(&*pool));
+        }
+        Some(ActionRequest {
+            detector: "blocked",
+            rule: "blocked_storm",
+            tag: g.node,
+            kind: self.settings.mem_action,
+            offender: described,
+            members: vec![Member {
+                tgid: g.tgid,
+                born_ns: lineage.get(g.node).map_or(0, |n| n.born_ns),
+            }],
+            pool: Some((pool, usage.unreclaimable)),
+        })
     }
 
     /// Writes a memory alert; returns the action it leads to.
@@ -624,46 +697,77 @@ impl<W: Write> Pipeline<W> {
                 shared,
                 longest_ns,
             }) => {
-                let pressure = observe::memory_pressure();
-                // Memory pressure (PSI "full": every task stalled on memory)
-                // suggests reclaim is what they wait for.
-                let under_pressure = pressure.is_some_and(|p| p.full_avg10 >= 10.0);
-                let note = if under_pressure {
-                    "tasks in D state cannot be killed; the host is under memory pressure,                      which is the likely cause: look for the memory runaway"
+                let pressure = self.storm_pressure(now);
+                let runaway = if pressure.is_empty() {
+                    None
                 } else {
-                    "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
+                    self.storm_runaway(now)
                 };
-                self.out.record(
-                    "alert",
-                    &[
-                        ("detector", json!("blocked")),
-                        ("rule", json!("blocked_storm")),
-                        ("count", json!(count)),
-                        ("killable", json!(killable)),
-                        (
-                            "threshold_secs",
-                            json!(self.detectors.blocked.rules().threshold_ns as f64 / 1e9),
-                        ),
-                        ("longest_ms", json!(longest_ns / 1_000_000)),
-                        (
-                            "shared_wait",
-                            json!(shared.as_ref().map(|s| json!({
-                                "frames": s.frames,
-                                "tasks": s.tasks,
-                            }))),
-                        ),
-                        (
-                            "memory_pressure",
-                            json!(pressure.map(|p| json!({
+                let note = match (&runaway, pressure.is_empty()) {
+                    (_, true) => {
+                        "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
+                    }
+                    (Some(_), false) => {
+                        "the storm comes with memory pressure: its offender is the memory runaway, \
+                         and --mem-action applies to it (tasks in D state cannot be killed)"
+                    }
+                    (None, false) => {
+                        "the storm comes with memory pressure, but no unprotected process grew \
+                         in scope (tasks in D state cannot be killed)"
+                    }
+                };
+                let psi = observe::memory_pressure();
+                let mut fields = vec![
+                    ("detector", json!("blocked")),
+                    ("rule", json!("blocked_storm")),
+                    ("count", json!(count)),
+                    ("killable", json!(killable)),
+                    (
+                        "threshold_secs",
+                        json!(self.detectors.blocked.rules().threshold_ns as f64 / 1e9),
+                    ),
+                    ("longest_ms", json!(longest_ns / 1_000_000)),
+                    (
+                        "shared_wait",
+                        json!(shared.as_ref().map(|s| json!({
+                            "frames": s.frames,
+                            "tasks": s.tasks,
+                        }))),
+                    ),
+                    (
+                        "memory_pressure",
+                        json!({
+                            "psi": psi.map(|p| json!({
                                 "some_avg10": p.some_avg10,
                                 "full_avg10": p.full_avg10,
-                            }))),
-                        ),
-                        ("pids", json!(pids)),
-                        ("action", json!("log")),
-                        ("note", json!(note)),
-                    ],
-                )?;
+                            })),
+                            "reasons": pressure,
+                        }),
+                    ),
+                    ("pids", json!(pids)),
+                ];
+                match runaway {
+                    Some(request) => {
+                        fields.push(("offender", request.offender.clone()));
+                        fields.push(("action", json!(request.kind)));
+                        fields.push(("note", json!(note)));
+                        self.out.record("alert", &fields)?;
+                        if request.kind != ActionKind::Log && !self.active.contains(&request.tag) {
+                            if self.settings.dry_run {
+                                self.dry_run(&request)?;
+                            } else {
+                                self.active.insert(request.tag);
+                                self.pending.push(request);
+                            }
+                        }
+                    }
+                    None => {
+                        fields.push(("offender", Value::Null));
+                        fields.push(("action", json!("log")));
+                        fields.push(("note", json!(note)));
+                        self.out.record("alert", &fields)?;
+                    }
+                }
             }
             Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
                 self.out.record(
@@ -686,7 +790,7 @@ impl<W: Write> Pipeline<W> {
     pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
         self.watch_armed();
         self.detectors.crashloop.prune(now);
-        let mut requests = Vec::new();
+        let mut requests = std::mem::take(&mut self.pending);
         for verdict in self.detectors.fork.check(now) {
             let (rule, cgroup, recent, mut figures) = match &verdict {
                 ForkVerdict::Explosion {
@@ -884,6 +988,8 @@ impl<W: Write> Pipeline<W> {
         self.out.record("action", &fields)?;
         self.out.flush()?;
         if request.detector != "fork" {
+            // Memory actions (of the memory detector, or a storm's runaway)
+            // concern the offender only: no follow-up on its subtree.
             return Ok(Vec::new());
         }
         let lineage = self.table.lineage();

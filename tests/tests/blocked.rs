@@ -273,3 +273,74 @@ fn idle_tasks() -> BTreeSet<u64> {
     }
     idle
 }
+
+/// A storm while a memory cgroup is past its headroom line: the storm is
+/// blamed on the memory runaway (the process growing in that cgroup), and
+/// the memory detector's policy (`--mem-action`, here `log`) applies.
+#[test]
+fn a_storm_under_memory_pressure_names_the_memory_runaway() {
+    let fs = FrozenFs::create();
+    let cg = TestCgroup::new("stormmem", 64, 1 << 30);
+    let _thaw = Defer(|| fs.thaw());
+    let scope = cg.memory_dir().canonicalize().expect("cgroup dir");
+    let scope = scope.to_str().expect("utf8");
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        scope,
+        "--blocked-threshold",
+        "1",
+        "--blocked-storm",
+        "10",
+        "--mem-action",
+        "log",
+        "--mem-headroom",
+        "60",
+    ]);
+    // 100 MiB/s toward 900 MiB of a 1 GiB limit: past 60% after ~6 s.
+    let hog = cg.spawn_ready(&["grow", "100", "900", "30"]);
+    let hog_pid = u64::from(hog.id());
+    agent.wait_for(Duration::from_secs(20), "memory headroom alert", |r| {
+        r["kind"] == "alert" && r["rule"] == "memory_headroom"
+    });
+    fs.freeze();
+    let writers: Vec<Child> = (0..10)
+        .map(|i| {
+            let target = fs.mount.join(format!("file{i}"));
+            cg.command("/bin/sh")
+                .arg("-c")
+                .arg(format!("echo blocked > {}", target.display()))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn writer")
+        })
+        .collect();
+    let storm = agent.wait_for(Duration::from_secs(10), "storm alert", |r| {
+        r["kind"] == "alert" && r["rule"] == "blocked_storm"
+    });
+    fs.thaw();
+    for mut w in writers {
+        assert!(w.wait().expect("wait writer").success());
+    }
+    let stopped = agent.stop();
+    drop(hog);
+
+    assert_eq!(num(&storm, "count"), 10, "{storm}");
+    let reasons: Vec<&str> = storm["memory_pressure"]["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with(scope) && r.contains("of its memory limit")),
+        "{storm}"
+    );
+    assert_eq!(num(&storm["offender"], "pid"), hog_pid, "{storm}");
+    assert_eq!(storm["offender"]["memory_cgroup"], scope, "{storm}");
+    assert!(num(&storm["offender"], "growth_bytes") > 0, "{storm}");
+    assert_eq!(storm["action"], "log", "{storm}");
+    // Log only: nothing was signalled.
+    assert!(stopped.of_kind("action").next().is_none());
+}

@@ -232,6 +232,38 @@ impl MemoryDetector {
         growers
     }
 
+    /// The memory runaway, for another detector (a blocked-task storm under
+    /// memory pressure): the pool nearest its limit in which a process grew
+    /// over the window, with its growers, biggest first.
+    pub fn runaway(&self, now: u64) -> Option<(PoolKey, MemUsage, Vec<Grower>)> {
+        self.pools
+            .iter()
+            .filter_map(|(key, pool)| {
+                let usage = pool.last?;
+                let growers = self.growers(key, now);
+                (usage.limit > 0 && !growers.is_empty()).then(|| (key.clone(), usage, growers))
+            })
+            .max_by(|a, b| {
+                let ratio = |u: &MemUsage| u.unreclaimable as f64 / u.limit as f64;
+                ratio(&a.1).total_cmp(&ratio(&b.1)).then(b.0.cmp(&a.0))
+            })
+    }
+
+    /// Pools whose usage is at or past the headroom line: (pool, percent).
+    pub fn near_limit(&self) -> Vec<(PoolKey, f64)> {
+        let mut near: Vec<(PoolKey, f64)> = self
+            .pools
+            .iter()
+            .filter_map(|(key, pool)| {
+                let usage = pool.last?;
+                let pct = usage.unreclaimable as f64 * 100.0 / usage.limit.max(1) as f64;
+                (pct >= self.rules.headroom_pct).then(|| (key.clone(), pct))
+            })
+            .collect();
+        near.sort_by(|a, b| a.0.cmp(&b.0));
+        near
+    }
+
     /// Evaluates every pool.
     pub fn check(&mut self, now: u64) -> Vec<MemoryVerdict> {
         let rules = self.rules;
@@ -419,6 +451,20 @@ mod tests {
         d.sample(0, &p, usage(900 * MIB));
         d.sample(250 * MS, &p, usage(900 * MIB));
         assert!(d.check(250 * MS).is_empty());
+    }
+
+    #[test]
+    fn the_runaway_is_in_the_pool_nearest_its_limit() {
+        let mut d = MemoryDetector::new(rules());
+        let (a, b) = (PoolKey::from("/a"), PoolKey::from("/b"));
+        d.rss(0, 1, 1, Some(a.clone()), 64 * MIB, true);
+        d.rss(0, 2, 2, Some(b.clone()), 128 * MIB, true);
+        d.sample(0, &a, usage(300 * MIB));
+        d.sample(0, &b, usage(900 * MIB));
+        let (pool, u, growers) = d.runaway(100 * MS).expect("runaway");
+        assert_eq!((pool.clone(), u.unreclaimable), (b.clone(), 900 * MIB));
+        assert_eq!(growers[0].tgid, 2);
+        assert_eq!(d.near_limit(), vec![(b, 900.0 * 100.0 / 1024.0)]);
     }
 
     #[test]
