@@ -489,6 +489,37 @@ pub const LINEAGE_ENTRIES: u32 = 65536;
 pub const RSS_ENTRIES: u32 = 65536;
 pub const RECLAIM_ENTRIES: u32 = 16384;
 
+/// Value of the `BUDGETS` map (lineage tag → budget): the fork guard's
+/// explosion rule, enforced by the fork probe for a subtree the agent
+/// watches (its cgroup is a quarter of the way to the rule). When, within
+/// one window, the subtree's births reach `max_births` while its live count
+/// grew by `min_growth` from its lowest, the probe condemns the tag itself,
+/// so containment does not wait for the agent to be scheduled. 56 bytes, no
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkBudget {
+    /// Start of the current (tumbling) window, boot ns.
+    pub window_start_ns: u64,
+    pub window_ns: u64,
+    /// Births in the current window.
+    pub births: u64,
+    /// Live members now (an i64 in two's complement: members the agent
+    /// tagged late are not counted in, but their exits are).
+    pub live: u64,
+    /// Fewest live members in the current window (i64, as `live`).
+    pub min_live: u64,
+    pub max_births: u32,
+    pub min_growth: u32,
+    /// The signal to condemn the tag with (SIGKILL or SIGSTOP).
+    pub signal: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
+}
+
+/// Capacity of the `BUDGETS` map.
+pub const BUDGET_ENTRIES: u32 = 256;
+
 /// Capacity of the `CONDEMNED` map (tag → signal).
 pub const CONDEMNED_ENTRIES: u32 = 256;
 
@@ -508,6 +539,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BlockedSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkBudget {}
 }
 
 #[cfg(test)]
@@ -537,6 +570,7 @@ mod layout {
             16 + 2 * 4 + 2 * 8 + COMM_LEN
         );
         assert_eq!(size_of::<MemoryProbe>(), 8 * 4);
+        assert_eq!(size_of::<ForkBudget>(), 5 * 8 + 4 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
     }
 

@@ -30,11 +30,12 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use guard_common::{
-    ABSENT, BLOCKED_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES, CgroupAttachEvent,
-    DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent, ExitEvent, ForkEvent, Header,
-    HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN,
-    ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES, RSS_STAT_WORDS, ReclaimStallEvent,
-    RssEvent, TRACKING_FULL_SLOT, UnblockedEvent, occupancy_slot, oom_field, task_state,
+    ABSENT, BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES,
+    CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent, ExitEvent, ForkBudget,
+    ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OCCUPANCY_SLOTS, OomKillEvent,
+    PATH_LEN, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES, RSS_STAT_WORDS,
+    ReclaimStallEvent, RssEvent, TRACKING_FULL_SLOT, UnblockedEvent, occupancy_slot, oom_field,
+    task_state,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -87,6 +88,10 @@ static RSS_STEP: HashMap<u32, u32> = HashMap::with_max_entries(RSS_ENTRIES, 0);
 /// Reclaims under way: pid → when they began.
 #[map]
 static RECLAIM_BEGIN: HashMap<u32, u64> = HashMap::with_max_entries(RECLAIM_ENTRIES, 0);
+
+/// Fork budgets of watched subtrees: tag → budget (see `ForkBudget`).
+#[map]
+static BUDGETS: HashMap<u64, ForkBudget> = HashMap::with_max_entries(BUDGET_ENTRIES, 0);
 
 /// Error value of the `try_` functions: the program's return value, which the
 /// kernel ignores for tracepoints.
@@ -235,9 +240,10 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     emit(EventKind::Fork, record)
 }
 
-/// Passes the forker's lineage tag to a new process, and signals a forker
-/// whose tag is condemned. Two hash lookups that miss on every fork outside
-/// an action.
+/// Passes the forker's lineage tag to a new process, counts the birth
+/// against the subtree's budget (condemning it when the budget is spent),
+/// and signals a forker whose tag is condemned. Two hash lookups that miss
+/// on every fork outside a watch or an action.
 fn enforce_lineage(parent_tgid: u32, child_tgid: u32) {
     // SAFETY: the value is copied out at once; entries are plain u64s.
     let Some(tag) = (unsafe { LINEAGE.get(parent_tgid) }).copied() else {
@@ -246,7 +252,9 @@ fn enforce_lineage(parent_tgid: u32, child_tgid: u32) {
     if child_tgid != parent_tgid {
         // A full map only means this child is found by the agent's own
         // sweep instead.
-        let _ = LINEAGE.insert(child_tgid, tag, 0);
+        if LINEAGE.insert(child_tgid, tag, 0).is_ok() {
+            count_birth(tag);
+        }
     }
     // SAFETY: as above.
     if let Some(signal) = (unsafe { CONDEMNED.get(tag) }).copied() {
@@ -254,6 +262,55 @@ fn enforce_lineage(parent_tgid: u32, child_tgid: u32) {
         // programs, and current is a user task (kernel threads never carry
         // a tag: the agent refuses to tag them).
         unsafe { bpf_send_signal(signal) };
+    }
+}
+
+/// The explosion rule for a watched subtree, at the moment of each birth:
+/// births in a tumbling window, and growth of the live count from its
+/// lowest in that window. Counters are updated atomically; the window reset
+/// is not (two CPUs resetting at once lose a birth or two: a backstop, not a
+/// ledger).
+fn count_birth(tag: u64) {
+    let Some(budget) = BUDGETS.get_ptr_mut(tag) else {
+        return;
+    };
+    let now = bpf_ktime_get_boot_ns_now();
+    // SAFETY: `budget` points at this map value for the whole program run;
+    // the fields are plain integers.
+    unsafe {
+        if now.saturating_sub((*budget).window_start_ns) > (*budget).window_ns {
+            (*budget).window_start_ns = now;
+            (*budget).births = 0;
+            (*budget).min_live = read_volatile(&raw const (*budget).live);
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).births, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).live, 1);
+        let births = read_volatile(&raw const (*budget).births);
+        // Signed: members the agent tagged late are not counted in, but
+        // their exits are, so the count may dip below zero.
+        let live = read_volatile(&raw const (*budget).live) as i64;
+        let min_live = read_volatile(&raw const (*budget).min_live) as i64;
+        if births >= u64::from((*budget).max_births)
+            && live - min_live >= i64::from((*budget).min_growth)
+        {
+            let _ = CONDEMNED.insert(tag, (*budget).signal, 0);
+        }
+    }
+}
+
+/// A member of a budgeted subtree is gone.
+fn count_exit(tag: u64) {
+    let Some(budget) = BUDGETS.get_ptr_mut(tag) else {
+        return;
+    };
+    // SAFETY: as in count_birth.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).live, u64::MAX);
+        let live = read_volatile(&raw const (*budget).live);
+        // Signed, as in count_birth.
+        if (live as i64) < read_volatile(&raw const (*budget).min_live) as i64 {
+            (*budget).min_live = live;
+        }
     }
 }
 
@@ -314,7 +371,12 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     };
     let (pid, tgid) = task_ids(task)?;
     if group_dead {
-        let _ = LINEAGE.remove(tgid);
+        // SAFETY: the value is copied out at once.
+        if let Some(tag) = (unsafe { LINEAGE.get(tgid) }).copied()
+            && LINEAGE.remove(tgid).is_ok()
+        {
+            count_exit(tag);
+        }
         let _ = RSS_STEP.remove(tgid);
     }
     let record = (|| -> Result<ExitEvent, u32> {

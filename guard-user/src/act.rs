@@ -71,6 +71,25 @@ pub trait System {
     /// Takes `tgid`'s tag away (it became something protected).
     fn untag(&self, tgid: u32);
     fn state(&self, tgid: u32) -> ProcState;
+    /// Has the fork probe enforce the explosion rule on `tag`'s subtree
+    /// (`live` members now): it condemns the tag itself when the rule is met.
+    fn budget(&self, _tag: u64, _live: u64, _limits: BudgetLimits) {}
+    /// Ends that.
+    fn unbudget(&self, _tag: u64) {}
+    /// Whether `tag` is condemned in the kernel now.
+    fn is_condemned(&self, _tag: u64) -> bool {
+        false
+    }
+}
+
+/// The explosion rule as the fork probe applies it to a watched subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetLimits {
+    pub window_ns: u64,
+    pub max_births: u32,
+    pub min_growth: u32,
+    /// SIGKILL or SIGSTOP.
+    pub signal: i32,
 }
 
 /// A member of the subtree to contain.
@@ -93,6 +112,9 @@ pub struct Outcome {
     pub elapsed_ms: f64,
     /// True when nothing of the subtree is left running.
     pub contained: bool,
+    /// The fork probe had condemned the subtree already, on its budget,
+    /// before the agent acted.
+    pub condemned_by_kernel: bool,
 }
 
 /// Signals every member of the subtree tagged `tag` until none is left
@@ -107,6 +129,7 @@ pub fn contain(
     let started = Instant::now();
     let mut signalled = BTreeSet::new();
     let mut spared = BTreeSet::new();
+    let condemned_by_kernel = sys.is_condemned(tag);
     if kind == ActionKind::Log {
         return Outcome {
             signalled: 0,
@@ -115,6 +138,7 @@ pub fn contain(
             running: 0,
             elapsed_ms: 0.0,
             contained: false,
+            condemned_by_kernel,
         };
     }
     for m in members {
@@ -184,6 +208,7 @@ pub fn contain(
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    sys.unbudget(tag);
     sys.release(tag);
     let states: Vec<ProcState> = signalled.iter().map(|&t| sys.state(t)).collect();
     let died = states
@@ -209,6 +234,7 @@ pub fn contain(
         running,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         contained,
+        condemned_by_kernel,
     }
 }
 
@@ -216,6 +242,7 @@ pub fn contain(
 pub struct LiveSystem {
     lineage: Mutex<BpfHashMap<MapData, u32, u64>>,
     condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
+    budgets: Mutex<BpfHashMap<MapData, u64, guard_common::ForkBudget>>,
     protection: crate::protect::Protection,
     hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
 }
@@ -333,6 +360,31 @@ impl System for LiveSystem {
         let _ = lock(&self.lineage).remove(&tgid);
     }
 
+    fn budget(&self, tag: u64, live: u64, limits: BudgetLimits) {
+        let budget = guard_common::ForkBudget {
+            window_start_ns: crate::output::WallClock::boot_ns_now(),
+            window_ns: limits.window_ns,
+            births: 0,
+            live,
+            min_live: live,
+            max_births: limits.max_births,
+            min_growth: limits.min_growth,
+            signal: limits.signal as u32,
+            reserved: 0,
+        };
+        if let Err(err) = lock(&self.budgets).insert(tag, budget, 0) {
+            tracing::warn!("could not give subtree {tag} a fork budget in the kernel: {err}");
+        }
+    }
+
+    fn unbudget(&self, tag: u64) {
+        let _ = lock(&self.budgets).remove(&tag);
+    }
+
+    fn is_condemned(&self, tag: u64) -> bool {
+        lock(&self.condemned).get(&tag, 0).is_ok()
+    }
+
     fn state(&self, tgid: u32) -> ProcState {
         match proc_stat(tgid) {
             None => ProcState::Gone,
@@ -347,12 +399,14 @@ impl LiveSystem {
     pub fn new(
         lineage: aya::maps::Map,
         condemned: aya::maps::Map,
+        budgets: aya::maps::Map,
         protection: crate::protect::Protection,
         hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
     ) -> Result<Self> {
         Ok(Self {
             lineage: Mutex::new(BpfHashMap::try_from(lineage).context("LINEAGE map")?),
             condemned: Mutex::new(BpfHashMap::try_from(condemned).context("CONDEMNED map")?),
+            budgets: Mutex::new(BpfHashMap::try_from(budgets).context("BUDGETS map")?),
             protection,
             hierarchies,
         })

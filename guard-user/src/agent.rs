@@ -153,6 +153,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         drops,
         lineage,
         condemned,
+        budgets,
         blocked,
         reported,
     } = maps;
@@ -161,6 +162,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let system = Arc::new(LiveSystem::new(
         lineage,
         condemned,
+        budgets,
         protection.clone(),
         hierarchies.clone(),
     )?);

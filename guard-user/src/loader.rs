@@ -45,6 +45,8 @@ pub struct Maps {
     /// LINEAGE and CONDEMNED, for `act`.
     pub lineage: aya::maps::Map,
     pub condemned: aya::maps::Map,
+    /// BUDGETS, for `act` (the fork budgets of watched subtrees).
+    pub budgets: aya::maps::Map,
     /// BLOCKED and REPORTED, for the blocked-task tracker.
     pub blocked: aya::maps::Map,
     pub reported: aya::maps::Map,
@@ -141,6 +143,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let condemned = ebpf
         .take_map("CONDEMNED")
         .context("CONDEMNED map missing")?;
+    let budgets = ebpf.take_map("BUDGETS").context("BUDGETS map missing")?;
     let blocked = ebpf.take_map("BLOCKED").context("BLOCKED map missing")?;
     let reported = ebpf.take_map("REPORTED").context("REPORTED map missing")?;
     Ok((
@@ -150,6 +153,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             drops,
             lineage,
             condemned,
+            budgets,
             blocked,
             reported,
         },

@@ -13,7 +13,7 @@ use guard_common::{EventKind, KIND_SLOTS};
 use serde_json::{Value, json};
 
 use crate::{
-    act::{ActionKind, Member, Outcome, System},
+    act::{ActionKind, BudgetLimits, Member, Outcome, System},
     agent::Scope,
     cli::KindSet,
     decode::{Event, ExitStatus},
@@ -253,6 +253,14 @@ impl<W: Write> Pipeline<W> {
         }
         let armed = self.detectors.fork.armed_populations();
         if armed.is_empty() && self.active.is_empty() && !self.watched.is_empty() {
+            // Quiet again: the kernel's budgets (and a condemnation one of
+            // them made, if the agent's own rule never followed) end too.
+            if let Some(system) = &self.system {
+                for &tag in &self.watched {
+                    system.unbudget(tag);
+                    system.release(tag);
+                }
+            }
             self.watched.clear();
             self.tagged.clear();
             return;
@@ -270,8 +278,34 @@ impl<W: Write> Pipeline<W> {
                     suspect.node
                 );
                 self.follow(suspect.node);
+                self.budget(suspect.node);
             }
         }
+    }
+
+    /// Has the fork probe apply the explosion rule to a watched subtree, so
+    /// that it is condemned the moment the rule is met even when the agent
+    /// is not running then (measured: under a bash bomb the agent's thread
+    /// can go 100–300 ms without the CPU).
+    fn budget(&self, tag: NodeId) {
+        let Some(system) = &self.system else {
+            return;
+        };
+        let live = self.tagged.values().filter(|(t, _)| *t == tag).count() as u64;
+        let rules = self.detectors.fork.rules();
+        system.budget(
+            tag,
+            live,
+            BudgetLimits {
+                window_ns: rules.window_ns,
+                max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
+                min_growth: rules.growth,
+                signal: match self.settings.fork_action {
+                    ActionKind::Stop => libc::SIGSTOP,
+                    _ => libc::SIGKILL,
+                },
+            },
+        );
     }
 
     /// The detector's key for a process: its pids-hierarchy cgroup, when it
@@ -325,6 +359,9 @@ impl<W: Write> Pipeline<W> {
             && e.group_dead
             && !p.kernel_thread
             && self.scope.contains_cgroups(&p.cgroups)
+            // A member of a subtree guard watches or acts on dies of guard's
+            // own signal (or is about to): not a crash.
+            && !self.tagged.contains_key(&p.node)
         {
             let exit = ExitInfo {
                 key: LoopKey {

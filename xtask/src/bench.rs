@@ -164,6 +164,8 @@ struct BombRound {
     contained_ms: f64,
     peak: u64,
     refused: u64,
+    /// The fork probe's budget condemned the bomb before the agent acted.
+    by_kernel: bool,
 }
 
 fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
@@ -172,19 +174,18 @@ fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
     let dir = cg.pids_dir().canonicalize()?.to_string_lossy().into_owned();
     let log = workspace.join(format!("target/bench-bomb-{round}.json"));
     let file = std::fs::File::create(&log)?;
-    let agent = AgentProcess::start(
-        &guard,
-        &[
-            "--json",
-            "--cgroup",
-            &dir,
-            "--fork-action",
-            "kill",
-            "--events",
-            "fork,exit",
-        ],
-        Stdio::from(file),
-    )?;
+    let mut args = vec![
+        "--json",
+        "--cgroup",
+        &dir,
+        "--fork-action",
+        "kill",
+        "--events",
+        "fork,exit",
+    ];
+    let extra = std::env::var("GUARD_BENCH_ARGS").unwrap_or_default();
+    args.extend(extra.split_whitespace());
+    let agent = AgentProcess::start(&guard, &args, Stdio::from(file))?;
     start_bomb(&cg)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while live_bash(&cg) > 0 && Instant::now() < deadline {
@@ -194,8 +195,12 @@ fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
     agent.stop()?;
     // The bomb's processes, from the agent's own records.
     let mut changes: Vec<(u64, i64)> = Vec::new();
+    let mut by_kernel = false;
     for line in std::fs::read_to_string(&log)?.lines() {
         let r: serde_json::Value = serde_json::from_str(line)?;
+        if r["kind"] == "action" && r["outcome"]["condemned_by_kernel"] == true {
+            by_kernel = true;
+        }
         if r["comm"] != "bash" || r["cgroup"] != dir.as_str() {
             continue;
         }
@@ -218,11 +223,14 @@ fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
         .rev()
         .find(|c| c.1 < 0)
         .map_or(first, |c| c.0);
-    let _ = std::fs::remove_file(&log);
+    if std::env::var_os("GUARD_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&log);
+    }
     Ok(BombRound {
         contained_ms: (last - first) as f64 / 1e6,
         peak: peak as u64,
         refused,
+        by_kernel,
     })
 }
 
@@ -231,8 +239,15 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
     for round in 1..=rounds {
         let r = bomb_round(workspace, round)?;
         eprintln!(
-            "bomb round {round}/{rounds}: contained in {:.0} ms, peak {} alive, pids.max refused {} forks",
-            r.contained_ms, r.peak, r.refused
+            "bomb round {round}/{rounds}: contained in {:.0} ms, peak {} alive, pids.max refused {} forks{}",
+            r.contained_ms,
+            r.peak,
+            r.refused,
+            if r.by_kernel {
+                ", condemned by the kernel's budget first"
+            } else {
+                ""
+            }
         );
         results.push(r);
     }
@@ -246,6 +261,7 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
     let mut ms: Vec<f64> = results.iter().map(|r| r.contained_ms).collect();
     let mut peaks: Vec<f64> = results.iter().map(|r| r.peak as f64).collect();
     let clean = results.iter().filter(|r| r.refused == 0).count();
+    let by_kernel = results.iter().filter(|r| r.by_kernel).count();
     let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!("bash fork bomb, pids.max={BOMB_PIDS_MAX}, {rounds} rounds with --fork-action kill:");
     println!(
@@ -261,12 +277,15 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
     );
     println!("  rounds in which pids.max never refused a fork: {clean}/{rounds} (target: all)");
     println!(
+        "  rounds in which the kernel's fork budget condemned the bomb before the agent acted: {by_kernel}/{rounds}"
+    );
+    println!(
         "  pids.max alone, after 1 s: {alone_current} tasks (the limit), {alone_refused} forks refused, nothing contained"
     );
     println!(
         "{}",
         serde_json::json!({"bench": "fork_bomb", "rounds": rounds, "median_ms": median(&mut ms), "worst_ms": worst(&ms),
-            "median_peak": median(&mut peaks), "worst_peak": worst(&peaks), "clean_rounds": clean,
+            "median_peak": median(&mut peaks), "worst_peak": worst(&peaks), "clean_rounds": clean, "by_kernel": by_kernel,
             "alone_refused": alone_refused, "alone_current": alone_current})
     );
     Ok(())

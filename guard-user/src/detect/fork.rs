@@ -48,7 +48,7 @@ pub struct ForkRules {
 
 impl ForkRules {
     /// Births the window must hold: the rate times the window.
-    fn min_births(&self) -> usize {
+    pub fn min_births(&self) -> usize {
         (self.rate * self.window_ns as f64 / NS as f64)
             .ceil()
             .max(1.0) as usize
@@ -223,6 +223,10 @@ impl ForkDetector {
     /// The armed cgroups, each with its recent births (newest first): the
     /// agent tags the suspected subtree in the kernel then, so that members
     /// born from then on carry the tag whatever happens to the agent.
+    pub fn rules(&self) -> ForkRules {
+        self.rules
+    }
+
     pub fn armed_populations(&self) -> Vec<(CgroupKey, Vec<NodeId>)> {
         self.populations
             .iter()
