@@ -201,6 +201,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         threads: args.threads,
         fork_action: args.fork_action,
         mem_action: args.mem_action,
+        crashloop_action: args.crashloop_action.into(),
         dry_run: args.dry_run,
     };
     let processes = table.len();

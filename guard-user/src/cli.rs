@@ -105,10 +105,17 @@ pub struct Args {
 
     /// Crash-loop rule: alert when the same program, in the same cgroup,
     /// under the same parent, crashes (non-zero exit code or fatal signal)
-    /// this many times within this many seconds. Alerts only: guard does not
-    /// stop a supervisor.
+    /// this many times within this many seconds (see --crashloop-action).
     #[arg(long, value_name = "N/SECS", default_value = "5/60", value_parser = crate::detect::crashloop::parse_rule)]
     pub crashloop: (u32, u64),
+
+    /// What a crash-loop alert leads to: `log`, or `stop`: SIGSTOP the
+    /// supervisor that keeps restarting the program (resume it with
+    /// SIGCONT), only when it is not PID 1, not a service manager (systemd,
+    /// supervisord, runsv, container shims...), not protected and inside
+    /// --cgroup; otherwise the alert says why it was not stopped.
+    #[arg(long, value_enum, default_value_t = CrashLoopAction::Log)]
+    pub crashloop_action: CrashLoopAction,
 
     /// A process that lived longer than this before failing did not crash on
     /// start and does not count toward a crash loop.
@@ -179,6 +186,21 @@ pub struct Args {
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CrashLoopAction {
+    Log,
+    Stop,
+}
+
+impl From<CrashLoopAction> for ActionKind {
+    fn from(a: CrashLoopAction) -> Self {
+        match a {
+            CrashLoopAction::Log => ActionKind::Log,
+            CrashLoopAction::Stop => ActionKind::Stop,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -36,8 +36,28 @@ pub struct Settings {
     pub threads: bool,
     pub fork_action: ActionKind,
     pub mem_action: ActionKind,
+    /// `log` or `stop` (of the restarting supervisor).
+    pub crashloop_action: ActionKind,
     pub dry_run: bool,
 }
+
+/// Supervisors a crash loop never stops, by comm: they run other services
+/// too (PID 1, whatever its name, is protected anyway).
+const SERVICE_MANAGERS: &[&str] = &[
+    "systemd",
+    "init",
+    "supervisord",
+    "s6-supervise",
+    "runsv",
+    "runsvdir",
+    "containerd-shim",
+    "conmon",
+    "tini",
+    "dumb-init",
+    "docker-init",
+    "dockerd",
+    "containerd",
+];
 
 /// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
 const PSI_FULL_PRESSURE: f64 = 10.0;
@@ -928,6 +948,27 @@ impl<W: Write> Pipeline<W> {
         Ok(requests)
     }
 
+    /// Why the supervisor of a crash loop must not be stopped; `None` when
+    /// it may be (see `--crashloop-action`).
+    fn supervisor_spared(&self, supervisor: u32) -> Option<&'static str> {
+        let Some(p) = self.table.get(supervisor) else {
+            return Some("the supervisor is unknown");
+        };
+        let Some(node) = self.table.lineage().get(p.node) else {
+            return Some("the supervisor is unknown");
+        };
+        if let Some(why) = self.protection.why(node) {
+            return Some(why);
+        }
+        let comm = node.comm.to_string();
+        if SERVICE_MANAGERS.contains(&comm.as_str()) {
+            return Some(
+                "the supervisor is a service manager: stopping it would stop everything it runs",
+            );
+        }
+        None
+    }
+
     fn crash_loop_alert(&mut self, l: &CrashLoop) -> io::Result<()> {
         let statuses: Vec<String> = l
             .statuses
@@ -940,6 +981,13 @@ impl<W: Write> Pipeline<W> {
             })
             .collect();
         let supervisor = self.table.get(l.key.supervisor).map(|p| p.comm.to_string());
+        let (action, spared) = match self.settings.crashloop_action {
+            ActionKind::Log => (ActionKind::Log, None),
+            kind => match self.supervisor_spared(l.key.supervisor) {
+                Some(why) => (ActionKind::Log, Some(why)),
+                None => (kind, None),
+            },
+        };
         self.out.record(
             "alert",
             &[
@@ -960,9 +1008,37 @@ impl<W: Write> Pipeline<W> {
                 ("per_minute", json!((l.per_minute * 10.0).round() / 10.0)),
                 ("statuses", json!(statuses)),
                 ("last_pid", json!(l.last_pid)),
-                ("action", json!("log")),
+                ("action", json!(action)),
+                ("not_stopped_because", json!(spared)),
             ],
-        )
+        )?;
+        if action == ActionKind::Log {
+            return Ok(());
+        }
+        let Some(node) = self.table.get(l.key.supervisor).map(|p| p.node) else {
+            return Ok(());
+        };
+        if self.active.contains(&node) {
+            return Ok(());
+        }
+        let request = ActionRequest {
+            detector: "crashloop",
+            rule: "crash_loop",
+            tag: node,
+            kind: action,
+            offender: self.describe_offender(node, 1),
+            members: vec![Member {
+                tgid: l.key.supervisor,
+                born_ns: self.table.lineage().get(node).map_or(0, |n| n.born_ns),
+            }],
+            pool: None,
+        };
+        if self.settings.dry_run {
+            return self.dry_run(&request);
+        }
+        self.active.insert(node);
+        self.pending.push(request);
+        Ok(())
     }
 
     fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {

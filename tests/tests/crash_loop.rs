@@ -97,3 +97,108 @@ fn clean_exits_and_slow_failures_are_no_crash_loop() {
     let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
     assert!(alerts.is_empty(), "{alerts:?}");
 }
+
+/// `--crashloop-action stop` stops the restarting supervisor (a shell loop
+/// in scope): SIGSTOP, so no more restarts, and nothing else is touched.
+#[test]
+fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
+    let cg = TestCgroup::new("crashstop", 64, 256 << 20);
+    let scope = cg
+        .pids_dir()
+        .canonicalize()
+        .expect("dir")
+        .to_string_lossy()
+        .into_owned();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--events",
+        "exec",
+        "--crashloop-action",
+        "stop",
+    ]);
+    let sup = supervisor(&cg, 1000, "fail 3 50");
+    let sup_pid = u64::from(sup.id());
+    let action = agent.wait_for(Duration::from_secs(20), "the stop", |r| {
+        r["kind"] == "action" && r["detector"] == "crashloop"
+    });
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{sup_pid}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').map(|i| s[i + 2..i + 3].to_owned()))
+    };
+    assert_eq!(
+        state().as_deref(),
+        Some("T"),
+        "the supervisor is not stopped"
+    );
+    // No restart after the stop (the program running then may finish).
+    std::thread::sleep(Duration::from_millis(600));
+    let stopped = agent.stop();
+    assert_eq!(state().as_deref(), Some("T"), "the supervisor ran again");
+
+    assert_eq!(num(&action["offender"], "pid"), sup_pid, "{action}");
+    assert_eq!(action["action"], "stop", "{action}");
+    assert_eq!(action["signals"], "SIGSTOP", "{action}");
+    assert_eq!(action["outcome"]["contained"], true, "{action}");
+    let alert = stopped
+        .of_kind("alert")
+        .find(|r| r["detector"] == "crashloop")
+        .expect("alert");
+    assert_eq!(alert["action"], "stop", "{alert}");
+    assert_eq!(num(alert, "crashes"), 5, "{alert}");
+    let action_at = num(&action, "boot_ns");
+    let restarts: Vec<&Value> = stopped
+        .of_kind("exec")
+        .filter(|r| num(r, "boot_ns") > action_at + 100_000_000)
+        .filter(|r| r["comm"] == "guard-workload")
+        .collect();
+    assert!(
+        restarts.is_empty(),
+        "restarted after the stop: {restarts:?}"
+    );
+}
+
+/// A service manager is never stopped: the same loop run by a shell named
+/// `runsv` is only reported, with the reason.
+#[test]
+fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
+    let cg = TestCgroup::new("crashmgr", 64, 256 << 20);
+    let scope = cg
+        .pids_dir()
+        .canonicalize()
+        .expect("dir")
+        .to_string_lossy()
+        .into_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-runsv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let runsv = dir.join("runsv");
+    std::fs::copy("/bin/sh", &runsv).expect("copy sh");
+    let mut agent = Agent::start(&["--cgroup", &scope, "--crashloop-action", "stop"]);
+    let script = format!(
+        "for i in $(seq 1 8); do {} fail 3 50; sleep 0.05; done",
+        workload_bin().display()
+    );
+    let mut sup = cg
+        .command(&runsv)
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawn runsv");
+    let alert = agent.wait_for(Duration::from_secs(20), "the alert", |r| {
+        r["kind"] == "alert" && r["detector"] == "crashloop"
+    });
+    assert!(sup.wait().expect("wait").success(), "runsv was disturbed");
+    let stopped = agent.stop();
+    assert_eq!(alert["supervisor"]["comm"], "runsv", "{alert}");
+    assert_eq!(alert["action"], "log", "{alert}");
+    assert!(
+        alert["not_stopped_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("service manager")),
+        "{alert}"
+    );
+    assert!(stopped.of_kind("action").next().is_none());
+}
