@@ -117,7 +117,7 @@ fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
         "--crashloop-action",
         "stop",
     ]);
-    let sup = supervisor(&cg, 1000, "fail 3 50");
+    let mut sup = supervisor(&cg, 1000, "fail 3 50");
     let sup_pid = u64::from(sup.id());
     let action = agent.wait_for(Duration::from_secs(20), "the stop", |r| {
         r["kind"] == "action" && r["detector"] == "crashloop"
