@@ -157,6 +157,8 @@ fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
         restarts.is_empty(),
         "restarted after the stop: {restarts:?}"
     );
+    cg.kill_all();
+    let _ = sup.wait();
 }
 
 /// A service manager is never stopped: the same loop run by a shell named
