@@ -17,6 +17,21 @@ fn pids_of<'a>(records: impl Iterator<Item = &'a Value>) -> BTreeSet<u64> {
     records.map(|r| num(r, "pid")).collect()
 }
 
+/// `n` shells in `cg`, each writing a file of its own on the (frozen) `fs`.
+fn spawn_writers(fs: &FrozenFs, cg: &TestCgroup, n: usize) -> Vec<Child> {
+    (0..n)
+        .map(|i| {
+            let target = fs.mount.join(format!("file{i}"));
+            cg.command("/bin/sh")
+                .arg("-c")
+                .arg(format!("echo blocked > {}", target.display()))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn writer")
+        })
+        .collect()
+}
+
 #[test]
 fn a_storm_of_writers_on_a_frozen_fs_is_reported_within_threshold_plus_one_second() {
     let panic_on_hang =
@@ -46,17 +61,7 @@ fn a_storm_of_writers_on_a_frozen_fs_is_reported_within_threshold_plus_one_secon
         &WRITERS.to_string(),
     ]);
     fs.freeze();
-    let writers: Vec<Child> = (0..WRITERS)
-        .map(|i| {
-            let target = fs.mount.join(format!("file{i}"));
-            cg.command("/bin/sh")
-                .arg("-c")
-                .arg(format!("echo blocked > {}", target.display()))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn writer")
-        })
-        .collect();
+    let writers = spawn_writers(&fs, &cg, WRITERS);
     let writer_pids: BTreeSet<u64> = writers.iter().map(|w| u64::from(w.id())).collect();
 
     let storm = agent.wait_for(Duration::from_secs(20), "storm alert", |r| {
@@ -303,17 +308,7 @@ fn a_storm_under_memory_pressure_names_the_memory_runaway() {
         r["kind"] == "alert" && r["rule"] == "memory_headroom"
     });
     fs.freeze();
-    let writers: Vec<Child> = (0..10)
-        .map(|i| {
-            let target = fs.mount.join(format!("file{i}"));
-            cg.command("/bin/sh")
-                .arg("-c")
-                .arg(format!("echo blocked > {}", target.display()))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn writer")
-        })
-        .collect();
+    let writers = spawn_writers(&fs, &cg, 10);
     let storm = agent.wait_for(Duration::from_secs(10), "storm alert", |r| {
         r["kind"] == "alert" && r["rule"] == "blocked_storm"
     });

@@ -6,13 +6,32 @@ use std::time::Duration;
 use guard_tests::{Agent, TestCgroup, num, workload_bin};
 use serde_json::Value;
 
+/// The test cgroup's pids directory, as guard names it.
+fn scope_of(cg: &TestCgroup) -> String {
+    cg.pids_dir()
+        .canonicalize()
+        .expect("dir")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A shell that restarts `guard-workload ARGS` `times` times, 50 ms apart.
 fn supervisor(cg: &TestCgroup, times: u32, args: &str) -> std::process::Child {
+    supervisor_as(cg, std::path::Path::new("/bin/sh"), times, args)
+}
+
+/// The same loop, run by `shell`.
+fn supervisor_as(
+    cg: &TestCgroup,
+    shell: &std::path::Path,
+    times: u32,
+    args: &str,
+) -> std::process::Child {
     let script = format!(
         "for i in $(seq 1 {times}); do {} {args}; sleep 0.05; done",
         workload_bin().display()
     );
-    cg.command("/bin/sh")
+    cg.command(shell)
         .args(["-c", &script])
         .spawn()
         .expect("spawn the supervisor")
@@ -21,12 +40,7 @@ fn supervisor(cg: &TestCgroup, times: u32, args: &str) -> std::process::Child {
 #[test]
 fn a_restart_loop_of_a_crashing_program_is_flagged_at_the_nth_crash() {
     let cg = TestCgroup::new("crashloop", 64, 256 << 20);
-    let scope = cg
-        .pids_dir()
-        .canonicalize()
-        .expect("dir")
-        .to_string_lossy()
-        .into_owned();
+    let scope = scope_of(&cg);
     let mut agent = Agent::start(&[
         "--cgroup",
         &scope,
@@ -103,12 +117,7 @@ fn clean_exits_and_slow_failures_are_no_crash_loop() {
 #[test]
 fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
     let cg = TestCgroup::new("crashstop", 64, 256 << 20);
-    let scope = cg
-        .pids_dir()
-        .canonicalize()
-        .expect("dir")
-        .to_string_lossy()
-        .into_owned();
+    let scope = scope_of(&cg);
     let mut agent = Agent::start(&[
         "--cgroup",
         &scope,
@@ -166,12 +175,7 @@ fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
 #[test]
 fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
     let cg = TestCgroup::new("crashmgr", 64, 256 << 20);
-    let scope = cg
-        .pids_dir()
-        .canonicalize()
-        .expect("dir")
-        .to_string_lossy()
-        .into_owned();
+    let scope = scope_of(&cg);
     let dir = std::env::temp_dir().join(format!("guard-test-runsv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let _cleanup = guard_tests::Defer(|| {
@@ -180,15 +184,7 @@ fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
     let runsv = dir.join("runsv");
     std::fs::copy("/bin/sh", &runsv).expect("copy sh");
     let mut agent = Agent::start(&["--cgroup", &scope, "--crashloop-action", "stop"]);
-    let script = format!(
-        "for i in $(seq 1 8); do {} fail 3 50; sleep 0.05; done",
-        workload_bin().display()
-    );
-    let mut sup = cg
-        .command(&runsv)
-        .args(["-c", &script])
-        .spawn()
-        .expect("spawn runsv");
+    let mut sup = supervisor_as(&cg, &runsv, 8, "fail 3 50");
     let alert = agent.wait_for(Duration::from_secs(20), "the alert", |r| {
         r["kind"] == "alert" && r["detector"] == "crashloop"
     });

@@ -67,21 +67,10 @@ fn start_bomb(cg: &TestCgroup, script: &str) {
         .expect("start the bomb");
 }
 
-/// A process that forks every 100 ms, as a service in the same cgroup would.
+/// A process that forks every 100 ms, as a service in the same cgroup would
+/// (a fork refused by pids.max is retried at the next tick, not fatal).
 fn bystander(cg: &TestCgroup) -> Child {
-    let mut child = cg
-        .command("/bin/sh")
-        .args(["-c", "echo ready; while :; do /bin/true; sleep 0.1; done"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the bystander");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("bystander ready");
-    child
+    cg.spawn_ready(&["service", "100"])
 }
 
 #[test]

@@ -23,6 +23,22 @@ fn memory_scope(cg: &TestCgroup) -> String {
         .into_owned()
 }
 
+/// A file path on disk (the workspace's target dir, not tmpfs), removed
+/// when the returned guard drops.
+fn disk_file(name: &str) -> (std::path::PathBuf, guard_tests::Defer<impl FnMut()>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../target/guard-test-{name}-{}",
+        std::process::id()
+    ));
+    let remove = path.clone();
+    (
+        path,
+        guard_tests::Defer(move || {
+            let _ = std::fs::remove_file(&remove);
+        }),
+    )
+}
+
 /// v1 `memory.oom_control`'s `oom_kill` (v2: `memory.events`).
 fn oom_kills(cg: &TestCgroup) -> u64 {
     ["memory.oom_control", "memory.events"]
@@ -160,11 +176,7 @@ fn reading_a_large_file_grows_page_cache_and_raises_nothing() {
     let scope = memory_scope(&cg);
     // 1.5 GiB on disk (the workspace's target dir, not tmpfs), out of the
     // page cache before the read so that the reader's cgroup is charged.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/guard-test-cache-{}", std::process::id()));
-    let _remove = guard_tests::Defer(|| {
-        let _ = std::fs::remove_file(&path);
-    });
+    let (path, _remove) = disk_file("cache");
     {
         use std::io::Write as _;
         let mut f = std::fs::File::create(&path).expect("create file");
@@ -247,11 +259,7 @@ fn rss_steps_of_a_process_growing_512_mib() {
 fn a_writer_through_a_small_memcg_stalls_in_reclaim_and_raises_nothing() {
     let cg = TestCgroup::new("memwrite", 16, 64 * MIB);
     let scope = memory_scope(&cg);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/guard-test-write-{}", std::process::id()));
-    let _remove = guard_tests::Defer(|| {
-        let _ = std::fs::remove_file(&path);
-    });
+    let (path, _remove) = disk_file("write");
     let agent = Agent::start(&[
         "--cgroup",
         &scope,

@@ -112,12 +112,17 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn fork_rate(cg: &TestCgroup) -> Result<f64> {
+    workload_rate(cg, &["forks", FORKS])
+}
+
+/// Runs the workload helper and returns the `per_sec` it printed.
+fn workload_rate(cg: &TestCgroup, args: &[&str]) -> Result<f64> {
     let out = cg
-        .workload(&["forks", FORKS])
+        .workload(args)
         .output()
-        .context("running guard-workload")?;
+        .with_context(|| format!("running guard-workload {args:?}"))?;
     if !out.status.success() {
-        bail!("guard-workload failed: {}", out.status);
+        bail!("guard-workload {args:?} failed: {}", out.status);
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("workload output")?;
     v["per_sec"]
@@ -294,17 +299,7 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
 const ROUND_TRIPS: &str = "200000";
 
 fn ping_pong(cg: &TestCgroup) -> Result<f64> {
-    let out = cg
-        .workload(&["pingpong", ROUND_TRIPS])
-        .output()
-        .context("running guard-workload pingpong")?;
-    if !out.status.success() {
-        bail!("guard-workload pingpong failed: {}", out.status);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("workload output")?;
-    v["per_sec"]
-        .as_f64()
-        .context("no per_sec in workload output")
+    workload_rate(cg, &["pingpong", ROUND_TRIPS])
 }
 
 fn ctx_switch_bench(workspace: &Path, rounds: u32) -> Result<()> {

@@ -7,6 +7,9 @@
 //!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
 //!   grow RATE MIB [SECS] print a line, then allocate and touch MIB MiB at
 //!                        RATE MiB/s (0: as fast as it can), then hold it
+//!   service MS           print a line, then fork a child that _exits every
+//!                        MS ms, forever; a failed fork is retried at the
+//!                        next tick (as a service would), never fatal
 //!   exit CODE            exit with CODE
 //!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
@@ -26,7 +29,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -160,6 +163,23 @@ fn main() {
             );
             std::thread::sleep(Duration::from_secs(hold));
             std::hint::black_box(&blocks);
+        }
+        Some("service") => {
+            let ms: u64 = arg(&args, 2, "MS");
+            println!("{{\"pid\":{pid}}}");
+            loop {
+                // SAFETY: fork has no memory preconditions; the child only
+                // calls _exit.
+                match unsafe { libc::fork() } {
+                    // SAFETY: async-signal-safe exit of the child.
+                    0 => unsafe { libc::_exit(0) },
+                    child if child > 0 => {
+                        wait_child(child);
+                    }
+                    _ => eprintln!("fork: {}", std::io::Error::last_os_error()),
+                }
+                std::thread::sleep(Duration::from_millis(ms));
+            }
         }
         Some("exit") => {
             let code: i32 = arg(&args, 2, "CODE");
