@@ -540,8 +540,15 @@ impl<W: Write> Pipeline<W> {
             if &*pool == HOST {
                 continue;
             }
-            if let Some(usage) = observe::memcg_usage(&pool) {
-                self.detectors.memory.sample(now, &pool, usage);
+            match observe::memcg_usage(&pool) {
+                Some(usage) => self.detectors.memory.sample(now, &pool, usage),
+                None if !std::path::Path::new(&*pool).exists() => {
+                    // Removed: forget it, and the directories that led to it.
+                    self.detectors.memory.remove_pool(&pool);
+                    self.pool_of_dir
+                        .retain(|_, to| to.as_deref() != Some(&*pool));
+                }
+                None => {}
             }
         }
         if let Some(host) = observe::host_memory() {

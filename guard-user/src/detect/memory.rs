@@ -154,6 +154,12 @@ impl MemoryDetector {
         }
     }
 
+    /// Forgets a pool that can no longer be read (its cgroup was removed):
+    /// its last readings must not raise alerts.
+    pub fn remove_pool(&mut self, pool: &str) {
+        self.pools.remove(pool);
+    }
+
     /// A process's anon + shmem from an `rss` record; `from_zero` when it
     /// grew out of the first step (its growth is then counted from 0 the
     /// first time it is seen).
@@ -465,6 +471,17 @@ mod tests {
         assert_eq!((pool.clone(), u.unreclaimable), (b.clone(), 900 * MIB));
         assert_eq!(growers[0].tgid, 2);
         assert_eq!(d.near_limit(), vec![(b, 900.0 * 100.0 / 1024.0)]);
+    }
+
+    #[test]
+    fn a_removed_pool_raises_nothing_more() {
+        let mut d = MemoryDetector::new(rules());
+        let p = pool();
+        d.sample(0, &p, usage(500 * MIB));
+        d.sample(30 * MS, &p, usage(900 * MIB));
+        d.remove_pool(&p);
+        assert!(d.check(3_000 * MS).is_empty());
+        assert!(d.pools().is_empty());
     }
 
     #[test]
