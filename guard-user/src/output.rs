@@ -82,6 +82,9 @@ pub struct Context<'a> {
     /// hung_task events: how long before khungtaskd guard reported the same
     /// task as blocked.
     pub lead_ns: Option<u64>,
+    /// oom_kill events: the victim's memory cgroup (its memory-hierarchy
+    /// directory, whatever hierarchy `cgroup` shows).
+    pub memory_cgroup: Option<&'a str>,
 }
 
 /// A JSON object written straight into a line buffer.
@@ -469,7 +472,8 @@ impl<W: Write> Output<W> {
                     .opt_num("oom_score_adj", k.oom_score_adj)
                     .opt_num("uid", k.uid)
                     .num("trigger_pid", k.trigger_pid)
-                    .num("trigger_tgid", k.trigger_tgid);
+                    .num("trigger_tgid", k.trigger_tgid)
+                    .opt_str("memory_cgroup", ctx.memory_cgroup);
             }
             Event::HungTask(_) => {
                 o.opt_num("guard_lead_ms", ctx.lead_ns.map(|ns| ns / 1_000_000));
@@ -691,6 +695,7 @@ mod tests {
             cgroup: Some("/sys/fs/cgroup/pids/svc"),
             age_ns: Some(50_000_000),
             lead_ns: None,
+            memory_cgroup: None,
         }
     }
 

@@ -463,6 +463,12 @@ impl<W: Write> Pipeline<W> {
                 }
                 _ => None,
             },
+            memory_cgroup: match (event, self.mem_index) {
+                (Event::OomKill(_), Some(index)) => {
+                    subject.as_ref().and_then(|p| p.cgroup(index)).map(|c| &**c)
+                }
+                _ => None,
+            },
             lead_ns: match event {
                 Event::HungTask(h) => self
                     .detectors

@@ -35,6 +35,7 @@ fn oom_kill_names_the_victim_its_rss_and_cgroup() {
     assert_eq!(num(oom, "pid"), hog_pid, "{oom}");
     assert_eq!(oom["comm"], "guard-workload", "{oom}");
     assert_eq!(oom["cgroup"], memory.as_str(), "{oom}");
+    assert_eq!(oom["memory_cgroup"], memory.as_str(), "{oom}");
     // The victim's anonymous memory is what filled the limit.
     let anon = num(oom, "anon_rss_kb");
     assert!(
