@@ -611,7 +611,8 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
     let (file, anon, swap, shmem) = (pages(0)?, pages(1)?, pages(2)?, pages(3)?);
     let step = ((file + anon + shmem) / step_pages) as u32;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     // A plain u32 with a sentinel, read through a volatile load: the
     // compiler would otherwise build the Option by OR-ing the map value
     // pointer into a register, which the verifier refuses.
@@ -629,7 +630,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let page = u64::from(config!(memory.page_size));
     let record = RssEvent {
         header: header(EventKind::Rss),
-        pid: bpf_get_current_pid_tgid() as u32,
+        pid: pid_tgid as u32,
         tgid,
         step,
         previous_step: previous,

@@ -137,15 +137,17 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(OBJECT)
         .context("loading guard's eBPF object")?;
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").context("DROPS map missing")?)?;
-    let lineage = ebpf.take_map("LINEAGE").context("LINEAGE map missing")?;
-    let condemned = ebpf
-        .take_map("CONDEMNED")
-        .context("CONDEMNED map missing")?;
-    let budgets = ebpf.take_map("BUDGETS").context("BUDGETS map missing")?;
-    let blocked = ebpf.take_map("BLOCKED").context("BLOCKED map missing")?;
-    let reported = ebpf.take_map("REPORTED").context("REPORTED map missing")?;
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("{name} map missing from the object"))
+    };
+    let ring = RingBuf::try_from(take("EVENTS")?)?;
+    let drops = PerCpuArray::try_from(take("DROPS")?)?;
+    let lineage = take("LINEAGE")?;
+    let condemned = take("CONDEMNED")?;
+    let budgets = take("BUDGETS")?;
+    let blocked = take("BLOCKED")?;
+    let reported = take("REPORTED")?;
     Ok((
         Loaded { ebpf, probes },
         Maps {

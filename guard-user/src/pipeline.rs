@@ -22,7 +22,7 @@ use crate::{
         blocked::{BlockedTask, BlockedVerdict},
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
-        memory::{HOST, MemoryVerdict, PoolKey},
+        memory::{Grower, HOST, MemoryVerdict, PoolKey},
     },
     observe,
     output::{Context, Output, WallClock, human_duration},
@@ -511,11 +511,10 @@ impl<W: Write> Pipeline<W> {
                 if !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups) =>
             {
                 let pool = self.pool_of(&p.cgroups);
-                let node = p.node;
                 self.detectors.memory.rss(
                     r.boot_ns,
                     r.tgid,
-                    node,
+                    p.node,
                     pool.clone(),
                     r.unreclaimable_bytes(),
                     r.previous_step.is_none_or(|step| step == 0),
@@ -594,42 +593,79 @@ impl<W: Write> Pipeline<W> {
     /// action of the memory detector's policy.
     fn storm_runaway(&self, now: u64) -> Option<ActionRequest> {
         let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
+        let mut request = self.memory_request(
+            "blocked",
+            "blocked_storm",
+            &pool,
+            usage.unreclaimable,
+            &growers,
+        )?;
+        if let Some(o) = request.offender.as_object_mut() {
+            o.insert("memory_cgroup".into(), json!(&*pool));
+        }
+        Some(request)
+    }
+
+    /// Queues an action on one process (a memory offender, a crash loop's
+    /// supervisor) for the next `check`, or prints it under --dry-run; once
+    /// per offender at a time. Only that process is tagged (and what it
+    /// forks from now on), not its subtree.
+    fn queue(&mut self, request: ActionRequest) -> io::Result<()> {
+        if request.kind == ActionKind::Log || self.active.contains(&request.tag) {
+            return Ok(());
+        }
+        if self.settings.dry_run {
+            return self.dry_run(&request);
+        }
+        self.active.insert(request.tag);
+        self.pending.push(request);
+        Ok(())
+    }
+
+    /// The first alive, unprotected process among a pool's growers, as an
+    /// action of the memory detector's policy.
+    fn memory_request(
+        &self,
+        detector: &'static str,
+        rule: &'static str,
+        pool: &PoolKey,
+        usage: u64,
+        growers: &[Grower],
+    ) -> Option<ActionRequest> {
         let lineage = self.table.lineage();
-        let g = growers.iter().find(|g| {
-            lineage
-                .get(g.node)
-                .is_some_and(|n| n.alive && self.protection.why(n).is_none())
+        let (g, node) = growers.iter().find_map(|g| {
+            let n = lineage.get(g.node)?;
+            (n.alive && self.protection.why(n).is_none()).then_some((g, n))
         })?;
         let mut described = self.describe_offender(g.node, 1);
         if let Some(o) = described.as_object_mut() {
             o.remove("subtree_size");
             o.insert("growth_bytes".into(), json!(g.growth));
             o.insert("resident_bytes".into(), json!(g.resident));
-            o.insert("memory_cgroup".into(), json!(&*pool));
         }
         Some(ActionRequest {
-            detector: "blocked",
-            rule: "blocked_storm",
+            detector,
+            rule,
             tag: g.node,
             kind: self.settings.mem_action,
             offender: described,
             members: vec![Member {
                 tgid: g.tgid,
-                born_ns: lineage.get(g.node).map_or(0, |n| n.born_ns),
+                born_ns: node.born_ns,
             }],
-            pool: Some((pool, usage.unreclaimable)),
+            pool: Some((pool.clone(), usage)),
         })
     }
 
-    /// Writes a memory alert; returns the action it leads to.
-    fn memory_alert(&mut self, v: &MemoryVerdict) -> io::Result<Option<ActionRequest>> {
-        let lineage = self.table.lineage();
-        let protection = &self.protection;
-        let offender = v.growers.iter().find(|g| {
-            lineage
-                .get(g.node)
-                .is_some_and(|n| n.alive && protection.why(n).is_none())
-        });
+    /// Writes a memory alert and queues the action it leads to.
+    fn memory_alert(&mut self, v: &MemoryVerdict) -> io::Result<()> {
+        let request = self.memory_request(
+            "memory",
+            v.rule.name(),
+            &v.pool,
+            v.usage.unreclaimable,
+            &v.growers,
+        );
         let limit = v.usage.limit.max(1);
         let mut fields = vec![
             ("detector", json!("memory")),
@@ -651,37 +687,15 @@ impl<W: Write> Pipeline<W> {
                 json!(v.eta_ns.map(|e| (e as f64 / 1e8).round() / 10.0)),
             ),
         ];
-        let Some(g) = offender else {
+        let Some(request) = request else {
             fields.push(("offender", Value::Null));
             fields.push(("note", json!("no unprotected process grew in this pool")));
-            self.out.record("alert", &fields)?;
-            return Ok(None);
+            return self.out.record("alert", &fields);
         };
-        let mut described = self.describe_offender(g.node, 1);
-        if let Some(o) = described.as_object_mut() {
-            o.remove("subtree_size");
-            o.insert("growth_bytes".into(), json!(g.growth));
-            o.insert("resident_bytes".into(), json!(g.resident));
-        }
-        fields.push(("offender", described.clone()));
-        fields.push(("action", json!(self.settings.mem_action)));
+        fields.push(("offender", request.offender.clone()));
+        fields.push(("action", json!(request.kind)));
         self.out.record("alert", &fields)?;
-        if self.settings.mem_action == ActionKind::Log || self.active.contains(&g.node) {
-            return Ok(None);
-        }
-        let born_ns = lineage.get(g.node).map_or(0, |n| n.born_ns);
-        Ok(Some(ActionRequest {
-            detector: "memory",
-            rule: v.rule.name(),
-            tag: g.node,
-            kind: self.settings.mem_action,
-            offender: described,
-            members: vec![Member {
-                tgid: g.tgid,
-                born_ns,
-            }],
-            pool: Some((v.pool.clone(), v.usage.unreclaimable)),
-        }))
+        self.queue(request)
     }
 
     /// Feeds the trend rule: pids.current and pids.max of every populated
@@ -822,14 +836,7 @@ impl<W: Write> Pipeline<W> {
                         fields.push(("action", json!(request.kind)));
                         fields.push(("note", json!(note)));
                         self.out.record("alert", &fields)?;
-                        if request.kind != ActionKind::Log && !self.active.contains(&request.tag) {
-                            if self.settings.dry_run {
-                                self.dry_run(&request)?;
-                            } else {
-                                self.active.insert(request.tag);
-                                self.pending.push(request);
-                            }
-                        }
+                        self.queue(request)?;
                     }
                     None => {
                         fields.push(("offender", Value::Null));
@@ -860,7 +867,7 @@ impl<W: Write> Pipeline<W> {
     pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
         self.watch_armed();
         self.detectors.crashloop.prune(now);
-        let mut requests = std::mem::take(&mut self.pending);
+        let mut requests = Vec::new();
         for verdict in self.detectors.fork.check(now) {
             let (rule, cgroup, recent, mut figures) = match &verdict {
                 ForkVerdict::Explosion {
@@ -945,18 +952,9 @@ impl<W: Write> Pipeline<W> {
             }
         }
         for verdict in self.detectors.memory.check(now) {
-            let Some(request) = self.memory_alert(&verdict)? else {
-                continue;
-            };
-            if self.settings.dry_run {
-                self.dry_run(&request)?;
-            } else {
-                // Only the offender (and what it forks from now on): not
-                // its whole subtree.
-                self.active.insert(request.tag);
-                requests.push(request);
-            }
+            self.memory_alert(&verdict)?;
         }
+        requests.append(&mut self.pending);
         self.out.flush()?;
         Ok(requests)
     }
@@ -1031,9 +1029,6 @@ impl<W: Write> Pipeline<W> {
         let Some(node) = self.table.get(l.key.supervisor).map(|p| p.node) else {
             return Ok(());
         };
-        if self.active.contains(&node) {
-            return Ok(());
-        }
         let request = ActionRequest {
             detector: "crashloop",
             rule: "crash_loop",
@@ -1046,12 +1041,7 @@ impl<W: Write> Pipeline<W> {
             }],
             pool: None,
         };
-        if self.settings.dry_run {
-            return self.dry_run(&request);
-        }
-        self.active.insert(node);
-        self.pending.push(request);
-        Ok(())
+        self.queue(request)
     }
 
     fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {
