@@ -33,10 +33,11 @@ pub enum EventKind {
     Unblocked = 7,
     Rss = 8,
     ReclaimStall = 9,
+    Condemned = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Fork,
         EventKind::Exec,
         EventKind::Exit,
@@ -46,6 +47,7 @@ impl EventKind {
         EventKind::Unblocked,
         EventKind::Rss,
         EventKind::ReclaimStall,
+        EventKind::Condemned,
     ];
 
     /// The name used on the command line and in the `kind` field of the output.
@@ -60,6 +62,7 @@ impl EventKind {
             EventKind::Unblocked => "unblocked",
             EventKind::Rss => "rss",
             EventKind::ReclaimStall => "reclaim_stall",
+            EventKind::Condemned => "condemned",
         }
     }
 }
@@ -81,6 +84,7 @@ impl TryFrom<u32> for EventKind {
             7 => EventKind::Unblocked,
             8 => EventKind::Rss,
             9 => EventKind::ReclaimStall,
+            10 => EventKind::Condemned,
             other => return Err(UnknownKind(other)),
         })
     }
@@ -119,6 +123,50 @@ pub struct ForkEvent {
     pub child_cgroup_id: u64,
     pub parent_comm: [u8; COMM_LEN],
     pub child_comm: [u8; COMM_LEN],
+}
+
+/// The fork probe condemned a subtree: its births met the explosion rule
+/// (see [`ForkBudget`]). From this record on, its members are signalled as
+/// they fork, and so is each child they leave; the agent signals the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CondemnedEvent {
+    pub header: Header,
+    /// The subtree's lineage tag (see [`auto_tag_root`]).
+    pub tag: u64,
+    /// Births in the window that met the rule.
+    pub births: u64,
+    /// Growth of the live count from its lowest in that window.
+    pub growth: u64,
+    pub window_ns: u64,
+    /// The member whose fork met the rule.
+    pub forker_tgid: u32,
+    /// The signal the tag was condemned with.
+    pub signal: u32,
+}
+
+/// Bit 63 marks a tag the fork probe gave a subtree by itself (at its first
+/// fork in scope): then bits 0–21 are the root's tgid and bits 22–62 the
+/// time it was tagged, in 2^20 ns. The agent's own tags are small numbers.
+pub const AUTO_TAG: u64 = 1 << 63;
+
+/// Bits of an automatic tag holding the root's tgid (pid_max is at most
+/// 2^22).
+pub const AUTO_TAG_TGID_BITS: u32 = 22;
+
+pub const fn auto_tag(root_tgid: u32, now_ns: u64) -> u64 {
+    let tgid_mask = (1u64 << AUTO_TAG_TGID_BITS) - 1;
+    AUTO_TAG
+        | (((now_ns >> 20) << AUTO_TAG_TGID_BITS) & !AUTO_TAG & !tgid_mask)
+        | (root_tgid as u64 & tgid_mask)
+}
+
+/// The root tgid of an automatic tag; `None` for the agent's tags.
+pub const fn auto_tag_root(tag: u64) -> Option<u32> {
+    if tag & AUTO_TAG == 0 {
+        return None;
+    }
+    Some((tag & ((1u64 << AUTO_TAG_TGID_BITS) - 1)) as u32)
 }
 
 /// `sched_process_exec`: a task replaced its program.
@@ -431,6 +479,52 @@ pub struct MemoryProbe {
 /// for four counters of up to 40 bytes each.
 pub const RSS_STAT_WORDS: usize = 20;
 
+/// The fork guard's kernel side: which processes the fork probe tags by
+/// itself, how it finds a task's cgroup in the scope's hierarchy, and the
+/// explosion rule it applies to each tagged subtree (see `ForkBudget`).
+/// 8 + 10 × 4 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkGuardConfig {
+    pub window_ns: u64,
+    /// 1: tag each process subtree in scope at its first fork, and apply the
+    /// rule to it. 0: only subtrees the agent tags are watched.
+    pub enabled: u32,
+    /// 1: no `--cgroup`: every cgroup is in scope (unless the `SCOPE` map
+    /// says it is protected).
+    pub all_cgroups: u32,
+    /// `css_set.subsys[]` index of the scope hierarchy's controller (v1),
+    /// or [`ABSENT`]: the task's v2 cgroup (`css_set.dfl_cgrp`).
+    pub subsys_index: u32,
+    /// `css_set.subsys`.
+    pub css_set_subsys: u32,
+    /// `cgroup_subsys_state.cgroup`.
+    pub css_cgroup: u32,
+    /// `cgroup_subsys_state.parent`.
+    pub css_parent: u32,
+    /// `cgroup.self` (the cgroup's own `cgroup_subsys_state`).
+    pub cgroup_self: u32,
+    pub max_births: u32,
+    pub min_growth: u32,
+    /// SIGKILL or SIGSTOP.
+    pub signal: u32,
+}
+
+/// Values of the `SCOPE` map (cgroup kernfs id → verdict). The fork probe
+/// walks up from a task's cgroup; the first listed one decides.
+pub const SCOPE_IN: u32 = 1;
+pub const SCOPE_PROTECTED: u32 = 2;
+/// Cached verdict: neither (outside the scope).
+pub const SCOPE_OUT: u32 = 3;
+/// Levels of cgroup ancestry the fork probe walks.
+pub const SCOPE_MAX_DEPTH: u32 = 16;
+/// Capacities of the `SCOPE`, `SCOPE_CACHE`, `PROTECTED_PIDS` and
+/// `PROTECTED_COMMS` maps.
+pub const SCOPE_ENTRIES: u32 = 256;
+pub const SCOPE_CACHE_ENTRIES: u32 = 4096;
+pub const PROTECTED_PID_ENTRIES: u32 = 1024;
+pub const PROTECTED_COMM_ENTRIES: u32 = 256;
+
 /// Everything per-kernel the programs need, as one read-only global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -438,6 +532,7 @@ pub struct ProbeConfig {
     pub task: TaskOffsets,
     pub mark_victim: MarkVictimLayout,
     pub memory: MemoryProbe,
+    pub fork_guard: ForkGuardConfig,
 }
 
 impl ProbeConfig {
@@ -473,6 +568,19 @@ impl ProbeConfig {
             rss_step_pages: 0,
             reclaim_stall_us: 0,
             reserved: 0,
+        },
+        fork_guard: ForkGuardConfig {
+            window_ns: 0,
+            enabled: 0,
+            all_cgroups: 0,
+            subsys_index: ABSENT,
+            css_set_subsys: 0,
+            css_cgroup: 0,
+            css_parent: 0,
+            cgroup_self: 0,
+            max_births: 0,
+            min_growth: 0,
+            signal: 0,
         },
     };
 }
@@ -517,8 +625,17 @@ pub struct ForkBudget {
     pub reserved: u32,
 }
 
-/// Capacity of the `BUDGETS` map.
-pub const BUDGET_ENTRIES: u32 = 256;
+/// Capacity of the `BUDGETS` map (least recently used entries go first:
+/// the fork probe makes one per subtree it tags).
+pub const BUDGET_ENTRIES: u32 = 16384;
+
+/// The one kfunc call in guard's programs, `bpf_send_signal_task` (6.13+),
+/// is written as raw instruction bytes (aya 0.14 cannot relocate extern
+/// kfunc symbols): a call (code 0x85) with src_reg 2 (`BPF_PSEUDO_KFUNC_CALL`)
+/// and this marker as its immediate. The loader replaces the marker with the
+/// kfunc's BTF id, or the whole instruction with `r0 = 0` on kernels without
+/// the kfunc. These are the instruction's 8 bytes, little-endian.
+pub const KFUNC_SIGNAL_TASK_CALL: [u8; 8] = [0x85, 0x20, 0x00, 0x00, 0x6b, 0x66, 0x6e, 0x63];
 
 /// Capacity of the `CONDEMNED` map (tag → signal).
 pub const CONDEMNED_ENTRIES: u32 = 256;
@@ -572,6 +689,15 @@ mod layout {
         assert_eq!(size_of::<MemoryProbe>(), 8 * 4);
         assert_eq!(size_of::<ForkBudget>(), 5 * 8 + 4 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
+        assert_eq!(size_of::<CondemnedEvent>(), 16 + 4 * 8 + 2 * 4);
+        assert_eq!(size_of::<ForkGuardConfig>(), 8 + 10 * 4);
+        assert_eq!(
+            size_of::<ProbeConfig>(),
+            size_of::<TaskOffsets>()
+                + size_of::<MarkVictimLayout>()
+                + size_of::<MemoryProbe>()
+                + size_of::<ForkGuardConfig>()
+        );
     }
 
     #[test]
@@ -598,6 +724,16 @@ mod layout {
             assert!((kind as u32) < KIND_SLOTS);
         }
         assert_eq!(EventKind::try_from(0), Err(UnknownKind(0)));
-        assert_eq!(EventKind::try_from(10), Err(UnknownKind(10)));
+        assert_eq!(EventKind::try_from(11), Err(UnknownKind(11)));
+    }
+
+    #[test]
+    fn auto_tags_carry_their_root() {
+        let tag = auto_tag(4_194_303, 123_456_789_000);
+        assert_eq!(auto_tag_root(tag), Some(4_194_303));
+        assert_ne!(tag & AUTO_TAG, 0);
+        assert_eq!(auto_tag_root(auto_tag(77, u64::MAX)), Some(77));
+        assert_ne!(auto_tag(77, 1 << 30), auto_tag(77, 2 << 30));
+        assert_eq!(auto_tag_root(4242), None);
     }
 }

@@ -11,6 +11,9 @@
 // fetch_add; the intrinsic lowers to BPF's atomic add instruction.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic add on the BPF target (see above)")]
+// Inline assembly encodes the one kfunc call (see `kill_task`): aya 0.14
+// cannot relocate extern kfunc symbols.
+#![feature(asm_experimental_arch)]
 
 use core::{
     ffi::c_void,
@@ -20,22 +23,24 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         generated::{bpf_probe_read_kernel_str, bpf_send_signal},
     },
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use guard_common::{
     ABSENT, BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES,
-    CgroupAttachEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent, ExitEvent, ForkBudget,
-    ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES, OCCUPANCY_SLOTS, OomKillEvent,
-    PATH_LEN, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES, RSS_STAT_WORDS,
-    ReclaimStallEvent, RssEvent, TRACKING_FULL_SLOT, UnblockedEvent, occupancy_slot, oom_field,
-    task_state,
+    CgroupAttachEvent, CondemnedEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent,
+    ExitEvent, ForkBudget, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES,
+    OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN, PROTECTED_COMM_ENTRIES, PROTECTED_PID_ENTRIES,
+    ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES, RSS_STAT_WORDS, ReclaimStallEvent,
+    RssEvent, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES, SCOPE_IN, SCOPE_MAX_DEPTH, SCOPE_OUT,
+    TRACKING_FULL_SLOT, UnblockedEvent, auto_tag, occupancy_slot, oom_field, task_state,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -90,8 +95,31 @@ static RSS_STEP: HashMap<u32, u32> = HashMap::with_max_entries(RSS_ENTRIES, 0);
 static RECLAIM_BEGIN: HashMap<u32, u64> = HashMap::with_max_entries(RECLAIM_ENTRIES, 0);
 
 /// Fork budgets of watched subtrees: tag → budget (see `ForkBudget`).
+/// Least recently used first out: the fork probe makes one per subtree it
+/// tags, and nothing removes those.
 #[map]
-static BUDGETS: HashMap<u64, ForkBudget> = HashMap::with_max_entries(BUDGET_ENTRIES, 0);
+static BUDGETS: LruHashMap<u64, ForkBudget> = LruHashMap::with_max_entries(BUDGET_ENTRIES, 0);
+
+/// The fork guard's scope: cgroup kernfs id → `SCOPE_IN` (a `--cgroup`) or
+/// `SCOPE_PROTECTED` (a `--protect`ed cgroup), in the scope's hierarchy.
+/// Filled by the agent before the probes attach.
+#[map]
+static SCOPE: HashMap<u64, u32> = HashMap::with_max_entries(SCOPE_ENTRIES, 0);
+
+/// Verdicts of `scope_verdict` per cgroup id.
+#[map]
+static SCOPE_CACHE: LruHashMap<u64, u32> = LruHashMap::with_max_entries(SCOPE_CACHE_ENTRIES, 0);
+
+/// tgids the fork probe never tags or signals: guard, its ancestors, and
+/// `--protect`ed pids. Filled by the agent before the probes attach.
+#[map]
+static PROTECTED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(PROTECTED_PID_ENTRIES, 0);
+
+/// comms (NUL-padded) the fork probe never tags or signals: `--protect`ed
+/// names.
+#[map]
+static PROTECTED_COMMS: HashMap<[u8; COMM_LEN], u32> =
+    HashMap::with_max_entries(PROTECTED_COMM_ENTRIES, 0);
 
 /// Error value of the `try_` functions: the program's return value, which the
 /// kernel ignores for tracepoints.
@@ -209,19 +237,25 @@ fn task_cgroup_v2_id(task: *const u8) -> Result<u64, u32> {
 // *parent, struct task_struct *child), unchanged since 2.6.32: reading the
 // tasks through BTF offsets keeps us off the record layout, which changed in
 // 6.x (comm became `__data_loc char[]`) and never carried the child's tgid.
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     match try_sched_process_fork(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
     let (parent_pid, parent_tgid) = task_ids(parent)?;
     let (child_pid, child_tgid) = task_ids(child)?;
-    enforce_lineage(parent_tgid, child_tgid);
+    let child_flags = read::<u32>(child, config!(task.flags))?;
+    if let Some(signal) = enforce_lineage(parent, child, parent_tgid, child_tgid, child_flags) {
+        // The child `sched_process_fork` hands over, straight from the
+        // context: a trusted pointer, as the kfunc requires.
+        let child: *const c_void = ctx.arg(1);
+        signal_task(child, signal);
+    }
     let record = (|| -> Result<ForkEvent, u32> {
         let value = ForkEvent {
             header: header(EventKind::Fork),
@@ -230,7 +264,7 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
             child_pid,
             child_tgid,
             child_ppid: real_parent_tgid(child).unwrap_or(parent_tgid),
-            child_flags: read::<u32>(child, config!(task.flags))?,
+            child_flags,
             child_cgroup_id: task_cgroup_v2_id(child).unwrap_or(0),
             parent_comm: task_comm(parent)?,
             child_comm: task_comm(child)?,
@@ -240,37 +274,191 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     emit(EventKind::Fork, record)
 }
 
-/// Passes the forker's lineage tag to a new process, counts the birth
-/// against the subtree's budget (condemning it when the budget is spent),
-/// and signals a forker whose tag is condemned. Two hash lookups that miss
-/// on every fork outside a watch or an action.
-fn enforce_lineage(parent_tgid: u32, child_tgid: u32) {
+/// Passes the forker's lineage tag to a new process (tagging the subtree
+/// first when this is its first fork in scope), counts the birth against
+/// the subtree's budget (condemning it when the budget is spent), and
+/// signals a forker whose tag is condemned. Returns the signal the newborn
+/// child must get too: a condemned member that forks dies, and so does the
+/// child it leaves, so the subtree can only shrink. Outside a watched
+/// scope, two hash lookups that miss (and a cached cgroup verdict).
+fn enforce_lineage(
+    parent: *const u8,
+    child: *const u8,
+    parent_tgid: u32,
+    child_tgid: u32,
+    child_flags: u32,
+) -> Option<u32> {
     // SAFETY: the value is copied out at once; entries are plain u64s.
-    let Some(tag) = (unsafe { LINEAGE.get(parent_tgid) }).copied() else {
-        return;
+    let tag = match (unsafe { LINEAGE.get(parent_tgid) }).copied() {
+        Some(tag) => tag,
+        None => tag_subtree(parent, child, parent_tgid, child_tgid, child_flags)?,
     };
     if child_tgid != parent_tgid {
         // A full map only means this child is found by the agent's own
         // sweep instead.
         if LINEAGE.insert(child_tgid, tag, 0).is_ok() {
-            count_birth(tag);
+            count_birth(tag, parent_tgid);
         }
     }
     // SAFETY: as above.
-    if let Some(signal) = (unsafe { CONDEMNED.get(tag) }).copied() {
-        // SAFETY: signals the current task's process; allowed in tracing
-        // programs, and current is a user task (kernel threads never carry
-        // a tag: the agent refuses to tag them).
-        unsafe { bpf_send_signal(signal) };
+    let signal = (unsafe { CONDEMNED.get(tag) }).copied()?;
+    // Checked here, at the signal: an exec or a move may have made a tagged
+    // process protected since it inherited its tag.
+    if protected(parent, parent_tgid) {
+        return None;
     }
+    // SAFETY: signals the current task's process; allowed in tracing
+    // programs, and current is a user task (checked just above).
+    unsafe { bpf_send_signal(signal) };
+    (child_tgid != parent_tgid && !protected(child, child_tgid)).then_some(signal)
+}
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Tags a subtree at its first fork in scope, when the agent enforces the
+/// fork guard: the forker becomes the root when it may be signalled,
+/// otherwise (PID 1, a `--protect`ed supervisor) the child does. The tag
+/// gets its budget at once, so the explosion rule holds from the first
+/// birth on, whether or not the agent has the CPU. Returns the tag the
+/// child inherits, or `None` when there is none (nothing to do, or the
+/// child is the root: tagged here, its own birth not counted).
+fn tag_subtree(
+    parent: *const u8,
+    child: *const u8,
+    parent_tgid: u32,
+    child_tgid: u32,
+    child_flags: u32,
+) -> Option<u64> {
+    if config!(fork_guard.enabled) != 1
+        || child_tgid == parent_tgid
+        || child_flags & PF_KTHREAD != 0
+        || scope_verdict(child) != SCOPE_IN
+    {
+        return None;
+    }
+    let now = bpf_ktime_get_boot_ns_now();
+    let parent_is_root = !protected(parent, parent_tgid);
+    let root_tgid = if parent_is_root {
+        parent_tgid
+    } else {
+        child_tgid
+    };
+    let tag = auto_tag(root_tgid, now);
+    let budget = ForkBudget {
+        window_start_ns: now,
+        window_ns: config!(fork_guard.window_ns),
+        births: 0,
+        live: 0,
+        min_live: 0,
+        max_births: config!(fork_guard.max_births),
+        min_growth: config!(fork_guard.min_growth),
+        signal: config!(fork_guard.signal),
+        reserved: 0,
+    };
+    if BUDGETS.insert(tag, budget, 0).is_err() || LINEAGE.insert(root_tgid, tag, 0).is_err() {
+        return None;
+    }
+    parent_is_root.then_some(tag)
+}
+
+/// Whether the fork probe must never tag or signal `task`: PID 1, a kernel
+/// thread, guard or its ancestors and `--protect`ed pids (the
+/// `PROTECTED_PIDS` map), a `--protect`ed comm, or, when the probe tags by
+/// itself, a task outside the scope or in a protected cgroup.
+fn protected(task: *const u8, tgid: u32) -> bool {
+    if tgid <= 1 {
+        return true;
+    }
+    let Ok(flags) = read::<u32>(task, config!(task.flags)) else {
+        return true;
+    };
+    if flags & PF_KTHREAD != 0 {
+        return true;
+    }
+    // SAFETY: presence checks; nothing is read through the references.
+    if unsafe { PROTECTED_PIDS.get(tgid) }.is_some() {
+        return true;
+    }
+    let Ok(comm) = task_comm(task) else {
+        return true;
+    };
+    // SAFETY: as above.
+    if unsafe { PROTECTED_COMMS.get(comm) }.is_some() {
+        return true;
+    }
+    config!(fork_guard.enabled) == 1 && scope_verdict(task) != SCOPE_IN
+}
+
+/// `task`'s cgroup in the scope's hierarchy: `css_set.subsys[index]->cgroup`
+/// for a v1 controller, `css_set.dfl_cgrp` for v2.
+fn scope_cgroup(task: *const u8) -> Result<*const u8, u32> {
+    let css_set = read::<*const u8>(task, config!(task.cgroups))?;
+    let index = config!(fork_guard.subsys_index);
+    if index == ABSENT {
+        return read::<*const u8>(css_set, config!(task.css_set_dfl_cgrp));
+    }
+    if index >= 64 {
+        return Err(FAILED);
+    }
+    let css = read::<*const u8>(css_set, config!(fork_guard.css_set_subsys) + 8 * index)?;
+    read::<*const u8>(css, config!(fork_guard.css_cgroup))
+}
+
+fn cgroup_id(cgroup: *const u8) -> Result<u64, u32> {
+    let kn = read::<*const u8>(cgroup, config!(task.cgroup_kn))?;
+    read::<u64>(kn, config!(task.kernfs_node_id))
+}
+
+/// `SCOPE_IN`, `SCOPE_PROTECTED` or `SCOPE_OUT` for `task`'s cgroup: the
+/// nearest of it and its ancestors that the agent listed in `SCOPE`
+/// decides. Verdicts are cached per cgroup (ids are never reused, and the
+/// agent fills `SCOPE` once, before the probes attach).
+fn scope_verdict(task: *const u8) -> u32 {
+    let Ok(mut cgroup) = scope_cgroup(task) else {
+        return SCOPE_OUT;
+    };
+    let Ok(id) = cgroup_id(cgroup) else {
+        return SCOPE_OUT;
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(verdict) = unsafe { SCOPE_CACHE.get(id) }.copied() {
+        return verdict;
+    }
+    let mut verdict = if config!(fork_guard.all_cgroups) == 1 {
+        SCOPE_IN
+    } else {
+        SCOPE_OUT
+    };
+    let self_offset = config!(fork_guard.cgroup_self);
+    let mut current = id;
+    for _ in 0..SCOPE_MAX_DEPTH {
+        // SAFETY: as above.
+        if let Some(listed) = unsafe { SCOPE.get(current) }.copied() {
+            verdict = listed;
+            break;
+        }
+        // cgroup->self.parent is the parent's `self`, inside the parent.
+        match read::<*const u8>(cgroup, self_offset + config!(fork_guard.css_parent)) {
+            Ok(parent) if !parent.is_null() => {
+                cgroup = parent.wrapping_sub(self_offset as usize);
+            }
+            _ => break,
+        }
+        match cgroup_id(cgroup) {
+            Ok(parent_id) => current = parent_id,
+            Err(_) => break,
+        }
+    }
+    let _ = SCOPE_CACHE.insert(id, verdict, 0);
+    verdict
 }
 
 /// The explosion rule for a watched subtree, at the moment of each birth:
 /// births in a tumbling window, and growth of the live count from its
 /// lowest in that window. Counters are updated atomically; the window reset
 /// is not (two CPUs resetting at once lose a birth or two: a backstop, not a
-/// ledger).
-fn count_birth(tag: u64) {
+/// ledger). Condemning writes a `Condemned` record.
+fn count_birth(tag: u64, forker_tgid: u32) {
     let Some(budget) = BUDGETS.get_ptr_mut(tag) else {
         return;
     };
@@ -290,11 +478,54 @@ fn count_birth(tag: u64) {
         // their exits are, so the count may dip below zero.
         let live = read_volatile(&raw const (*budget).live) as i64;
         let min_live = read_volatile(&raw const (*budget).min_live) as i64;
-        if births >= u64::from((*budget).max_births)
-            && live - min_live >= i64::from((*budget).min_growth)
-        {
-            let _ = CONDEMNED.insert(tag, (*budget).signal, 0);
+        let growth = live - min_live;
+        if births < u64::from((*budget).max_births) || growth < i64::from((*budget).min_growth) {
+            return;
         }
+        // SAFETY: a presence check; nothing is read through the reference.
+        if CONDEMNED.get(tag).is_some() {
+            return;
+        }
+        // The record goes out before the condemnation takes effect, so that
+        // it precedes every exit the condemnation causes (this program can
+        // be preempted between the two). Two CPUs meeting the rule at once
+        // may both write it: the agent acts on the first.
+        let record = CondemnedEvent {
+            header: header(EventKind::Condemned),
+            tag,
+            births,
+            growth: growth as u64,
+            window_ns: (*budget).window_ns,
+            forker_tgid,
+            signal: (*budget).signal,
+        };
+        let _ = output(EventKind::Condemned, &record);
+        let _ = CONDEMNED.insert(tag, (*budget).signal, u64::from(BPF_NOEXIST));
+    }
+}
+
+/// Sends `signal` to `task`'s thread group: the kfunc
+/// `bpf_send_signal_task(task, sig, PIDTYPE_TGID, 0)` (6.13+), which, unlike
+/// the `bpf_send_signal` helper, reaches a task other than current. Used on
+/// the child `sched_process_fork` hands over, a trusted pointer in a
+/// BTF-enabled tracepoint. Before 6.13 the loader makes it a no-op.
+#[inline(always)]
+fn signal_task(task: *const c_void, signal: u32) {
+    const PIDTYPE_TGID: u64 = 1;
+    // SAFETY: the bytes are `guard_common::KFUNC_SIGNAL_TASK_CALL`, one BPF
+    // instruction, a kfunc call whose immediate the loader patches before
+    // the verifier sees it. It reads r1-r4 and, as any call, clobbers r0-r5,
+    // as declared.
+    unsafe {
+        core::arch::asm!(
+            ".byte 0x85, 0x20, 0x00, 0x00, 0x6b, 0x66, 0x6e, 0x63",
+            inout("r1") task => _,
+            inout("r2") u64::from(signal) => _,
+            inout("r3") PIDTYPE_TGID => _,
+            inout("r4") 0u64 => _,
+            out("r5") _,
+            out("r0") _,
+        );
     }
 }
 

@@ -76,6 +76,10 @@ pub trait System {
     fn budget(&self, _tag: u64, _live: u64, _limits: BudgetLimits) {}
     /// Ends that.
     fn unbudget(&self, _tag: u64) {}
+    /// The lineage tag `tgid` carries in the kernel now.
+    fn tag_of(&self, _tgid: u32) -> Option<u64> {
+        None
+    }
     /// Whether `tag` is condemned in the kernel now.
     fn is_condemned(&self, _tag: u64) -> bool {
         false
@@ -379,6 +383,10 @@ impl System for LiveSystem {
 
     fn unbudget(&self, tag: u64) {
         let _ = lock(&self.budgets).remove(&tag);
+    }
+
+    fn tag_of(&self, tgid: u32) -> Option<u64> {
+        lock(&self.lineage).get(&tgid, 0).ok()
     }
 
     fn is_condemned(&self, tag: u64) -> bool {

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    act::{LiveSystem, Outcome, System, contain},
+    act::{ActionKind, LiveSystem, Outcome, System, contain},
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
     decode::Event,
@@ -27,6 +27,7 @@ use crate::{
         fork::{ForkDetector, ForkRules},
         memory::{MemoryDetector, MemoryRules},
     },
+    kernel_scope,
     loader::{self, LoadOptions},
     output::{Format, Output, ThreadedStdout, WallClock},
     pipeline::{ActionRequest, Pipeline, Settings},
@@ -138,6 +139,41 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
+    let rules = ForkRules {
+        window_ns: args.fork_window_ms * 1_000_000,
+        rate: args.fork_rate,
+        growth: args.fork_growth,
+        horizon_ns: args.pids_horizon * 1_000_000_000,
+    };
+    let guard_chain = Protection::own_chain();
+    let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
+        action: args.fork_action,
+        dry_run: args.dry_run,
+        rule: kernel_scope::KernelRule {
+            window_ns: rules.window_ns,
+            max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
+            min_growth: rules.growth,
+            signal: match args.fork_action {
+                ActionKind::Stop => libc::SIGSTOP,
+                _ => libc::SIGKILL,
+            },
+        },
+        scope: &scope,
+        protect: &args.protect,
+        guard_chain: &guard_chain.iter().copied().collect::<Vec<_>>(),
+        hierarchies: &hierarchies,
+    });
+    let kernel_tags = kernel_scope.rule.is_some();
+    match &kernel_scope.off_because {
+        None => tracing::info!(
+            "the fork probe applies the explosion rule to every subtree in scope by itself"
+        ),
+        Some(why) if args.fork_action != ActionKind::Log && !args.dry_run => tracing::warn!(
+            "the fork probe watches only subtrees the agent suspects ({why}); a bomb may \
+             get further before it is condemned"
+        ),
+        Some(why) => tracing::debug!("the fork probe does not tag by itself: {why}"),
+    }
 
     let (mut loaded, maps) = loader::load(&LoadOptions {
         btf: args.btf.clone(),
@@ -147,6 +183,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             rss_step_bytes: args.rss_step_mib << 20,
             reclaim_stall_us: args.reclaim_stall_ms * 1000,
         },
+        kernel_scope,
     })?;
     let loader::Maps {
         ring,
@@ -158,7 +195,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         reported,
     } = maps;
     let mut blocked_maps = BlockedMaps::new(blocked, reported)?;
-    let protection = Protection::new(Protection::own_chain(), args.protect.clone(), scope.clone());
+    let protection = Protection::new(guard_chain, args.protect.clone(), scope.clone());
     let system = Arc::new(LiveSystem::new(
         lineage,
         condemned,
@@ -190,12 +227,6 @@ pub async fn run(args: Args) -> Result<Ending> {
     let stdout = ThreadedStdout::spawn().context("starting the stdout writer")?;
     let backlog = stdout.backlog();
     let out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
-    let rules = ForkRules {
-        window_ns: args.fork_window_ms * 1_000_000,
-        rate: args.fork_rate,
-        growth: args.fork_growth,
-        horizon_ns: args.pids_horizon * 1_000_000_000,
-    };
     let settings = Settings {
         events: args.events.clone(),
         threads: args.threads,
@@ -203,6 +234,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         mem_action: args.mem_action,
         crashloop_action: args.crashloop_action.into(),
         dry_run: args.dry_run,
+        kernel_tags,
     };
     let processes = table.len();
     let shared: Arc<dyn System + Send + Sync> = system.clone();

@@ -179,6 +179,28 @@ impl Btf {
         bail!("type chain too long at id {id}")
     }
 
+    /// Type id of the function `name` (a kfunc, for instance); `None` when
+    /// this kernel has none.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(&(KIND_FUNC, name.to_owned())).copied()
+    }
+
+    /// Value of `variant` in `enum name`; `None` when this kernel has no
+    /// such enum or variant (an enum of a config option left out, say).
+    pub fn enum_value(&self, name: &str, variant: &str) -> Result<Option<i64>> {
+        let Some(&id) = self.by_name.get(&(KIND_ENUM, name.to_owned())) else {
+            return Ok(None);
+        };
+        let t = *self.entry(id)?;
+        for i in 0..t.vlen as usize {
+            let at = t.extra + 8 * i;
+            if self.string(self.u32_at(at)?)? == variant {
+                return Ok(Some(i64::from(self.u32_at(at + 4)? as i32)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Size in bytes of `struct name`; `None` when this kernel has none.
     pub fn struct_size(&self, name: &str) -> Result<Option<u32>> {
         let Some(&id) = self.by_name.get(&(KIND_STRUCT, name.to_owned())) else {
@@ -341,6 +363,21 @@ pub(crate) mod tests {
             id
         }
 
+        pub(crate) fn func(&mut self, name: &str, proto: u32) -> u32 {
+            self.push(name, KIND_FUNC, 0, false, proto)
+        }
+
+        /// `variants`: (name, value).
+        pub(crate) fn enumeration(&mut self, name: &str, variants: &[(&str, i32)]) -> u32 {
+            let id = self.push(name, KIND_ENUM, variants.len() as u32, false, 4);
+            for &(variant, value) in variants {
+                let name_off = self.name(variant);
+                self.types.extend_from_slice(&name_off.to_le_bytes());
+                self.types.extend_from_slice(&value.to_le_bytes());
+            }
+            id
+        }
+
         pub(crate) fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -377,6 +414,11 @@ pub(crate) mod tests {
         let proto = b.func_proto(&[void_ptr, task_ptr, int]);
         let proto_ptr = b.ptr(proto);
         b.typedef("btf_trace_sched_process_exit", proto_ptr);
+        b.func("bpf_send_signal_task", proto);
+        b.enumeration(
+            "cgroup_subsys_id",
+            &[("cpuset_cgrp_id", 0), ("pids_cgrp_id", 11)],
+        );
         Btf::parse(b.build()).expect("parse sample BTF")
     }
 
@@ -417,6 +459,23 @@ pub(crate) mod tests {
             Some(Some(2))
         );
         assert_eq!(btf.raw_tracepoint_args("no_such_tp").ok(), Some(None));
+    }
+
+    #[test]
+    fn finds_functions_and_enum_values() {
+        let btf = sample();
+        // Ten types come before it in `sample`.
+        assert_eq!(btf.func_id("bpf_send_signal_task"), Some(10));
+        assert_eq!(btf.func_id("bpf_nope"), None);
+        assert_eq!(
+            btf.enum_value("cgroup_subsys_id", "pids_cgrp_id").ok(),
+            Some(Some(11))
+        );
+        assert_eq!(
+            btf.enum_value("cgroup_subsys_id", "memory_cgrp_id").ok(),
+            Some(None)
+        );
+        assert_eq!(btf.enum_value("nope", "x").ok(), Some(None));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use std::fmt;
 
 use guard_common::{
-    COMM_LEN, CgroupAttachEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header, HungTaskEvent,
-    OomKillEvent, ReclaimStallEvent, RssEvent, UnblockedEvent, oom_field, task_state,
+    COMM_LEN, CgroupAttachEvent, CondemnedEvent, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    Header, HungTaskEvent, OomKillEvent, ReclaimStallEvent, RssEvent, UnblockedEvent,
+    auto_tag_root, oom_field, task_state,
 };
 
 /// PF_KTHREAD from include/linux/sched.h.
@@ -204,6 +205,20 @@ pub struct ReclaimStall {
     pub comm: Comm,
 }
 
+/// The fork probe condemned a subtree (its births met the explosion rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condemned {
+    pub boot_ns: u64,
+    pub tag: u64,
+    /// The subtree's root, when the probe tagged it by itself.
+    pub root_tgid: Option<u32>,
+    pub births: u64,
+    pub growth: u64,
+    pub window_ns: u64,
+    pub forker_tgid: u32,
+    pub signal: i32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupAttach {
     pub boot_ns: u64,
@@ -225,6 +240,7 @@ pub enum Event {
     Unblocked(Unblocked),
     Rss(Rss),
     ReclaimStall(ReclaimStall),
+    Condemned(Condemned),
 }
 
 impl Event {
@@ -239,6 +255,7 @@ impl Event {
             Event::Unblocked(_) => EventKind::Unblocked,
             Event::Rss(_) => EventKind::Rss,
             Event::ReclaimStall(_) => EventKind::ReclaimStall,
+            Event::Condemned(_) => EventKind::Condemned,
         }
     }
 
@@ -253,6 +270,7 @@ impl Event {
             Event::Unblocked(e) => e.boot_ns,
             Event::Rss(e) => e.boot_ns,
             Event::ReclaimStall(e) => e.boot_ns,
+            Event::Condemned(e) => e.boot_ns,
         }
     }
 
@@ -298,6 +316,7 @@ impl Wire for HungTaskEvent {}
 impl Wire for CgroupAttachEvent {}
 impl Wire for UnblockedEvent {}
 impl Wire for RssEvent {}
+impl Wire for CondemnedEvent {}
 impl Wire for ReclaimStallEvent {}
 
 fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -440,6 +459,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 stall_ns: r.stall_ns,
                 nr_reclaimed: r.nr_reclaimed,
                 comm: Comm::new(r.comm),
+            })
+        }
+        EventKind::Condemned => {
+            let r: CondemnedEvent = read(bytes)?;
+            Event::Condemned(Condemned {
+                boot_ns,
+                tag: r.tag,
+                root_tgid: auto_tag_root(r.tag),
+                births: r.births,
+                growth: r.growth,
+                window_ns: r.window_ns,
+                forker_tgid: r.forker_tgid,
+                signal: i32::try_from(r.signal).unwrap_or(i32::MAX),
             })
         }
     })
@@ -600,6 +632,33 @@ pub(crate) mod tests {
         assert_eq!(o.anon_rss_kb, Some(900));
         assert_eq!(o.oom_score_adj, Some(-100));
         assert_eq!((o.total_vm_kb, o.comm, o.uid), (None, None, None));
+    }
+
+    #[test]
+    fn decodes_a_condemnation_and_its_root() {
+        let raw = CondemnedEvent {
+            header: header(EventKind::Condemned),
+            tag: guard_common::auto_tag(4321, 99_000_000_000),
+            births: 100,
+            growth: 40,
+            window_ns: 1_000_000_000,
+            forker_tgid: 4400,
+            signal: 9,
+        };
+        let Ok(Event::Condemned(c)) = decode(&bytes_of(&raw)) else {
+            panic!("not a condemnation")
+        };
+        assert_eq!(c.root_tgid, Some(4321));
+        assert_eq!(
+            (c.births, c.growth, c.forker_tgid, c.signal),
+            (100, 40, 4400, 9)
+        );
+        // The agent's own tags name no root.
+        let agent_tag = CondemnedEvent { tag: 17, ..raw };
+        let Ok(Event::Condemned(c)) = decode(&bytes_of(&agent_tag)) else {
+            panic!("not a condemnation")
+        };
+        assert_eq!(c.root_tgid, None);
     }
 
     #[test]

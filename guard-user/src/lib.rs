@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod decode;
 pub mod detect;
+pub mod kernel_scope;
 pub mod loader;
 pub mod observe;
 pub mod output;

@@ -9,8 +9,8 @@ use std::{collections::BTreeSet, path::PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use guard_common::{EventKind, ProbeConfig};
 
@@ -29,11 +29,15 @@ pub struct LoadOptions {
     /// attached regardless.
     pub kinds: BTreeSet<EventKind>,
     pub memory: crate::probes::MemoryTunables,
+    /// What the fork probe enforces by itself.
+    pub kernel_scope: crate::kernel_scope::KernelScope,
 }
 
 /// A loaded object, its probes not yet attached. Dropping it detaches them.
 pub struct Loaded {
     ebpf: Ebpf,
+    /// The kernel's BTF, as aya reads it (for `tp_btf` programs).
+    btf: aya::Btf,
     probes: Vec<(&'static Probe, Option<String>)>,
 }
 
@@ -105,6 +109,31 @@ fn raise_memlock_limit() {
     }
 }
 
+/// Resolves the object's `bpf_send_signal_task` calls (see
+/// [`guard_common::KFUNC_SIGNAL_TASK_CALL`]): the marker becomes the kfunc's
+/// BTF id, or, on kernels without the kfunc (before 6.13), the instruction
+/// becomes `r0 = 0`. Returns the patched object and whether the kfunc is
+/// there. Instructions are 8-byte aligned in the object, so only aligned
+/// matches count; there must be at least one.
+pub fn resolve_kfunc_calls(object: &[u8], kfunc_id: Option<u32>) -> Result<Vec<u8>> {
+    const MOV64_R0_IMM: [u8; 8] = [0xb7, 0, 0, 0, 0, 0, 0, 0];
+    let mut patched = object.to_vec();
+    let mut found = 0;
+    for insn in patched.chunks_exact_mut(8) {
+        if insn == guard_common::KFUNC_SIGNAL_TASK_CALL {
+            found += 1;
+            match kfunc_id {
+                Some(id) => insn[4..].copy_from_slice(&id.to_le_bytes()),
+                None => insn.copy_from_slice(&MOV64_R0_IMM),
+            }
+        }
+    }
+    if found == 0 {
+        bail!("guard's eBPF object has no bpf_send_signal_task call to resolve: rebuild it");
+    }
+    Ok(patched)
+}
+
 /// Loads the object with this kernel's offsets and takes its maps.
 pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     check_privileges()?;
@@ -128,15 +157,30 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             )
         })
         .collect();
-    let config: ProbeConfig = crate::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
+    let mut config: ProbeConfig =
+        crate::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
+    let scope = &opts.kernel_scope;
+    if let Some(rule) = scope.rule {
+        config.fork_guard = crate::probes::fork_guard_config(&btf, scope, rule)?;
+    }
     tracing::debug!(?config, "kernel offsets");
+
+    let signal_task = btf.func_id("bpf_send_signal_task");
+    if signal_task.is_none() {
+        tracing::warn!(
+            "this kernel has no bpf_send_signal_task (6.13+): a condemned subtree's member that \
+             forks leaves its newborn child to guard's sweep instead of killing it at birth"
+        );
+    }
+    let object = resolve_kfunc_calls(OBJECT, signal_task)?;
 
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
-        .load(OBJECT)
+        .load(&object)
         .context("loading guard's eBPF object")?;
+    fill_scope_maps(&mut ebpf, scope)?;
     let mut take = |name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("{name} map missing from the object"))
@@ -149,7 +193,12 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let blocked = take("BLOCKED")?;
     let reported = take("REPORTED")?;
     Ok((
-        Loaded { ebpf, probes },
+        Loaded {
+            ebpf,
+            btf: aya::Btf::parse_file(&opts.btf, aya::Endianness::default())
+                .with_context(|| format!("reading BTF from {}", opts.btf.display()))?,
+            probes,
+        },
         Maps {
             ring,
             drops,
@@ -160,6 +209,33 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             reported,
         },
     ))
+}
+
+/// Hands the fork probe its scope and what it must never tag or signal,
+/// before any probe is attached.
+fn fill_scope_maps(ebpf: &mut Ebpf, scope: &crate::kernel_scope::KernelScope) -> Result<()> {
+    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+        ebpf.map_mut(name)
+            .with_context(|| format!("{name} map missing from the object"))
+    }
+    if scope.rule.is_some() {
+        let mut cgroups: HashMap<_, u64, u32> = HashMap::try_from(map(ebpf, "SCOPE")?)?;
+        for (id, verdict) in scope.cgroup_ids()? {
+            cgroups.insert(id, verdict, 0).context("filling SCOPE")?;
+        }
+    }
+    let mut pids: HashMap<_, u32, u32> = HashMap::try_from(map(ebpf, "PROTECTED_PIDS")?)?;
+    for &pid in &scope.protected_pids {
+        pids.insert(pid, 1, 0).context("filling PROTECTED_PIDS")?;
+    }
+    let mut comms: HashMap<_, [u8; guard_common::COMM_LEN], u32> =
+        HashMap::try_from(map(ebpf, "PROTECTED_COMMS")?)?;
+    for comm in &scope.protected_comms {
+        comms
+            .insert(comm, 1, 0)
+            .context("filling PROTECTED_COMMS")?;
+    }
+    Ok(())
 }
 
 impl Loaded {
@@ -190,6 +266,17 @@ impl Loaded {
                     }
                     program
                         .attach(tracepoint)
+                        .with_context(|| format!("attaching {name}"))?;
+                }
+                Hook::Btf { tracepoint, .. } => {
+                    let program: &mut BtfTracePoint = program.try_into()?;
+                    if first_use {
+                        program
+                            .load(tracepoint, &self.btf)
+                            .with_context(|| format!("loading {}", probe.program))?;
+                    }
+                    program
+                        .attach()
                         .with_context(|| format!("attaching {name}"))?;
                 }
                 Hook::Classic { category, name: tp } => {

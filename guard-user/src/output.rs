@@ -494,6 +494,14 @@ impl<W: Write> Output<W> {
                 o.num("stall_us", r.stall_ns / 1000)
                     .num("nr_reclaimed", r.nr_reclaimed);
             }
+            Event::Condemned(c) => {
+                o.num("tag", c.tag)
+                    .opt_num("root_tgid", c.root_tgid)
+                    .num("births", c.births)
+                    .num("growth", c.growth)
+                    .num("window_ms", c.window_ns / 1_000_000)
+                    .str("signal", signal_name(c.signal));
+            }
             Event::Unblocked(u) => {
                 o.num("since_ns", u.since_ns)
                     .num("blocked_ms", u.blocked_ns / 1_000_000)
@@ -610,6 +618,16 @@ impl<W: Write> Output<W> {
                 human_duration(r.stall_ns),
                 r.nr_reclaimed
             ),
+            Event::Condemned(c) => write!(
+                self.line,
+                "fork probe condemned subtree {}: {} births, live +{} in {}; members that fork get {}",
+                c.root_tgid
+                    .map_or_else(|| format!("tag {}", c.tag), |r| format!("of {r}")),
+                c.births,
+                c.growth,
+                human_duration(c.window_ns),
+                signal_name(c.signal)
+            ),
             Event::Unblocked(u) => write!(
                 self.line,
                 "runs again after {} in D state (tid {}{})",
@@ -639,6 +657,7 @@ pub fn subject_ids(event: &Event) -> (u32, u32) {
         Event::Unblocked(u) => (u.pid, u.tgid),
         Event::Rss(r) => (r.pid, r.tgid),
         Event::ReclaimStall(r) => (r.pid, r.tgid),
+        Event::Condemned(c) => (c.forker_tgid, c.forker_tgid),
     }
 }
 
@@ -653,6 +672,7 @@ fn subject_comm(event: &Event, ctx: &Context<'_>) -> Option<Comm> {
         Event::Unblocked(u) => Some(u.comm),
         Event::Rss(r) => Some(r.comm),
         Event::ReclaimStall(r) => Some(r.comm),
+        Event::Condemned(_) => ctx.comm,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Settings {
     /// `log` or `stop` (of the restarting supervisor).
     pub crashloop_action: ActionKind,
     pub dry_run: bool,
+    /// The fork probe tags and budgets every subtree in scope by itself
+    /// (see `kernel_scope`): the agent's own early watch is not needed.
+    pub kernel_tags: bool,
 }
 
 /// Supervisors a crash loop never stops, by comm: they run other services
@@ -74,8 +77,12 @@ const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
 pub struct ActionRequest {
     pub detector: &'static str,
     pub rule: &'static str,
-    /// The offender's lineage node: the kernel tag of the subtree.
-    pub tag: NodeId,
+    /// The subtree's lineage tag in the kernel: the offender's lineage
+    /// node, or a tag the fork probe gave it (see `guard_common::auto_tag`).
+    pub tag: u64,
+    /// The offender's lineage node, when known (the root of a subtree the
+    /// fork probe tagged may be gone before the agent hears of it).
+    pub root: Option<NodeId>,
     pub kind: ActionKind,
     pub offender: Value,
     pub members: Vec<Member>,
@@ -205,18 +212,20 @@ impl<W: Write> Pipeline<W> {
         !self.active.is_empty()
     }
 
-    /// Tags `tag`'s subtree, in the kernel and in `tagged`. Each member's
+    /// Tags `root`'s subtree with `tag`, in the kernel and in `tagged`. Each member's
     /// "since" is taken after its kernel tag is in place: a child born later
     /// got the tag from the fork probe.
-    fn follow(&mut self, tag: NodeId) {
-        let members = unprotected_members(self.table.lineage(), &self.protection, tag);
-        self.tagged.insert(tag, (tag, WallClock::boot_ns_now()));
+    fn follow(&mut self, root: NodeId, tag: u64) {
+        let members = unprotected_members(self.table.lineage(), &self.protection, root);
+        self.tagged.insert(root, (tag, WallClock::boot_ns_now()));
         for m in members {
-            let tagged = self
-                .system
-                .as_ref()
-                .is_none_or(|system| system.tag(m.tgid, m.born_ns, tag));
-            if tagged && let Some(node) = self.table.get(m.tgid).map(|p| p.node) {
+            // A member the kernel cannot tag any more is dying (a zombie,
+            // killed by the fork probe, say): it is followed all the same,
+            // so that its exit is not taken for a crash.
+            if let Some(system) = &self.system {
+                system.tag(m.tgid, m.born_ns, tag);
+            }
+            if let Some(node) = self.table.get(m.tgid).map(|p| p.node) {
                 self.tagged.insert(node, (tag, WallClock::boot_ns_now()));
             }
         }
@@ -268,7 +277,10 @@ impl<W: Write> Pipeline<W> {
     /// Tags the suspected subtree of every armed cgroup ahead of an alert,
     /// and forgets the watch once nothing is armed or acted on.
     fn watch_armed(&mut self) {
-        if self.settings.fork_action == ActionKind::Log || self.settings.dry_run {
+        if self.settings.fork_action == ActionKind::Log
+            || self.settings.dry_run
+            || self.settings.kernel_tags
+        {
             return;
         }
         let armed = self.detectors.fork.armed_populations();
@@ -297,7 +309,7 @@ impl<W: Write> Pipeline<W> {
                     suspect.tgid,
                     suspect.node
                 );
-                self.follow(suspect.node);
+                self.follow(suspect.node, suspect.node);
                 self.budget(suspect.node);
             }
         }
@@ -397,6 +409,9 @@ impl<W: Write> Pipeline<W> {
             if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
                 self.crash_loop_alert(&crash_loop)?;
             }
+        }
+        if let Event::Condemned(c) = event {
+            self.kernel_condemned(c)?;
         }
         self.track_memory(event, subject.as_ref());
         if let Some(p) = &subject {
@@ -647,6 +662,7 @@ impl<W: Write> Pipeline<W> {
             detector,
             rule,
             tag: g.node,
+            root: Some(g.node),
             kind: self.settings.mem_action,
             offender: described,
             members: vec![Member {
@@ -925,6 +941,10 @@ impl<W: Write> Pipeline<W> {
                 self.out.record("alert", &fields)?;
                 continue;
             };
+            if self.acting_on(offender.node) {
+                // Condemned by the fork probe already, and being contained.
+                continue;
+            }
             let members = unprotected_members(lineage, protection, offender.node);
             let described = self.describe_offender(offender.node, members.len());
             fields.push(("offender", described.clone()));
@@ -934,10 +954,17 @@ impl<W: Write> Pipeline<W> {
             {
                 continue;
             }
+            // The subtree may carry the fork probe's own tag already: act
+            // under it, so that the probe's budget and condemnation and the
+            // agent's signals are one.
+            let tag = self
+                .probe_tag_of(offender.tgid, &members)
+                .unwrap_or(offender.node);
             let request = ActionRequest {
                 detector: "fork",
                 rule,
-                tag: offender.node,
+                tag,
+                root: Some(offender.node),
                 kind: self.settings.fork_action,
                 offender: described,
                 members,
@@ -947,7 +974,7 @@ impl<W: Write> Pipeline<W> {
                 self.dry_run(&request)?;
             } else {
                 self.active.insert(request.tag);
-                self.follow(request.tag);
+                self.follow(offender.node, request.tag);
                 requests.push(request);
             }
         }
@@ -957,6 +984,104 @@ impl<W: Write> Pipeline<W> {
         requests.append(&mut self.pending);
         self.out.flush()?;
         Ok(requests)
+    }
+
+    /// The tag the fork probe gave the subtree rooted at `root_tgid`, found
+    /// on the root or one of its first members.
+    fn probe_tag_of(&self, root_tgid: u32, members: &[Member]) -> Option<u64> {
+        let system = self.system.as_ref()?;
+        if !self.settings.kernel_tags {
+            return None;
+        }
+        std::iter::once(root_tgid)
+            .chain(members.iter().take(8).map(|m| m.tgid))
+            .filter_map(|tgid| system.tag_of(tgid))
+            .find(|&tag| guard_common::auto_tag_root(tag) == Some(root_tgid))
+    }
+
+    /// Whether an action is under way on `node`'s subtree (under its own
+    /// tag, or one it carries).
+    fn acting_on(&self, node: NodeId) -> bool {
+        self.active.contains(&node)
+            || self
+                .tagged
+                .get(&node)
+                .is_some_and(|(tag, _)| self.active.contains(tag))
+    }
+
+    /// The fork probe condemned a subtree on its budget: its members that
+    /// fork die (with their newborn child) from now on. Alerts, and has the
+    /// agent signal the members that do not fork. The root of a subtree the
+    /// probe tagged by itself is found by walking up from the member whose
+    /// fork met the rule (it may have exited already: lineage keeps it).
+    fn kernel_condemned(&mut self, c: &crate::decode::Condemned) -> io::Result<()> {
+        if self.settings.fork_action == ActionKind::Log
+            || self.settings.dry_run
+            || self.active.contains(&c.tag)
+        {
+            return Ok(());
+        }
+        let lineage = self.table.lineage();
+        let root = match c.root_tgid {
+            None => lineage.get(c.tag).is_some().then_some(c.tag),
+            Some(root_tgid) => self.table.get(c.forker_tgid).and_then(|forker| {
+                let own = lineage.get(forker.node).map(|n| (forker.node, n));
+                own.into_iter()
+                    .chain(lineage.ancestors(forker.node))
+                    .find(|(_, n)| n.tgid == root_tgid)
+                    .map(|(id, _)| id)
+            }),
+        };
+        if let Some(root) = root
+            && self.acting_on(root)
+        {
+            return Ok(());
+        }
+        let members = root.map_or_else(Vec::new, |r| {
+            unprotected_members(lineage, &self.protection, r)
+        });
+        let offender = match root {
+            Some(r) => self.describe_offender(r, members.len()),
+            None => json!({ "pid": c.root_tgid, "note": "gone before guard knew it" }),
+        };
+        let cgroup = root
+            .and_then(|r| self.table.lineage().get(r))
+            .and_then(|n| n.cgroups.get(self.pids_index).cloned().flatten());
+        let window_s = c.window_ns as f64 / 1e9;
+        self.out.record(
+            "alert",
+            &[
+                ("detector", json!("fork")),
+                ("rule", json!("explosion")),
+                ("condemned_by_kernel", json!(true)),
+                ("cgroup", json!(cgroup.as_deref())),
+                ("births", json!(c.births)),
+                (
+                    "births_per_sec",
+                    json!((c.births as f64 / window_s.max(1e-9)).round()),
+                ),
+                ("growth", json!(c.growth)),
+                ("window_ms", json!(c.window_ns / 1_000_000)),
+                ("offender", offender.clone()),
+                ("action", json!(self.settings.fork_action)),
+            ],
+        )?;
+        let request = ActionRequest {
+            detector: "fork",
+            rule: "explosion",
+            tag: c.tag,
+            root,
+            kind: self.settings.fork_action,
+            offender,
+            members,
+            pool: None,
+        };
+        self.active.insert(c.tag);
+        if let Some(r) = root {
+            self.follow(r, c.tag);
+        }
+        self.pending.push(request);
+        Ok(())
     }
 
     /// Why the supervisor of a crash loop must not be stopped; `None` when
@@ -1033,6 +1158,7 @@ impl<W: Write> Pipeline<W> {
             detector: "crashloop",
             rule: "crash_loop",
             tag: node,
+            root: Some(node),
             kind: action,
             offender: self.describe_offender(node, 1),
             members: vec![Member {
@@ -1108,8 +1234,13 @@ impl<W: Write> Pipeline<W> {
             // concern the offender only: no follow-up on its subtree.
             return Ok(Vec::new());
         }
+        let Some(root) = request.root else {
+            // Nothing known beyond what the kernel tagged, and `contain`
+            // swept that until it was empty.
+            return Ok(Vec::new());
+        };
         let lineage = self.table.lineage();
-        let mut left = unprotected_members(lineage, &self.protection, request.tag);
+        let mut left = unprotected_members(lineage, &self.protection, root);
         left.retain(|m| std::path::Path::new(&format!("/proc/{}", m.tgid)).exists());
         if left.is_empty() || request.kind == ActionKind::Log {
             return Ok(Vec::new());
@@ -1119,7 +1250,7 @@ impl<W: Write> Pipeline<W> {
             ..request.clone()
         };
         self.active.insert(follow_up.tag);
-        self.follow(follow_up.tag);
+        self.follow(root, follow_up.tag);
         Ok(vec![follow_up])
     }
 

@@ -3,7 +3,9 @@
 //! Per-kernel facts live here as data; the programs only read `CONFIG`.
 
 use anyhow::{Context as _, Result, ensure};
-use guard_common::{EventKind, MemoryProbe, ProbeConfig, RSS_STAT_WORDS, TaskOffsets};
+use guard_common::{
+    EventKind, ForkGuardConfig, MemoryProbe, ProbeConfig, RSS_STAT_WORDS, TaskOffsets,
+};
 
 use crate::btf::Btf;
 
@@ -13,6 +15,12 @@ pub enum Hook {
     /// A raw tracepoint; `args` is the TP_PROTO argument count the program
     /// relies on (checked against the `btf_trace_<name>` prototype).
     Raw {
+        tracepoint: &'static str,
+        min_args: u32,
+    },
+    /// A BTF-enabled raw tracepoint (`tp_btf`, 5.5+): its arguments are
+    /// typed, so they can be passed to kfuncs that take trusted pointers.
+    Btf {
         tracepoint: &'static str,
         min_args: u32,
     },
@@ -39,6 +47,7 @@ impl Probe {
     pub fn describe(&self) -> String {
         match self.hook {
             Hook::Raw { tracepoint, .. } => format!("raw_tp/{tracepoint}"),
+            Hook::Btf { tracepoint, .. } => format!("tp_btf/{tracepoint}"),
             Hook::Classic { category, name } => format!("tracepoint/{category}/{name}"),
         }
     }
@@ -49,7 +58,7 @@ impl Probe {
 pub const PROBES: &[Probe] = &[
     Probe {
         program: "sched_process_fork",
-        hook: Hook::Raw {
+        hook: Hook::Btf {
             tracepoint: "sched_process_fork",
             min_args: 2,
         },
@@ -176,6 +185,10 @@ pub fn unsupported_reason(
         Hook::Raw {
             tracepoint,
             min_args,
+        }
+        | Hook::Btf {
+            tracepoint,
+            min_args,
         } => match btf.raw_tracepoint_args(tracepoint) {
             Ok(Some(n)) if n >= min_args => None,
             Ok(Some(n)) => Some(format!(
@@ -235,6 +248,32 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
         })
     };
     resolve().context("resolving kernel struct offsets from BTF")
+}
+
+/// The fork probe's scope settings: where a task's cgroup in the scope's
+/// hierarchy is, and the rule it applies.
+pub fn fork_guard_config(
+    btf: &Btf,
+    scope: &crate::kernel_scope::KernelScope,
+    rule: crate::kernel_scope::KernelRule,
+) -> Result<ForkGuardConfig> {
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    let resolve = || -> Result<ForkGuardConfig> {
+        Ok(ForkGuardConfig {
+            window_ns: rule.window_ns,
+            enabled: 1,
+            all_cgroups: u32::from(scope.all_cgroups),
+            subsys_index: scope.subsys_index(btf)?,
+            css_set_subsys: m("css_set", "subsys")?,
+            css_cgroup: m("cgroup_subsys_state", "cgroup")?,
+            css_parent: m("cgroup_subsys_state", "parent")?,
+            cgroup_self: m("cgroup", "self")?,
+            max_births: rule.max_births,
+            min_growth: rule.min_growth,
+            signal: u32::try_from(rule.signal).unwrap_or(9),
+        })
+    };
+    resolve().context("resolving the fork probe's cgroup offsets from BTF")
 }
 
 /// What the user chooses for the memory programs.

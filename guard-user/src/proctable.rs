@@ -442,6 +442,7 @@ impl ProcessTable {
             Event::Unblocked(u) => self.lookup(u.tgid),
             Event::Rss(r) => self.lookup(r.tgid),
             Event::ReclaimStall(r) => self.lookup(r.tgid),
+            Event::Condemned(c) => self.lookup(c.forker_tgid),
         }
     }
 

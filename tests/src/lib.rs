@@ -320,6 +320,14 @@ impl Agent {
         agent
     }
 
+    /// Sends `signal` to the running agent (SIGSTOP freezes it whole).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill has no memory effects; the pid is our child's, not
+        // yet waited for.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }

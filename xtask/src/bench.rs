@@ -203,7 +203,9 @@ fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
     let mut by_kernel = false;
     for line in std::fs::read_to_string(&log)?.lines() {
         let r: serde_json::Value = serde_json::from_str(line)?;
-        if r["kind"] == "action" && r["outcome"]["condemned_by_kernel"] == true {
+        if (r["kind"] == "action" && r["outcome"]["condemned_by_kernel"] == true)
+            || (r["kind"] == "alert" && r["condemned_by_kernel"] == true)
+        {
             by_kernel = true;
         }
         if r["comm"] != "bash" || r["cgroup"] != dir.as_str() {
@@ -249,7 +251,7 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
             r.peak,
             r.refused,
             if r.by_kernel {
-                ", condemned by the kernel's budget first"
+                ", condemned by the fork probe first"
             } else {
                 ""
             }
@@ -282,7 +284,7 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
     );
     println!("  rounds in which pids.max never refused a fork: {clean}/{rounds} (target: all)");
     println!(
-        "  rounds in which the kernel's fork budget condemned the bomb before the agent acted: {by_kernel}/{rounds}"
+        "  rounds in which the fork probe condemned the bomb before the agent acted: {by_kernel}/{rounds}"
     );
     println!(
         "  pids.max alone, after 1 s: {alone_current} tasks (the limit), {alone_refused} forks refused, nothing contained"

@@ -1,0 +1,334 @@
+//! What the fork probe enforces by itself: the scope it tags subtrees in,
+//! what it must never tag or signal, and the explosion rule it applies.
+//!
+//! Why the kernel does this and not only the agent: a bash fork bomb forks
+//! about 140 times in its first 20 ms, and under it the agent's thread was
+//! measured going 100–300 ms without the CPU. When the agent only started
+//! watching a subtree once its cgroup looked suspicious, the bomb could reach
+//! pids.max before the watch was in place. With the kernel scope, the fork
+//! probe tags a subtree at its first fork in scope (the forker is the root,
+//! unless it is protected: then the child is) and counts every birth against
+//! the rule from then on, so condemnation never waits for the agent.
+//!
+//! The probe reads a task's cgroup in one hierarchy: the scope's. It is on
+//! only when that is well defined (see [`plan`]); otherwise guard says why
+//! and keeps to its agent-side watch.
+
+use std::os::unix::fs::MetadataExt as _;
+
+use anyhow::{Context as _, Result};
+use guard_common::{ABSENT, COMM_LEN, SCOPE_IN, SCOPE_PROTECTED};
+
+use crate::{act::ActionKind, agent::Scope, cgroup::Hierarchies, protect::Protected};
+
+/// The hierarchy the fork probe reads a task's cgroup in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScopeHierarchy {
+    /// cgroup v2 (`css_set.dfl_cgrp`).
+    V2,
+    /// A v1 hierarchy, through this controller's `css_set.subsys[]` slot.
+    V1Controller(String),
+}
+
+/// The explosion rule as the fork probe applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRule {
+    pub window_ns: u64,
+    pub max_births: u32,
+    pub min_growth: u32,
+    pub signal: i32,
+}
+
+/// Everything the loader hands the fork probe about scope and protection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelScope {
+    /// `Some` when the probe tags subtrees by itself.
+    pub rule: Option<KernelRule>,
+    /// Why it does not, when it does not (for the log).
+    pub off_because: Option<String>,
+    pub hierarchy: Option<ScopeHierarchy>,
+    /// No `--cgroup`: every cgroup is in scope.
+    pub all_cgroups: bool,
+    /// (cgroup directory, SCOPE_IN or SCOPE_PROTECTED).
+    pub cgroups: Vec<(String, u32)>,
+    /// Never tagged or signalled by the probe (whether or not it tags by
+    /// itself): guard, its ancestors, `--protect`ed pids and comms.
+    pub protected_pids: Vec<u32>,
+    pub protected_comms: Vec<[u8; COMM_LEN]>,
+}
+
+/// What the plan is made from.
+pub struct Inputs<'a> {
+    pub action: ActionKind,
+    pub dry_run: bool,
+    pub rule: KernelRule,
+    pub scope: &'a Scope,
+    pub protect: &'a [Protected],
+    pub guard_chain: &'a [u32],
+    pub hierarchies: &'a Hierarchies,
+}
+
+/// Decides what the fork probe enforces. It tags by itself only when the
+/// fork guard acts (`stop` or `kill`, not a dry run) and every scope and
+/// `--protect` cgroup is in one hierarchy the probe can read: v2, or a v1
+/// hierarchy with a controller (a named v1 hierarchy has no `css_set` slot).
+pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
+    let protected_pids = inputs
+        .guard_chain
+        .iter()
+        .copied()
+        .chain(inputs.protect.iter().filter_map(|p| match p {
+            Protected::Pid(pid) => Some(*pid),
+            _ => None,
+        }))
+        .collect();
+    let protected_comms = inputs
+        .protect
+        .iter()
+        .filter_map(|p| match p {
+            Protected::Comm(comm) => {
+                let mut bytes = [0u8; COMM_LEN];
+                let len = comm.len().min(COMM_LEN - 1);
+                bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+                Some(bytes)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut plan = KernelScope {
+        protected_pids,
+        protected_comms,
+        all_cgroups: inputs.scope.cgroups.is_empty(),
+        ..KernelScope::default()
+    };
+    match decide(inputs) {
+        Ok((hierarchy, cgroups)) => {
+            plan.rule = Some(inputs.rule);
+            plan.hierarchy = Some(hierarchy);
+            plan.cgroups = cgroups;
+        }
+        Err(why) => plan.off_because = Some(why),
+    }
+    plan
+}
+
+type Decision = (ScopeHierarchy, Vec<(String, u32)>);
+
+fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
+    if inputs.action == ActionKind::Log {
+        return Err("--fork-action is log".into());
+    }
+    if inputs.dry_run {
+        return Err("--dry-run".into());
+    }
+    let h = inputs.hierarchies;
+    let mut cgroups: Vec<(usize, String, u32)> = inputs
+        .scope
+        .cgroups
+        .iter()
+        .map(|(index, dir)| (*index, dir.clone(), SCOPE_IN))
+        .collect();
+    for p in inputs.protect {
+        if let Protected::Cgroup(dir) = p {
+            let (index, dir) = h
+                .resolve_dir(std::path::Path::new(dir))
+                .map_err(|e| format!("--protect {dir}: {e:#}"))?;
+            cgroups.push((index, dir, SCOPE_PROTECTED));
+        }
+    }
+    let index = match cgroups.first() {
+        Some((index, _, _)) => *index,
+        // Everything in scope and no protected cgroup: any hierarchy will
+        // do; the pids one, where the limits are, or v2.
+        None => h
+            .index_of_controller("pids")
+            .or_else(|| h.index_of_id(0))
+            .unwrap_or(h.primary),
+    };
+    if let Some((_, dir, _)) = cgroups.iter().find(|(i, _, _)| *i != index) {
+        return Err(format!(
+            "{dir} is in another cgroup hierarchy than {}: the fork probe reads one",
+            h.list[index].mount.display()
+        ));
+    }
+    let hierarchy = &h.list[index];
+    let which = if hierarchy.is_v2() {
+        ScopeHierarchy::V2
+    } else {
+        let controller = hierarchy
+            .controllers
+            .split(',')
+            .find(|c| !c.is_empty() && !c.starts_with("name="))
+            .ok_or_else(|| {
+                format!(
+                    "{} is a named v1 hierarchy ({}): the fork probe cannot read it",
+                    hierarchy.mount.display(),
+                    hierarchy.controllers
+                )
+            })?;
+        ScopeHierarchy::V1Controller(controller.to_owned())
+    };
+    Ok((
+        which,
+        cgroups
+            .into_iter()
+            .map(|(_, dir, verdict)| (dir, verdict))
+            .collect(),
+    ))
+}
+
+impl KernelScope {
+    /// The `css_set.subsys[]` index of the scope's controller, or
+    /// [`ABSENT`] for v2.
+    pub fn subsys_index(&self, btf: &crate::btf::Btf) -> Result<u32> {
+        match &self.hierarchy {
+            Some(ScopeHierarchy::V1Controller(name)) => {
+                let variant = format!("{name}_cgrp_id");
+                let value = btf
+                    .enum_value("cgroup_subsys_id", &variant)?
+                    .with_context(|| format!("this kernel's BTF has no {variant}"))?;
+                u32::try_from(value).with_context(|| format!("{variant} = {value}"))
+            }
+            _ => Ok(ABSENT),
+        }
+    }
+
+    /// (kernfs id, verdict) of each listed cgroup: a cgroup directory's
+    /// inode number is its kernfs node id on 64-bit kernels.
+    pub fn cgroup_ids(&self) -> Result<Vec<(u64, u32)>> {
+        self.cgroups
+            .iter()
+            .map(|(dir, verdict)| {
+                let meta = std::fs::metadata(dir).with_context(|| format!("reading {dir}"))?;
+                Ok((meta.ino(), *verdict))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "\
+30 25 0:26 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+32 25 0:28 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,name=systemd
+33 25 0:29 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+";
+    const V1_SELF: &str = "5:pids:/\n4:memory:/\n1:name=systemd:/\n0::/\n";
+    const V2: &str = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+
+    fn rule() -> KernelRule {
+        KernelRule {
+            window_ns: 1_000_000_000,
+            max_births: 100,
+            min_growth: 32,
+            signal: libc::SIGKILL,
+        }
+    }
+
+    fn inputs<'a>(
+        h: &'a Hierarchies,
+        scope: &'a Scope,
+        protect: &'a [Protected],
+        action: ActionKind,
+    ) -> Inputs<'a> {
+        Inputs {
+            action,
+            dry_run: false,
+            rule: rule(),
+            scope,
+            protect,
+            guard_chain: &[4242, 4000],
+            hierarchies: h,
+        }
+    }
+
+    #[test]
+    fn a_v1_pids_scope_reads_the_pids_slot() {
+        let h = Hierarchies::parse(V1, V1_SELF).expect("parse");
+        let pids = h.index_of_controller("pids").expect("pids");
+        let scope = Scope {
+            cgroups: vec![(pids, "/sys/fs/cgroup/pids/jobs".into())],
+        };
+        let protect = [
+            Protected::Pid(600),
+            Protected::Comm("postgres".into()),
+            Protected::Comm("a-very-long-name-here".into()),
+        ];
+        let plan = plan(&inputs(&h, &scope, &protect, ActionKind::Kill));
+        assert_eq!(plan.off_because, None);
+        assert_eq!(plan.rule, Some(rule()));
+        assert_eq!(
+            plan.hierarchy,
+            Some(ScopeHierarchy::V1Controller("pids".into()))
+        );
+        assert!(!plan.all_cgroups);
+        assert_eq!(
+            plan.cgroups,
+            vec![("/sys/fs/cgroup/pids/jobs".to_owned(), SCOPE_IN)]
+        );
+        assert_eq!(plan.protected_pids, vec![4242, 4000, 600]);
+        assert_eq!(&plan.protected_comms[0][..9], b"postgres\0");
+        // Cut as the kernel cuts comms: 15 bytes and a NUL.
+        assert_eq!(&plan.protected_comms[1][..], b"a-very-long-nam\0");
+    }
+
+    #[test]
+    fn pure_v2_without_scope_takes_every_cgroup() {
+        let h = Hierarchies::parse(V2, "0::/\n").expect("parse");
+        let scope = Scope::default();
+        let plan = plan(&inputs(&h, &scope, &[], ActionKind::Stop));
+        assert_eq!(plan.hierarchy, Some(ScopeHierarchy::V2));
+        assert!(plan.all_cgroups);
+        assert!(plan.cgroups.is_empty());
+        assert!(plan.rule.is_some());
+    }
+
+    #[test]
+    fn off_when_logging_dry_running_or_split_across_hierarchies() {
+        let h = Hierarchies::parse(V1, V1_SELF).expect("parse");
+        let pids = h.index_of_controller("pids").expect("pids");
+        let memory = h.index_of_controller("memory").expect("memory");
+        let scope = Scope {
+            cgroups: vec![(pids, "/sys/fs/cgroup/pids/jobs".into())],
+        };
+        let log = plan(&inputs(&h, &scope, &[], ActionKind::Log));
+        assert_eq!(log.rule, None);
+        assert_eq!(log.off_because.as_deref(), Some("--fork-action is log"));
+        // Protection still reaches the probe: it guards the agent's tags.
+        assert_eq!(log.protected_pids, vec![4242, 4000]);
+
+        let mut dry = inputs(&h, &scope, &[], ActionKind::Kill);
+        dry.dry_run = true;
+        assert_eq!(plan(&dry).off_because.as_deref(), Some("--dry-run"));
+
+        let split = Scope {
+            cgroups: vec![
+                (pids, "/sys/fs/cgroup/pids/jobs".into()),
+                (memory, "/sys/fs/cgroup/memory/jobs".into()),
+            ],
+        };
+        let off = plan(&inputs(&h, &split, &[], ActionKind::Kill));
+        assert_eq!(off.rule, None);
+        assert!(
+            off.off_because
+                .as_deref()
+                .is_some_and(|w| w.contains("another cgroup hierarchy")),
+            "{off:?}"
+        );
+
+        let systemd = h.index_of_id(1).expect("name=systemd");
+        let named = Scope {
+            cgroups: vec![(systemd, "/sys/fs/cgroup/systemd/jobs".into())],
+        };
+        let off = plan(&inputs(&h, &named, &[], ActionKind::Kill));
+        assert!(
+            off.off_because
+                .as_deref()
+                .is_some_and(|w| w.contains("named v1 hierarchy")),
+            "{off:?}"
+        );
+    }
+}
