@@ -164,8 +164,10 @@ pub struct Args {
 
     /// Never signal this: a pid, a comm (e.g. postgres), or a cgroup
     /// directory (and everything below it). Repeatable. PID 1, kernel
-    /// threads, guard and its ancestors, and everything outside --cgroup are
-    /// always protected.
+    /// threads, guard and its ancestors, service managers and session
+    /// daemons by comm (systemd, sshd, supervisord, runsv, container shims,
+    /// dockerd...), and everything outside --cgroup are always protected: an
+    /// explosion under one of them is pinned on the child that started it.
     #[arg(long, value_name = "PID|COMM|CGROUP", value_parser = crate::protect::parse_protected)]
     pub protect: Vec<crate::protect::Protected>,
 

@@ -52,7 +52,8 @@ pub struct KernelScope {
     /// (cgroup directory, SCOPE_IN or SCOPE_PROTECTED).
     pub cgroups: Vec<(String, u32)>,
     /// Never tagged or signalled by the probe (whether or not it tags by
-    /// itself): guard, its ancestors, `--protect`ed pids and comms.
+    /// itself): guard, its ancestors, `--protect`ed pids, service managers
+    /// and `--protect`ed comms.
     pub protected_pids: Vec<u32>,
     pub protected_comms: Vec<[u8; COMM_LEN]>,
 }
@@ -82,17 +83,18 @@ pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
             _ => None,
         }))
         .collect();
-    let protected_comms = inputs
-        .protect
+    let protected_comms = crate::protect::SUPERVISORS
         .iter()
-        .filter_map(|p| match p {
-            Protected::Comm(comm) => {
-                let mut bytes = [0u8; COMM_LEN];
-                let len = comm.len().min(COMM_LEN - 1);
-                bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
-                Some(bytes)
-            }
+        .copied()
+        .chain(inputs.protect.iter().filter_map(|p| match p {
+            Protected::Comm(comm) => Some(comm.as_str()),
             _ => None,
+        }))
+        .map(|comm| {
+            let mut bytes = [0u8; COMM_LEN];
+            let len = comm.len().min(COMM_LEN - 1);
+            bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+            bytes
         })
         .collect();
     let mut plan = KernelScope {
@@ -270,9 +272,12 @@ mod tests {
             vec![("/sys/fs/cgroup/pids/jobs".to_owned(), SCOPE_IN)]
         );
         assert_eq!(plan.protected_pids, vec![4242, 4000, 600]);
-        assert_eq!(&plan.protected_comms[0][..9], b"postgres\0");
+        let n = crate::protect::SUPERVISORS.len();
+        assert_eq!(plan.protected_comms.len(), n + 2);
+        assert_eq!(&plan.protected_comms[2][..5], b"sshd\0");
+        assert_eq!(&plan.protected_comms[n][..9], b"postgres\0");
         // Cut as the kernel cuts comms: 15 bytes and a NUL.
-        assert_eq!(&plan.protected_comms[1][..], b"a-very-long-nam\0");
+        assert_eq!(&plan.protected_comms[n + 1][..], b"a-very-long-nam\0");
     }
 
     #[test]

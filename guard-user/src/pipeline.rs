@@ -44,24 +44,6 @@ pub struct Settings {
     pub kernel_tags: bool,
 }
 
-/// Supervisors a crash loop never stops, by comm: they run other services
-/// too (PID 1, whatever its name, is protected anyway).
-const SERVICE_MANAGERS: &[&str] = &[
-    "systemd",
-    "init",
-    "supervisord",
-    "s6-supervise",
-    "runsv",
-    "runsvdir",
-    "containerd-shim",
-    "conmon",
-    "tini",
-    "dumb-init",
-    "docker-init",
-    "dockerd",
-    "containerd",
-];
-
 /// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
 const PSI_FULL_PRESSURE: f64 = 10.0;
 
@@ -1093,16 +1075,9 @@ impl<W: Write> Pipeline<W> {
         let Some(node) = self.table.lineage().get(p.node) else {
             return Some("the supervisor is unknown");
         };
-        if let Some(why) = self.protection.why(node) {
-            return Some(why);
-        }
-        let comm = node.comm.to_string();
-        if SERVICE_MANAGERS.contains(&comm.as_str()) {
-            return Some(
-                "the supervisor is a service manager: stopping it would stop everything it runs",
-            );
-        }
-        None
+        // Service managers and session daemons are protected by name (see
+        // `protect::SUPERVISORS`): stopping one would stop all it runs.
+        self.protection.why(node)
     }
 
     fn crash_loop_alert(&mut self, l: &CrashLoop) -> io::Result<()> {

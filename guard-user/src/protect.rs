@@ -1,6 +1,7 @@
 //! What guard never signals, whatever the configuration: PID 1, kernel
-//! threads, guard itself and its ancestors, anything outside the scope, and
-//! what `--protect` names. Detectors use it to choose an offender; `act`
+//! threads, guard itself and its ancestors, service managers and session
+//! daemons (by comm, [`SUPERVISORS`]), anything outside the scope, and what
+//! `--protect` names. Detectors use it to choose an offender; `act`
 //! checks it again before every signal.
 
 use std::collections::HashSet;
@@ -13,6 +14,29 @@ use crate::{
     decode::Comm,
     proctable::LineageNode,
 };
+
+/// Service managers and session daemons, by comm: never signalled, so that
+/// an explosion under one of them is pinned on the child that started it
+/// (the fork probe roots a subtree at the first unprotected forker) and a
+/// crash loop never stops the manager of many services. Without this, the
+/// topmost unprotected ancestor of a bomb started in an ssh session is
+/// sshd itself. PID 1 is protected whatever its name.
+pub const SUPERVISORS: &[&str] = &[
+    "systemd",
+    "init",
+    "sshd",
+    "supervisord",
+    "s6-supervise",
+    "runsv",
+    "runsvdir",
+    "containerd-shim",
+    "conmon",
+    "tini",
+    "dumb-init",
+    "docker-init",
+    "dockerd",
+    "containerd",
+];
 
 /// One `--protect` value: a pid, a cgroup directory (starts with `/`), or a
 /// comm.
@@ -129,6 +153,12 @@ impl Protection {
         if !self.scope.contains_cgroups(&node.cgroups) {
             return Some("outside the --cgroup scope");
         }
+        if SUPERVISORS
+            .iter()
+            .any(|s| node.comm.as_bytes() == s.as_bytes())
+        {
+            return Some("a service manager or session daemon (it runs others)");
+        }
         for p in &self.listed {
             let hit = match p {
                 Protected::Pid(pid) => node.tgid == *pid,
@@ -187,6 +217,14 @@ mod tests {
             Some("outside the --cgroup scope")
         );
         assert_eq!(p.why(&node(500, "bash", inside, false)), None);
+        assert!(
+            p.why(&node(501, "sshd", inside, false))
+                .is_some_and(|w| w.contains("service manager"))
+        );
+        assert!(
+            p.why(&node(502, "containerd-shim", inside, false))
+                .is_some()
+        );
     }
 
     #[test]

@@ -187,6 +187,52 @@ fn the_fork_probe_contains_a_bomb_while_the_agent_is_frozen() {
 }
 
 #[test]
+fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
+    let cg = TestCgroup::new("bomb-stop", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "stop",
+        "--events",
+        "fork",
+    ]);
+    let mut bystander = bystander(&cg);
+    let bystander_pid = bystander.id();
+    start_bomb(&cg, BOMB);
+    let action = agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
+        r["kind"] == "action" && r["outcome"]["contained"] == true
+    });
+    assert_eq!(action["action"], "stop", "{action}");
+    assert_eq!(action["signals"], "SIGSTOP", "{action}");
+    // Nothing of the bomb runs: each process is stopped, or exited before
+    // it was reached. The stopped ones stay (the cgroup is emptied when the
+    // test ends).
+    let bash: Vec<_> = members(&cg)
+        .into_iter()
+        .filter(|m| m.1 == "bash" && m.2 != 'Z')
+        .collect();
+    let running: Vec<_> = bash.iter().filter(|m| m.2 != 'T').collect();
+    assert!(running.is_empty(), "bomb processes still running: {running:?}");
+    assert!(!bash.is_empty(), "no stopped bomb process left to inspect");
+    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    let state = members(&cg)
+        .into_iter()
+        .find(|m| m.0 == bystander_pid)
+        .map(|m| m.2);
+    assert!(
+        matches!(state, Some('S' | 'R')),
+        "the bystander was stopped: {state:?}"
+    );
+    drop(agent.stop());
+}
+
+#[test]
 fn protected_processes_in_a_bomb_are_never_signalled() {
     let cg = TestCgroup::new("bomb-protect", 1000, 512 << 20);
     let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
