@@ -117,6 +117,21 @@ impl TestCgroup {
         }
     }
 
+    /// On a hybrid host, also a directory in the v2 hierarchy mounted at
+    /// /sys/fs/cgroup/unified (no controllers there: membership only), which
+    /// members join too; `None` elsewhere.
+    pub fn with_v2_dir(mut self) -> (Self, Option<PathBuf>) {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        if self.dirs.len() < 2 || !unified.join("cgroup.procs").exists() {
+            return (self, None);
+        }
+        let leaf = self.pids.file_name().expect("a leaf").to_owned();
+        let dir = own_cgroup_dir(unified, "").join(leaf);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        self.dirs.push(dir.clone());
+        (self, Some(dir))
+    }
+
     fn write(&self, dir: &Path, file: &str, value: &str) {
         let path = dir.join(file);
         if let Err(e) = std::fs::write(&path, value) {

@@ -141,26 +141,27 @@ fn a_bash_fork_bomb_is_killed_and_the_bystander_lives() {
     }
 }
 
-#[test]
-fn the_fork_probe_contains_a_bomb_while_the_agent_is_frozen() {
-    let cg = TestCgroup::new("bomb-frozen", 1000, 512 << 20);
-    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+/// Starts the agent scoped to `scope` with --fork-action kill, freezes it
+/// whole (SIGSTOP), runs a bomb in `cg` beside a bystander, and checks that
+/// the fork probe alone empties it without pids.max refusing a fork; then
+/// thaws the agent and checks what it reports.
+fn bomb_under_a_frozen_agent(cg: &TestCgroup, scope: &str) {
     let mut agent = Agent::start(&[
         "--cgroup",
-        &scope,
+        scope,
         "--fork-action",
         "kill",
         "--events",
         "fork",
     ]);
-    let mut bystander = bystander(&cg);
-    // Freeze the agent whole: what happens to the bomb now is the fork
-    // probe's doing alone. (A failed assertion kills the agent anyway.)
+    let mut bystander = bystander(cg);
+    // What happens to the bomb now is the fork probe's doing alone. (A
+    // failed assertion kills the agent anyway.)
     agent.signal(libc::SIGSTOP);
     let thaw = Defer(|| agent.signal(libc::SIGCONT));
-    start_bomb(&cg, BOMB);
-    wait_until_gone(&cg, "bash", Duration::from_secs(10));
-    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    start_bomb(cg, BOMB);
+    wait_until_gone(cg, "bash", Duration::from_secs(10));
+    assert_eq!(pids_max_hits(cg), 0, "the bomb reached pids.max");
     assert!(
         bystander.try_wait().expect("try_wait").is_none(),
         "the bystander was killed"
@@ -184,6 +185,24 @@ fn the_fork_probe_contains_a_bomb_while_the_agent_is_frozen() {
     let bystander_pid = u64::from(bystander.id());
     assert_ne!(action["offender"]["pid"].as_u64(), Some(bystander_pid));
     drop(agent.stop());
+}
+
+#[test]
+fn the_fork_probe_contains_a_bomb_while_the_agent_is_frozen() {
+    let cg = TestCgroup::new("bomb-frozen", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    bomb_under_a_frozen_agent(&cg, &scope);
+}
+
+/// The same with the scope given as a cgroup v2 directory, so that the
+/// fork probe reads the task's v2 cgroup (`css_set.dfl_cgrp`) rather than
+/// a v1 controller's. (pids.max still comes from the v1 pids cgroup the
+/// bomb is also in: this host's v2 hierarchy has no controllers.)
+#[test]
+fn the_fork_probe_reads_a_cgroup_v2_scope() {
+    let (cg, v2) = TestCgroup::new("bomb-v2", 1000, 512 << 20).with_v2_dir();
+    let v2 = v2.unwrap_or_else(|| cg.pids_dir().to_path_buf());
+    bomb_under_a_frozen_agent(&cg, v2.to_str().expect("utf8"));
 }
 
 #[test]
@@ -214,7 +233,10 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
         .filter(|m| m.1 == "bash" && m.2 != 'Z')
         .collect();
     let running: Vec<_> = bash.iter().filter(|m| m.2 != 'T').collect();
-    assert!(running.is_empty(), "bomb processes still running: {running:?}");
+    assert!(
+        running.is_empty(),
+        "bomb processes still running: {running:?}"
+    );
     assert!(!bash.is_empty(), "no stopped bomb process left to inspect");
     assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
     assert!(
