@@ -180,10 +180,20 @@ pub struct ExecEvent {
     pub old_pid: u32,
     /// Bytes of `filename` before its NUL.
     pub filename_len: u32,
+    /// Bytes of `args` copied (0: unreadable).
+    pub args_len: u32,
+    /// Bytes of the argument block beyond `args` (cut).
+    pub args_cut: u32,
     /// comm after exec (the new program's basename, cut to 15 bytes).
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; PATH_LEN],
+    /// The start of the new argument block (`mm->arg_start..arg_end`): the
+    /// arguments, each ended by a NUL, as /proc/PID/cmdline shows them.
+    pub args: [u8; ARGS_LEN],
 }
+
+/// Bytes of the argument block an `exec` record carries.
+pub const ARGS_LEN: usize = 128;
 
 /// `sched_process_exit`: a task is exiting.
 #[repr(C)]
@@ -408,6 +418,13 @@ pub struct TaskOffsets {
     pub state: u32,
     /// 1 when `sched_switch` passes `unsigned int prev_state` (5.18+).
     pub switch_has_prev_state: u32,
+    /// `task_struct.mm`.
+    pub mm: u32,
+    /// `mm_struct.arg_start` and `arg_end`.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
 }
 
 /// Field offsets inside the `oom/mark_victim` record, from its tracefs
@@ -557,6 +574,10 @@ impl ProbeConfig {
             exit_has_group_dead: 0,
             state: 0,
             switch_has_prev_state: 0,
+            mm: 0,
+            mm_arg_start: 0,
+            mm_arg_end: 0,
+            reserved: 0,
         },
         mark_victim: MarkVictimLayout::NONE,
         memory: MemoryProbe {
@@ -670,7 +691,10 @@ mod layout {
     fn sizes_have_no_padding() {
         assert_eq!(size_of::<Header>(), 16);
         assert_eq!(size_of::<ForkEvent>(), 16 + 6 * 4 + 8 + 2 * COMM_LEN);
-        assert_eq!(size_of::<ExecEvent>(), 16 + 4 * 4 + COMM_LEN + PATH_LEN);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            16 + 6 * 4 + COMM_LEN + PATH_LEN + ARGS_LEN
+        );
         assert_eq!(size_of::<ExitEvent>(), 16 + 6 * 4 + COMM_LEN);
         assert_eq!(
             size_of::<OomKillEvent>(),
@@ -680,7 +704,7 @@ mod layout {
         assert_eq!(size_of::<CgroupAttachEvent>(), 16 + 4 * 4 + PATH_LEN);
         assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
         assert_eq!(size_of::<BlockedSlot>(), 8 + 4 * 4 + COMM_LEN);
-        assert_eq!(size_of::<TaskOffsets>(), 18 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 22 * 4);
         assert_eq!(size_of::<RssEvent>(), 16 + 4 * 4 + 4 * 8 + COMM_LEN);
         assert_eq!(
             size_of::<ReclaimStallEvent>(),

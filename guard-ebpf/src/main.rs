@@ -27,14 +27,14 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::{bpf_probe_read_kernel_str, bpf_send_signal},
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use guard_common::{
-    ABSENT, BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES,
+    ABSENT, ARGS_LEN, BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES,
     CgroupAttachEvent, CondemnedEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent,
     ExitEvent, ForkBudget, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES,
     OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN, PROTECTED_COMM_ENTRIES, PROTECTED_PID_ENTRIES,
@@ -85,6 +85,10 @@ static OCCUPANCY: Array<u64> = Array::with_max_entries(OCCUPANCY_SLOTS, 0);
 /// nothing is written for the many short sleeps nobody reported).
 #[map]
 static REPORTED: HashMap<u64, u64> = HashMap::with_max_entries(REPORTED_ENTRIES, 0);
+
+/// Scratch space for `exec` records, one per CPU.
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// The rss step each process was last reported in: tgid → step.
 #[map]
@@ -560,23 +564,60 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
-    // Built in place (the record is 304 bytes of a 512-byte stack).
     let kind = EventKind::Exec;
     let (pid, tgid) = task_ids(task).map_err(|e| read_failed(kind, e))?;
     let filename =
         read::<*const u8>(bprm, config!(task.binprm_filename)).map_err(|e| read_failed(kind, e))?;
-    let mut record = ExecEvent {
-        header: header(kind),
-        pid,
-        tgid,
-        old_pid: old_pid as u32,
-        filename_len: 0,
-        comm: task_comm(task).map_err(|e| read_failed(kind, e))?,
-        filename: [0; PATH_LEN],
-    };
-    record.filename_len = read_str::<PATH_LEN>(filename, &raw mut record.filename)
-        .map_err(|e| read_failed(kind, e))?;
-    output(kind, &record)
+    let comm = task_comm(task).map_err(|e| read_failed(kind, e))?;
+    // Built in this CPU's scratch slot: at 440 bytes the record does not
+    // fit the 512-byte BPF stack beside the rest.
+    let record = EXEC_SCRATCH.get_ptr_mut(0).ok_or(FAILED)?;
+    // SAFETY: `record` is this CPU's slot of a per-CPU array, valid for the
+    // whole run, and nothing else on this CPU runs meanwhile (the program
+    // runs with migration disabled, and a nested run of the same program on
+    // this CPU is refused by the kernel's recursion check).
+    unsafe {
+        core::ptr::write_bytes(record, 0, 1);
+        (*record).header = header(kind);
+        (*record).pid = pid;
+        (*record).tgid = tgid;
+        (*record).old_pid = old_pid as u32;
+        (*record).comm = comm;
+        (*record).filename_len = read_str::<PATH_LEN>(filename, &raw mut (*record).filename)
+            .map_err(|e| read_failed(kind, e))?;
+        // The arguments, from the new image's own memory: this runs in the
+        // exec'ing task, whose mm is the new one by now. Unreadable
+        // arguments leave `args_len` 0, not a lost record.
+        if let Ok((start, end)) = arg_block(task) {
+            let total = end.saturating_sub(start);
+            let len = if total > ARGS_LEN as u64 {
+                ARGS_LEN as u32
+            } else {
+                total as u32
+            };
+            if len > 0
+                && len <= ARGS_LEN as u32
+                && bpf_probe_read_user(
+                    (&raw mut (*record).args).cast::<c_void>(),
+                    len,
+                    start as *const c_void,
+                ) == 0
+            {
+                (*record).args_len = len;
+                (*record).args_cut = (total - u64::from(len)) as u32;
+            }
+        }
+        output(kind, &*record)
+    }
+}
+
+/// `mm->arg_start` and `mm->arg_end` of `task`.
+fn arg_block(task: *const u8) -> Result<(u64, u64), u32> {
+    let mm = read::<*const u8>(task, config!(task.mm))?;
+    Ok((
+        read::<u64>(mm, config!(task.mm_arg_start))?,
+        read::<u64>(mm, config!(task.mm_arg_end))?,
+    ))
 }
 
 // sched_process_exit: fires in do_exit() after `tsk->exit_code = code` and

@@ -108,6 +108,10 @@ pub struct Exec {
     pub comm: Comm,
     pub filename: String,
     pub filename_truncated: bool,
+    /// The arguments, space-separated (`None`: unreadable at exec).
+    pub cmdline: Option<String>,
+    /// The argument block was longer than the record carries.
+    pub cmdline_truncated: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -370,6 +374,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 comm: Comm::new(r.comm),
                 filename,
                 filename_truncated,
+                cmdline: cmdline(&r.args, r.args_len),
+                cmdline_truncated: r.args_cut > 0,
             })
         }
         EventKind::Exit => {
@@ -477,9 +483,24 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
+/// An argument block (each argument ended by a NUL) as one line, the
+/// arguments separated by spaces.
+fn cmdline(args: &[u8], len: u32) -> Option<String> {
+    let bytes = args.get(..len as usize)?;
+    if bytes.is_empty() {
+        return None;
+    }
+    let words: Vec<String> = bytes
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    Some(words.join(" "))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
-    use guard_common::PATH_LEN;
+    use guard_common::{ARGS_LEN, PATH_LEN};
 
     use super::*;
 
@@ -581,14 +602,19 @@ pub(crate) mod tests {
     fn decodes_exec_filename_and_truncation() {
         let mut filename = [0u8; PATH_LEN];
         filename[..9].copy_from_slice(b"/bin/true");
+        let mut args = [0u8; ARGS_LEN];
+        args[..13].copy_from_slice(b"true\0-x\0a b\0\0");
         let raw = ExecEvent {
             header: header(EventKind::Exec),
             pid: 5,
             tgid: 5,
             old_pid: 5,
             filename_len: 9,
+            args_len: 12,
+            args_cut: 0,
             comm: comm("true"),
             filename,
+            args,
         };
         let Ok(Event::Exec(e)) = decode(&bytes_of(&raw)) else {
             panic!("not an exec")
@@ -597,6 +623,22 @@ pub(crate) mod tests {
             (e.filename.as_str(), e.filename_truncated),
             ("/bin/true", false)
         );
+        assert_eq!(e.cmdline.as_deref(), Some("true -x a b"));
+        assert!(!e.cmdline_truncated);
+        let cut = ExecEvent {
+            args_cut: 300,
+            ..raw
+        };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&cut)) else {
+            panic!("not an exec")
+        };
+        assert_eq!(e.cmdline.as_deref(), Some("true -x a b"));
+        assert!(e.cmdline_truncated);
+        let unreadable = ExecEvent { args_len: 0, ..raw };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&unreadable)) else {
+            panic!("not an exec")
+        };
+        assert_eq!(e.cmdline, None);
         let long = ExecEvent {
             filename: [b'a'; PATH_LEN],
             filename_len: (PATH_LEN - 1) as u32,

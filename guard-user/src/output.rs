@@ -441,6 +441,8 @@ impl<W: Write> Output<W> {
             Event::Exec(e) => {
                 o.str("filename", &e.filename)
                     .bool("filename_truncated", e.filename_truncated)
+                    .opt_str("cmdline", e.cmdline.as_deref())
+                    .bool("cmdline_truncated", e.cmdline_truncated)
                     .num("old_pid", e.old_pid);
             }
             Event::Exit(e) => {

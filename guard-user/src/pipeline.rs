@@ -1154,9 +1154,11 @@ impl<W: Write> Pipeline<W> {
             "pid": n.tgid,
             "comm": n.comm.to_string(),
             "alive": n.alive,
-            // From exec events: reading /proc/PID/cmdline here would wait on
-            // the offender's mmap_lock, which a forking process holds.
+            // From exec records (the probe copies the arguments): reading
+            // /proc/PID/cmdline here would wait on the offender's mmap_lock,
+            // which a forking process holds.
             "exe": n.exe.as_deref(),
+            "cmdline": n.cmdline.as_deref(),
             "cgroup": n.cgroups.get(self.primary).cloned().flatten().map(|s| s.to_string()),
             "subtree_size": subtree,
         })

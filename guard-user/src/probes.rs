@@ -245,6 +245,10 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
             state: state?,
             // 5.18 added `unsigned int prev_state` to sched_switch.
             switch_has_prev_state: u32::from(switch_args >= 4),
+            mm: m("task_struct", "mm")?,
+            mm_arg_start: m("mm_struct", "arg_start")?,
+            mm_arg_end: m("mm_struct", "arg_end")?,
+            reserved: 0,
         })
     };
     resolve().context("resolving kernel struct offsets from BTF")

@@ -65,6 +65,8 @@ pub struct LineageNode {
     /// The program it runs, from its last exec event (none: it was forked
     /// and has not exec'd since guard started; its parent's program).
     pub exe: Option<Arc<str>>,
+    /// Its arguments at that exec (cut at 128 bytes), or its parent's.
+    pub cmdline: Option<Arc<str>>,
     /// Its cgroups when it was last seen alive.
     pub cgroups: CgroupSet,
     /// Nodes, live or ghost, whose `parent` is this one.
@@ -88,6 +90,9 @@ impl Lineage {
             exe: parent
                 .and_then(|p| self.nodes.get(&p))
                 .and_then(|p| p.exe.clone()),
+            cmdline: parent
+                .and_then(|p| self.nodes.get(&p))
+                .and_then(|p| p.cmdline.clone()),
             cgroups: info.cgroups.clone(),
             children: 0,
         };
@@ -412,6 +417,7 @@ impl ProcessTable {
                 if let Some(n) = self.lineage.nodes.get_mut(&node) {
                     n.comm = e.comm;
                     n.exe = Some(Arc::from(e.filename.as_str()));
+                    n.cmdline = e.cmdline.as_deref().map(Arc::from);
                 }
                 Some(snapshot)
             }
@@ -581,6 +587,8 @@ mod tests {
             comm: Comm::from_str_lossy("worker"),
             filename: "/usr/bin/worker".into(),
             filename_truncated: false,
+            cmdline: Some("worker --fast".into()),
+            cmdline_truncated: false,
         });
         assert_eq!(
             t.apply(&exec).map(|p| p.comm.to_string()),

@@ -132,6 +132,7 @@ impl Protection {
             born_ns: 0,
             kernel_thread: flags & 0x0020_0000 != 0,
             exe: None,
+            cmdline: None,
             cgroups,
             children: 0,
         };
@@ -191,6 +192,7 @@ mod tests {
             born_ns: 0,
             kernel_thread,
             exe: None,
+            cmdline: None,
             cgroups: Arc::from(vec![Some(Arc::<str>::from(cgroup))]),
             children: 0,
         }

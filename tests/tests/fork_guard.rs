@@ -96,6 +96,12 @@ fn a_bash_fork_bomb_is_killed_and_the_bystander_lives() {
     assert_eq!(alert["rule"], "explosion", "{alert}");
     assert_eq!(alert["offender"]["comm"], "bash", "{alert}");
     assert_eq!(alert["offender"]["exe"], "/bin/bash", "{alert}");
+    // The arguments, as the exec probe copied them.
+    assert_eq!(
+        alert["offender"]["cmdline"],
+        format!("/bin/bash -c {BOMB}"),
+        "{alert}"
+    );
     // Containment may take a follow-up action (a member born just as a
     // pass ended): wait for the one that reports the subtree contained.
     let action = agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
@@ -219,7 +225,16 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
     ]);
     let mut bystander = bystander(&cg);
     let bystander_pid = bystander.id();
-    start_bomb(&cg, BOMB);
+    // Not waited for: the bomb's first process may be stopped before it
+    // returns. It is killed and reaped with the rest at the end.
+    let mut root = cg
+        .command("/bin/bash")
+        .args(["-c", BOMB])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bomb");
     let action = agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
         r["kind"] == "action" && r["outcome"]["contained"] == true
     });
@@ -252,6 +267,8 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
         "the bystander was stopped: {state:?}"
     );
     drop(agent.stop());
+    cg.kill_all();
+    let _ = root.wait();
 }
 
 #[test]
