@@ -96,6 +96,21 @@ pub struct BudgetLimits {
     pub signal: i32,
 }
 
+impl BudgetLimits {
+    /// The fork detector's explosion rule, enforced with `action`'s signal.
+    pub fn new(rules: &crate::detect::fork::ForkRules, action: ActionKind) -> Self {
+        Self {
+            window_ns: rules.window_ns,
+            max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
+            min_growth: rules.growth,
+            signal: match action {
+                ActionKind::Stop => libc::SIGSTOP,
+                _ => libc::SIGKILL,
+            },
+        }
+    }
+}
+
 /// A member of the subtree to contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    act::{ActionKind, LiveSystem, Outcome, System, contain},
+    act::{ActionKind, BudgetLimits, LiveSystem, Outcome, System, contain},
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
     decode::Event,
@@ -149,15 +149,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
         action: args.fork_action,
         dry_run: args.dry_run,
-        rule: kernel_scope::KernelRule {
-            window_ns: rules.window_ns,
-            max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
-            min_growth: rules.growth,
-            signal: match args.fork_action {
-                ActionKind::Stop => libc::SIGSTOP,
-                _ => libc::SIGKILL,
-            },
-        },
+        rule: BudgetLimits::new(&rules, args.fork_action),
         scope: &scope,
         protect: &args.protect,
         guard_chain: &guard_chain.iter().copied().collect::<Vec<_>>(),

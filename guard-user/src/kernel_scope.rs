@@ -19,7 +19,12 @@ use std::os::unix::fs::MetadataExt as _;
 use anyhow::{Context as _, Result};
 use guard_common::{ABSENT, COMM_LEN, SCOPE_IN, SCOPE_PROTECTED};
 
-use crate::{act::ActionKind, agent::Scope, cgroup::Hierarchies, protect::Protected};
+use crate::{
+    act::{ActionKind, BudgetLimits},
+    agent::Scope,
+    cgroup::Hierarchies,
+    protect::Protected,
+};
 
 /// The hierarchy the fork probe reads a task's cgroup in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,20 +35,11 @@ pub enum ScopeHierarchy {
     V1Controller(String),
 }
 
-/// The explosion rule as the fork probe applies it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelRule {
-    pub window_ns: u64,
-    pub max_births: u32,
-    pub min_growth: u32,
-    pub signal: i32,
-}
-
 /// Everything the loader hands the fork probe about scope and protection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelScope {
     /// `Some` when the probe tags subtrees by itself.
-    pub rule: Option<KernelRule>,
+    pub rule: Option<BudgetLimits>,
     /// Why it does not, when it does not (for the log).
     pub off_because: Option<String>,
     pub hierarchy: Option<ScopeHierarchy>,
@@ -62,7 +58,7 @@ pub struct KernelScope {
 pub struct Inputs<'a> {
     pub action: ActionKind,
     pub dry_run: bool,
-    pub rule: KernelRule,
+    pub rule: BudgetLimits,
     pub scope: &'a Scope,
     pub protect: &'a [Protected],
     pub guard_chain: &'a [u32],
@@ -221,8 +217,8 @@ mod tests {
     const V1_SELF: &str = "5:pids:/\n4:memory:/\n1:name=systemd:/\n0::/\n";
     const V2: &str = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
 
-    fn rule() -> KernelRule {
-        KernelRule {
+    fn rule() -> BudgetLimits {
+        BudgetLimits {
             window_ns: 1_000_000_000,
             max_births: 100,
             min_growth: 32,

@@ -306,20 +306,8 @@ impl<W: Write> Pipeline<W> {
             return;
         };
         let live = self.tagged.values().filter(|(t, _)| *t == tag).count() as u64;
-        let rules = self.detectors.fork.rules();
-        system.budget(
-            tag,
-            live,
-            BudgetLimits {
-                window_ns: rules.window_ns,
-                max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
-                min_growth: rules.growth,
-                signal: match self.settings.fork_action {
-                    ActionKind::Stop => libc::SIGSTOP,
-                    _ => libc::SIGKILL,
-                },
-            },
-        );
+        let limits = BudgetLimits::new(&self.detectors.fork.rules(), self.settings.fork_action);
+        system.budget(tag, live, limits);
     }
 
     /// The detector's key for a process: its pids-hierarchy cgroup, when it
@@ -929,6 +917,16 @@ impl<W: Write> Pipeline<W> {
             }
             let members = unprotected_members(lineage, protection, offender.node);
             let described = self.describe_offender(offender.node, members.len());
+            // The subtree may carry the fork probe's own tag already: act
+            // under it, so that the probe's budget and condemnation and the
+            // agent's signals are one; and say so when the probe condemned
+            // it first (its record may still be on its way).
+            let probe_tag = self.probe_tag_of(offender.tgid, &members);
+            if let (Some(t), Some(system)) = (probe_tag, &self.system)
+                && system.is_condemned(t)
+            {
+                fields.push(("condemned_by_kernel", json!(true)));
+            }
             fields.push(("offender", described.clone()));
             fields.push(("action", json!(self.settings.fork_action)));
             self.out.record("alert", &fields)?;
@@ -936,12 +934,7 @@ impl<W: Write> Pipeline<W> {
             {
                 continue;
             }
-            // The subtree may carry the fork probe's own tag already: act
-            // under it, so that the probe's budget and condemnation and the
-            // agent's signals are one.
-            let tag = self
-                .probe_tag_of(offender.tgid, &members)
-                .unwrap_or(offender.node);
+            let tag = probe_tag.unwrap_or(offender.node);
             let request = ActionRequest {
                 detector: "fork",
                 rule,
