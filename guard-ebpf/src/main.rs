@@ -283,7 +283,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// the subtree's budget (condemning it when the budget is spent), and
 /// signals a forker whose tag is condemned. Returns the signal the newborn
 /// child must get too: a condemned member that forks dies, and so does the
-/// child it leaves, so the subtree can only shrink. Outside a watched
+/// child it leaves (under SIGKILL), so the subtree can only shrink. Outside a watched
 /// scope, two hash lookups that miss (and a cached cgroup verdict).
 fn enforce_lineage(
     parent: *const u8,
@@ -314,7 +314,28 @@ fn enforce_lineage(
     // SAFETY: signals the current task's process; allowed in tracing
     // programs, and current is a user task (checked just above).
     unsafe { bpf_send_signal(signal) };
-    (child_tgid != parent_tgid && !protected(child, child_tgid)).then_some(signal)
+    if child_tgid == parent_tgid || protected(child, child_tgid) {
+        return None;
+    }
+    // A vfork child (a new process sharing its parent's memory) is not
+    // stopped here: stopped before it execs, it would hold its parent in D
+    // state for good (only its exec or death releases a vfork parent), so
+    // that SIGCONT could never resume the parent. The agent's containment
+    // stops it on its next pass instead; SIGKILL releases the parent, so a
+    // kill takes it at once.
+    if signal != SIGKILL && shares_memory(parent, child) {
+        return None;
+    }
+    Some(signal)
+}
+
+const SIGKILL: u32 = 9;
+
+/// Whether `child` runs in `parent`'s address space (vfork, posix_spawn):
+/// it is a new process, so CLONE_VM without CLONE_THREAD.
+fn shares_memory(parent: *const u8, child: *const u8) -> bool {
+    let mm = |task| read::<*const u8>(task, config!(task.mm));
+    matches!((mm(parent), mm(child)), (Ok(a), Ok(b)) if a == b && !a.is_null())
 }
 
 const PF_KTHREAD: u32 = 0x0020_0000;
