@@ -381,7 +381,7 @@ impl System for LiveSystem {
 
     fn budget(&self, tag: u64, live: u64, limits: BudgetLimits) {
         let budget = guard_common::ForkBudget {
-            window_start_ns: crate::output::WallClock::boot_ns_now(),
+            window_start_ns: crate::clock::WallClock::boot_ns_now(),
             window_ns: limits.window_ns,
             births: 0,
             live,

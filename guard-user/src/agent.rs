@@ -19,6 +19,7 @@ use crate::{
     act::{ActionKind, BudgetLimits, LiveSystem, Outcome, System, contain},
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
+    clock::WallClock,
     decode::Event,
     detect::{
         Detectors,
@@ -29,7 +30,7 @@ use crate::{
     },
     kernel_scope,
     loader::{self, LoadOptions},
-    output::{Format, Output, ThreadedStdout, WallClock},
+    output::{Format, Output, ThreadedStdout},
     pipeline::{ActionRequest, Pipeline, Settings},
     proctable::{ProcInfo, ProcessTable, default_proc_root},
     protect::Protection,
@@ -294,7 +295,12 @@ pub async fn run(args: Args) -> Result<Ending> {
             ("dry_run", json!(args.dry_run)),
         ],
     );
-    let mut broken = check_pipe(start.and_then(|()| pipe.out.flush()))?;
+    start.and_then(|()| pipe.out.flush())?;
+    let mut output = OutputWatch {
+        enforcing: enforcing(&args),
+        warned: false,
+    };
+    let mut broken = output.ended(&pipe.out)?;
 
     let mut reported = KernelDrops::default();
     let mut reported_queue = 0u64;
@@ -340,31 +346,23 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let mut stopped_by_signal = false;
     while !broken {
+        broken = output.ended(&pipe.out)?;
         tokio::select! {
             _ = sigint.recv() => { stopped_by_signal = true; break }
             _ = sigterm.recv() => { stopped_by_signal = true; break }
             _ = tick.tick() => {
-                let result = report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe);
-                broken = check_pipe(result)?;
+                report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
             }
             _ = sample.tick() => {
                 pipe.sample_pids(WallClock::boot_ns_now());
                 pipe.sample_memory(WallClock::boot_ns_now());
                 let blocked_now = blocked_maps.snapshot();
-                match pipe.sample_blocked(WallClock::boot_ns_now(), &blocked_now) {
-                    Ok(book) => blocked_maps.apply(&book),
-                    Err(err) => broken = check_pipe(Err(err))?,
-                }
-                match pipe.check(WallClock::boot_ns_now()) {
-                    Ok(requests) => run_actions(requests),
-                    Err(err) => broken = check_pipe(Err(err))?,
-                }
+                let book = pipe.sample_blocked(WallClock::boot_ns_now(), &blocked_now)?;
+                blocked_maps.apply(&book);
+                run_actions(pipe.check(WallClock::boot_ns_now())?);
             }
             Some((request, outcome)) = done_rx.recv() => {
-                match pipe.action_done(&request, &outcome) {
-                    Ok(follow_up) => run_actions(follow_up),
-                    Err(err) => broken = check_pipe(Err(err))?,
-                }
+                run_actions(pipe.action_done(&request, &outcome)?);
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
@@ -373,8 +371,9 @@ pub async fn run(args: Args) -> Result<Ending> {
                 while result.is_ok() && let Ok(event) = rx.try_recv() {
                     result = pipe.handle(&event);
                 }
-                let result = result.and_then(|()| pipe.check(WallClock::boot_ns_now())).map(run_actions);
-                broken = check_pipe(result.and_then(|()| pipe.out.flush()))?;
+                result?;
+                run_actions(pipe.check(WallClock::boot_ns_now())?);
+                pipe.out.flush()?;
                 let want = realtime && (pipe.detectors.fork.armed() || pipe.acting());
                 if want != raised && set_realtime(want) {
                     raised = want;
@@ -390,16 +389,12 @@ pub async fn run(args: Args) -> Result<Ending> {
     drop(act_tx);
     let _ = actor.join();
     while let Ok((request, outcome)) = done_rx.try_recv() {
-        if !broken {
-            broken = check_pipe(pipe.action_done(&request, &outcome).map(|_| ()))?;
-        }
+        pipe.action_done(&request, &outcome)?;
     }
     drop(loaded);
     let _ = stop_reader.send(());
     while let Some(event) = rx.recv().await {
-        if !broken {
-            broken = check_pipe(pipe.handle(&event))?;
-        }
+        pipe.handle(&event)?;
     }
     let _ = reader.await;
     if broken {
@@ -426,9 +421,19 @@ pub async fn run(args: Args) -> Result<Ending> {
                 json!(stats.undecodable.load(Ordering::Relaxed)),
             ),
             ("output_dropped", json!(pipe.out.dropped)),
+            ("records_dropped", json!(pipe.out.records_dropped)),
         ],
     );
-    if check_pipe(summary.and_then(|()| pipe.out.flush()))? {
+    summary.and_then(|()| pipe.out.flush())?;
+    if pipe.out.dropped + pipe.out.records_dropped > 0 {
+        tracing::warn!(
+            "{} event lines and {} other records were not written: stdout was not read fast \
+             enough, or had failed",
+            pipe.out.dropped,
+            pipe.out.records_dropped
+        );
+    }
+    if output.ended(&pipe.out)? {
         return Ok(Ending::BrokenPipe);
     }
     Ok(if stopped_by_signal {
@@ -493,11 +498,43 @@ fn report_losses(
     pipe.out.flush()
 }
 
-/// Ok(true) when stdout's reader has gone; other write errors are errors.
-fn check_pipe(result: io::Result<()>) -> Result<bool> {
-    match result {
-        Ok(()) => Ok(false),
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(true),
-        Err(err) => Err(err).context("writing to stdout"),
+/// Whether the fork, memory or crash-loop guard signals anything.
+fn enforcing(args: &Args) -> bool {
+    !args.dry_run
+        && (args.fork_action != ActionKind::Log
+            || args.mem_action != ActionKind::Log
+            || args.crashloop_action != crate::cli::CrashLoopAction::Log)
+}
+
+/// What a failed stdout means. A tracer whose reader went away (`guard |
+/// head`) ends quietly, and one whose stdout fails otherwise ends with the
+/// error. An agent that enforces goes on enforcing without its output: its
+/// protection must not hang on a log reader. It says so once on stderr, and
+/// counts every record it no longer writes.
+struct OutputWatch {
+    enforcing: bool,
+    warned: bool,
+}
+
+impl OutputWatch {
+    /// Ok(true) when the run should end quietly.
+    fn ended<W: Write>(&mut self, out: &Output<W>) -> Result<bool> {
+        let Some(err) = out.failure() else {
+            return Ok(false);
+        };
+        if self.enforcing {
+            if !self.warned {
+                self.warned = true;
+                tracing::error!(
+                    "writing stdout failed ({err}): guard goes on enforcing without writing \
+                     records, counting them as dropped; stop it with SIGTERM"
+                );
+            }
+            return Ok(false);
+        }
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            return Ok(true);
+        }
+        Err(anyhow::anyhow!("writing to stdout: {err}"))
     }
 }

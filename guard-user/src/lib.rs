@@ -7,6 +7,7 @@ pub mod agent;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod decode;
 pub mod detect;
 pub mod kernel_scope;

@@ -13,9 +13,10 @@ use guard_common::{EventKind, KIND_SLOTS};
 use serde_json::{Value, json};
 
 use crate::{
-    act::{ActionKind, BudgetLimits, Member, Outcome, System},
+    act::{ActionKind, BudgetLimits, Member, Outcome, ProcState, System},
     agent::Scope,
     cli::KindSet,
+    clock::WallClock,
     decode::{Event, ExitStatus},
     detect::{
         Detectors,
@@ -25,7 +26,7 @@ use crate::{
         memory::{Grower, HOST, MemoryVerdict, PoolKey},
     },
     observe,
-    output::{Context, Output, WallClock, human_duration},
+    output::{Context, Output, human_duration},
     proctable::{Lineage, NodeId, ProcessTable},
     protect::Protection,
 };
@@ -70,6 +71,24 @@ pub struct ActionRequest {
     pub members: Vec<Member>,
     /// Memory actions: the pool and its unreclaimable bytes at the alert.
     pub pool: Option<(PoolKey, u64)>,
+    /// How many follow-ups came before this one (0: the first action).
+    pub follow_ups: u32,
+}
+
+/// Most follow-up rounds after one action: members born before they could
+/// be tagged are caught within one or two; more means they cannot be.
+const MAX_FOLLOW_UPS: u32 = 3;
+
+/// Whether a member in `state` still needs the action's signal: one that is
+/// gone or a zombie never does, nor one that a `stop` has stopped already.
+/// (Taking a stopped member for one left to stop made `stop` request a
+/// follow-up every few ms, for ever, in SCHED_FIFO.)
+fn still_to_contain(kind: ActionKind, state: ProcState) -> bool {
+    match state {
+        ProcState::Gone | ProcState::Zombie => false,
+        ProcState::Stopped => kind == ActionKind::Kill,
+        ProcState::Running => true,
+    }
 }
 
 /// The fields every `action` record starts with.
@@ -640,6 +659,7 @@ impl<W: Write> Pipeline<W> {
                 born_ns: node.born_ns,
             }],
             pool: Some((pool.clone(), usage)),
+            follow_ups: 0,
         })
     }
 
@@ -944,6 +964,7 @@ impl<W: Write> Pipeline<W> {
                 offender: described,
                 members,
                 pool: None,
+                follow_ups: 0,
             };
             if self.settings.dry_run {
                 self.dry_run(&request)?;
@@ -1050,6 +1071,7 @@ impl<W: Write> Pipeline<W> {
             offender,
             members,
             pool: None,
+            follow_ups: 0,
         };
         self.active.insert(c.tag);
         if let Some(r) = root {
@@ -1134,6 +1156,7 @@ impl<W: Write> Pipeline<W> {
                 born_ns: self.table.lineage().get(node).map_or(0, |n| n.born_ns),
             }],
             pool: None,
+            follow_ups: 0,
         };
         self.queue(request)
     }
@@ -1209,14 +1232,33 @@ impl<W: Write> Pipeline<W> {
             // swept that until it was empty.
             return Ok(Vec::new());
         };
+        let Some(system) = &self.system else {
+            return Ok(Vec::new());
+        };
         let lineage = self.table.lineage();
         let mut left = unprotected_members(lineage, &self.protection, root);
-        left.retain(|m| std::path::Path::new(&format!("/proc/{}", m.tgid)).exists());
+        left.retain(|m| still_to_contain(request.kind, system.state(m.tgid)));
         if left.is_empty() || request.kind == ActionKind::Log {
+            return Ok(Vec::new());
+        }
+        if request.follow_ups >= MAX_FOLLOW_UPS
+            || (request.follow_ups > 0 && outcome.signalled == 0)
+        {
+            // Members the lineage knows that containment can no longer
+            // reach (their pid names another process, or they are about to
+            // die): report them once, and stop.
+            tracing::warn!(
+                "{} members of subtree {} are still running after {} rounds of containment; \
+                 guard stops trying",
+                left.len(),
+                request.tag,
+                request.follow_ups + 1
+            );
             return Ok(Vec::new());
         }
         let follow_up = ActionRequest {
             members: left,
+            follow_ups: request.follow_ups + 1,
             ..request.clone()
         };
         self.active.insert(follow_up.tag);
@@ -1229,5 +1271,23 @@ impl<W: Write> Pipeline<W> {
             .iter()
             .map(|k| (k.name(), self.counters.seen[*k as usize]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_members_are_done_for_stop_and_left_for_kill() {
+        use ProcState::*;
+        let left = |kind| {
+            [Gone, Zombie, Stopped, Running]
+                .into_iter()
+                .filter(|&s| still_to_contain(kind, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(left(ActionKind::Stop), vec![Running]);
+        assert_eq!(left(ActionKind::Kill), vec![Stopped, Running]);
     }
 }

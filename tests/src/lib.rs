@@ -335,6 +335,27 @@ impl Agent {
         agent
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Scheduling policy (`/proc/PID/task/TID/stat` field 41) of each of
+    /// the agent's threads, by thread name.
+    pub fn thread_policies(&self) -> Vec<(String, u32)> {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+                let rest: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+                // Field 41 overall; the fields after ")" start at field 3.
+                Some((name, rest.get(41 - 3)?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Sends `signal` to the running agent (SIGSTOP freezes it whole).
     pub fn signal(&self, signal: i32) {
         let child = self.child.as_ref().expect("running");

@@ -266,7 +266,28 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
         matches!(state, Some('S' | 'R')),
         "the bystander was stopped: {state:?}"
     );
-    drop(agent.stop());
+    // It settles: no more action rounds on a subtree already stopped, and
+    // back to normal scheduling (a stop used to be followed up every ~13 ms
+    // for ever, at SCHED_FIFO).
+    std::thread::sleep(Duration::from_secs(2));
+    let fifo: Vec<_> = agent
+        .thread_policies()
+        .into_iter()
+        .filter(|(name, policy)| *policy == libc::SCHED_FIFO as u32 && name != "guard-act")
+        .collect();
+    let stopped = agent.stop();
+    assert!(fifo.is_empty(), "still SCHED_FIFO after the stop: {fifo:?}");
+    let settled_at = num(&action, "boot_ns") + 1_000_000_000;
+    let late: Vec<&Value> = stopped
+        .of_kind("action")
+        .filter(|r| num(r, "boot_ns") > settled_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} action records more than 1 s after the containment, the first: {}",
+        late.len(),
+        late[0]
+    );
     cg.kill_all();
     let _ = root.wait();
 }

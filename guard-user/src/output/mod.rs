@@ -3,71 +3,30 @@
 //! has `kind`, `time` (RFC 3339, UTC, nanoseconds) and `boot_ns`
 //! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
 
+mod json;
+mod writer;
+
 use std::{
     io::{self, Write},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
+        atomic::{AtomicUsize, Ordering},
     },
-    thread::JoinHandle,
-    time::{Duration, SystemTime},
 };
 
 use guard_common::EventKind;
 
+pub use self::{
+    json::JsonObject,
+    writer::{EVENT_BACKLOG, RECORD_BACKLOG, ThreadedStdout},
+};
+pub use crate::clock::WallClock;
 use crate::decode::{Comm, Event, ExitStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text { color: bool },
     Json,
-}
-
-/// Turns CLOCK_BOOTTIME nanoseconds into wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    /// CLOCK_REALTIME − CLOCK_BOOTTIME, in ns, measured once at start.
-    offset_ns: i128,
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        let read = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_gettime writes one timespec we own.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-        };
-        let boot = read(libc::CLOCK_BOOTTIME);
-        let real = read(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - boot,
-        }
-    }
-
-    pub fn fixed(offset_ns: i128) -> Self {
-        Self { offset_ns }
-    }
-
-    pub fn to_system_time(self, boot_ns: u64) -> SystemTime {
-        let ns = (self.offset_ns + i128::from(boot_ns)).max(0) as u128;
-        SystemTime::UNIX_EPOCH
-            + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
-    }
-
-    pub fn boot_ns_now() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
 }
 
 /// What the process table adds to an event.
@@ -85,104 +44,6 @@ pub struct Context<'a> {
     /// oom_kill events: the victim's memory cgroup (its memory-hierarchy
     /// directory, whatever hierarchy `cgroup` shows).
     pub memory_cgroup: Option<&'a str>,
-}
-
-/// A JSON object written straight into a line buffer.
-pub struct JsonObject<'b> {
-    buf: &'b mut Vec<u8>,
-    first: bool,
-}
-
-impl<'b> JsonObject<'b> {
-    pub fn new(buf: &'b mut Vec<u8>) -> Self {
-        buf.push(b'{');
-        Self { buf, first: true }
-    }
-
-    fn key(&mut self, key: &str) {
-        if !self.first {
-            self.buf.push(b',');
-        }
-        self.first = false;
-        self.buf.push(b'"');
-        self.buf.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(b"\":");
-    }
-
-    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(key);
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *self.buf, value);
-        self
-    }
-
-    /// A string from a `Display` value that needs no JSON escaping (e.g. a
-    /// timestamp), written without an intermediate `String`.
-    pub fn plain(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
-        self.key(key);
-        let _ = write!(self.buf, "\"{value}\"");
-        self
-    }
-
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
-        match value {
-            Some(v) => self.str(key, v),
-            None => self.raw(key, "null"),
-        }
-    }
-
-    pub fn comm(&mut self, key: &str, value: Option<Comm>) -> &mut Self {
-        match value {
-            Some(c) => self.str(key, &String::from_utf8_lossy(c.as_bytes())),
-            None => self.raw(key, "null"),
-        }
-    }
-
-    pub fn num(&mut self, key: &str, value: impl itoa_like::Num) -> &mut Self {
-        self.key(key);
-        value.write(self.buf);
-        self
-    }
-
-    pub fn opt_num<N: itoa_like::Num>(&mut self, key: &str, value: Option<N>) -> &mut Self {
-        match value {
-            Some(v) => self.num(key, v),
-            None => self.raw(key, "null"),
-        }
-    }
-
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
-        self.raw(key, if value { "true" } else { "false" })
-    }
-
-    /// `value` must already be valid JSON.
-    pub fn raw(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(key);
-        self.buf.extend_from_slice(value.as_bytes());
-        self
-    }
-
-    pub fn finish(self) {
-        self.buf.extend_from_slice(b"}\n");
-    }
-}
-
-mod itoa_like {
-    use std::io::Write as _;
-
-    pub trait Num: Copy {
-        fn write(self, buf: &mut Vec<u8>);
-    }
-    macro_rules! num {
-        ($($t:ty),*) => {$(
-            impl Num for $t {
-                fn write(self, buf: &mut Vec<u8>) {
-                    let _ = write!(buf, "{self}");
-                }
-            }
-        )*};
-    }
-    num!(u32, u64, i32, i64, usize);
 }
 
 pub fn signal_name(signal: i32) -> &'static str {
@@ -227,96 +88,6 @@ pub fn signal_name(signal: i32) -> &'static str {
         .unwrap_or("SIGRT")
 }
 
-/// stdout written by a thread of its own, so that a slow reader (a pipe to
-/// a logger, a terminal, a test harness starved by the very fork bomb guard
-/// is fighting) never stalls the pipeline: detection and actions go on while
-/// output queues. [`Output`] drops event lines (counting them) once
-/// [`BACKLOG_LIMIT`] bytes wait; alerts, actions and summaries always queue.
-pub struct ThreadedStdout {
-    buf: Vec<u8>,
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    backlog: Arc<AtomicUsize>,
-    broken: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Bytes of output allowed to wait before event lines are dropped.
-pub const BACKLOG_LIMIT: usize = 64 << 20;
-
-impl ThreadedStdout {
-    pub fn spawn() -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let broken = Arc::new(AtomicBool::new(false));
-        let (pending, gone) = (backlog.clone(), broken.clone());
-        let thread = std::thread::Builder::new()
-            .name("guard-stdout".into())
-            .spawn(move || {
-                let mut stdout = io::stdout().lock();
-                for chunk in rx {
-                    let written = stdout.write_all(&chunk).and_then(|()| stdout.flush());
-                    pending.fetch_sub(chunk.len(), Ordering::Relaxed);
-                    if written.is_err() {
-                        gone.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                }
-            })?;
-        Ok(Self {
-            buf: Vec::with_capacity(64 << 10),
-            tx: Some(tx),
-            backlog,
-            broken,
-            thread: Some(thread),
-        })
-    }
-
-    /// Bytes handed to the writer thread and not yet written.
-    pub fn backlog(&self) -> Arc<AtomicUsize> {
-        self.backlog.clone()
-    }
-
-    fn broken_pipe() -> io::Error {
-        io::Error::new(io::ErrorKind::BrokenPipe, "stdout was closed")
-    }
-}
-
-impl Write for ThreadedStdout {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(Self::broken_pipe());
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(Self::broken_pipe());
-        }
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
-        self.backlog.fetch_add(chunk.len(), Ordering::Relaxed);
-        match &self.tx {
-            Some(tx) if tx.send(chunk).is_ok() => Ok(()),
-            _ => Err(Self::broken_pipe()),
-        }
-    }
-}
-
-impl Drop for ThreadedStdout {
-    /// Hands over what is buffered and waits until it is written.
-    fn drop(&mut self) {
-        let _ = self.flush();
-        self.tx.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Writes records to `W` in one format.
 pub struct Output<W: Write> {
     out: W,
@@ -326,8 +97,16 @@ pub struct Output<W: Write> {
     header_done: bool,
     /// Bytes waiting to be written, when `W` queues them.
     backlog: Option<Arc<AtomicUsize>>,
-    /// Event lines dropped because too much output was waiting.
+    /// The writer failed (stdout's reader went away, say): nothing is
+    /// written any more, and everything is counted as dropped. The error is
+    /// kept for the agent to judge; writing never fails the pipeline.
+    failure: Option<io::Error>,
+    /// Event lines dropped: too much output was waiting, or the writer is
+    /// gone.
     pub dropped: u64,
+    /// Records other than events (alerts, actions...) dropped for the same
+    /// reasons.
+    pub records_dropped: u64,
 }
 
 impl<W: Write> Output<W> {
@@ -339,19 +118,51 @@ impl<W: Write> Output<W> {
             line: Vec::with_capacity(512),
             header_done: false,
             backlog: None,
+            failure: None,
             dropped: 0,
+            records_dropped: 0,
         }
     }
 
-    /// Drop event lines (counted in `dropped`) while more than
-    /// [`BACKLOG_LIMIT`] bytes wait in `backlog`.
+    /// Drop event lines while more than [`EVENT_BACKLOG`] bytes wait in
+    /// `backlog`, and every record while more than [`RECORD_BACKLOG`] do
+    /// (each counted).
     pub fn with_backlog(mut self, backlog: Arc<AtomicUsize>) -> Self {
         self.backlog = Some(backlog);
         self
     }
 
+    /// Why the writer failed, once it has: from then on nothing is written
+    /// and everything is counted as dropped.
+    pub fn failure(&self) -> Option<&io::Error> {
+        self.failure.as_ref()
+    }
+
+    /// Takes a write's result: an error ends writing for good.
+    fn settle(&mut self, result: io::Result<()>) -> io::Result<()> {
+        if let Err(err) = result
+            && self.failure.is_none()
+        {
+            self.failure = Some(err);
+        }
+        Ok(())
+    }
+
+    /// Whether more than `limit` bytes wait, or the writer failed.
+    fn over(&self, limit: usize) -> bool {
+        self.failure.is_some()
+            || self
+                .backlog
+                .as_ref()
+                .is_some_and(|b| b.load(Ordering::Relaxed) > limit)
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        let result = self.out.flush();
+        self.settle(result)
     }
 
     pub fn into_inner(self) -> W {
@@ -364,11 +175,7 @@ impl<W: Write> Output<W> {
 
     /// One event with what the process table knows about its subject.
     pub fn event(&mut self, event: &Event, ctx: &Context<'_>) -> io::Result<()> {
-        if self
-            .backlog
-            .as_ref()
-            .is_some_and(|b| b.load(Ordering::Relaxed) > BACKLOG_LIMIT)
-        {
+        if self.over(EVENT_BACKLOG) {
             self.dropped += 1;
             return Ok(());
         }
@@ -387,12 +194,17 @@ impl<W: Write> Output<W> {
                 self.text_event(event, ctx, color);
             }
         }
-        self.out.write_all(&self.line)
+        let result = self.out.write_all(&self.line);
+        self.settle(result)
     }
 
     /// A record that is not a kernel event (`start`, `lost`, `summary`):
     /// JSON as given, or `kind: k=v ...` in text.
     pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+        if self.over(RECORD_BACKLOG) {
+            self.records_dropped += 1;
+            return Ok(());
+        }
         self.line.clear();
         let now = WallClock::boot_ns_now();
         match self.format {
@@ -416,7 +228,8 @@ impl<W: Write> Output<W> {
                 self.line.push(b'\n');
             }
         }
-        self.out.write_all(&self.line)
+        let result = self.out.write_all(&self.line);
+        self.settle(result)
     }
 
     fn json_event(&mut self, event: &Event, ctx: &Context<'_>) {
@@ -846,7 +659,7 @@ mod tests {
 
     #[test]
     fn events_are_dropped_and_counted_while_output_is_backlogged() {
-        let backlog = Arc::new(AtomicUsize::new(BACKLOG_LIMIT + 1));
+        let backlog = Arc::new(AtomicUsize::new(EVENT_BACKLOG + 1));
         let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
         out.event(&exit(ExitStatus::Exited(0)), &ctx())
             .expect("write");
@@ -867,6 +680,30 @@ mod tests {
                 .next()
                 .is_some_and(|l| l.contains("\"kind\":\"alert\""))
         );
+    }
+
+    #[test]
+    fn past_the_ceiling_records_are_dropped_and_counted_too() {
+        let backlog = Arc::new(AtomicUsize::new(RECORD_BACKLOG + 1));
+        let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
+        out.event(&exit(ExitStatus::Exited(0)), &ctx())
+            .expect("write");
+        out.record("alert", &[("detector", serde_json::json!("fork"))])
+            .expect("write");
+        assert_eq!((out.dropped, out.records_dropped), (1, 1));
+        backlog.store(0, Ordering::Relaxed);
+        out.settle(Err(io::ErrorKind::BrokenPipe.into()))
+            .expect("kept, not returned");
+        assert_eq!(
+            out.failure().map(io::Error::kind),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+        out.record("action", &[]).expect("counted, not an error");
+        out.event(&exit(ExitStatus::Exited(0)), &ctx())
+            .expect("counted, not an error");
+        out.flush().expect("nothing to flush");
+        assert_eq!((out.dropped, out.records_dropped), (2, 2));
+        assert!(out.into_inner().is_empty());
     }
 
     #[test]
