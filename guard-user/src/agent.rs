@@ -259,6 +259,8 @@ pub async fn run(args: Args) -> Result<Ending> {
         Some(shared),
     );
     pipe.seed_detector(WallClock::boot_ns_now());
+    let drops = Arc::new(drops);
+    let mut pipe = pipe.with_loss_counter(source::loss_counter(drops.clone(), stats.clone()));
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -452,8 +454,8 @@ const MEMORY_WINDOW: Duration = Duration::from_secs(2);
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Reports kernel- and queue-side losses that grew since the last report,
-/// as a `lost` record and a warning; after a loss, drops table entries whose
-/// exit may have been missed.
+/// as a `lost` record and a warning; after a loss, recounts the pipeline's
+/// populations.
 fn report_losses(
     drops: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     stats: &SourceStats,
@@ -480,10 +482,10 @@ fn report_losses(
     }
     *reported = now;
     *reported_queue = queue;
-    let swept = pipe.table.sweep();
+    pipe.recount_after_losses(WallClock::boot_ns_now());
     tracing::warn!(
         "lost {} events in the kernel (ring buffer full: raise --ring-buffer-mib) and {queue_delta} in the \
-         agent's queue (raise --queue); dropped {swept} stale process-table entries",
+         agent's queue (raise --queue)",
         delta.total()
     );
     pipe.out.record(

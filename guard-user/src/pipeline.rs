@@ -165,7 +165,14 @@ pub struct Pipeline<W: Write> {
     pending: Vec<ActionRequest>,
     /// When a task last stalled in reclaim (in scope), boot ns.
     last_reclaim_stall_ns: Option<u64>,
+    /// Every event lost so far, in the kernel and the agent's queue.
+    losses: Option<LossCounter>,
+    /// Its value at the last recount.
+    losses_seen: u64,
 }
+
+/// Reads how many events were lost so far (see `source::loss_counter`).
+pub type LossCounter = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl<W: Write> Pipeline<W> {
     pub fn new(
@@ -205,7 +212,45 @@ impl<W: Write> Pipeline<W> {
             system,
             pending: Vec::new(),
             last_reclaim_stall_ns: None,
+            losses: None,
+            losses_seen: 0,
         }
+    }
+
+    /// Recount populations whenever `losses` has grown (see
+    /// [`Pipeline::recount_after_losses`]).
+    pub fn with_loss_counter(mut self, losses: LossCounter) -> Self {
+        self.losses_seen = losses();
+        self.losses = Some(losses);
+        self
+    }
+
+    /// When events were lost since the last look, the live counts the fork
+    /// detector kept from births and exits are unknown: drops table entries
+    /// whose process is gone and recounts every population from the table.
+    /// True when it recounted.
+    pub fn recount_after_losses(&mut self, now: u64) -> bool {
+        let Some(total) = self.losses.as_ref().map(|count| count()) else {
+            return false;
+        };
+        if total == self.losses_seen {
+            return false;
+        }
+        self.losses_seen = total;
+        let swept = self.table.sweep();
+        let mut counts: HashMap<CgroupKey, u32> = HashMap::new();
+        for p in self.table.processes() {
+            if let Some(key) = self.population_key(&p.cgroups, p.kernel_thread) {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        self.detectors.fork.recount(now, &counts);
+        tracing::info!(
+            "events were lost: dropped {swept} stale process-table entries and recounted \
+             {} cgroups' processes",
+            counts.len()
+        );
+        true
     }
 
     /// Whether an action is under way.
@@ -874,7 +919,17 @@ impl<W: Write> Pipeline<W> {
         self.watch_armed();
         self.detectors.crashloop.prune(now);
         let mut requests = Vec::new();
-        for verdict in self.detectors.fork.check(now) {
+        let verdicts = self.detectors.fork.check(now);
+        // An explosion judged on counts that lost events may have inflated
+        // is no verdict: recount, and judge again from there.
+        let recounted = verdicts
+            .iter()
+            .any(|v| matches!(v, ForkVerdict::Explosion { .. }))
+            && self.recount_after_losses(now);
+        for verdict in verdicts {
+            if recounted && matches!(verdict, ForkVerdict::Explosion { .. }) {
+                continue;
+            }
             let (rule, cgroup, recent, mut figures) = match &verdict {
                 ForkVerdict::Explosion {
                     cgroup,

@@ -105,6 +105,19 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceSt
     true
 }
 
+/// Counts every event lost so far, in the kernel (`DROPS`: one read of
+/// each slot) and in the agent's queue. Read on the 1 s tick and before an
+/// explosion verdict is acted on, not per event.
+pub fn loss_counter(
+    drops: Arc<PerCpuArray<MapData, u64>>,
+    stats: Arc<SourceStats>,
+) -> crate::pipeline::LossCounter {
+    Box::new(move || {
+        let kernel = KernelDrops::read(&drops).map_or(0, |k| k.total());
+        kernel + stats.queue_full.load(Ordering::Relaxed)
+    })
+}
+
 /// The kernel's record of tasks in uninterruptible sleep (`BLOCKED`), and
 /// the agent's requests to hear when reported ones run again (`REPORTED`).
 pub struct BlockedMaps {

