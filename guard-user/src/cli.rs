@@ -66,8 +66,9 @@ pub struct Args {
     pub ring_buffer_mib: u32,
 
     /// Events the reader may queue ahead of the pipeline before it counts
-    /// further ones as lost.
-    #[arg(long, value_name = "EVENTS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    /// further ones as lost (1 to 1048576; each takes about 200 bytes when
+    /// the queue is full).
+    #[arg(long, value_name = "EVENTS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub queue: u32,
 
     /// Kernel BTF to resolve struct offsets from.
@@ -82,30 +83,32 @@ pub struct Args {
     pub fork_action: ActionKind,
 
     /// Explosion rule: births per second (averaged over --fork-window-ms) a
-    /// cgroup must sustain...
-    #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
+    /// cgroup must sustain (10 to 100000: slower growth is the trend
+    /// rule's)...
+    #[arg(long, value_name = "PER_SEC", default_value_t = 100.0, value_parser = number_in(10.0, 100_000.0, "births per second"))]
     pub fork_rate: f64,
 
     /// ...while its live process count grows by at least this much from its
     /// lowest point in the window. Short-lived bursts (a build, a test
     /// runner) do not grow it; a worker pool starting once has too few
-    /// births.
-    #[arg(long, value_name = "PROCESSES", default_value_t = 32)]
+    /// births (8 to 100000).
+    #[arg(long, value_name = "PROCESSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub fork_growth: u32,
 
-    /// The explosion rule's sliding window.
+    /// The explosion rule's sliding window (10 to 60000).
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub fork_window_ms: u64,
 
     /// Trend rule: alert when a cgroup's pids.current, at its growth rate
     /// over the last 20 s, would reach pids.max within this many seconds
-    /// (cgroups without a limit count toward the host's pid_max).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// (cgroups without a limit count toward the host's pid_max); 1 to 3600.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pids_horizon: u64,
 
     /// Crash-loop rule: alert when the same program, in the same cgroup,
     /// under the same parent, crashes (non-zero exit code or fatal signal)
-    /// this many times within this many seconds (see --crashloop-action).
+    /// this many times within this many seconds (see --crashloop-action);
+    /// 2 to 10000 crashes within 1 to 86400 seconds.
     #[arg(long, value_name = "N/SECS", default_value = "5/60", value_parser = crate::detect::crashloop::parse_rule)]
     pub crashloop: (u32, u64),
 
@@ -118,8 +121,8 @@ pub struct Args {
     pub crashloop_action: CrashLoopAction,
 
     /// A process that lived longer than this before failing did not crash on
-    /// start and does not count toward a crash loop.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// start and does not count toward a crash loop (1 to 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub crashloop_lifetime: u64,
 
     /// What a memory alert leads to: `log` (alert only), `stop` (SIGSTOP
@@ -130,22 +133,24 @@ pub struct Args {
 
     /// Memory rule: alert when a memory cgroup's (or the host's) usage that
     /// reclaim cannot take back (anon + shmem; page cache does not count),
-    /// growing steadily, would reach its limit within this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    /// growing steadily, would reach its limit within this many seconds
+    /// (0.5 to 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = number_in(0.5, 3600.0, "seconds"))]
     pub mem_horizon: f64,
 
     /// ...or passes this percentage of the limit while growing (the fast
-    /// path for a runaway too quick for the horizon).
+    /// path for a runaway too quick for the horizon); 1 to 100.
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
     pub mem_headroom: f64,
 
     /// An `rss` record each time a process's resident memory crosses a
-    /// multiple of this many MiB (the memory rule's view of each process).
+    /// multiple of this many MiB (the memory rule's view of each process);
+    /// 1 to 65536.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub rss_step_mib: u64,
 
     /// A `reclaim_stall` record for every direct or memory-cgroup reclaim
-    /// that stalls a task this long or longer.
+    /// that stalls a task this long or longer (1 to 60000).
     #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub reclaim_stall_ms: u32,
 
@@ -153,17 +158,19 @@ pub struct Args {
     /// state) for this long or longer, with where it waits (at least 1).
     /// Idle kernel threads (TASK_IDLE) never count; killable waits
     /// (TASK_KILLABLE, e.g. vfork parents) are reported, marked killable.
+    /// 1 to 86400.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_blocked_threshold)]
     pub blocked_threshold: f64,
 
     /// Alert on a storm: this many tasks (uninterruptible, not killable)
-    /// blocked past --blocked-threshold at once. Alerts only: a task in D
-    /// state cannot be killed.
-    #[arg(long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    /// blocked past --blocked-threshold at once (1 to 100000). Alerts only:
+    /// a task in D state cannot be killed.
+    #[arg(long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub blocked_storm: u32,
 
-    /// Never signal this: a pid, a comm (e.g. postgres), or a cgroup
-    /// directory (and everything below it). Repeatable. PID 1, kernel
+    /// Never signal this: a pid, a comm (e.g. postgres, at most 15 bytes),
+    /// or an existing cgroup directory (and everything below it), given as
+    /// an absolute path. Repeatable. PID 1, kernel
     /// threads, guard and its ancestors, service managers and session
     /// daemons by comm (systemd, sshd, supervisord, runsv, container shims,
     /// dockerd...), and everything outside --cgroup are always protected: an
@@ -247,6 +254,25 @@ pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
     Ok(KindSet(set))
 }
 
+/// A parser for a finite number from `min` to `max` (NaN, infinities and
+/// numbers out of range are refused, naming the range).
+fn number_in(
+    min: f64,
+    max: f64,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number of {unit}"))?;
+        if !(min..=max).contains(&value) {
+            return Err(format!("{text}: must be {min} to {max} {unit}"));
+        }
+        Ok(value)
+    }
+}
+
 fn parse_percent(text: &str) -> Result<f64, String> {
     let pct: f64 = text
         .parse()
@@ -309,6 +335,41 @@ mod tests {
             "{err}"
         );
         assert!(parse_kinds(",").is_err());
+    }
+
+    #[test]
+    fn nonsense_numbers_are_refused_with_the_range() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("guard").chain(args.iter().copied()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for bad in [
+            &["--fork-rate", "nan"][..],
+            &["--fork-rate", "inf"],
+            &["--fork-rate", "0"],
+            &["--fork-rate", "1e-300"],
+            &["--fork-growth", "0"],
+            &["--pids-horizon", "0"],
+            &["--mem-horizon", "-1"],
+            &["--mem-horizon", "NaN"],
+            &["--mem-headroom", "nan"],
+            &["--queue", "0"],
+            &["--queue", "100000000"],
+            &["--crashloop", "1/60"],
+            &["--crashloop", "5/0"],
+            &["--crashloop-lifetime", "0"],
+            &["--blocked-threshold", "inf"],
+            &["--protect", "0"],
+            &["--protect", "/etc/hostname"],
+            &["--protect", "/no/such/cgroup"],
+            &["--protect", ""],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        let err = parse(&["--fork-rate", "inf"]).expect_err("inf");
+        assert!(err.contains("10 to 100000"), "{err}");
+        assert!(parse(&["--fork-rate", "250", "--mem-horizon", "2.5"]).is_ok());
     }
 
     #[test]

@@ -52,10 +52,19 @@ pub fn parse_protected(text: &str) -> Result<Protected, String> {
         return Err("empty --protect value".into());
     }
     if let Ok(pid) = text.parse::<u32>() {
+        if pid == 0 {
+            return Err("--protect 0: 0 is no process id".into());
+        }
         return Ok(Protected::Pid(pid));
     }
     if text.starts_with('/') {
         let dir = std::fs::canonicalize(text).map_err(|e| format!("--protect {text}: {e}"))?;
+        if !dir.join("cgroup.procs").is_file() {
+            return Err(format!(
+                "--protect {text}: not a cgroup directory (no cgroup.procs in it); give a pid, \
+                 a comm, or a directory under /sys/fs/cgroup"
+            ));
+        }
         return Ok(Protected::Cgroup(dir.to_string_lossy().into_owned()));
     }
     if text.len() > 15 {

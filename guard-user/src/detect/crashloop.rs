@@ -56,9 +56,9 @@ pub fn parse_rule(text: &str) -> Result<(u32, u64), String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?}: {secs:?} is not a number of seconds"))?;
-    if n < 2 || secs == 0 {
+    if !(2..=10_000).contains(&n) || !(1..=86_400).contains(&secs) {
         return Err(format!(
-            "{text:?}: a loop needs at least 2 crashes in at least 1 second"
+            "{text:?}: 2 to 10000 crashes within 1 to 86400 seconds"
         ));
     }
     Ok((n, secs))
