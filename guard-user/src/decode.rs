@@ -106,10 +106,12 @@ pub struct Exec {
     pub tgid: u32,
     pub old_pid: u32,
     pub comm: Comm,
-    pub filename: String,
+    /// The path exec'd, byte for byte (any byte but NUL).
+    pub filename: Vec<u8>,
     pub filename_truncated: bool,
-    /// The arguments, space-separated (`None`: unreadable at exec).
-    pub cmdline: Option<String>,
+    /// The arguments, each byte for byte (`None`: unreadable at exec). When
+    /// `cmdline_truncated`, the last one is cut.
+    pub cmdline: Option<Vec<Vec<u8>>>,
     /// The argument block was longer than the record carries.
     pub cmdline_truncated: bool,
 }
@@ -336,10 +338,9 @@ fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
-fn string(bytes: &[u8], len: u32) -> (String, bool) {
+fn string(bytes: &[u8], len: u32) -> (Vec<u8>, bool) {
     let len = (len as usize).min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[..len]).into_owned();
-    (text, len >= bytes.len() - 1)
+    (bytes[..len].to_vec(), len >= bytes.len() - 1)
 }
 
 /// Decodes one ring-buffer record.
@@ -421,6 +422,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::CgroupAttach => {
             let r: CgroupAttachEvent = read(bytes)?;
             let (path, _) = string(&r.path, r.path_len);
+            // A cgroup path is used as a directory name in text: one that
+            // is not UTF-8 is kept lossily (cgroup names are chosen by
+            // root, unlike comms and filenames).
+            let path = String::from_utf8_lossy(&path).into_owned();
             Event::CgroupAttach(CgroupAttach {
                 boot_ns,
                 pid: r.pid,
@@ -483,19 +488,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-/// An argument block (each argument ended by a NUL) as one line, the
-/// arguments separated by spaces.
-fn cmdline(args: &[u8], len: u32) -> Option<String> {
+/// An argument block (each argument ended by a NUL) as its arguments,
+/// empty ones included.
+fn cmdline(args: &[u8], len: u32) -> Option<Vec<Vec<u8>>> {
     let bytes = args.get(..len as usize)?;
     if bytes.is_empty() {
         return None;
     }
-    let words: Vec<String> = bytes
-        .split(|&b| b == 0)
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
-    Some(words.join(" "))
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    Some(bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
 }
 
 #[cfg(test)]
@@ -620,10 +621,15 @@ pub(crate) mod tests {
             panic!("not an exec")
         };
         assert_eq!(
-            (e.filename.as_str(), e.filename_truncated),
-            ("/bin/true", false)
+            (e.filename.as_slice(), e.filename_truncated),
+            (&b"/bin/true"[..], false)
         );
-        assert_eq!(e.cmdline.as_deref(), Some("true -x a b"));
+        let args = |e: &Exec| e.cmdline.clone().map(|a| a.concat());
+        assert_eq!(
+            e.cmdline,
+            Some(vec![b"true".to_vec(), b"-x".to_vec(), b"a b".to_vec()]),
+            "arguments stay apart, spaces and all"
+        );
         assert!(!e.cmdline_truncated);
         let cut = ExecEvent {
             args_cut: 300,
@@ -632,8 +638,23 @@ pub(crate) mod tests {
         let Ok(Event::Exec(e)) = decode(&bytes_of(&cut)) else {
             panic!("not an exec")
         };
-        assert_eq!(e.cmdline.as_deref(), Some("true -x a b"));
+        assert_eq!(args(&e), Some(b"true-xa b".to_vec()));
         assert!(e.cmdline_truncated);
+        let mut odd = [0u8; ARGS_LEN];
+        odd[..6].copy_from_slice(b"a\0\0\xff\n\0");
+        let odd = ExecEvent {
+            args: odd,
+            args_len: 6,
+            ..raw
+        };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&odd)) else {
+            panic!("not an exec")
+        };
+        assert_eq!(
+            e.cmdline,
+            Some(vec![b"a".to_vec(), b"".to_vec(), b"\xff\n".to_vec()]),
+            "an empty argument and raw bytes are kept"
+        );
         let unreadable = ExecEvent { args_len: 0, ..raw };
         let Ok(Event::Exec(e)) = decode(&bytes_of(&unreadable)) else {
             panic!("not an exec")

@@ -1221,7 +1221,7 @@ impl<W: Write> Pipeline<W> {
         let Some(n) = lineage.get(node) else {
             return Value::Null;
         };
-        json!({
+        let mut described = json!({
             "pid": n.tgid,
             "comm": n.comm.to_string(),
             "alive": n.alive,
@@ -1232,7 +1232,14 @@ impl<W: Write> Pipeline<W> {
             "cmdline": n.cmdline.as_deref(),
             "cgroup": n.cgroups.get(self.primary).cloned().flatten().map(|s| s.to_string()),
             "subtree_size": subtree,
-        })
+        });
+        if let (Some(hex), Some(o)) = (
+            crate::output::text::hex_if_not_utf8(n.comm.as_bytes()),
+            described.as_object_mut(),
+        ) {
+            o.insert("comm_hex".into(), json!(hex));
+        }
+        described
     }
 
     fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {

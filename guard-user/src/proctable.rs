@@ -65,8 +65,9 @@ pub struct LineageNode {
     /// The program it runs, from its last exec event (none: it was forked
     /// and has not exec'd since guard started; its parent's program).
     pub exe: Option<Arc<str>>,
-    /// Its arguments at that exec (cut at 128 bytes), or its parent's.
-    pub cmdline: Option<Arc<str>>,
+    /// Its arguments at that exec (cut at 128 bytes), or its parent's;
+    /// bytes that are not UTF-8 replaced (the exec record has them exact).
+    pub cmdline: Option<Arc<[String]>>,
     /// Its cgroups when it was last seen alive.
     pub cgroups: CgroupSet,
     /// Nodes, live or ghost, whose `parent` is this one.
@@ -318,6 +319,18 @@ impl ProcessTable {
         Some(info)
     }
 
+    /// Takes the kernel's word for `tgid`'s name.
+    fn rename(&mut self, tgid: u32, comm: Comm) {
+        if let Some(p) = self.procs.get_mut(&tgid)
+            && p.comm != comm
+        {
+            p.comm = comm;
+            if let Some(n) = self.lineage.nodes.get_mut(&p.node) {
+                n.comm = comm;
+            }
+        }
+    }
+
     /// Drops entries whose process is gone (after lost events, an exit may
     /// have been missed).
     pub fn sweep(&mut self) -> usize {
@@ -394,6 +407,12 @@ impl ProcessTable {
                         cgroups = moved.into();
                     }
                 }
+                // The forker's name as the kernel has it now: a process
+                // renames itself with prctl(PR_SET_NAME) without an event.
+                // Only the main thread's name is the process's.
+                if f.parent_pid == f.parent_tgid {
+                    self.rename(f.parent_tgid, f.parent_comm);
+                }
                 // A stale entry under this tgid (an exit we missed) ends here.
                 self.remove(f.child_tgid);
                 let parent = self.procs.get(&f.parent_tgid).map(|p| p.node);
@@ -416,8 +435,12 @@ impl ProcessTable {
                 let (node, snapshot) = (info.node, info.clone());
                 if let Some(n) = self.lineage.nodes.get_mut(&node) {
                     n.comm = e.comm;
-                    n.exe = Some(Arc::from(e.filename.as_str()));
-                    n.cmdline = e.cmdline.as_deref().map(Arc::from);
+                    n.exe = Some(Arc::from(String::from_utf8_lossy(&e.filename).as_ref()));
+                    n.cmdline = e.cmdline.as_ref().map(|args| {
+                        args.iter()
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect()
+                    });
                 }
                 Some(snapshot)
             }
@@ -585,22 +608,43 @@ mod tests {
             tgid: 200,
             old_pid: 200,
             comm: Comm::from_str_lossy("worker"),
-            filename: "/usr/bin/worker".into(),
+            filename: b"/usr/bin/worker".to_vec(),
             filename_truncated: false,
-            cmdline: Some("worker --fast".into()),
+            cmdline: Some(vec![b"worker".to_vec(), b"--fast".to_vec()]),
             cmdline_truncated: false,
         });
         assert_eq!(
             t.apply(&exec).map(|p| p.comm.to_string()),
             Some("worker".into())
         );
+        let node = t.get(200).map(|p| p.node).expect("worker");
+        let args = t.lineage().get(node).and_then(|n| n.cmdline.clone());
+        assert_eq!(
+            args.as_deref(),
+            Some(&["worker".into(), "--fast".into()][..])
+        );
+        // Renamed by prctl (no event): its next fork tells the new name.
+        let Event::Fork(mut renamed) = fork(200, 250, 250, 9_150_000_000) else {
+            unreachable!()
+        };
+        renamed.parent_comm = Comm::from_str_lossy("worker: idle");
+        t.apply(&Event::Fork(renamed));
+        assert_eq!(
+            t.get(200).map(|p| p.comm.to_string()),
+            Some("worker: idle".into())
+        );
+        assert_eq!(
+            t.lineage().get(node).map(|n| n.comm.to_string()),
+            Some("worker: idle".into())
+        );
+        t.apply(&exit(250, 250, true));
         // A thread neither adds a process nor removes one when it ends.
         t.apply(&fork(200, 201, 200, 9_200_000_000));
         assert_eq!(t.len(), 2);
         assert!(t.apply(&exit(201, 200, false)).is_some());
         assert_eq!(t.len(), 2);
         let gone = t.apply(&exit(200, 200, true)).expect("removed entry");
-        assert_eq!(gone.comm.to_string(), "worker");
+        assert_eq!(gone.comm.to_string(), "worker: idle");
         assert!(t.get(200).is_none());
     }
 

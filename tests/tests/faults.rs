@@ -81,8 +81,13 @@ struct RawAgent {
 
 impl RawAgent {
     fn start(args: &[&str]) -> Self {
+        Self::start_as(&["--json"], args)
+    }
+
+    /// With `format` (`--json`, or nothing for text) before `args`.
+    fn start_as(format: &[&str], args: &[&str]) -> Self {
         let mut child = Command::new(guard_bin())
-            .arg("--json")
+            .args(format)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -92,7 +97,10 @@ impl RawAgent {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the start record");
-        assert!(line.contains("\"kind\":\"start\""), "not a start: {line}");
+        assert!(
+            line.contains("\"kind\":\"start\"") || line.starts_with("# start:"),
+            "not a start: {line}"
+        );
         RawAgent {
             child,
             stdout: Some(stdout),
@@ -211,6 +219,10 @@ fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
             )
         })
         .count() as u64;
+    assert!(
+        peak <= rss_at_start + RSS_HEADROOM_KB,
+        "RSS grew from {rss_at_start} kB to {peak} kB"
+    );
     let (shown, dropped) = (num(summary, "shown"), num(summary, "output_dropped"));
     eprintln!(
         "RSS at start {} MiB, peak {} MiB; {events} event lines written, {dropped} dropped, \
@@ -232,10 +244,6 @@ fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
     assert!(
         alerts + num(summary, "records_dropped") >= 1,
         "the bomb's alert was neither written nor counted"
-    );
-    assert!(
-        peak <= rss_at_start + RSS_HEADROOM_KB,
-        "RSS grew from {rss_at_start} kB to {peak} kB"
     );
     let _ = bomb.kill();
     let _ = bomb.wait();
@@ -313,4 +321,118 @@ fn lost_events_never_make_a_harmless_loop_look_like_a_bomb() {
         .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action")))
         .collect();
     assert!(acted.is_empty(), "{acted:?}");
+}
+
+/// A comm set by prctl to terminal escapes, a newline and a byte that is
+/// not UTF-8 (15 bytes, the most a comm holds).
+const HOSTILE_COMM: &[u8] = b"\x1b]0;t\x07\nFORGED\xff";
+
+/// Runs the hostile workloads in `cg`: the renamed process forking a child,
+/// and a program exec'd under a hostile path with hostile arguments.
+/// Returns the path exec'd.
+fn hostile_workloads(cg: &TestCgroup, dir: &std::path::Path) -> Vec<u8> {
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    let hex: String = HOSTILE_COMM.iter().map(|b| format!("{b:02x}")).collect();
+    let (status, _) = guard_tests::run(&mut cg.workload(&["rename", &hex]));
+    assert!(status.success(), "rename workload: {status}");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let mut path = dir.as_os_str().as_bytes().to_vec();
+    path.extend_from_slice(b"/a\nFORGED 00:00:00 exit\x1b[2J\xfe");
+    let path = std::ffi::OsString::from_vec(path);
+    std::os::unix::fs::symlink("/bin/true", &path).expect("symlink");
+    let (status, _) = guard_tests::run(
+        cg.command(&path)
+            .arg("x y")
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\x1b")),
+    );
+    assert!(status.success(), "hostile exec: {status}");
+    path.into_vec()
+}
+
+/// Names made of escapes, newlines and bytes that are not UTF-8 neither
+/// drive the terminal nor forge records in text, and keep their exact
+/// bytes in JSON; a prctl rename shows in the next record.
+#[test]
+fn hostile_names_are_escaped_in_text_and_exact_in_json() {
+    let cg = TestCgroup::new("hostile", 64, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let events = ["--cgroup", &scope, "--events", "fork,exec,exit"];
+
+    let mut text_agent = RawAgent::start_as(&["--color", "always"], &events);
+    hostile_workloads(&cg, &dir.join("text"));
+    text_agent.signal(libc::SIGINT);
+    let mut text = Vec::new();
+    text_agent
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut text)
+        .expect("read");
+    assert!(text_agent.wait().success());
+    let shown = String::from_utf8_lossy(&text);
+    // Colour is asked for: ESC may only start guard's own SGR colours.
+    let mut rest = &text[..];
+    while let Some(at) = rest.iter().position(|&b| b == 0x1b) {
+        let sgr = rest[at + 1..].starts_with(b"[0m")
+            || rest[at + 1..].starts_with(b"[3")
+            || rest[at + 1..].starts_with(b"[1;3");
+        assert!(sgr, "a raw ESC that is not guard's colour: {shown}");
+        rest = &rest[at + 1..];
+    }
+    assert!(
+        !text
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\n' && b != 0x1b) || b == 0x7f),
+        "a raw control byte: {shown}"
+    );
+    for line in shown.lines() {
+        let ok = line.starts_with("TIME(UTC)")
+            || line.starts_with("# ")
+            || line.as_bytes().get(2) == Some(&b':') && line.as_bytes().get(8) == Some(&b'.');
+        assert!(ok, "a line that is no record: {line:?}");
+    }
+    assert!(
+        shown.contains("\\x1b]0;t\\x07\\x0aFORGED\\xff"),
+        "the renamed comm, escaped: {shown}"
+    );
+    assert!(
+        shown.contains("a\\x0aFORGED 00:00:00 exit\\x1b[2J\\xfe"),
+        "the path, escaped: {shown}"
+    );
+
+    let agent = Agent::start(&events);
+    let path = hostile_workloads(&cg, &dir.join("json"));
+    let stopped = agent.stop();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let exec = stopped
+        .of_kind("exec")
+        .find(|r| r["filename_hex"] == hex(&path).as_str())
+        .unwrap_or_else(|| panic!("no exec record with the exact path; {:?}", stopped.records));
+    assert_eq!(
+        exec["cmdline"].as_array().map(|a| &a[1..]),
+        Some(
+            &[
+                serde_json::json!("x y"),
+                serde_json::json!("\u{fffd}\u{1b}")
+            ][..]
+        ),
+        "{exec}"
+    );
+    assert_eq!(exec["cmdline_hex"][2], "ff1b", "{exec}");
+    // The renamed process's child: its parent's name is the new one.
+    let child = stopped
+        .of_kind("fork")
+        .find(|r| r["parent_comm_hex"] == hex(HOSTILE_COMM).as_str())
+        .unwrap_or_else(|| {
+            panic!(
+                "no fork record names the renamed parent: {:?}",
+                stopped.records
+            )
+        });
+    assert_eq!(child["comm_hex"], hex(HOSTILE_COMM).as_str(), "{child}");
 }

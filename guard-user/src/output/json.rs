@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 
+use super::text::{hex_if_not_utf8, hex_of};
 use crate::decode::Comm;
 
 /// A JSON object written straight into a line buffer.
@@ -51,9 +52,43 @@ impl<'b> JsonObject<'b> {
 
     pub fn comm(&mut self, key: &str, value: Option<Comm>) -> &mut Self {
         match value {
-            Some(c) => self.str(key, &String::from_utf8_lossy(c.as_bytes())),
+            Some(c) => self.bytes(key, c.as_bytes()),
             None => self.raw(key, "null"),
         }
+    }
+
+    /// A name from the kernel: a JSON string, and when the name is not
+    /// UTF-8 (the string then has U+FFFD in place of some bytes), its exact
+    /// bytes beside it as `<key>_hex`.
+    pub fn bytes(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        match std::str::from_utf8(value) {
+            Ok(text) => self.str(key, text),
+            Err(_) => {
+                self.str(key, &String::from_utf8_lossy(value));
+                let hex = hex_if_not_utf8(value).unwrap_or_default();
+                self.str(&format!("{key}_hex"), &hex)
+            }
+        }
+    }
+
+    /// Arguments as an array of strings (`null`: none), and when one is not
+    /// UTF-8, all of them in hex as `<key>_hex`.
+    pub fn args(&mut self, key: &str, value: Option<&[Vec<u8>]>) -> &mut Self {
+        let Some(args) = value else {
+            return self.raw(key, "null");
+        };
+        let lossy: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a)).collect();
+        self.key(key);
+        let _ = serde_json::to_writer(&mut *self.buf, &lossy);
+        if args.iter().any(|a| std::str::from_utf8(a).is_err()) {
+            let hex: Vec<String> = args
+                .iter()
+                .map(|a| hex_if_not_utf8(a).unwrap_or_else(|| hex_of(a)))
+                .collect();
+            self.key(&format!("{key}_hex"));
+            let _ = serde_json::to_writer(&mut *self.buf, &hex);
+        }
+        self
     }
 
     pub fn num(&mut self, key: &str, value: impl itoa_like::Num) -> &mut Self {

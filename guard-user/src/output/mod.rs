@@ -4,6 +4,7 @@
 //! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
 
 mod json;
+pub mod text;
 mod writer;
 
 use std::{
@@ -16,6 +17,7 @@ use std::{
 
 use guard_common::EventKind;
 
+use self::text::Escaped;
 pub use self::{
     json::JsonObject,
     writer::{EVENT_BACKLOG, RECORD_BACKLOG, ThreadedStdout},
@@ -221,7 +223,9 @@ impl<W: Write> Output<W> {
                 let _ = write!(self.line, "# {kind}:");
                 for (k, v) in fields {
                     let _ = match v {
-                        serde_json::Value::String(s) => write!(self.line, " {k}={s}"),
+                        serde_json::Value::String(s) => {
+                            write!(self.line, " {k}={}", Escaped(s.as_bytes()))
+                        }
                         other => write!(self.line, " {k}={other}"),
                     };
                 }
@@ -252,9 +256,9 @@ impl<W: Write> Output<W> {
                     .bool("kernel_thread", f.kernel_thread);
             }
             Event::Exec(e) => {
-                o.str("filename", &e.filename)
+                o.bytes("filename", &e.filename)
                     .bool("filename_truncated", e.filename_truncated)
-                    .opt_str("cmdline", e.cmdline.as_deref())
+                    .args("cmdline", e.cmdline.as_deref())
                     .bool("cmdline_truncated", e.cmdline_truncated)
                     .num("old_pid", e.old_pid);
             }
@@ -348,22 +352,21 @@ impl<W: Write> Output<W> {
             _ => "",
         };
         let reset = if paint.is_empty() { "" } else { "\x1b[0m" };
-        let comm = subject_comm(event, ctx)
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "?".into());
+        let comm = subject_comm(event, ctx);
+        let comm = Escaped(comm.as_ref().map_or(b"?", |c| c.as_bytes()));
         let ppid = ctx.ppid.map_or_else(|| "?".to_owned(), |p| p.to_string());
         let shown_pid = if event.is_thread_level() { pid } else { tgid };
         let _ = write!(
             self.line,
             "{clock:<15}  {paint}{label:<13}{reset} {shown_pid:>7} {ppid:>7}  {comm:<16} {:<40} ",
-            ctx.cgroup.unwrap_or("?")
+            Escaped(ctx.cgroup.unwrap_or("?").as_bytes())
         );
         let _ = match event {
             Event::Fork(f) => write!(
                 self.line,
                 "parent={}({}){}",
                 f.parent_tgid,
-                f.parent_comm,
+                Escaped(f.parent_comm.as_bytes()),
                 if f.is_thread() {
                     format!(" tid={}", f.child_pid)
                 } else {
@@ -373,7 +376,7 @@ impl<W: Write> Output<W> {
             Event::Exec(e) => write!(
                 self.line,
                 "{}{}",
-                e.filename,
+                Escaped(&e.filename),
                 if e.filename_truncated { "…" } else { "" }
             ),
             Event::Exit(e) => {
@@ -453,7 +456,8 @@ impl<W: Write> Output<W> {
             Event::CgroupAttach(a) => write!(
                 self.line,
                 "moved (hierarchy {} path {})",
-                a.hierarchy_id, a.path
+                a.hierarchy_id,
+                Escaped(a.path.as_bytes())
             ),
         };
         self.line.push(b'\n');
@@ -502,7 +506,10 @@ pub fn human_duration(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Exit, Fork, OomKill};
+    use crate::{
+        decode::{Exit, Fork, OomKill},
+        output::text::hex_of,
+    };
 
     fn clock() -> WallClock {
         // Boot at 2026-11-22T00:00:00Z.
@@ -602,6 +609,71 @@ mod tests {
         assert_eq!(v["comm"], "tab\there");
         assert_eq!(v["cgroup"], "/x/\"q\"");
         assert_eq!(v["thread"], false);
+    }
+
+    fn hostile_exec() -> Event {
+        Event::Exec(crate::decode::Exec {
+            boot_ns: 1,
+            pid: 9,
+            tgid: 9,
+            old_pid: 9,
+            comm: Comm::new(*b"\x1b]0;x\x07\nFORGED\xff\0\0"),
+            filename: b"/tmp/a\nFORGED 00:00:00 exit\x1b[2J\xfe".to_vec(),
+            filename_truncated: false,
+            cmdline: Some(vec![b"a b".to_vec(), b"".to_vec(), b"\xff\x1b".to_vec()]),
+            cmdline_truncated: false,
+        })
+    }
+
+    #[test]
+    fn text_escapes_every_control_byte_and_stays_on_one_line() {
+        let mut out = Output::new(Vec::new(), Format::Text { color: false }, clock());
+        let ctx = Context {
+            cgroup: Some("/cg/\n\x1b[2J"),
+            ..ctx()
+        };
+        out.event(&hostile_exec(), &ctx).expect("write");
+        out.record(
+            "alert",
+            &[("program", serde_json::json!("/x\n# summary\x07"))],
+        )
+        .expect("write");
+        let text = out.into_inner();
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        assert_eq!(lines.len(), 4, "header, event, alert, and the last newline");
+        assert!(
+            !text.iter().any(|&b| b < 0x20 && b != b'\n' || b == 0x7f),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        let event = String::from_utf8_lossy(lines[1]);
+        assert!(event.contains("\\x1b]0;x\\x07\\x0aFORGED\\xff"), "{event}");
+        assert!(
+            event.contains("/tmp/a\\x0aFORGED 00:00:00 exit\\x1b[2J\\xfe"),
+            "{event}"
+        );
+        assert!(String::from_utf8_lossy(lines[2]).contains("program=/x\\x0a# summary\\x07"));
+    }
+
+    #[test]
+    fn json_keeps_exact_bytes_and_arguments_apart() {
+        let v = json_line(&hostile_exec(), &ctx());
+        assert_eq!(v["comm_hex"], "1b5d303b78070a464f52474544ff");
+        assert_eq!(
+            v["filename"],
+            "/tmp/a\nFORGED 00:00:00 exit\u{1b}[2J\u{fffd}"
+        );
+        assert_eq!(
+            v["filename_hex"],
+            hex_of(b"/tmp/a\nFORGED 00:00:00 exit\x1b[2J\xfe")
+        );
+        assert_eq!(
+            v["cmdline"],
+            serde_json::json!(["a b", "", "\u{fffd}\u{1b}"])
+        );
+        assert_eq!(v["cmdline_hex"], serde_json::json!(["612062", "", "ff1b"]));
+        let plain = json_line(&exit(ExitStatus::Exited(0)), &ctx());
+        assert!(plain.get("comm_hex").is_none(), "only when not UTF-8");
     }
 
     #[test]

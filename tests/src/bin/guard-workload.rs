@@ -10,6 +10,8 @@
 //!   service MS           print a line, then fork a child that _exits every
 //!                        MS ms, forever; a failed fork is retried at the
 //!                        next tick (as a service would), never fatal
+//!   rename HEX           set comm to the bytes HEX (prctl PR_SET_NAME, at
+//!                        most 15), then fork a child that _exits; wait
 //!   exit CODE            exit with CODE
 //!   fail CODE MS         run for MS milliseconds, then exit with CODE
 //!   sleep SECS           sleep
@@ -29,7 +31,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -180,6 +182,28 @@ fn main() {
                 }
                 std::thread::sleep(Duration::from_millis(ms));
             }
+        }
+        Some("rename") => {
+            let hex: String = arg(&args, 2, "HEX");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|_| usage("HEX is not hex"));
+            let mut name = [0u8; 16];
+            let len = bytes.len().min(15);
+            name[..len].copy_from_slice(&bytes[..len]);
+            // SAFETY: PR_SET_NAME reads 16 bytes from a buffer we own.
+            if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+                usage("prctl(PR_SET_NAME) failed");
+            }
+            // SAFETY: fork has no memory preconditions; see the child arm.
+            let child = match unsafe { libc::fork() } {
+                // SAFETY: the child only calls _exit, async-signal-safe.
+                0 => unsafe { libc::_exit(0) },
+                child => child,
+            };
+            wait_child(child);
+            println!("{{\"pid\":{pid},\"child\":{child}}}");
         }
         Some("exit") => {
             let code: i32 = arg(&args, 2, "CODE");
