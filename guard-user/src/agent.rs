@@ -168,6 +168,11 @@ pub async fn run(args: Args) -> Result<Ending> {
         Some(why) => tracing::debug!("the fork probe does not tag by itself: {why}"),
     }
 
+    let mut scope_watch = if kernel_scope.rule.is_some() {
+        kernel_scope::ScopeWatch::new(&kernel_scope, &kernel_scope.cgroup_ids()?)
+    } else {
+        kernel_scope::ScopeWatch::default()
+    };
     let (mut loaded, maps) = loader::load(&LoadOptions {
         btf: args.btf.clone(),
         ring_buffer_bytes: args.ring_buffer_mib << 20,
@@ -186,7 +191,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         budgets,
         blocked,
         reported,
+        scope: scope_map,
+        scope_cache,
     } = maps;
+    let mut scope_maps = kernel_scope::ScopeMaps::new(scope_map, scope_cache)?;
     let mut blocked_maps = BlockedMaps::new(blocked, reported)?;
     let protection = Protection::new(guard_chain, args.protect.clone(), scope.clone());
     let system = Arc::new(LiveSystem::new(
@@ -356,6 +364,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
             }
             _ = sample.tick() => {
+                follow_scope(&mut scope_watch, &mut scope_maps);
                 pipe.sample_pids(WallClock::boot_ns_now());
                 pipe.sample_memory(WallClock::boot_ns_now());
                 let blocked_now = blocked_maps.snapshot();
@@ -368,12 +377,19 @@ pub async fn run(args: Args) -> Result<Ending> {
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
+                let mut moved = matches!(event, Event::CgroupAttach(_));
                 let mut result = pipe.handle(&event);
                 // Take whatever else is queued, then check and flush once.
                 while result.is_ok() && let Ok(event) = rx.try_recv() {
+                    moved |= matches!(event, Event::CgroupAttach(_));
                     result = pipe.handle(&event);
                 }
                 result?;
+                if moved {
+                    // A restarted service's process moving into its new
+                    // cgroup: the probe's scope follows before it forks.
+                    follow_scope(&mut scope_watch, &mut scope_maps);
+                }
                 run_actions(pipe.check(WallClock::boot_ns_now())?);
                 pipe.out.flush()?;
                 let want = realtime && (pipe.detectors.fork.armed() || pipe.acting());
@@ -498,6 +514,31 @@ fn report_losses(
         ],
     )?;
     pipe.out.flush()
+}
+
+/// Keeps the fork probe's scope on the listed cgroup directories when one
+/// is removed or created again (a service restart), saying so loudly.
+fn follow_scope(watch: &mut kernel_scope::ScopeWatch, maps: &mut kernel_scope::ScopeMaps) {
+    if watch.is_empty() {
+        return;
+    }
+    for change in watch.check(kernel_scope::cgroup_dir_id) {
+        match &change {
+            kernel_scope::ScopeChange::Removed { dir } => tracing::warn!(
+                "cgroup {dir} was removed: the fork probe contains nothing there until it is \
+                 created again (guard follows it then)"
+            ),
+            kernel_scope::ScopeChange::Recreated { dir, .. } => match maps.apply(&change) {
+                Ok(()) => tracing::warn!(
+                    "cgroup {dir} was created again: the fork probe's scope follows it"
+                ),
+                Err(err) => tracing::error!(
+                    "cgroup {dir} was created again, but the fork probe cannot follow it \
+                         ({err:#}): only the agent watches it now"
+                ),
+            },
+        }
+    }
 }
 
 /// Whether the fork, memory or crash-loop guard signals anything.

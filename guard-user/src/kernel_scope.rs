@@ -204,6 +204,126 @@ impl KernelScope {
     }
 }
 
+/// A scope or protected cgroup directory, and the kernfs id the fork probe
+/// knows it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Watched {
+    dir: String,
+    verdict: u32,
+    /// `None` while the directory does not exist.
+    id: Option<u64>,
+}
+
+/// What changed about a listed cgroup directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScopeChange {
+    /// Removed: the probe's entry names a cgroup that is gone.
+    Removed { dir: String },
+    /// Created again at the same path, with a new id.
+    Recreated {
+        dir: String,
+        old: Option<u64>,
+        new: u64,
+        verdict: u32,
+    },
+}
+
+/// The cgroups the fork probe's `SCOPE` map lists, by path. A service
+/// restart removes its cgroup and creates it again at the same path with a
+/// new id, which the probe (matching ids) would no longer take for the
+/// scope: the agent looks again on its sample tick and whenever a process
+/// moves between cgroups, and the probe's map follows.
+#[derive(Clone, Debug, Default)]
+pub struct ScopeWatch {
+    watched: Vec<Watched>,
+}
+
+impl ScopeWatch {
+    /// The listed directories of `plan` with the ids loaded into `SCOPE`.
+    pub fn new(plan: &KernelScope, loaded: &[(u64, u32)]) -> Self {
+        let watched = plan
+            .cgroups
+            .iter()
+            .zip(loaded)
+            .map(|((dir, verdict), &(id, _))| Watched {
+                dir: dir.clone(),
+                verdict: *verdict,
+                id: Some(id),
+            })
+            .collect();
+        Self { watched }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    /// Looks at each directory's id now (`id_of`: the inode number, `None`
+    /// when it does not exist) and returns what changed.
+    pub fn check(&mut self, id_of: impl Fn(&str) -> Option<u64>) -> Vec<ScopeChange> {
+        let mut changes = Vec::new();
+        for w in &mut self.watched {
+            let now = id_of(&w.dir);
+            if now == w.id {
+                continue;
+            }
+            match now {
+                None => changes.push(ScopeChange::Removed { dir: w.dir.clone() }),
+                Some(new) => changes.push(ScopeChange::Recreated {
+                    dir: w.dir.clone(),
+                    old: w.id,
+                    new,
+                    verdict: w.verdict,
+                }),
+            }
+            w.id = now;
+        }
+        changes
+    }
+}
+
+/// The inode number of `dir` (its kernfs id), `None` when it is gone.
+pub fn cgroup_dir_id(dir: &str) -> Option<u64> {
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// The fork probe's `SCOPE` map and its per-cgroup verdict cache.
+pub struct ScopeMaps {
+    scope: aya::maps::HashMap<aya::maps::MapData, u64, u32>,
+    cache: aya::maps::HashMap<aya::maps::MapData, u64, u32>,
+}
+
+impl ScopeMaps {
+    pub fn new(scope: aya::maps::Map, cache: aya::maps::Map) -> Result<Self> {
+        Ok(Self {
+            scope: aya::maps::HashMap::try_from(scope).context("SCOPE map")?,
+            cache: aya::maps::HashMap::try_from(cache).context("SCOPE_CACHE map")?,
+        })
+    }
+
+    /// Makes the probe see `change`: a recreated directory's new id is
+    /// listed (the old one dropped), and every cached verdict is forgotten,
+    /// since cgroups created meanwhile were judged without it.
+    pub fn apply(&mut self, change: &ScopeChange) -> Result<()> {
+        if let ScopeChange::Recreated {
+            old, new, verdict, ..
+        } = change
+        {
+            if let Some(old) = old {
+                let _ = self.scope.remove(old);
+            }
+            self.scope
+                .insert(new, verdict, 0)
+                .context("updating the fork probe's SCOPE map")?;
+            let cached: Vec<u64> = self.cache.keys().filter_map(Result::ok).collect();
+            for id in cached {
+                let _ = self.cache.remove(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +394,61 @@ mod tests {
         assert_eq!(&plan.protected_comms[n][..9], b"postgres\0");
         // Cut as the kernel cuts comms: 15 bytes and a NUL.
         assert_eq!(&plan.protected_comms[n + 1][..], b"a-very-long-nam\0");
+    }
+
+    #[test]
+    fn a_scope_removed_and_created_again_is_followed() {
+        let plan = KernelScope {
+            cgroups: vec![
+                ("/cg/svc".into(), SCOPE_IN),
+                ("/cg/svc/db".into(), SCOPE_PROTECTED),
+            ],
+            ..KernelScope::default()
+        };
+        let mut watch = ScopeWatch::new(&plan, &[(10, SCOPE_IN), (11, SCOPE_PROTECTED)]);
+        let ids = |svc: Option<u64>, db: Option<u64>| {
+            move |dir: &str| if dir == "/cg/svc" { svc } else { db }
+        };
+        assert_eq!(watch.check(ids(Some(10), Some(11))), vec![]);
+        assert_eq!(
+            watch.check(ids(None, None)),
+            vec![
+                ScopeChange::Removed {
+                    dir: "/cg/svc".into()
+                },
+                ScopeChange::Removed {
+                    dir: "/cg/svc/db".into()
+                }
+            ]
+        );
+        assert_eq!(watch.check(ids(None, None)), vec![], "said once");
+        assert_eq!(
+            watch.check(ids(Some(20), None)),
+            vec![ScopeChange::Recreated {
+                dir: "/cg/svc".into(),
+                old: None,
+                new: 20,
+                verdict: SCOPE_IN
+            }]
+        );
+        // Recreated between two looks: the old id goes, the new one comes.
+        assert_eq!(
+            watch.check(ids(Some(30), Some(31))),
+            vec![
+                ScopeChange::Recreated {
+                    dir: "/cg/svc".into(),
+                    old: Some(20),
+                    new: 30,
+                    verdict: SCOPE_IN
+                },
+                ScopeChange::Recreated {
+                    dir: "/cg/svc/db".into(),
+                    old: None,
+                    new: 31,
+                    verdict: SCOPE_PROTECTED
+                }
+            ]
+        );
     }
 
     #[test]

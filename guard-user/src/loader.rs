@@ -54,6 +54,9 @@ pub struct Maps {
     /// BLOCKED and REPORTED, for the blocked-task tracker.
     pub blocked: aya::maps::Map,
     pub reported: aya::maps::Map,
+    /// SCOPE and SCOPE_CACHE, for `kernel_scope::ScopeMaps`.
+    pub scope: aya::maps::Map,
+    pub scope_cache: aya::maps::Map,
 }
 
 /// What attaching did, for the `start` record and the logs.
@@ -192,6 +195,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let budgets = take("BUDGETS")?;
     let blocked = take("BLOCKED")?;
     let reported = take("REPORTED")?;
+    let scope_maps = (take("SCOPE")?, take("SCOPE_CACHE")?);
     Ok((
         Loaded {
             ebpf,
@@ -207,6 +211,8 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             budgets,
             blocked,
             reported,
+            scope: scope_maps.0,
+            scope_cache: scope_maps.1,
         },
     ))
 }

@@ -436,3 +436,48 @@ fn hostile_names_are_escaped_in_text_and_exact_in_json() {
         });
     assert_eq!(child["comm_hex"], hex(HOSTILE_COMM).as_str(), "{child}");
 }
+
+/// Waits until the agent's stderr contains `text`, panicking after 10 s.
+fn wait_stderr(agent: &Agent, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} on stderr within 10 s:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A service restart removes the scope cgroup and creates it again at its
+/// path, with a new id: guard says so, and the fork probe's containment
+/// follows it (it used to go on matching the old id, leaving the bomb to
+/// the agent alone, which let it reach pids.max).
+#[test]
+fn the_kernel_scope_follows_a_cgroup_created_again() {
+    let cg = TestCgroup::new("recreated", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--events",
+        "exec",
+    ]);
+    std::fs::remove_dir(cg.pids_dir()).expect("rmdir the scope");
+    wait_stderr(&agent, "was removed");
+    std::fs::create_dir(cg.pids_dir()).expect("mkdir the scope again");
+    std::fs::write(cg.pids_dir().join("pids.max"), "1000").expect("pids.max");
+    wait_stderr(&agent, "was created again");
+    let mut bomb = start_bomb(&cg);
+    let alert = agent.wait_for(Duration::from_secs(20), "the bomb's alert", |r| {
+        r["kind"] == "alert" && r["detector"] == "fork"
+    });
+    wait_bomb_gone(&cg, Duration::from_secs(10));
+    let _ = bomb.wait();
+    drop(agent.stop());
+    assert_eq!(alert["condemned_by_kernel"], true, "{alert}");
+    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+}
