@@ -131,6 +131,9 @@ pub struct Outcome {
     pub elapsed_ms: f64,
     /// True when nothing of the subtree is left running.
     pub contained: bool,
+    /// Members left alone because they are protected (an exec or a move
+    /// made them so after they were tagged).
+    pub spared: usize,
     /// The fork probe had condemned the subtree already, on its budget,
     /// before the agent acted.
     pub condemned_by_kernel: bool,
@@ -157,6 +160,7 @@ pub fn contain(
             running: 0,
             elapsed_ms: 0.0,
             contained: false,
+            spared: 0,
             condemned_by_kernel,
         };
     }
@@ -204,6 +208,12 @@ pub fn contain(
                 // kernel knows nothing of --protect, and an exec may have
                 // made a member something protected since it was tagged.
                 if let Some(why) = sys.protected(tgid) {
+                    // Protection is judged from /proc: a member that died
+                    // meanwhile reads as outside the scope. It is no one
+                    // to spare, and nothing to say.
+                    if matches!(sys.state(tgid), ProcState::Gone | ProcState::Zombie) {
+                        continue;
+                    }
                     if spared.insert(tgid) {
                         tracing::info!("not signalling {tgid}: {why}");
                     }
@@ -253,6 +263,7 @@ pub fn contain(
         running,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         contained,
+        spared: spared.len(),
         condemned_by_kernel,
     }
 }
@@ -453,6 +464,8 @@ mod tests {
     struct BombState {
         procs: HashMap<u32, (ProcState, Option<u64>)>,
         protected: std::collections::HashSet<u32>,
+        /// Members that die at the moment their protection is judged.
+        dies_when_judged: std::collections::HashSet<u32>,
         condemned: HashMap<u64, i32>,
         next_pid: u32,
         log: Vec<(u32, i32)>,
@@ -538,11 +551,14 @@ mod tests {
             true
         }
         fn protected(&self, tgid: u32) -> Option<&'static str> {
-            self.inner
-                .borrow()
-                .protected
-                .contains(&tgid)
-                .then_some("named by --protect")
+            let mut st = self.st();
+            if st.dies_when_judged.contains(&tgid) {
+                if let Some(p) = st.procs.get_mut(&tgid) {
+                    p.0 = ProcState::Gone;
+                }
+                return Some("outside the --cgroup scope");
+            }
+            st.protected.contains(&tgid).then_some("named by --protect")
         }
         fn untag(&self, tgid: u32) {
             if let Some(p) = self.st().procs.get_mut(&tgid) {
@@ -635,6 +651,22 @@ mod tests {
             out.running == 0,
             "a spared process does not count as escaped: {out:?}"
         );
+        assert_eq!(out.spared, 1, "{out:?}");
+    }
+
+    #[test]
+    fn a_member_that_dies_while_judged_is_not_spared() {
+        let sys = Bomb::with(&[50, 51]);
+        sys.st().dies_when_judged.insert(51);
+        let out = contain(
+            &sys,
+            6,
+            &members(&[50, 51]),
+            ActionKind::Kill,
+            Duration::from_millis(200),
+        );
+        assert_eq!(out.spared, 0, "a dead member taken for protected: {out:?}");
+        assert!(out.contained, "{out:?}");
     }
 
     #[test]

@@ -92,18 +92,45 @@ const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Keeps the agent's memory resident and away from the OOM killer: a
 /// memory runaway pages things out and the OOM killer picks big processes.
-fn harden_self() {
+/// Each is said once on stderr when it fails (the README promises all
+/// three), and the `start` record tells what holds.
+fn harden_self() -> Hardening {
     // SAFETY: locks this process's own pages; no pointers involved.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        tracing::debug!("mlockall failed: {}", io::Error::last_os_error());
+    let memory_locked = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0;
+    if !memory_locked {
+        tracing::warn!(
+            "could not lock guard's memory ({}): under memory pressure its pages may be \
+             swapped out, and it may react late",
+            io::Error::last_os_error()
+        );
     }
     if let Err(err) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        tracing::debug!("could not set oom_score_adj: {err}");
+        tracing::warn!(
+            "could not set guard's oom_score_adj to -1000 ({err}; it needs CAP_SYS_RESOURCE): \
+             the OOM killer may pick guard"
+        );
     }
+    let oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
     // SAFETY: setpriority on this process only.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } != 0 {
-        tracing::debug!("could not set nice -20: {}", io::Error::last_os_error());
+    let nice_raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0;
+    if !nice_raised {
+        tracing::warn!(
+            "could not set guard's nice to -20 ({}): a busy host may delay it",
+            io::Error::last_os_error()
+        );
     }
+    Hardening {
+        memory_locked,
+        oom_score_adj,
+    }
+}
+
+/// What `harden_self` achieved.
+struct Hardening {
+    memory_locked: bool,
+    oom_score_adj: Option<i32>,
 }
 
 /// Sets the calling thread's scheduling: SCHED_FIFO at the lowest real-time
@@ -136,7 +163,7 @@ pub fn set_realtime(on: bool) -> bool {
 }
 
 pub async fn run(args: Args) -> Result<Ending> {
-    harden_self();
+    let hardening = harden_self();
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
@@ -303,6 +330,8 @@ pub async fn run(args: Args) -> Result<Ending> {
             ("fork_action", json!(args.fork_action)),
             ("mem_action", json!(args.mem_action)),
             ("dry_run", json!(args.dry_run)),
+            ("memory_locked", json!(hardening.memory_locked)),
+            ("oom_score_adj", json!(hardening.oom_score_adj)),
         ],
     );
     start.and_then(|()| pipe.out.flush())?;

@@ -90,9 +90,18 @@ pub fn check_privileges() -> Result<()> {
         .collect();
     // SAFETY: geteuid cannot fail and touches no memory.
     let euid = unsafe { libc::geteuid() };
+    let what_to_do = if euid == 0 {
+        // Root without the capabilities: a container or a unit that drops
+        // them. `sudo` would change nothing.
+        "it runs as root but without them (a container or a service unit that drops \
+         capabilities?): grant them, e.g. `--cap-add BPF --cap-add PERFMON` for a container or \
+         `AmbientCapabilities=CAP_BPF CAP_PERFMON` in a unit"
+    } else {
+        "run it as root, e.g. `sudo guard`"
+    };
     bail!(
         "guard needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probes; this process \
-         (uid {euid}) lacks {}: run it as root, e.g. `sudo guard`",
+         (uid {euid}) lacks {}: {what_to_do}",
         missing.join(" and ")
     )
 }

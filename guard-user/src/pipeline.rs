@@ -55,6 +55,9 @@ const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
 /// records (a fast allocator crosses a 64 MiB step every few ms).
 const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
 
+/// OOM victims remembered until their exit, at most.
+const OOM_VICTIMS_KEPT: usize = 4096;
+
 /// A subtree to contain, for `agent` to run through `act::contain`.
 #[derive(Clone, Debug)]
 pub struct ActionRequest {
@@ -165,6 +168,9 @@ pub struct Pipeline<W: Write> {
     pending: Vec<ActionRequest>,
     /// When a task last stalled in reclaim (in scope), boot ns.
     last_reclaim_stall_ns: Option<u64>,
+    /// Processes the OOM killer chose, until their exit: their SIGKILL is a
+    /// crash (anyone else's is not).
+    oom_victims: HashSet<u32>,
     /// Every event lost so far, in the kernel and the agent's queue.
     losses: Option<LossCounter>,
     /// Its value at the last recount.
@@ -212,6 +218,7 @@ impl<W: Write> Pipeline<W> {
             system,
             pending: Vec::new(),
             last_reclaim_stall_ns: None,
+            oom_victims: HashSet::new(),
             losses: None,
             losses_seen: 0,
         }
@@ -439,6 +446,7 @@ impl<W: Write> Pipeline<W> {
                 status: e.status,
                 lifetime_ns: (p.start_boot_ns > 0)
                     .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
+                oom_killed: self.oom_victims.remove(&e.tgid),
             };
             if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
                 self.crash_loop_alert(&crash_loop)?;
@@ -446,6 +454,19 @@ impl<W: Write> Pipeline<W> {
         }
         if let Event::Condemned(c) = event {
             self.kernel_condemned(c)?;
+        }
+        if let Event::OomKill(k) = event {
+            if self.oom_victims.len() >= OOM_VICTIMS_KEPT {
+                // Exits lost: forget the oldest guesses wholesale.
+                self.oom_victims.clear();
+            }
+            self.oom_victims.insert(k.pid);
+        }
+        if let Event::Exit(e) = event
+            && e.group_dead
+        {
+            // Out of scope, or a kernel thread: no crash to judge.
+            self.oom_victims.remove(&e.tgid);
         }
         self.track_memory(event, subject.as_ref());
         if let Some(p) = &subject {

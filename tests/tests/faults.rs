@@ -481,3 +481,41 @@ fn the_kernel_scope_follows_a_cgroup_created_again() {
     assert_eq!(alert["condemned_by_kernel"], true, "{alert}");
     assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
 }
+
+/// Two agents on one cgroup: one kills a bomb, the other only watches.
+/// Neither takes the kills for a crash loop (the watcher used to: SIGKILL
+/// ×5 under one parent looked like a program crashing).
+#[test]
+fn a_second_agent_does_not_take_the_first_ones_kills_for_a_crash_loop() {
+    let cg = TestCgroup::new("two-agents", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let watcher = Agent::start(&["--cgroup", &scope, "--events", "exit"]);
+    let mut enforcer = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let mut bomb = start_bomb(&cg);
+    enforcer.wait_for(Duration::from_secs(20), "the kill", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    wait_bomb_gone(&cg, Duration::from_secs(10));
+    let _ = bomb.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let (watched, enforced) = (watcher.stop(), enforcer.stop());
+    let killed = watched
+        .of_kind("exit")
+        .filter(|r| r["signal"] == "SIGKILL")
+        .count();
+    assert!(killed >= 5, "the watcher saw {killed} kills: no test");
+    for (who, stopped) in [("watcher", &watched), ("enforcer", &enforced)] {
+        let loops: Vec<&Value> = stopped
+            .of_kind("alert")
+            .filter(|r| r["detector"] == "crashloop")
+            .collect();
+        assert!(loops.is_empty(), "the {who} saw a crash loop: {loops:?}");
+    }
+}

@@ -1,9 +1,13 @@
 //! The crash-loop detector. Pure: process exits and a clock in, verdicts
 //! out; no I/O.
 //!
-//! **Crash.** A process that ends with a non-zero exit code or a fatal
-//! signal after living less than `--crashloop-lifetime` (default 30 s): a
-//! program that runs for minutes between failures is not looping.
+//! **Crash.** A process that ends with a non-zero exit code, or is killed
+//! by its own fault (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS,
+//! SIGTRAP) or by the OOM killer, after living less than
+//! `--crashloop-lifetime` (default 30 s): a program that runs for minutes
+//! between failures is not looping. Any other signal is sent by someone
+//! else (an operator, a supervisor stopping it, guard or another agent
+//! containing a bomb): the program did not crash.
 //!
 //! **Loop.** `N` crashes of the same program, in the same cgroup, under the
 //! same supervisor (the parent that keeps restarting it) within a window:
@@ -82,6 +86,32 @@ pub struct ExitInfo {
     pub status: ExitStatus,
     /// How long it lived, when known.
     pub lifetime_ns: Option<u64>,
+    /// The OOM killer chose it (its SIGKILL is then a crash).
+    pub oom_killed: bool,
+}
+
+/// Signals a program gets for its own fault.
+const FAULT_SIGNALS: [i32; 7] = [
+    libc::SIGSEGV,
+    libc::SIGABRT,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGSYS,
+    libc::SIGTRAP,
+];
+
+impl ExitInfo {
+    /// Whether this exit is the program failing (see the module's rule),
+    /// whatever its lifetime.
+    fn failed(&self) -> bool {
+        match self.status {
+            ExitStatus::Exited(code) => code != 0,
+            ExitStatus::Signaled { signal, .. } => {
+                FAULT_SIGNALS.contains(&signal) || (signal == libc::SIGKILL && self.oom_killed)
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +147,7 @@ impl CrashLoopDetector {
 
     /// A process ended at `now`; returns the verdict when it completes a loop.
     pub fn exit(&mut self, now: u64, exit: ExitInfo) -> Option<CrashLoop> {
-        let crashed = exit.status.is_failure()
+        let crashed = exit.failed()
             && exit
                 .lifetime_ns
                 .is_some_and(|l| l <= self.rules.max_lifetime_ns);
@@ -196,6 +226,7 @@ mod tests {
             pid,
             status,
             lifetime_ns: Some(lifetime_ms * MS),
+            oom_killed: false,
         }
     }
 
@@ -246,6 +277,37 @@ mod tests {
             .filter_map(|i| d.exit(i * MS, exit(3, segv, 10)))
             .next();
         assert_eq!(alert.map(|a| a.statuses), Some(vec![segv; 5]));
+    }
+
+    #[test]
+    fn kills_by_others_are_no_crash_and_the_oom_killers_are() {
+        let signaled = |signal| ExitStatus::Signaled {
+            signal,
+            core_dumped: false,
+        };
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        // A bomb contained by guard (or another agent), an operator's kill,
+        // a supervisor stopping its child: never a loop.
+        for signal in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            for i in 0..10u64 {
+                assert_eq!(d.exit(i * MS, exit(4, signaled(signal), 10)), None);
+            }
+        }
+        let alerts = (0..5u64)
+            .filter_map(|i| {
+                let oom_kill = ExitInfo {
+                    oom_killed: true,
+                    ..exit(5, signaled(libc::SIGKILL), 10)
+                };
+                d.exit(i * MS, oom_kill)
+            })
+            .count();
+        assert_eq!(alerts, 1, "five OOM kills are a loop");
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let aborts = (0..5u64)
+            .filter_map(|i| d.exit(i * MS, exit(6, signaled(libc::SIGABRT), 10)))
+            .count();
+        assert_eq!(aborts, 1);
     }
 
     #[test]
