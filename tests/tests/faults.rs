@@ -519,3 +519,104 @@ fn a_second_agent_does_not_take_the_first_ones_kills_for_a_crash_loop() {
         assert!(loops.is_empty(), "the {who} saw a crash loop: {loops:?}");
     }
 }
+
+/// Forks the kernel has made since boot, threads included (`processes` in
+/// /proc/stat).
+fn forks_since_boot() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a processes line")
+}
+
+/// Fork records of the workload's children (the loop's own pid as parent).
+fn children_shown(stopped: &guard_tests::Stopped, parent: u64) -> u64 {
+    stopped
+        .of_kind("fork")
+        .filter(|r| r["parent_tgid"] == parent)
+        .count() as u64
+}
+
+/// A field of `lost_ring_full` (absent: 0).
+fn lost_ring(summary: &Value, kind: &str) -> u64 {
+    summary["lost_ring_full"][kind].as_u64().unwrap_or(0)
+}
+
+/// Frozen whole (reader and all) while a fork loop runs: the kernel ring
+/// buffer holds the records, and nothing is lost.
+#[test]
+fn a_stopped_agent_loses_nothing_the_ring_buffer_holds() {
+    let cg = TestCgroup::new("stopped-agent", 64, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let agent = Agent::start(&["--cgroup", &scope, "--events", "fork,exit"]);
+    agent.signal(libc::SIGSTOP);
+    let (status, out) = guard_tests::run(&mut cg.workload(&["forks", "3000"]));
+    std::thread::sleep(Duration::from_secs(1));
+    agent.signal(libc::SIGCONT);
+    assert!(status.success());
+    let done: Value = serde_json::from_str(out.trim()).expect("workload JSON");
+    let stopped = agent.stop();
+    let summary = stopped.summary();
+    assert_eq!(num(summary, "lost"), 0, "{summary}");
+    assert_eq!(
+        children_shown(&stopped, num(&done, "pid")),
+        3000,
+        "{summary}"
+    );
+}
+
+/// A 1 MiB ring buffer, the agent frozen while 20,000 forks come: most
+/// records are lost, and every one is accounted for. Shown and lost
+/// together cover the loop, and seen and lost together never exceed the
+/// forks the kernel itself counted meanwhile.
+#[test]
+fn a_tiny_ring_buffer_counts_every_loss() {
+    let cg = TestCgroup::new("tiny-ring", 64, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let forks_before = forks_since_boot();
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--events",
+        "fork",
+        "--ring-buffer-mib",
+        "1",
+        "--fork-action",
+        "kill",
+    ]);
+    agent.signal(libc::SIGSTOP);
+    let (status, out) = guard_tests::run(&mut cg.workload(&["forks", "20000"]));
+    agent.signal(libc::SIGCONT);
+    assert!(status.success(), "the loop was signalled: {status}");
+    let done: Value = serde_json::from_str(out.trim()).expect("workload JSON");
+    let stopped = agent.stop();
+    let forks_after = forks_since_boot();
+    let summary = stopped.summary();
+    let shown = children_shown(&stopped, num(&done, "pid"));
+    let lost = lost_ring(summary, "fork");
+    let seen = num(&summary["seen"], "fork");
+    assert!(
+        lost > 0 && shown < 20_000,
+        "nothing was lost: no test: {summary}"
+    );
+    assert!(
+        shown + lost >= 20_000,
+        "{shown} shown + {lost} lost < 20000 forks: {summary}"
+    );
+    assert!(
+        seen + lost <= forks_after - forks_before,
+        "{seen} seen + {lost} lost > {} forks the kernel made: {summary}",
+        forks_after - forks_before
+    );
+    let acted: Vec<&Value> = stopped
+        .records
+        .iter()
+        .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action")))
+        .collect();
+    assert!(
+        acted.is_empty(),
+        "losses made the loop look harmful: {acted:?}"
+    );
+}
