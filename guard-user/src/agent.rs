@@ -391,6 +391,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             _ = sigterm.recv() => { stopped_by_signal = true; break }
             _ = tick.tick() => {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
+                pipe.sweep_if_caught_up(WallClock::boot_ns_now());
             }
             _ = sample.tick() => {
                 follow_scope(&mut scope_watch, &mut scope_maps);

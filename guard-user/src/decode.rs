@@ -107,11 +107,11 @@ pub struct Exec {
     pub old_pid: u32,
     pub comm: Comm,
     /// The path exec'd, byte for byte (any byte but NUL).
-    pub filename: Vec<u8>,
+    pub filename: Box<[u8]>,
     pub filename_truncated: bool,
-    /// The arguments, each byte for byte (`None`: unreadable at exec). When
+    /// The arguments (`None`: unreadable at exec). When
     /// `cmdline_truncated`, the last one is cut.
-    pub cmdline: Option<Vec<Vec<u8>>>,
+    pub cmdline: Option<Args>,
     /// The argument block was longer than the record carries.
     pub cmdline_truncated: bool,
 }
@@ -338,9 +338,9 @@ fn read<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
-fn string(bytes: &[u8], len: u32) -> (Vec<u8>, bool) {
+fn string(bytes: &[u8], len: u32) -> (Box<[u8]>, bool) {
     let len = (len as usize).min(bytes.len());
-    (bytes[..len].to_vec(), len >= bytes.len() - 1)
+    (bytes[..len].into(), len >= bytes.len() - 1)
 }
 
 /// Decodes one ring-buffer record.
@@ -488,15 +488,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-/// An argument block (each argument ended by a NUL) as its arguments,
-/// empty ones included.
-fn cmdline(args: &[u8], len: u32) -> Option<Vec<Vec<u8>>> {
+/// An argument block as the kernel lays it out (each argument ended by a
+/// NUL), kept in one allocation of its exact size: an event waiting in the
+/// agent's queue costs at most its 128 bytes, however many arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args(Box<[u8]>);
+
+impl Args {
+    /// The arguments, byte for byte, empty ones included.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == 0)
+    }
+
+    /// Builds one from arguments (tests).
+    pub fn of(args: &[&[u8]]) -> Self {
+        Args(args.join(&0u8).into())
+    }
+}
+
+/// The argument block of an exec record (`None`: none was read).
+fn cmdline(args: &[u8], len: u32) -> Option<Args> {
     let bytes = args.get(..len as usize)?;
     if bytes.is_empty() {
         return None;
     }
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    Some(bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
+    Some(Args(bytes.strip_suffix(&[0]).unwrap_or(bytes).into()))
 }
 
 #[cfg(test)]
@@ -621,13 +637,17 @@ pub(crate) mod tests {
             panic!("not an exec")
         };
         assert_eq!(
-            (e.filename.as_slice(), e.filename_truncated),
+            (&*e.filename, e.filename_truncated),
             (&b"/bin/true"[..], false)
         );
-        let args = |e: &Exec| e.cmdline.clone().map(|a| a.concat());
+        let args = |e: &Exec| {
+            e.cmdline
+                .as_ref()
+                .map(|a| a.iter().collect::<Vec<_>>().concat())
+        };
         assert_eq!(
             e.cmdline,
-            Some(vec![b"true".to_vec(), b"-x".to_vec(), b"a b".to_vec()]),
+            Some(Args::of(&[b"true", b"-x", b"a b"])),
             "arguments stay apart, spaces and all"
         );
         assert!(!e.cmdline_truncated);
@@ -651,8 +671,8 @@ pub(crate) mod tests {
             panic!("not an exec")
         };
         assert_eq!(
-            e.cmdline,
-            Some(vec![b"a".to_vec(), b"".to_vec(), b"\xff\n".to_vec()]),
+            e.cmdline.as_ref().map(|a| a.iter().collect::<Vec<_>>()),
+            Some(vec![&b"a"[..], b"", b"\xff\n"]),
             "an empty argument and raw bytes are kept"
         );
         let unreadable = ExecEvent { args_len: 0, ..raw };

@@ -175,7 +175,14 @@ pub struct Pipeline<W: Write> {
     losses: Option<LossCounter>,
     /// Its value at the last recount.
     losses_seen: u64,
+    /// A sweep of the table is due (events were lost).
+    sweep_pending: bool,
+    /// The newest event handled, boot ns.
+    last_event_ns: u64,
 }
+
+/// How far behind the kernel the pipeline may be to count as caught up.
+const CAUGHT_UP_NS: u64 = 200_000_000;
 
 /// Reads how many events were lost so far (see `source::loss_counter`).
 pub type LossCounter = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -221,6 +228,8 @@ impl<W: Write> Pipeline<W> {
             oom_victims: HashSet::new(),
             losses: None,
             losses_seen: 0,
+            sweep_pending: false,
+            last_event_ns: 0,
         }
     }
 
@@ -244,20 +253,33 @@ impl<W: Write> Pipeline<W> {
             return false;
         }
         self.losses_seen = total;
-        let swept = self.table.sweep();
         let mut counts: HashMap<CgroupKey, u32> = HashMap::new();
         for p in self.table.processes() {
-            if let Some(key) = self.population_key(&p.cgroups, p.kernel_thread) {
+            if let Some(key) = self.population_key(&p.cgroups, p.kernel_thread)
+                && self.table.exists(p.tgid)
+            {
                 *counts.entry(key).or_default() += 1;
             }
         }
         self.detectors.fork.recount(now, &counts);
+        self.sweep_pending = true;
         tracing::info!(
-            "events were lost: dropped {swept} stale process-table entries and recounted \
-             {} cgroups' processes",
+            "events were lost: recounted the processes of {} cgroups",
             counts.len()
         );
         true
+    }
+
+    /// Drops table entries whose exit may have been lost, once the pipeline
+    /// has caught up with the kernel: while it still works through a
+    /// backlog (a frozen or starved agent), the events ahead refer to
+    /// processes that are gone by now, and need their entries.
+    pub fn sweep_if_caught_up(&mut self, now: u64) {
+        if self.sweep_pending && now.saturating_sub(self.last_event_ns) < CAUGHT_UP_NS {
+            self.sweep_pending = false;
+            let swept = self.table.sweep();
+            tracing::debug!("dropped {swept} stale process-table entries");
+        }
     }
 
     /// Whether an action is under way.
@@ -410,6 +432,7 @@ impl<W: Write> Pipeline<W> {
     /// passes the filters.
     pub fn handle(&mut self, event: &Event) -> io::Result<()> {
         let kind = event.kind();
+        self.last_event_ns = self.last_event_ns.max(event.boot_ns());
         self.counters.seen[kind as usize] += 1;
         let moved_from = match event {
             Event::CgroupAttach(a) => self

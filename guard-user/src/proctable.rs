@@ -319,6 +319,11 @@ impl ProcessTable {
         Some(info)
     }
 
+    /// Whether `tgid` exists now (a zombie does), by /proc.
+    pub fn exists(&self, tgid: u32) -> bool {
+        self.proc_root.join(tgid.to_string()).exists()
+    }
+
     /// Takes the kernel's word for `tgid`'s name.
     fn rename(&mut self, tgid: u32, comm: Comm) {
         if let Some(p) = self.procs.get_mut(&tgid)
@@ -337,7 +342,7 @@ impl ProcessTable {
         let gone: Vec<u32> = self
             .procs
             .keys()
-            .filter(|tgid| !self.proc_root.join(tgid.to_string()).exists())
+            .filter(|&&tgid| !self.exists(tgid))
             .copied()
             .collect();
         for tgid in &gone {
@@ -608,9 +613,9 @@ mod tests {
             tgid: 200,
             old_pid: 200,
             comm: Comm::from_str_lossy("worker"),
-            filename: b"/usr/bin/worker".to_vec(),
+            filename: (*b"/usr/bin/worker").into(),
             filename_truncated: false,
-            cmdline: Some(vec![b"worker".to_vec(), b"--fast".to_vec()]),
+            cmdline: Some(crate::decode::Args::of(&[b"worker", b"--fast"])),
             cmdline_truncated: false,
         });
         assert_eq!(

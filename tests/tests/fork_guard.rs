@@ -99,7 +99,7 @@ fn a_bash_fork_bomb_is_killed_and_the_bystander_lives() {
     // The arguments, as the exec probe copied them.
     assert_eq!(
         alert["offender"]["cmdline"],
-        format!("/bin/bash -c {BOMB}"),
+        serde_json::json!(["/bin/bash", "-c", BOMB]),
         "{alert}"
     );
     // Containment may take a follow-up action (a member born just as a

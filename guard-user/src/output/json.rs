@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use super::text::{hex_if_not_utf8, hex_of};
-use crate::decode::Comm;
+use crate::decode::{Args, Comm};
 
 /// A JSON object written straight into a line buffer.
 pub struct JsonObject<'b> {
@@ -73,18 +73,15 @@ impl<'b> JsonObject<'b> {
 
     /// Arguments as an array of strings (`null`: none), and when one is not
     /// UTF-8, all of them in hex as `<key>_hex`.
-    pub fn args(&mut self, key: &str, value: Option<&[Vec<u8>]>) -> &mut Self {
+    pub fn args(&mut self, key: &str, value: Option<&Args>) -> &mut Self {
         let Some(args) = value else {
             return self.raw(key, "null");
         };
-        let lossy: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a)).collect();
+        let lossy: Vec<_> = args.iter().map(String::from_utf8_lossy).collect();
         self.key(key);
         let _ = serde_json::to_writer(&mut *self.buf, &lossy);
         if args.iter().any(|a| std::str::from_utf8(a).is_err()) {
-            let hex: Vec<String> = args
-                .iter()
-                .map(|a| hex_if_not_utf8(a).unwrap_or_else(|| hex_of(a)))
-                .collect();
+            let hex: Vec<String> = args.iter().map(hex_of).collect();
             self.key(&format!("{key}_hex"));
             let _ = serde_json::to_writer(&mut *self.buf, &hex);
         }

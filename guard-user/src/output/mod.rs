@@ -258,7 +258,7 @@ impl<W: Write> Output<W> {
             Event::Exec(e) => {
                 o.bytes("filename", &e.filename)
                     .bool("filename_truncated", e.filename_truncated)
-                    .args("cmdline", e.cmdline.as_deref())
+                    .args("cmdline", e.cmdline.as_ref())
                     .bool("cmdline_truncated", e.cmdline_truncated)
                     .num("old_pid", e.old_pid);
             }
@@ -618,9 +618,9 @@ mod tests {
             tgid: 9,
             old_pid: 9,
             comm: Comm::new(*b"\x1b]0;x\x07\nFORGED\xff\0\0"),
-            filename: b"/tmp/a\nFORGED 00:00:00 exit\x1b[2J\xfe".to_vec(),
+            filename: (*b"/tmp/a\nFORGED 00:00:00 exit\x1b[2J\xfe").into(),
             filename_truncated: false,
-            cmdline: Some(vec![b"a b".to_vec(), b"".to_vec(), b"\xff\x1b".to_vec()]),
+            cmdline: Some(crate::decode::Args::of(&[b"a b", b"", b"\xff\x1b"])),
             cmdline_truncated: false,
         })
     }
