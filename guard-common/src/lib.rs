@@ -143,6 +143,11 @@ pub struct CondemnedEvent {
     pub forker_tgid: u32,
     /// The signal the tag was condemned with.
     pub signal: u32,
+    /// The deepest self-replication among the window's births (see
+    /// `ForkBudget::depth`).
+    pub depth: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
 }
 
 /// Bit 63 marks a tag the fork probe gave a subtree by itself (at its first
@@ -499,7 +504,7 @@ pub const RSS_STAT_WORDS: usize = 20;
 /// The fork guard's kernel side: which processes the fork probe tags by
 /// itself, how it finds a task's cgroup in the scope's hierarchy, and the
 /// explosion rule it applies to each tagged subtree (see `ForkBudget`).
-/// 8 + 10 × 4 bytes, no padding.
+/// 8 + 12 × 4 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForkGuardConfig {
@@ -525,6 +530,10 @@ pub struct ForkGuardConfig {
     pub min_growth: u32,
     /// SIGKILL or SIGSTOP.
     pub signal: u32,
+    /// Self-replication depth a subtree must show (see `ForkBudget`).
+    pub min_depth: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
 }
 
 /// Values of the `SCOPE` map (cgroup kernfs id → verdict). The fork probe
@@ -602,6 +611,8 @@ impl ProbeConfig {
             max_births: 0,
             min_growth: 0,
             signal: 0,
+            min_depth: 0,
+            reserved: 0,
         },
     };
 }
@@ -642,9 +653,21 @@ pub struct ForkBudget {
     pub min_growth: u32,
     /// The signal to condemn the tag with (SIGKILL or SIGSTOP).
     pub signal: u32,
+    /// The rule's third part: a bomb replicates itself, so at least one
+    /// birth of the window must be this many generations deep in copies of
+    /// one program (each forked by the previous one, with no exec into
+    /// another program between them). A wide build's children exec
+    /// compilers and tools: they stay at depth 1.
+    pub min_depth: u32,
+    /// The deepest birth of the current window.
+    pub depth: u32,
     /// Explicit padding (always 0).
     pub reserved: u32,
 }
+
+/// Capacity of the `DEPTH` map (tgid → self-replication depth of a member
+/// of a tagged subtree).
+pub const DEPTH_ENTRIES: u32 = 65536;
 
 /// Capacity of the `BUDGETS` map (least recently used entries go first:
 /// the fork probe makes one per subtree it tags).
@@ -711,10 +734,10 @@ mod layout {
             16 + 2 * 4 + 2 * 8 + COMM_LEN
         );
         assert_eq!(size_of::<MemoryProbe>(), 8 * 4);
-        assert_eq!(size_of::<ForkBudget>(), 5 * 8 + 4 * 4);
+        assert_eq!(size_of::<ForkBudget>(), 5 * 8 + 6 * 4);
         assert_eq!(size_of::<MarkVictimLayout>(), 10 * 4);
-        assert_eq!(size_of::<CondemnedEvent>(), 16 + 4 * 8 + 2 * 4);
-        assert_eq!(size_of::<ForkGuardConfig>(), 8 + 10 * 4);
+        assert_eq!(size_of::<CondemnedEvent>(), 16 + 4 * 8 + 4 * 4);
+        assert_eq!(size_of::<ForkGuardConfig>(), 8 + 12 * 4);
         assert_eq!(
             size_of::<ProbeConfig>(),
             size_of::<TaskOffsets>()

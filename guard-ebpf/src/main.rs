@@ -35,12 +35,13 @@ use aya_ebpf::{
 };
 use guard_common::{
     ABSENT, ARGS_LEN, BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES,
-    CgroupAttachEvent, CondemnedEvent, DEFAULT_RING_BYTES, DROP_SLOTS, EventKind, ExecEvent,
-    ExitEvent, ForkBudget, ForkEvent, Header, HungTaskEvent, KIND_SLOTS, LINEAGE_ENTRIES,
-    OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN, PROTECTED_COMM_ENTRIES, PROTECTED_PID_ENTRIES,
-    ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES, RSS_STAT_WORDS, ReclaimStallEvent,
-    RssEvent, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES, SCOPE_IN, SCOPE_MAX_DEPTH, SCOPE_OUT,
-    TRACKING_FULL_SLOT, UnblockedEvent, auto_tag, occupancy_slot, oom_field, task_state,
+    CgroupAttachEvent, CondemnedEvent, DEFAULT_RING_BYTES, DEPTH_ENTRIES, DROP_SLOTS, EventKind,
+    ExecEvent, ExitEvent, ForkBudget, ForkEvent, Header, HungTaskEvent, KIND_SLOTS,
+    LINEAGE_ENTRIES, OCCUPANCY_SLOTS, OomKillEvent, PATH_LEN, PROTECTED_COMM_ENTRIES,
+    PROTECTED_PID_ENTRIES, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES, RSS_ENTRIES,
+    RSS_STAT_WORDS, ReclaimStallEvent, RssEvent, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES, SCOPE_IN,
+    SCOPE_MAX_DEPTH, SCOPE_OUT, TRACKING_FULL_SLOT, UnblockedEvent, auto_tag, occupancy_slot,
+    oom_field, task_state,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -60,6 +61,13 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 /// tag, whoever adopts them later), removed at exit.
 #[map]
 static LINEAGE: HashMap<u32, u64> = HashMap::with_max_entries(LINEAGE_ENTRIES, 0);
+
+/// Members of tagged subtrees → their self-replication depth: how many
+/// generations of one program forked each other down to them (absent: 0,
+/// the process exec'd a program other than its parent's). Set at fork,
+/// cleared at an exec into another program and at exit.
+#[map]
+static DEPTH: HashMap<u32, u32> = HashMap::with_max_entries(DEPTH_ENTRIES, 0);
 
 /// Condemned tags → signal. A process whose tag is condemned gets the signal
 /// the moment it tries to fork: the subtree cannot grow while the agent
@@ -301,7 +309,11 @@ fn enforce_lineage(
         // A full map only means this child is found by the agent's own
         // sweep instead.
         if LINEAGE.insert(child_tgid, tag, 0).is_ok() {
-            count_birth(tag, parent_tgid);
+            // SAFETY: the value is copied out at once.
+            let depth = (unsafe { DEPTH.get(parent_tgid) }).copied().unwrap_or(0) + 1;
+            // Full: the child counts as depth 0, which only delays a verdict.
+            let _ = DEPTH.insert(child_tgid, depth, 0);
+            count_birth(tag, parent_tgid, depth);
         }
     }
     // SAFETY: as above.
@@ -378,6 +390,8 @@ fn tag_subtree(
         max_births: config!(fork_guard.max_births),
         min_growth: config!(fork_guard.min_growth),
         signal: config!(fork_guard.signal),
+        min_depth: config!(fork_guard.min_depth),
+        depth: 0,
         reserved: 0,
     };
     if BUDGETS.insert(tag, budget, 0).is_err() || LINEAGE.insert(root_tgid, tag, 0).is_err() {
@@ -483,7 +497,21 @@ fn scope_verdict(task: *const u8) -> u32 {
 /// lowest in that window. Counters are updated atomically; the window reset
 /// is not (two CPUs resetting at once lose a birth or two: a backstop, not a
 /// ledger). Condemning writes a `Condemned` record.
-fn count_birth(tag: u64, forker_tgid: u32) {
+/// A member of a tagged subtree exec'd: into its parent's program, it goes
+/// on replicating it (a script that starts itself again); into another,
+/// its depth is 0 again.
+fn end_replication(task: *const u8, tgid: u32, comm: &[u8; COMM_LEN]) {
+    // SAFETY: a presence check; nothing is read through the reference.
+    if unsafe { DEPTH.get(tgid) }.is_none() {
+        return;
+    }
+    let parent_comm = read::<*const u8>(task, config!(task.real_parent)).and_then(task_comm);
+    if parent_comm.as_ref() != Ok(comm) {
+        let _ = DEPTH.remove(tgid);
+    }
+}
+
+fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
     let Some(budget) = BUDGETS.get_ptr_mut(tag) else {
         return;
     };
@@ -494,7 +522,13 @@ fn count_birth(tag: u64, forker_tgid: u32) {
         if now.saturating_sub((*budget).window_start_ns) > (*budget).window_ns {
             (*budget).window_start_ns = now;
             (*budget).births = 0;
+            (*budget).depth = 0;
             (*budget).min_live = read_volatile(&raw const (*budget).live);
+        }
+        // A racy max: two CPUs may each keep their own; either is a depth
+        // this window saw.
+        if depth > (*budget).depth {
+            (*budget).depth = depth;
         }
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).births, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).live, 1);
@@ -504,7 +538,10 @@ fn count_birth(tag: u64, forker_tgid: u32) {
         let live = read_volatile(&raw const (*budget).live) as i64;
         let min_live = read_volatile(&raw const (*budget).min_live) as i64;
         let growth = live - min_live;
-        if births < u64::from((*budget).max_births) || growth < i64::from((*budget).min_growth) {
+        if births < u64::from((*budget).max_births)
+            || growth < i64::from((*budget).min_growth)
+            || (*budget).depth < (*budget).min_depth
+        {
             return;
         }
         // SAFETY: a presence check; nothing is read through the reference.
@@ -523,6 +560,8 @@ fn count_birth(tag: u64, forker_tgid: u32) {
             window_ns: (*budget).window_ns,
             forker_tgid,
             signal: (*budget).signal,
+            depth: (*budget).depth,
+            reserved: 0,
         };
         let _ = output(EventKind::Condemned, &record);
         let _ = CONDEMNED.insert(tag, (*budget).signal, u64::from(BPF_NOEXIST));
@@ -590,6 +629,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let filename =
         read::<*const u8>(bprm, config!(task.binprm_filename)).map_err(|e| read_failed(kind, e))?;
     let comm = task_comm(task).map_err(|e| read_failed(kind, e))?;
+    end_replication(task, tgid, &comm);
     // Built in this CPU's scratch slot: at 440 bytes the record does not
     // fit the 512-byte BPF stack beside the rest.
     let record = EXEC_SCRATCH.get_ptr_mut(0).ok_or(FAILED)?;
@@ -671,6 +711,7 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
             count_exit(tag);
         }
         let _ = RSS_STEP.remove(tgid);
+        let _ = DEPTH.remove(tgid);
     }
     let record = (|| -> Result<ExitEvent, u32> {
         let value = ExitEvent {

@@ -92,6 +92,7 @@ pub struct BudgetLimits {
     pub window_ns: u64,
     pub max_births: u32,
     pub min_growth: u32,
+    pub min_depth: u32,
     /// SIGKILL or SIGSTOP.
     pub signal: i32,
 }
@@ -103,6 +104,7 @@ impl BudgetLimits {
             window_ns: rules.window_ns,
             max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
             min_growth: rules.growth,
+            min_depth: rules.depth,
             signal: match action {
                 ActionKind::Stop => libc::SIGSTOP,
                 _ => libc::SIGKILL,
@@ -400,6 +402,8 @@ impl System for LiveSystem {
             max_births: limits.max_births,
             min_growth: limits.min_growth,
             signal: limits.signal as u32,
+            min_depth: limits.min_depth,
+            depth: 0,
             reserved: 0,
         };
         if let Err(err) = lock(&self.budgets).insert(tag, budget, 0) {

@@ -171,6 +171,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         window_ns: args.fork_window_ms * 1_000_000,
         rate: args.fork_rate,
         growth: args.fork_growth,
+        depth: args.fork_depth,
         horizon_ns: args.pids_horizon * 1_000_000_000,
     };
     let guard_chain = Protection::own_chain();

@@ -342,6 +342,7 @@ mod tests {
             window_ns: 1_000_000_000,
             max_births: 100,
             min_growth: 32,
+            min_depth: 4,
             signal: libc::SIGKILL,
         }
     }

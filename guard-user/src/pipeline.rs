@@ -510,7 +510,8 @@ impl<W: Write> Pipeline<W> {
             }
             match (event, key) {
                 (Event::Fork(f), Some(key)) if !f.is_thread() => {
-                    self.detectors.fork.birth(now, &key, p.node)
+                    let depth = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
+                    self.detectors.fork.birth(now, &key, p.node, depth)
                 }
                 (Event::Exit(e), Some(key)) if e.group_dead => self.detectors.fork.gone(now, &key),
                 (Event::CgroupAttach(_), key) if key != moved_from => {
@@ -980,6 +981,7 @@ impl<W: Write> Pipeline<W> {
                     births,
                     births_per_sec,
                     growth,
+                    depth,
                     live,
                     window_ns,
                     recent,
@@ -991,6 +993,7 @@ impl<W: Write> Pipeline<W> {
                         ("births", json!(births)),
                         ("births_per_sec", json!(births_per_sec.round())),
                         ("growth", json!(growth)),
+                        ("depth", json!(depth)),
                         ("live", json!(live)),
                         ("window_ms", json!(window_ns / 1_000_000)),
                     ],
@@ -1156,6 +1159,7 @@ impl<W: Write> Pipeline<W> {
                     json!((c.births as f64 / window_s.max(1e-9)).round()),
                 ),
                 ("growth", json!(c.growth)),
+                ("depth", json!(c.depth)),
                 ("window_ms", json!(c.window_ns / 1_000_000)),
                 ("offender", offender.clone()),
                 ("action", json!(self.settings.fork_action)),

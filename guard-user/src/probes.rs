@@ -275,6 +275,8 @@ pub fn fork_guard_config(
             max_births: rule.max_births,
             min_growth: rule.min_growth,
             signal: u32::try_from(rule.signal).unwrap_or(9),
+            min_depth: rule.min_depth,
+            reserved: 0,
         })
     };
     resolve().context("resolving the fork probe's cgroup offsets from BTF")

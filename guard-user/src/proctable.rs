@@ -70,6 +70,10 @@ pub struct LineageNode {
     pub cmdline: Option<Arc<[String]>>,
     /// Its cgroups when it was last seen alive.
     pub cgroups: CgroupSet,
+    /// How many generations of one program forked each other down to it:
+    /// its parent's depth + 1 while it runs its parent's program (a forked
+    /// copy, or an exec of the same program), 0 once it runs another.
+    pub depth: u32,
     /// Nodes, live or ghost, whose `parent` is this one.
     pub(crate) children: u32,
 }
@@ -78,8 +82,12 @@ impl Lineage {
     pub(crate) fn add(&mut self, parent: Option<NodeId>, info: &ProcInfo) -> NodeId {
         self.next += 1;
         let parent = parent.filter(|p| self.nodes.contains_key(p));
+        let mut depth = 0;
         if let Some(p) = parent.and_then(|p| self.nodes.get_mut(&p)) {
             p.children += 1;
+            if p.comm == info.comm {
+                depth = p.depth + 1;
+            }
         }
         let node = LineageNode {
             tgid: info.tgid,
@@ -95,6 +103,7 @@ impl Lineage {
                 .and_then(|p| self.nodes.get(&p))
                 .and_then(|p| p.cmdline.clone()),
             cgroups: info.cgroups.clone(),
+            depth,
             children: 0,
         };
         self.nodes.insert(self.next, node);
@@ -438,7 +447,17 @@ impl ProcessTable {
                 let info = self.lookup_or_read(e.tgid)?;
                 info.comm = e.comm;
                 let (node, snapshot) = (info.node, info.clone());
+                let parent_comm = self
+                    .lineage
+                    .nodes
+                    .get(&node)
+                    .and_then(|n| n.parent)
+                    .and_then(|p| self.lineage.nodes.get(&p))
+                    .map(|p| p.comm);
                 if let Some(n) = self.lineage.nodes.get_mut(&node) {
+                    if parent_comm != Some(e.comm) {
+                        n.depth = 0;
+                    }
                     n.comm = e.comm;
                     n.exe = Some(Arc::from(String::from_utf8_lossy(&e.filename).as_ref()));
                     n.cmdline = e.cmdline.as_ref().map(|args| {

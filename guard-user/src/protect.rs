@@ -142,6 +142,7 @@ impl Protection {
             kernel_thread: flags & 0x0020_0000 != 0,
             exe: None,
             cmdline: None,
+            depth: 0,
             cgroups,
             children: 0,
         };
@@ -202,6 +203,7 @@ mod tests {
             kernel_thread,
             exe: None,
             cmdline: None,
+            depth: 0,
             cgroups: Arc::from(vec![Some(Arc::<str>::from(cgroup))]),
             children: 0,
         }

@@ -404,3 +404,70 @@ fn a_legitimate_burst_raises_no_alert() {
         .collect();
     assert!(flagged.is_empty(), "{flagged:?}");
 }
+
+/// Wide parallel builds with `--fork-action kill`: `xargs -P 64` running
+/// 3000 short tasks, and `make -j64` of 600 targets, each recipe a shell
+/// running two commands. Both start at full width at once and come nowhere
+/// near pids.max; the explosion rule used to kill xargs at 100 births.
+/// Their children exec tools: they are no bomb, and nothing is signalled
+/// or alerted.
+#[test]
+fn wide_parallel_builds_are_not_signalled() {
+    let cg = TestCgroup::new("wide-build", 2000, 1 << 30);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-make-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let mut makefile = String::from("all:");
+    for i in 0..600 {
+        makefile.push_str(&format!(" t{i}"));
+    }
+    makefile.push('\n');
+    for i in 0..600 {
+        makefile.push_str(&format!(
+            "t{i}:\n\t@sleep 0.0$$(( {i} % 5 )); echo {i} > /dev/null\n"
+        ));
+    }
+    std::fs::write(dir.join("Makefile"), makefile).expect("Makefile");
+
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let xargs = cg
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "seq 1 3000 | xargs -P 64 -n 1 sh -c 'sleep 0.0$(( $0 % 3 )); true'",
+        ])
+        .status()
+        .expect("xargs");
+    let make = cg
+        .command("make")
+        .args(["-s", "-j64", "-C"])
+        .arg(&dir)
+        .status()
+        .expect("make");
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = agent.stop();
+    assert!(xargs.success(), "xargs -P 64 was disturbed: {xargs}");
+    assert!(make.success(), "make -j64 was disturbed: {make}");
+    let sleeps = stopped
+        .of_kind("exit")
+        .filter(|r| r["comm"] == "sleep" && r["exit_code"] == 0)
+        .count();
+    assert!(sleeps >= 3600, "only {sleeps} tasks ran: no test");
+    let flagged: Vec<&Value> = stopped
+        .records
+        .iter()
+        .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action" | "condemned")))
+        .collect();
+    assert!(flagged.is_empty(), "{flagged:?}");
+    assert_eq!(pids_max_hits(&cg), 0);
+}

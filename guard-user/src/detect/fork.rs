@@ -43,8 +43,18 @@ pub struct ForkRules {
     /// Births per second, averaged over the window.
     pub rate: f64,
     pub growth: u32,
+    /// Self-replication depth at least one birth of the window must have.
+    pub depth: u32,
     pub horizon_ns: u64,
 }
+
+/// The explosion rule's self-replication depth, by default. A bomb is a
+/// program whose copies fork copies: a bash bomb is 4 deep after 30
+/// births, a Python `os.fork()` loop after 4 rounds. Ordinary work forks
+/// children that exec something else (make → sh → cc, xargs → task,
+/// pytest → python worker), 1 deep, or 2 to 3 in nested subshells and
+/// pools of pools.
+pub const DEFAULT_DEPTH: u32 = 4;
 
 impl ForkRules {
     /// Births the window must hold: the rate times the window.
@@ -61,6 +71,7 @@ impl Default for ForkRules {
             window_ns: NS,
             rate: 100.0,
             growth: 32,
+            depth: DEFAULT_DEPTH,
             horizon_ns: 30 * NS,
         }
     }
@@ -76,6 +87,8 @@ pub enum ForkVerdict {
         births: u32,
         births_per_sec: f64,
         growth: u32,
+        /// The deepest self-replication among the window's births.
+        depth: u32,
         live: u32,
         window_ns: u64,
         /// Lineage nodes of the most recent births, newest first.
@@ -98,8 +111,8 @@ const RECENT_BIRTHS: usize = 64;
 
 #[derive(Default)]
 struct Population {
-    /// (time, node) of births within the window.
-    births: VecDeque<(u64, NodeId)>,
+    /// (time, node, self-replication depth) of births within the window.
+    births: VecDeque<(u64, NodeId, u32)>,
     /// The last births, newest last.
     recent: VecDeque<NodeId>,
     live: u32,
@@ -111,6 +124,11 @@ struct Population {
 impl Population {
     fn record(&mut self, now: u64) {
         self.history.push_back((now, self.live));
+    }
+
+    /// The deepest birth of the window.
+    fn depth(&self) -> u32 {
+        self.births.iter().map(|&(_, _, d)| d).max().unwrap_or(0)
     }
 
     /// Growth of the live count from its lowest point in the window.
@@ -126,7 +144,7 @@ impl Population {
 
     fn prune(&mut self, now: u64, window: u64) {
         let horizon = now.saturating_sub(window);
-        while self.births.front().is_some_and(|&(t, _)| t < horizon) {
+        while self.births.front().is_some_and(|&(t, _, _)| t < horizon) {
             self.births.pop_front();
         }
         // Keep one sample from before the window: the level it started at.
@@ -165,11 +183,12 @@ impl ForkDetector {
         p.record(now);
     }
 
-    /// A process was born into `cgroup`.
-    pub fn birth(&mut self, now: u64, cgroup: &CgroupKey, node: NodeId) {
+    /// A process was born into `cgroup`, `depth` generations deep in copies
+    /// of one program (see `LineageNode::depth`).
+    pub fn birth(&mut self, now: u64, cgroup: &CgroupKey, node: NodeId, depth: u32) {
         let p = self.populations.entry(cgroup.clone()).or_default();
         p.live += 1;
-        p.births.push_back((now, node));
+        p.births.push_back((now, node, depth));
         if p.recent.len() == RECENT_BIRTHS {
             p.recent.pop_front();
         }
@@ -235,7 +254,9 @@ impl ForkDetector {
     }
 
     fn is_armed(&self, p: &Population) -> bool {
-        4 * p.births.len() >= self.rules.min_births() && p.growth() >= self.rules.growth / 4
+        4 * p.births.len() >= self.rules.min_births()
+            && p.growth() >= self.rules.growth / 4
+            && p.depth() + 1 >= self.rules.depth
     }
 
     /// The armed cgroups, each with its recent births (newest first): the
@@ -264,12 +285,17 @@ impl ForkDetector {
             let quiet = p
                 .last_alert
                 .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
-            if p.births.len() >= min_births && growth >= rules.growth && quiet {
+            let depth = p.depth();
+            if p.births.len() >= min_births
+                && growth >= rules.growth
+                && depth >= rules.depth
+                && quiet
+            {
                 p.last_alert = Some(now);
                 let span = p
                     .births
                     .front()
-                    .map_or(rules.window_ns, |&(t, _)| now.saturating_sub(t))
+                    .map_or(rules.window_ns, |&(t, _, _)| now.saturating_sub(t))
                     .max(1);
                 verdicts.push(ForkVerdict::Explosion {
                     cgroup: cgroup.clone(),
@@ -277,9 +303,10 @@ impl ForkDetector {
                     births_per_sec: p.births.len() as f64 * NS as f64
                         / span.max(rules.window_ns / 10) as f64,
                     growth,
+                    depth,
                     live: p.live,
                     window_ns: rules.window_ns,
-                    recent: p.births.iter().rev().take(64).map(|&(_, n)| n).collect(),
+                    recent: p.births.iter().rev().take(64).map(|&(_, n, _)| n).collect(),
                 });
             }
             p.live > 0 || !p.births.is_empty() || p.history.len() > 1 || !p.recent.is_empty()
@@ -399,14 +426,17 @@ mod tests {
         let mut d = ForkDetector::new(ForkRules::default());
         let cg = key("/sys/fs/cgroup/pids/bomb");
         d.present(0, &cg);
-        // Doubling every 5 ms; nobody exits.
+        // Doubling every 5 ms, each round's children one generation deeper;
+        // nobody exits.
         let mut live = 1u64;
         let mut t = 10 * MS;
         let mut node = 0;
+        let mut generation = 0;
         let verdict = loop {
+            generation += 1;
             for _ in 0..live {
                 node += 1;
-                d.birth(t, &cg, node);
+                d.birth(t, &cg, node, generation);
             }
             live *= 2;
             if let Some(v) = d.check(t).into_iter().next() {
@@ -440,13 +470,13 @@ mod tests {
         let mut d = ForkDetector::new(ForkRules::default());
         let cg = key("/loop");
         for i in 0..5_000u64 {
-            d.birth(i * 200_000, &cg, i + 1);
+            d.birth(i * 200_000, &cg, i + 1, 1);
             d.gone(i * 200_000 + 100_000, &cg);
         }
         assert!(!d.armed(), "5000 forks a second that each exit at once");
         let bomb = key("/bomb");
         for i in 0..30u64 {
-            d.birth(MS + i * 10_000, &bomb, 10_000 + i);
+            d.birth(MS + i * 10_000, &bomb, 10_000 + i, 1 + (i + 2).ilog2());
         }
         assert!(d.armed(), "30 births, 30 more live");
         assert!(d.check(2 * MS).is_empty(), "armed, not yet alerting");
@@ -459,7 +489,7 @@ mod tests {
         let mut d = ForkDetector::new(ForkRules::default());
         let k = key("/loop");
         for i in 0..300u64 {
-            d.birth(i * MS, &k, i as NodeId);
+            d.birth(i * MS, &k, i as NodeId, 6);
             if i % 10 == 0 {
                 d.gone(i * MS + 1, &k);
             }
@@ -473,7 +503,7 @@ mod tests {
         );
         let mut d = ForkDetector::new(ForkRules::default());
         for i in 0..300u64 {
-            d.birth(i * MS, &k, i as NodeId);
+            d.birth(i * MS, &k, i as NodeId, 6);
             if i % 10 == 0 {
                 d.gone(i * MS + 1, &k);
             }
@@ -481,7 +511,7 @@ mod tests {
         // The recount finds the loop and its one child.
         d.recount(300 * MS, &HashMap::from([(k.clone(), 2)]));
         for i in 300..400u64 {
-            d.birth(i * MS, &k, i as NodeId);
+            d.birth(i * MS, &k, i as NodeId, 6);
             d.gone(i * MS + 1, &k);
         }
         assert_eq!(d.check(400 * MS), vec![], "no growth after the recount");
@@ -498,7 +528,7 @@ mod tests {
         // 200 processes in one second, each gone 2 ms after birth.
         for i in 0..200u64 {
             let t = i * 5 * MS;
-            d.birth(t, &cg, i + 1);
+            d.birth(t, &cg, i + 1, 1);
             d.gone(t + 2 * MS, &cg);
             assert!(d.check(t + 2 * MS).is_empty(), "alert at {} ms", t / MS);
         }
@@ -513,9 +543,44 @@ mod tests {
         let cg = key("/svc");
         // 64 long-lived workers at once: growth, but too few births.
         for i in 0..64 {
-            d.birth(MS, &cg, i + 1);
+            d.birth(MS, &cg, i + 1, 1);
         }
         assert!(d.check(2 * MS).is_empty());
+    }
+
+    #[test]
+    fn a_wide_build_is_no_bomb_however_fast_it_grows() {
+        // make -j256 starting: 600 births in 300 ms, 256 alive at once, but
+        // every child execs a compiler or a shell (depth 1), and nested
+        // subshells fork at depth 2.
+        let mut d = ForkDetector::new(ForkRules::default());
+        let cg = key("/build");
+        for i in 0..600u64 {
+            let t = i * MS / 2;
+            d.birth(t, &cg, i + 1, [1, 1, 1, 1, 2][i as usize % 5]);
+            if i >= 256 {
+                d.gone(t, &cg);
+            }
+            assert!(d.check(t).is_empty(), "alert at birth {i}");
+        }
+        assert!(!d.armed(), "no SCHED_FIFO for a build");
+        // A subshell three deep now and then arms it (one generation short
+        // of the rule), but is no verdict.
+        d.birth(301 * MS, &cg, 9_000, 3);
+        assert!(d.armed());
+        assert!(d.check(301 * MS).is_empty());
+        // The same births and growth from a program copying itself.
+        let mut d = ForkDetector::new(ForkRules::default());
+        let verdicts: Vec<_> = (0..600u64)
+            .flat_map(|i| {
+                d.birth(i * MS / 2, &cg, i + 1, 1 + (i + 2).ilog2());
+                d.check(i * MS / 2)
+            })
+            .collect();
+        assert!(
+            matches!(verdicts.first(), Some(ForkVerdict::Explosion { depth, .. }) if *depth >= 4),
+            "{verdicts:?}"
+        );
     }
 
     #[test]
