@@ -84,6 +84,12 @@ pub trait System {
     fn is_condemned(&self, _tag: u64) -> bool {
         false
     }
+    /// Has the fork probe leave `tgid` alone (an ignored program), or no
+    /// longer (it exited).
+    fn exempt_pid(&self, _tgid: u32, _exempt: bool) {}
+    /// Has the fork probe leave the cgroup directory `dir` alone (and what
+    /// is below it).
+    fn exempt_cgroup(&self, _dir: &str) {}
 }
 
 /// The explosion rule as the fork probe applies it to a watched subtree.
@@ -275,6 +281,8 @@ pub struct LiveSystem {
     lineage: Mutex<BpfHashMap<MapData, u32, u64>>,
     condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
     budgets: Mutex<BpfHashMap<MapData, u64, guard_common::ForkBudget>>,
+    protected_pids: Mutex<BpfHashMap<MapData, u32, u32>>,
+    scope: Mutex<crate::kernel_scope::ScopeMaps>,
     protection: crate::protect::Protection,
     hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
 }
@@ -423,6 +431,24 @@ impl System for LiveSystem {
         lock(&self.condemned).get(&tag, 0).is_ok()
     }
 
+    fn exempt_pid(&self, tgid: u32, exempt: bool) {
+        let mut pids = lock(&self.protected_pids);
+        let result = if exempt {
+            pids.insert(tgid, 1, 0)
+        } else {
+            pids.remove(&tgid)
+        };
+        if let Err(err) = result {
+            tracing::debug!("PROTECTED_PIDS: {err}");
+        }
+    }
+
+    fn exempt_cgroup(&self, dir: &str) {
+        if let Err(err) = lock(&self.scope).exempt(dir) {
+            tracing::warn!("the fork probe cannot leave {dir} alone: {err:#}");
+        }
+    }
+
     fn state(&self, tgid: u32) -> ProcState {
         match proc_stat(tgid) {
             None => ProcState::Gone,
@@ -433,21 +459,38 @@ impl System for LiveSystem {
     }
 }
 
+/// The kernel maps containment writes.
+pub struct ResponseMaps {
+    pub lineage: aya::maps::Map,
+    pub condemned: aya::maps::Map,
+    pub budgets: aya::maps::Map,
+    pub protected_pids: aya::maps::Map,
+    /// The fork probe's scope (see `kernel_scope::ScopeMaps`).
+    pub scope: crate::kernel_scope::ScopeMaps,
+}
+
 impl LiveSystem {
     pub fn new(
-        lineage: aya::maps::Map,
-        condemned: aya::maps::Map,
-        budgets: aya::maps::Map,
+        maps: ResponseMaps,
         protection: crate::protect::Protection,
         hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
     ) -> Result<Self> {
         Ok(Self {
-            lineage: Mutex::new(BpfHashMap::try_from(lineage).context("LINEAGE map")?),
-            condemned: Mutex::new(BpfHashMap::try_from(condemned).context("CONDEMNED map")?),
-            budgets: Mutex::new(BpfHashMap::try_from(budgets).context("BUDGETS map")?),
+            lineage: Mutex::new(BpfHashMap::try_from(maps.lineage).context("LINEAGE map")?),
+            condemned: Mutex::new(BpfHashMap::try_from(maps.condemned).context("CONDEMNED map")?),
+            budgets: Mutex::new(BpfHashMap::try_from(maps.budgets).context("BUDGETS map")?),
+            protected_pids: Mutex::new(
+                BpfHashMap::try_from(maps.protected_pids).context("PROTECTED_PIDS map")?,
+            ),
+            scope: Mutex::new(maps.scope),
             protection,
             hierarchies,
         })
+    }
+
+    /// Makes the fork probe see a scope cgroup removed or created again.
+    pub fn follow_scope(&self, change: &crate::kernel_scope::ScopeChange) -> Result<()> {
+        lock(&self.scope).apply(change)
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    act::{ActionKind, BudgetLimits, LiveSystem, Outcome, System, contain},
+    act::{ActionKind, BudgetLimits, LiveSystem, Outcome, ResponseMaps, System, contain},
     cgroup::{Hierarchies, is_within},
     cli::{Args, Color},
     clock::WallClock,
@@ -27,6 +27,7 @@ use crate::{
         crashloop::{CrashLoopDetector, CrashLoopRules},
         fork::{ForkDetector, ForkRules},
         memory::{MemoryDetector, MemoryRules},
+        switches::{Detector, Ignore},
     },
     kernel_scope,
     loader::{self, LoadOptions},
@@ -174,11 +175,18 @@ pub async fn run(args: Args) -> Result<Ending> {
         depth: args.fork_depth,
         horizon_ns: args.pids_horizon * 1_000_000_000,
     };
+    let ignore_rules = args.ignore_rules();
+    // A fork guard switched off enforces nothing, in the kernel either.
+    let fork_action = if args.runs(Detector::Fork) {
+        args.fork_action
+    } else {
+        ActionKind::Log
+    };
     let guard_chain = Protection::own_chain();
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
-        action: args.fork_action,
+        action: fork_action,
         dry_run: args.dry_run,
-        rule: BudgetLimits::new(&rules, args.fork_action),
+        rule: BudgetLimits::new(&rules, fork_action),
         scope: &scope,
         protect: &args.protect,
         guard_chain: &guard_chain.iter().copied().collect::<Vec<_>>(),
@@ -189,7 +197,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         None => tracing::info!(
             "the fork probe applies the explosion rule to every subtree in scope by itself"
         ),
-        Some(why) if args.fork_action != ActionKind::Log && !args.dry_run => tracing::warn!(
+        Some(why) if fork_action != ActionKind::Log && !args.dry_run => tracing::warn!(
             "the fork probe watches only subtrees the agent suspects ({why}); a bomb may \
              get further before it is condemned"
         ),
@@ -221,14 +229,18 @@ pub async fn run(args: Args) -> Result<Ending> {
         reported,
         scope: scope_map,
         scope_cache,
+        protected_pids,
     } = maps;
-    let mut scope_maps = kernel_scope::ScopeMaps::new(scope_map, scope_cache)?;
     let mut blocked_maps = BlockedMaps::new(blocked, reported)?;
     let protection = Protection::new(guard_chain, args.protect.clone(), scope.clone());
     let system = Arc::new(LiveSystem::new(
-        lineage,
-        condemned,
-        budgets,
+        ResponseMaps {
+            lineage,
+            condemned,
+            budgets,
+            protected_pids,
+            scope: kernel_scope::ScopeMaps::new(scope_map, scope_cache)?,
+        },
         protection.clone(),
         hierarchies.clone(),
     )?);
@@ -238,6 +250,33 @@ pub async fn run(args: Args) -> Result<Ending> {
     let stats = Arc::new(SourceStats::default());
     let (stop_reader, stop_rx) = oneshot::channel();
     let reader = source::spawn_reader(ring, tx, stats.clone(), stop_rx)?;
+    // Cgroups the fork detector ignores, the fork probe leaves alone from
+    // its first fork on (later ones, as processes enter them).
+    let fork_ignore = Ignore::for_detector(&ignore_rules, Detector::Fork);
+    let exempt_cgroups = if kernel_tags && !fork_ignore.is_empty() {
+        // The hierarchy the probe reads (see `kernel_scope::plan`).
+        let index = scope
+            .cgroups
+            .first()
+            .map_or_else(|| hierarchies.pids_index(), |&(i, _)| i);
+        let roots: Vec<std::path::PathBuf> = if scope.cgroups.is_empty() {
+            vec![hierarchies.list[index].mount.clone()]
+        } else {
+            scope
+                .cgroups
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, dir)| dir.into())
+                .collect()
+        };
+        let dirs = kernel_scope::matching_cgroups(&roots, |d| fork_ignore.cgroup(Some(d)));
+        for dir in &dirs {
+            system.exempt_cgroup(dir);
+        }
+        dirs
+    } else {
+        Vec::new()
+    };
     let report = loaded.attach()?;
 
     let mut table = ProcessTable::new(hierarchies.clone(), default_proc_root());
@@ -259,19 +298,30 @@ pub async fn run(args: Args) -> Result<Ending> {
     let settings = Settings {
         events: args.events.clone(),
         threads: args.threads,
-        fork_action: args.fork_action,
+        fork_action,
         mem_action: args.mem_action,
         crashloop_action: args.crashloop_action.into(),
+        off: Detector::ALL
+            .into_iter()
+            .filter(|&d| !args.runs(d))
+            .collect(),
+        ignore_fork: fork_ignore,
+        ignore_memory: Ignore::for_detector(&ignore_rules, Detector::Memory),
+        ignore_blocked: Ignore::for_detector(&ignore_rules, Detector::Blocked),
         dry_run: args.dry_run,
         kernel_tags,
     };
     let processes = table.len();
     let shared: Arc<dyn System + Send + Sync> = system.clone();
-    let crashloops = CrashLoopDetector::new(CrashLoopRules {
-        count: args.crashloop.0,
-        window_ns: args.crashloop.1 * 1_000_000_000,
-        max_lifetime_ns: args.crashloop_lifetime * 1_000_000_000,
-    });
+    let (crash_count, crash_secs) = args.crashloop.0.unwrap_or((u32::MAX, 1));
+    let crashloops = CrashLoopDetector::new(
+        CrashLoopRules {
+            count: crash_count,
+            window_ns: crash_secs * 1_000_000_000,
+            max_lifetime_ns: args.crashloop_lifetime * 1_000_000_000,
+        },
+        Ignore::for_detector(&ignore_rules, Detector::Crashloop),
+    );
     let mut pipe = Pipeline::new(
         settings,
         scope.clone(),
@@ -294,6 +344,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         out,
         Some(shared),
     );
+    pipe.exempted(&exempt_cgroups);
     pipe.seed_detector(WallClock::boot_ns_now());
     let drops = Arc::new(drops);
     let mut pipe = pipe.with_loss_counter(source::loss_counter(drops.clone(), stats.clone()));
@@ -328,8 +379,18 @@ pub async fn run(args: Args) -> Result<Ending> {
                 json!(scope.cgroups.iter().map(|(_, d)| d).collect::<Vec<_>>()),
             ),
             ("processes", json!(processes)),
-            ("fork_action", json!(args.fork_action)),
+            ("fork_action", json!(fork_action)),
             ("mem_action", json!(args.mem_action)),
+            (
+                "off",
+                json!(
+                    Detector::ALL
+                        .into_iter()
+                        .filter(|&d| !args.runs(d))
+                        .map(Detector::name)
+                        .collect::<Vec<_>>()
+                ),
+            ),
             ("dry_run", json!(args.dry_run)),
             ("memory_locked", json!(hardening.memory_locked)),
             ("oom_score_adj", json!(hardening.oom_score_adj)),
@@ -395,7 +456,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 pipe.sweep_if_caught_up(WallClock::boot_ns_now());
             }
             _ = sample.tick() => {
-                follow_scope(&mut scope_watch, &mut scope_maps);
+                follow_scope(&mut scope_watch, &system);
                 pipe.sample_pids(WallClock::boot_ns_now());
                 pipe.sample_memory(WallClock::boot_ns_now());
                 let blocked_now = blocked_maps.snapshot();
@@ -419,7 +480,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 if moved {
                     // A restarted service's process moving into its new
                     // cgroup: the probe's scope follows before it forks.
-                    follow_scope(&mut scope_watch, &mut scope_maps);
+                    follow_scope(&mut scope_watch, &system);
                 }
                 run_actions(pipe.check(WallClock::boot_ns_now())?);
                 pipe.out.flush()?;
@@ -549,7 +610,7 @@ fn report_losses(
 
 /// Keeps the fork probe's scope on the listed cgroup directories when one
 /// is removed or created again (a service restart), saying so loudly.
-fn follow_scope(watch: &mut kernel_scope::ScopeWatch, maps: &mut kernel_scope::ScopeMaps) {
+fn follow_scope(watch: &mut kernel_scope::ScopeWatch, system: &LiveSystem) {
     if watch.is_empty() {
         return;
     }
@@ -559,15 +620,17 @@ fn follow_scope(watch: &mut kernel_scope::ScopeWatch, maps: &mut kernel_scope::S
                 "cgroup {dir} was removed: the fork probe contains nothing there until it is \
                  created again (guard follows it then)"
             ),
-            kernel_scope::ScopeChange::Recreated { dir, .. } => match maps.apply(&change) {
-                Ok(()) => tracing::warn!(
-                    "cgroup {dir} was created again: the fork probe's scope follows it"
-                ),
-                Err(err) => tracing::error!(
-                    "cgroup {dir} was created again, but the fork probe cannot follow it \
+            kernel_scope::ScopeChange::Recreated { dir, .. } => {
+                match system.follow_scope(&change) {
+                    Ok(()) => tracing::warn!(
+                        "cgroup {dir} was created again: the fork probe's scope follows it"
+                    ),
+                    Err(err) => tracing::error!(
+                        "cgroup {dir} was created again, but the fork probe cannot follow it \
                          ({err:#}): only the agent watches it now"
-                ),
-            },
+                    ),
+                }
+            }
         }
     }
 }

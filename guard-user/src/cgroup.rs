@@ -120,6 +120,14 @@ impl Hierarchies {
         &self.list[self.primary]
     }
 
+    /// The hierarchy where task limits live: v1 `pids`, else v2, else the
+    /// primary one.
+    pub fn pids_index(&self) -> usize {
+        self.index_of_controller("pids")
+            .or_else(|| self.index_of_id(0))
+            .unwrap_or(self.primary)
+    }
+
     pub fn index_of_id(&self, id: u32) -> Option<usize> {
         self.list.iter().position(|h| h.id == id)
     }

@@ -113,12 +113,20 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pids_horizon: u64,
 
-    /// Crash-loop rule: alert when the same program, in the same cgroup,
-    /// under the same parent, crashes (non-zero exit code or fatal signal)
-    /// this many times within this many seconds (see --crashloop-action);
-    /// 2 to 10000 crashes within 1 to 86400 seconds.
-    #[arg(long, value_name = "N/SECS", default_value = "5/60", value_parser = crate::detect::crashloop::parse_rule)]
-    pub crashloop: (u32, u64),
+    /// Crash-loop rule: alert when the same command (program and
+    /// arguments), in the same cgroup, under the same parent, crashes this
+    /// many times within this many seconds (2 to 10000 crashes within 1 to
+    /// 86400 seconds), or `off`. A crash is a quick non-zero exit (except
+    /// exit 1 of grep, test, diff, false and other status utilities), a
+    /// fault signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS,
+    /// SIGTRAP) or the OOM killer; a kill by anyone else is none.
+    #[arg(long, value_name = "N/SECS|off", default_value = "5/60", value_parser = crate::detect::crashloop::parse_setting)]
+    pub crashloop: crate::detect::crashloop::CrashLoopSetting,
+
+    /// Never count exits of a program whose path matches REGEX
+    /// (repeatable): `--ignore crashloop:program=REGEX`.
+    #[arg(long, value_name = "REGEX", value_parser = crate::detect::switches::program_regex)]
+    pub crashloop_ignore: Vec<regex::Regex>,
 
     /// What a crash-loop alert leads to: `log`, or `stop`: SIGSTOP the
     /// supervisor that keeps restarting the program (resume it with
@@ -200,9 +208,48 @@ pub struct Args {
     #[arg(long)]
     pub no_realtime: bool,
 
+    /// Turn detectors off: fork, memory, crashloop, blocked
+    /// (comma-separated, or repeated). Events are still streamed.
+    #[arg(long, value_name = "DETECTORS", value_enum, value_delimiter = ',')]
+    pub off: Vec<crate::detect::switches::Detector>,
+
+    /// Leave alone what matches, per detector or for all:
+    /// `[DETECTOR:]program=REGEX` (a process's program path) or
+    /// `[DETECTOR:]cgroup=REGEX` (its cgroup directory). Repeatable. E.g.
+    /// `crashloop:program=^/usr/lib/nagios/`, `cgroup=/ci-runner`. For
+    /// crashloop its exits do not count; for fork the cgroup is not judged
+    /// and the program is never the offender (the kernel's fork probe
+    /// leaves it alone too); for memory it is never the offender and a
+    /// matching pool raises nothing; for blocked it is not reported.
+    #[arg(long, value_name = "RULE", value_parser = crate::detect::switches::parse_ignore)]
+    pub ignore: Vec<crate::detect::switches::IgnoreRule>,
+
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl Args {
+    /// Whether `detector` runs (`--off`, `--crashloop off`).
+    pub fn runs(&self, detector: crate::detect::switches::Detector) -> bool {
+        use crate::detect::switches::Detector;
+        !self.off.contains(&detector)
+            && (detector != Detector::Crashloop || self.crashloop.0.is_some())
+    }
+
+    /// Every `--ignore` rule, `--crashloop-ignore` included.
+    pub fn ignore_rules(&self) -> Vec<crate::detect::switches::IgnoreRule> {
+        use crate::detect::switches::{Detector, Field, IgnoreRule};
+        self.ignore
+            .iter()
+            .cloned()
+            .chain(self.crashloop_ignore.iter().map(|regex| IgnoreRule {
+                detector: Some(Detector::Crashloop),
+                field: Field::Program,
+                regex: regex.clone(),
+            }))
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -138,10 +138,7 @@ fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
         Some((index, _, _)) => *index,
         // Everything in scope and no protected cgroup: any hierarchy will
         // do; the pids one, where the limits are, or v2.
-        None => h
-            .index_of_controller("pids")
-            .or_else(|| h.index_of_id(0))
-            .unwrap_or(h.primary),
+        None => h.pids_index(),
     };
     if let Some((_, dir, _)) = cgroups.iter().find(|(i, _, _)| *i != index) {
         return Err(format!(
@@ -282,6 +279,40 @@ impl ScopeWatch {
     }
 }
 
+/// Cgroup directories at or below `roots` (at most 16 levels, 10000
+/// directories) whose path `ignored` matches.
+pub fn matching_cgroups(
+    roots: &[std::path::PathBuf],
+    ignored: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack: Vec<(std::path::PathBuf, u32)> = roots.iter().map(|r| (r.clone(), 0)).collect();
+    let mut seen = 0;
+    while let Some((dir, depth)) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            tracing::warn!("more than 10000 cgroups below the scope: --ignore looked at the first");
+            break;
+        }
+        let text = dir.to_string_lossy();
+        if ignored(&text) {
+            found.push(text.into_owned());
+        }
+        if depth >= 16 {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
 /// The inode number of `dir` (its kernfs id), `None` when it is gone.
 pub fn cgroup_dir_id(dir: &str) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|m| m.ino())
@@ -301,6 +332,25 @@ impl ScopeMaps {
         })
     }
 
+    /// Lists `dir` as protected: the probe neither tags nor signals what runs
+    /// in it or below it (an `--ignore fork:cgroup=` match).
+    pub fn exempt(&mut self, dir: &str) -> Result<()> {
+        let id = cgroup_dir_id(dir).with_context(|| format!("{dir} is gone"))?;
+        self.scope
+            .insert(id, SCOPE_PROTECTED, 0)
+            .context("updating the fork probe's SCOPE map")?;
+        self.forget_verdicts();
+        Ok(())
+    }
+
+    /// Drops every cached verdict: cgroups were judged without a change.
+    fn forget_verdicts(&mut self) {
+        let cached: Vec<u64> = self.cache.keys().filter_map(Result::ok).collect();
+        for id in cached {
+            let _ = self.cache.remove(&id);
+        }
+    }
+
     /// Makes the probe see `change`: a recreated directory's new id is
     /// listed (the old one dropped), and every cached verdict is forgotten,
     /// since cgroups created meanwhile were judged without it.
@@ -315,10 +365,7 @@ impl ScopeMaps {
             self.scope
                 .insert(new, verdict, 0)
                 .context("updating the fork probe's SCOPE map")?;
-            let cached: Vec<u64> = self.cache.keys().filter_map(Result::ok).collect();
-            for id in cached {
-                let _ = self.cache.remove(&id);
-            }
+            self.forget_verdicts();
         }
         Ok(())
     }

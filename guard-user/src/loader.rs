@@ -57,6 +57,8 @@ pub struct Maps {
     /// SCOPE and SCOPE_CACHE, for `kernel_scope::ScopeMaps`.
     pub scope: aya::maps::Map,
     pub scope_cache: aya::maps::Map,
+    /// PROTECTED_PIDS, for pids the fork probe must leave alone.
+    pub protected_pids: aya::maps::Map,
 }
 
 /// What attaching did, for the `start` record and the logs.
@@ -205,6 +207,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let blocked = take("BLOCKED")?;
     let reported = take("REPORTED")?;
     let scope_maps = (take("SCOPE")?, take("SCOPE_CACHE")?);
+    let protected_pids = take("PROTECTED_PIDS")?;
     Ok((
         Loaded {
             ebpf,
@@ -222,6 +225,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             reported,
             scope: scope_maps.0,
             scope_cache: scope_maps.1,
+            protected_pids,
         },
     ))
 }

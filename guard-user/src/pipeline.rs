@@ -24,6 +24,7 @@ use crate::{
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
         memory::{Grower, HOST, MemoryVerdict, PoolKey},
+        switches::{Detector, Ignore},
     },
     observe,
     output::{Context, Output, human_duration},
@@ -43,6 +44,19 @@ pub struct Settings {
     /// The fork probe tags and budgets every subtree in scope by itself
     /// (see `kernel_scope`): the agent's own early watch is not needed.
     pub kernel_tags: bool,
+    /// Detectors switched off (`--off`, `--crashloop off`).
+    pub off: Vec<Detector>,
+    /// What the fork, memory and blocked-task detectors leave alone (the
+    /// crash-loop detector holds its own).
+    pub ignore_fork: Ignore,
+    pub ignore_memory: Ignore,
+    pub ignore_blocked: Ignore,
+}
+
+impl Settings {
+    pub fn runs(&self, detector: Detector) -> bool {
+        !self.off.contains(&detector)
+    }
 }
 
 /// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
@@ -168,6 +182,10 @@ pub struct Pipeline<W: Write> {
     pending: Vec<ActionRequest>,
     /// When a task last stalled in reclaim (in scope), boot ns.
     last_reclaim_stall_ns: Option<u64>,
+    /// Pids of ignored programs (`--ignore fork:program=`) the fork probe
+    /// leaves alone until they exit, and cgroups it leaves alone.
+    exempt_pids: HashSet<u32>,
+    exempt_cgroups: HashSet<Arc<str>>,
     /// Processes the OOM killer chose, until their exit: their SIGKILL is a
     /// crash (anyone else's is not).
     oom_victims: HashSet<u32>,
@@ -199,10 +217,7 @@ impl<W: Write> Pipeline<W> {
     ) -> Self {
         let h = table.hierarchies();
         let primary = h.primary;
-        let pids_index = h
-            .index_of_controller("pids")
-            .or_else(|| h.index_of_id(0))
-            .unwrap_or(primary);
+        let pids_index = h.pids_index();
         let mem_index = h.index_of_controller("memory").or_else(|| h.index_of_id(0));
         Self {
             settings,
@@ -226,6 +241,8 @@ impl<W: Write> Pipeline<W> {
             pending: Vec::new(),
             last_reclaim_stall_ns: None,
             oom_victims: HashSet::new(),
+            exempt_pids: HashSet::new(),
+            exempt_cgroups: HashSet::new(),
             losses: None,
             losses_seen: 0,
             sweep_pending: false,
@@ -424,7 +441,70 @@ impl<W: Write> Pipeline<W> {
             .filter_map(|p| self.population_key(&p.cgroups, p.kernel_thread))
             .collect();
         for key in keys {
+            self.exempt_cgroup_if_ignored(&key);
             self.detectors.fork.present(now, &key);
+        }
+    }
+
+    /// Cgroups exempted in the fork probe before it attached.
+    pub fn exempted(&mut self, dirs: &[String]) {
+        self.exempt_cgroups
+            .extend(dirs.iter().map(|d| Arc::from(d.as_str())));
+    }
+
+    /// Whether the fork probe judges by itself, with ignore rules to honour.
+    fn exempts(&self) -> bool {
+        self.settings.kernel_tags && !self.settings.ignore_fork.is_empty()
+    }
+
+    /// A cgroup the fork detector ignores is one the fork probe leaves
+    /// alone too.
+    fn exempt_cgroup_if_ignored(&mut self, dir: &Arc<str>) {
+        if self.exempts()
+            && !self.exempt_cgroups.contains(dir)
+            && self.settings.ignore_fork.cgroup(Some(dir))
+            && let Some(system) = &self.system
+        {
+            system.exempt_cgroup(dir);
+            self.exempt_cgroups.insert(dir.clone());
+        }
+    }
+
+    /// Keeps the fork probe's exemptions in step with the process: an
+    /// ignored program from its exec to its exit, an ignored cgroup from
+    /// the first process seen in it.
+    fn track_exemptions(&mut self, event: &Event, p: &crate::proctable::ProcInfo) {
+        if !self.exempts() {
+            return;
+        }
+        match event {
+            Event::Exec(_) => {
+                let exe = self.table.lineage().get(p.node).and_then(|n| n.exe.clone());
+                let ignored = self.settings.ignore_fork.program(exe.as_deref());
+                if ignored != self.exempt_pids.contains(&p.tgid)
+                    && let Some(system) = &self.system
+                {
+                    system.exempt_pid(p.tgid, ignored);
+                    if ignored {
+                        self.exempt_pids.insert(p.tgid);
+                    } else {
+                        self.exempt_pids.remove(&p.tgid);
+                    }
+                }
+            }
+            Event::Exit(e) if e.group_dead => {
+                if self.exempt_pids.remove(&p.tgid)
+                    && let Some(system) = &self.system
+                {
+                    system.exempt_pid(p.tgid, false);
+                }
+            }
+            Event::Fork(_) | Event::CgroupAttach(_) => {
+                if let Some(dir) = p.cgroups.get(self.pids_index).cloned().flatten() {
+                    self.exempt_cgroup_if_ignored(&dir);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -441,18 +521,20 @@ impl<W: Write> Pipeline<W> {
                 .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
             _ => None,
         };
-        // The program of a process about to be removed, for the crash-loop rule.
-        let exe = match event {
+        // The command of a process about to be removed, for the crash-loop
+        // rule.
+        let (exe, args) = match event {
             Event::Exit(e) if e.group_dead => self
                 .table
                 .get(e.tgid)
                 .and_then(|p| self.table.lineage().get(p.node))
-                .and_then(|n| n.exe.clone()),
-            _ => None,
+                .map_or((None, None), |n| (n.exe.clone(), n.cmdline.clone())),
+            _ => (None, None),
         };
         let subject = self.table.apply(event);
         if let (Event::Exit(e), Some(p)) = (event, &subject)
             && e.group_dead
+            && self.settings.runs(Detector::Crashloop)
             && !p.kernel_thread
             && self.scope.contains_cgroups(&p.cgroups)
             // A member of a subtree guard watches or acts on dies of guard's
@@ -462,6 +544,7 @@ impl<W: Write> Pipeline<W> {
             let exit = ExitInfo {
                 key: LoopKey {
                     program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
+                    args,
                     cgroup: p.cgroup(self.primary).cloned(),
                     supervisor: e.ppid,
                 },
@@ -474,6 +557,9 @@ impl<W: Write> Pipeline<W> {
             if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
                 self.crash_loop_alert(&crash_loop)?;
             }
+        }
+        if let Some(p) = &subject {
+            self.track_exemptions(event, p);
         }
         if let Event::Condemned(c) = event {
             self.kernel_condemned(c)?;
@@ -727,9 +813,16 @@ impl<W: Write> Pipeline<W> {
         growers: &[Grower],
     ) -> Option<ActionRequest> {
         let lineage = self.table.lineage();
+        if !self.settings.runs(Detector::Memory) {
+            return None;
+        }
+        let ignore = &self.settings.ignore_memory;
         let (g, node) = growers.iter().find_map(|g| {
             let n = lineage.get(g.node)?;
-            (n.alive && self.protection.why(n).is_none()).then_some((g, n))
+            let cgroup = n.cgroups.get(self.primary).cloned().flatten();
+            let spared = self.protection.why(n).is_some()
+                || ignore.matches(n.exe.as_deref(), cgroup.as_deref());
+            (n.alive && !spared).then_some((g, n))
         })?;
         let mut described = self.describe_offender(g.node, 1);
         if let Some(o) = described.as_object_mut() {
@@ -819,9 +912,21 @@ impl<W: Write> Pipeline<W> {
         now: u64,
         tasks: &[BlockedTask],
     ) -> io::Result<BlockedBookkeeping> {
+        if !self.settings.runs(Detector::Blocked) {
+            return Ok(BlockedBookkeeping::default());
+        }
+        let ignore = &self.settings.ignore_blocked;
         let in_scope: Vec<BlockedTask> = tasks
             .iter()
-            .filter(|t| self.scope.contains(self.table.get(t.tgid)))
+            .filter(|t| {
+                let process = self.table.get(t.tgid);
+                let program = process
+                    .and_then(|p| self.table.lineage().get(p.node))
+                    .and_then(|n| n.exe.clone());
+                let cgroup = process.and_then(|p| p.cgroup(self.primary));
+                self.scope.contains(process)
+                    && !ignore.matches(program.as_deref(), cgroup.map(|c| &**c))
+            })
             .cloned()
             .collect();
         let changes = self.detectors.blocked.snapshot(now, &in_scope);
@@ -964,7 +1069,10 @@ impl<W: Write> Pipeline<W> {
         self.watch_armed();
         self.detectors.crashloop.prune(now);
         let mut requests = Vec::new();
-        let verdicts = self.detectors.fork.check(now);
+        let mut verdicts = self.detectors.fork.check(now);
+        if !self.settings.runs(Detector::Fork) {
+            verdicts.clear();
+        }
         // An explosion judged on counts that lost events may have inflated
         // is no verdict: recount, and judge again from there.
         let recounted = verdicts
@@ -1018,9 +1126,17 @@ impl<W: Write> Pipeline<W> {
                     ],
                 ),
             };
+            if self.settings.ignore_fork.cgroup(Some(&cgroup)) {
+                continue;
+            }
             let lineage = self.table.lineage();
             let protection = &self.protection;
-            let offender = find_offender(lineage, &recent, |n| protection.why(n));
+            let ignore = &self.settings.ignore_fork;
+            let offender = find_offender(lineage, &recent, |n| {
+                protection
+                    .why(n)
+                    .or_else(|| ignore.program(n.exe.as_deref()).then_some("ignored"))
+            });
             let mut fields = vec![
                 ("detector", json!("fork")),
                 ("rule", json!(rule)),
@@ -1077,7 +1193,11 @@ impl<W: Write> Pipeline<W> {
             }
         }
         for verdict in self.detectors.memory.check(now) {
-            self.memory_alert(&verdict)?;
+            if self.settings.runs(Detector::Memory)
+                && !self.settings.ignore_memory.cgroup(Some(&verdict.pool))
+            {
+                self.memory_alert(&verdict)?;
+            }
         }
         requests.append(&mut self.pending);
         self.out.flush()?;
@@ -1133,6 +1253,26 @@ impl<W: Write> Pipeline<W> {
         if let Some(root) = root
             && self.acting_on(root)
         {
+            return Ok(());
+        }
+        // An ignored subtree (tagged before its cgroup was exempted, or
+        // rooted at an ignored program): the probe signals none of it (it
+        // is protected there now); the condemnation ends.
+        let ignored = root.and_then(|r| lineage.get(r)).is_some_and(|n| {
+            let cgroup = n.cgroups.get(self.pids_index).cloned().flatten();
+            self.settings
+                .ignore_fork
+                .matches(n.exe.as_deref(), cgroup.as_deref())
+        });
+        if ignored {
+            if let Some(system) = &self.system {
+                system.release(c.tag);
+                system.unbudget(c.tag);
+            }
+            tracing::info!(
+                "the fork probe condemned subtree {}, which --ignore leaves alone",
+                c.tag
+            );
             return Ok(());
         }
         let members = root.map_or_else(Vec::new, |r| {

@@ -200,3 +200,73 @@ fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
     );
     assert!(stopped.of_kind("action").next().is_none());
 }
+
+/// A script whose utilities answer with their exit status (grep finds
+/// nothing, test is false, diff sees a difference), ten times each with the
+/// same arguments, as a polling loop does: no crash loop, and with
+/// `--crashloop-action stop` the script is never stopped.
+#[test]
+fn a_script_full_of_failing_greps_is_not_stopped() {
+    let cg = TestCgroup::new("crash-greps", 64, 256 << 20);
+    let scope = scope_of(&cg);
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--events",
+        "exit",
+        "--crashloop",
+        "3/60",
+        "--crashloop-action",
+        "stop",
+    ]);
+    let script = "for i in $(seq 1 10); do \
+        /bin/grep -q no-such-text /etc/hostname; \
+        /usr/bin/test -e /no/such/file; \
+        /usr/bin/diff /etc/hostname /etc/passwd > /dev/null; \
+        /bin/false; \
+        done; exit 0";
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", script])
+        .status()
+        .expect("the script");
+    let stopped = agent.stop();
+    assert!(status.success(), "the script was disturbed: {status}");
+    let answers = stopped
+        .of_kind("exit")
+        .filter(|r| r["exit_code"] == 1)
+        .count();
+    assert!(answers >= 40, "only {answers} utilities exited 1: no test");
+    let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    assert_eq!(stopped.of_kind("action").count(), 0);
+}
+
+/// `--crashloop-ignore` and `--crashloop off` silence a real restart loop.
+#[test]
+fn an_ignored_or_switched_off_crash_loop_raises_nothing() {
+    let cg = TestCgroup::new("crash-ignored", 64, 256 << 20);
+    let scope = scope_of(&cg);
+    for switch in [
+        &["--crashloop-ignore", "guard-workload$"][..],
+        &["--crashloop", "off"],
+    ] {
+        let mut args = vec!["--cgroup", scope.as_str(), "--events", "exit"];
+        args.extend_from_slice(switch);
+        let agent = Agent::start(&args);
+        let mut sup = supervisor(&cg, 6, "fail 3 20");
+        assert!(sup.wait().expect("supervisor").success());
+        let stopped = agent.stop();
+        let crashes = stopped
+            .of_kind("exit")
+            .filter(|r| r["exit_code"] == 3)
+            .count();
+        assert_eq!(crashes, 6, "{switch:?}: the loop ran");
+        assert_eq!(stopped.of_kind("alert").count(), 0, "{switch:?}");
+        assert_eq!(
+            stopped.records[0]["off"].as_array().map(Vec::len),
+            Some(usize::from(switch[1] == "off")),
+            "{switch:?}"
+        );
+    }
+}

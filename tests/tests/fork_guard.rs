@@ -471,3 +471,58 @@ fn wide_parallel_builds_are_not_signalled() {
     assert!(flagged.is_empty(), "{flagged:?}");
     assert_eq!(pids_max_hits(&cg), 0);
 }
+
+/// `--ignore fork:cgroup=REGEX` holds in the kernel too: a bomb in an
+/// ignored cgroup is neither condemned by the fork probe nor signalled,
+/// and runs into its pids.max (the test cgroup's drop ends it).
+#[test]
+fn an_ignored_cgroup_is_left_alone_by_the_probe_too() {
+    let cg = TestCgroup::new("ignored-bomb", 200, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let leaf = cg
+        .pids_dir()
+        .file_name()
+        .expect("leaf")
+        .to_string_lossy()
+        .into_owned();
+    let rule = format!("fork:cgroup=/{leaf}$");
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--ignore",
+        &rule,
+    ]);
+    let mut root = cg
+        .command("/bin/bash")
+        .args(["-c", BOMB])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bomb");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids_max_hits(&cg) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ignored bomb never reached pids.max"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop();
+    let flagged: Vec<&Value> = stopped
+        .records
+        .iter()
+        .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action" | "condemned")))
+        .collect();
+    assert!(flagged.is_empty(), "{flagged:?}");
+    let killed = stopped
+        .of_kind("exit")
+        .filter(|r| r["signal"] == "SIGKILL")
+        .count();
+    assert_eq!(killed, 0, "bomb processes were killed");
+    cg.kill_all();
+    let _ = root.wait();
+}

@@ -9,8 +9,14 @@
 //! else (an operator, a supervisor stopping it, guard or another agent
 //! containing a bomb): the program did not crash.
 //!
-//! **Loop.** `N` crashes of the same program, in the same cgroup, under the
-//! same supervisor (the parent that keeps restarting it) within a window:
+//! A status is no crash either: `grep`, `test`, `diff`, `false` and their
+//! kin exit 1 to answer "no match", "false", "they differ"
+//! ([`STATUS_UTILITIES`]); a script that polls or tests with them is
+//! working as meant.
+//!
+//! **Loop.** `N` crashes of the same program with the same arguments (a
+//! restart runs the same command again), in the same cgroup, under the same
+//! supervisor (the parent that keeps restarting it) within a window:
 //! `--crashloop N/SECS`, default 5 crashes in 60 s. One alert per loop and
 //! window; the alert names the program, the cgroup and its systemd unit when
 //! the path names one, the supervisor, the recent exit codes or signals, the
@@ -23,6 +29,7 @@ use std::{
     sync::Arc,
 };
 
+use super::switches::Ignore;
 use crate::decode::ExitStatus;
 
 const NS: u64 = 1_000_000_000;
@@ -45,6 +52,18 @@ impl Default for CrashLoopRules {
             max_lifetime_ns: 30 * NS,
         }
     }
+}
+
+/// `--crashloop`: `N/SECS`, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoopSetting(pub Option<(u32, u64)>);
+
+/// Parses `N/SECS` (e.g. `5/60`) or `off`.
+pub fn parse_setting(text: &str) -> Result<CrashLoopSetting, String> {
+    if text.trim() == "off" {
+        return Ok(CrashLoopSetting(None));
+    }
+    parse_rule(text).map(|rule| CrashLoopSetting(Some(rule)))
 }
 
 /// Parses `N/SECS` (e.g. `5/60`).
@@ -73,6 +92,8 @@ pub fn parse_rule(text: &str) -> Result<(u32, u64), String> {
 pub struct LoopKey {
     /// The program (exec filename, else comm).
     pub program: Arc<str>,
+    /// Its arguments at exec, when known.
+    pub args: Option<Arc<[String]>>,
     pub cgroup: Option<Arc<str>>,
     /// The parent that restarts it.
     pub supervisor: u32,
@@ -90,6 +111,27 @@ pub struct ExitInfo {
     pub oom_killed: bool,
 }
 
+/// Programs whose exit status 1 is an answer, not a failure.
+pub const STATUS_UTILITIES: [&str; 17] = [
+    "grep",
+    "egrep",
+    "fgrep",
+    "zgrep",
+    "rg",
+    "test",
+    "[",
+    "diff",
+    "cmp",
+    "false",
+    "expr",
+    "pgrep",
+    "pidof",
+    "which",
+    "id",
+    "mountpoint",
+    "getent",
+];
+
 /// Signals a program gets for its own fault.
 const FAULT_SIGNALS: [i32; 7] = [
     libc::SIGSEGV,
@@ -106,6 +148,10 @@ impl ExitInfo {
     /// whatever its lifetime.
     fn failed(&self) -> bool {
         match self.status {
+            ExitStatus::Exited(1) => {
+                let name = self.key.program.rsplit('/').next().unwrap_or_default();
+                !STATUS_UTILITIES.contains(&name)
+            }
             ExitStatus::Exited(code) => code != 0,
             ExitStatus::Signaled { signal, .. } => {
                 FAULT_SIGNALS.contains(&signal) || (signal == libc::SIGKILL && self.oom_killed)
@@ -134,19 +180,28 @@ struct History {
 #[derive(Default)]
 pub struct CrashLoopDetector {
     rules: CrashLoopRules,
+    /// Programs and cgroups whose exits never count.
+    ignore: Ignore,
     loops: HashMap<LoopKey, History>,
 }
 
 impl CrashLoopDetector {
-    pub fn new(rules: CrashLoopRules) -> Self {
+    pub fn new(rules: CrashLoopRules, ignore: Ignore) -> Self {
         Self {
             rules,
+            ignore,
             loops: HashMap::new(),
         }
     }
 
     /// A process ended at `now`; returns the verdict when it completes a loop.
     pub fn exit(&mut self, now: u64, exit: ExitInfo) -> Option<CrashLoop> {
+        if self
+            .ignore
+            .matches(Some(&exit.key.program), exit.key.cgroup.as_deref())
+        {
+            return None;
+        }
         let crashed = exit.failed()
             && exit
                 .lifetime_ns
@@ -215,6 +270,7 @@ mod tests {
     fn key() -> LoopKey {
         LoopKey {
             program: Arc::from("/usr/bin/app"),
+            args: Some(Arc::from(["app".to_owned(), "--serve".to_owned()])),
             cgroup: Some(Arc::from("/sys/fs/cgroup/app.service")),
             supervisor: 7,
         }
@@ -232,7 +288,7 @@ mod tests {
 
     #[test]
     fn the_nth_quick_failure_raises_one_alert() {
-        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
         let mut alerts = Vec::new();
         for i in 0..12u32 {
             // exits with 3 after 50 ms, restarted every 100 ms
@@ -254,7 +310,7 @@ mod tests {
 
     #[test]
     fn signals_count_clean_exits_and_long_lives_do_not() {
-        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
         for i in 0..20u64 {
             assert!(
                 d.exit(i * 100 * MS, exit(1, ExitStatus::Exited(0), 50))
@@ -280,12 +336,90 @@ mod tests {
     }
 
     #[test]
+    fn a_script_polling_with_utilities_is_no_crash_loop() {
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
+        for (i, program) in [
+            "/usr/bin/grep",
+            "/bin/grep",
+            "/usr/bin/test",
+            "/usr/bin/[",
+            "/usr/bin/diff",
+            "/bin/false",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for n in 0..10u64 {
+                let answer = ExitInfo {
+                    key: LoopKey {
+                        program: Arc::from(program),
+                        args: None,
+                        ..key()
+                    },
+                    ..exit(100 + i as u32, ExitStatus::Exited(1), 5)
+                };
+                assert_eq!(d.exit(n * MS, answer), None, "{program} exit 1");
+            }
+        }
+        // grep's 2 is an error, not an answer.
+        let errors = (0..5u64)
+            .filter_map(|n| {
+                let error = ExitInfo {
+                    key: LoopKey {
+                        program: Arc::from("/usr/bin/grep"),
+                        ..key()
+                    },
+                    ..exit(200, ExitStatus::Exited(2), 5)
+                };
+                d.exit(n * MS, error)
+            })
+            .count();
+        assert_eq!(errors, 1);
+    }
+
+    #[test]
+    fn only_the_same_command_again_is_a_restart() {
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
+        // A script running one tool over five inputs, each failing.
+        for n in 0..5u64 {
+            let run = ExitInfo {
+                key: LoopKey {
+                    args: Some(Arc::from(["tool".to_owned(), format!("input-{n}")])),
+                    ..key()
+                },
+                ..exit(300 + n as u32, ExitStatus::Exited(3), 5)
+            };
+            assert_eq!(d.exit(n * MS, run), None);
+        }
+        let restarts = (0..5u64)
+            .filter_map(|n| d.exit(10 * MS + n * MS, exit(400, ExitStatus::Exited(3), 5)))
+            .count();
+        assert_eq!(restarts, 1, "the same command five times");
+    }
+
+    #[test]
+    fn ignored_programs_never_count() {
+        let rules =
+            [super::super::switches::parse_ignore("crashloop:program=/app$").expect("rule")];
+        let mut d = CrashLoopDetector::new(
+            CrashLoopRules::default(),
+            Ignore::for_detector(&rules, super::super::switches::Detector::Crashloop),
+        );
+        let alerts = (0..10u64)
+            .filter_map(|n| d.exit(n * MS, exit(1, ExitStatus::Exited(3), 5)))
+            .count();
+        assert_eq!(alerts, 0);
+        assert_eq!(parse_setting("off"), Ok(CrashLoopSetting(None)));
+        assert_eq!(parse_setting("5/60"), Ok(CrashLoopSetting(Some((5, 60)))));
+    }
+
+    #[test]
     fn kills_by_others_are_no_crash_and_the_oom_killers_are() {
         let signaled = |signal| ExitStatus::Signaled {
             signal,
             core_dumped: false,
         };
-        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
         // A bomb contained by guard (or another agent), an operator's kill,
         // a supervisor stopping its child: never a loop.
         for signal in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
@@ -303,7 +437,7 @@ mod tests {
             })
             .count();
         assert_eq!(alerts, 1, "five OOM kills are a loop");
-        let mut d = CrashLoopDetector::new(CrashLoopRules::default());
+        let mut d = CrashLoopDetector::new(CrashLoopRules::default(), Ignore::default());
         let aborts = (0..5u64)
             .filter_map(|i| d.exit(i * MS, exit(6, signaled(libc::SIGABRT), 10)))
             .count();
@@ -312,11 +446,14 @@ mod tests {
 
     #[test]
     fn crashes_outside_the_window_do_not_add_up() {
-        let mut d = CrashLoopDetector::new(CrashLoopRules {
-            count: 3,
-            window_ns: 10 * NS,
-            ..Default::default()
-        });
+        let mut d = CrashLoopDetector::new(
+            CrashLoopRules {
+                count: 3,
+                window_ns: 10 * NS,
+                ..Default::default()
+            },
+            Ignore::default(),
+        );
         for i in 0..10u64 {
             // one crash every 6 s: never 3 within 10 s
             assert!(
