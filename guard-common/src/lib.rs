@@ -143,9 +143,8 @@ pub struct CondemnedEvent {
     pub forker_tgid: u32,
     /// The signal the tag was condemned with.
     pub signal: u32,
-    /// The deepest self-replication among the window's births (see
-    /// `ForkBudget::depth`).
-    pub depth: u32,
+    /// Births of the window at least `min_depth` deep (see `ForkBudget`).
+    pub deep_births: u32,
     /// Explicit padding (always 0).
     pub reserved: u32,
 }
@@ -653,20 +652,21 @@ pub struct ForkBudget {
     pub min_growth: u32,
     /// The signal to condemn the tag with (SIGKILL or SIGSTOP).
     pub signal: u32,
-    /// The rule's third part: a bomb replicates itself, so at least one
-    /// birth of the window must be this many generations deep in copies of
-    /// one program (each forked by the previous one, with no exec into
-    /// another program between them). A wide build's children exec
-    /// compilers and tools: they stay at depth 1.
+    /// A bomb replicates itself: the rule counts only births this many
+    /// generations deep in copies of one program (each forked by the one
+    /// before, with no exec into another program between them), or in
+    /// threads started by threads. A wide build's children exec compilers
+    /// and tools: they are 1 deep.
     pub min_depth: u32,
-    /// The deepest birth of the current window.
-    pub depth: u32,
+    /// Births of the current window at least `min_depth` deep: the rule
+    /// needs `max_births` of them.
+    pub deep_births: u32,
     /// Explicit padding (always 0).
     pub reserved: u32,
 }
 
-/// Capacity of the `DEPTH` map (tgid → self-replication depth of a member
-/// of a tagged subtree).
+/// Capacity of the `DEPTH` map (tgid, or tid for a thread → the
+/// self-replication depth of a member of a tagged subtree).
 pub const DEPTH_ENTRIES: u32 = 65536;
 
 /// Capacity of the `BUDGETS` map (least recently used entries go first:

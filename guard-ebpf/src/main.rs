@@ -64,8 +64,10 @@ static LINEAGE: HashMap<u32, u64> = HashMap::with_max_entries(LINEAGE_ENTRIES, 0
 
 /// Members of tagged subtrees → their self-replication depth: how many
 /// generations of one program forked each other down to them (absent: 0,
-/// the process exec'd a program other than its parent's). Set at fork,
-/// cleared at an exec into another program and at exit.
+/// the process exec'd a program other than its parent's), keyed by tgid;
+/// for a thread, keyed by its tid, how many threads started threads down
+/// to it. Set at fork, cleared at an exec into another program and at
+/// exit.
 #[map]
 static DEPTH: HashMap<u32, u32> = HashMap::with_max_entries(DEPTH_ENTRIES, 0);
 
@@ -262,7 +264,13 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let (parent_pid, parent_tgid) = task_ids(parent)?;
     let (child_pid, child_tgid) = task_ids(child)?;
     let child_flags = read::<u32>(child, config!(task.flags))?;
-    if let Some(signal) = enforce_lineage(parent, child, parent_tgid, child_tgid, child_flags) {
+    let ids = ForkIds {
+        parent_pid,
+        parent_tgid,
+        child_pid,
+        child_tgid,
+    };
+    if let Some(signal) = enforce_lineage(parent, child, &ids, child_flags) {
         // The child `sched_process_fork` hands over, straight from the
         // context: a trusted pointer, as the kfunc requires.
         let child: *const c_void = ctx.arg(1);
@@ -286,6 +294,15 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     emit(EventKind::Fork, record)
 }
 
+/// The tasks of one `sched_process_fork`.
+#[derive(Clone, Copy)]
+struct ForkIds {
+    parent_pid: u32,
+    parent_tgid: u32,
+    child_pid: u32,
+    child_tgid: u32,
+}
+
 /// Passes the forker's lineage tag to a new process (tagging the subtree
 /// first when this is its first fork in scope), counts the birth against
 /// the subtree's budget (condemning it when the budget is spent), and
@@ -296,10 +313,15 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 fn enforce_lineage(
     parent: *const u8,
     child: *const u8,
-    parent_tgid: u32,
-    child_tgid: u32,
+    ids: &ForkIds,
     child_flags: u32,
 ) -> Option<u32> {
+    let ForkIds {
+        parent_pid,
+        parent_tgid,
+        child_pid,
+        child_tgid,
+    } = *ids;
     // SAFETY: the value is copied out at once; entries are plain u64s.
     let tag = match (unsafe { LINEAGE.get(parent_tgid) }).copied() {
         Some(tag) => tag,
@@ -315,6 +337,14 @@ fn enforce_lineage(
             let _ = DEPTH.insert(child_tgid, depth, 0);
             count_birth(tag, parent_tgid, depth);
         }
+    } else {
+        // A thread is a task pids.max counts: a birth. Its depth runs along
+        // the threads that started threads (the main thread's is the
+        // process's).
+        // SAFETY: as above.
+        let depth = (unsafe { DEPTH.get(parent_pid) }).copied().unwrap_or(0) + 1;
+        let _ = DEPTH.insert(child_pid, depth, 0);
+        count_birth(tag, parent_tgid, depth);
     }
     // SAFETY: as above.
     let signal = (unsafe { CONDEMNED.get(tag) }).copied()?;
@@ -367,7 +397,6 @@ fn tag_subtree(
     child_flags: u32,
 ) -> Option<u64> {
     if config!(fork_guard.enabled) != 1
-        || child_tgid == parent_tgid
         || child_flags & PF_KTHREAD != 0
         || scope_verdict(child) != SCOPE_IN
     {
@@ -375,6 +404,11 @@ fn tag_subtree(
     }
     let now = bpf_ktime_get_boot_ns_now();
     let parent_is_root = !protected(parent, parent_tgid);
+    // A first thread tags its process (unless it is protected): a thread
+    // bomb in a process whose fork guard never saw is still a subtree.
+    if child_tgid == parent_tgid && !parent_is_root {
+        return None;
+    }
     let root_tgid = if parent_is_root {
         parent_tgid
     } else {
@@ -391,7 +425,7 @@ fn tag_subtree(
         min_growth: config!(fork_guard.min_growth),
         signal: config!(fork_guard.signal),
         min_depth: config!(fork_guard.min_depth),
-        depth: 0,
+        deep_births: 0,
         reserved: 0,
     };
     if BUDGETS.insert(tag, budget, 0).is_err() || LINEAGE.insert(root_tgid, tag, 0).is_err() {
@@ -522,26 +556,22 @@ fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
         if now.saturating_sub((*budget).window_start_ns) > (*budget).window_ns {
             (*budget).window_start_ns = now;
             (*budget).births = 0;
-            (*budget).depth = 0;
+            (*budget).deep_births = 0;
             (*budget).min_live = read_volatile(&raw const (*budget).live);
         }
-        // A racy max: two CPUs may each keep their own; either is a depth
-        // this window saw.
-        if depth > (*budget).depth {
-            (*budget).depth = depth;
+        if depth >= (*budget).min_depth {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*budget).deep_births, 1);
         }
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).births, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).live, 1);
         let births = read_volatile(&raw const (*budget).births);
+        let deep_births = read_volatile(&raw const (*budget).deep_births);
         // Signed: members the agent tagged late are not counted in, but
         // their exits are, so the count may dip below zero.
         let live = read_volatile(&raw const (*budget).live) as i64;
         let min_live = read_volatile(&raw const (*budget).min_live) as i64;
         let growth = live - min_live;
-        if births < u64::from((*budget).max_births)
-            || growth < i64::from((*budget).min_growth)
-            || (*budget).depth < (*budget).min_depth
-        {
+        if deep_births < (*budget).max_births || growth < i64::from((*budget).min_growth) {
             return;
         }
         // SAFETY: a presence check; nothing is read through the reference.
@@ -560,7 +590,7 @@ fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
             window_ns: (*budget).window_ns,
             forker_tgid,
             signal: (*budget).signal,
-            depth: (*budget).depth,
+            deep_births,
             reserved: 0,
         };
         let _ = output(EventKind::Condemned, &record);
@@ -712,7 +742,14 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         }
         let _ = RSS_STEP.remove(tgid);
         let _ = DEPTH.remove(tgid);
+    } else {
+        // SAFETY: the value is copied out at once.
+        if let Some(tag) = (unsafe { LINEAGE.get(tgid) }).copied() {
+            // One thread of a tagged process ends: a task fewer.
+            count_exit(tag);
+        }
     }
+    let _ = DEPTH.remove(pid);
     let record = (|| -> Result<ExitEvent, u32> {
         let value = ExitEvent {
             header: header(EventKind::Exit),

@@ -411,7 +411,7 @@ impl System for LiveSystem {
             min_growth: limits.min_growth,
             signal: limits.signal as u32,
             min_depth: limits.min_depth,
-            depth: 0,
+            deep_births: 0,
             reserved: 0,
         };
         if let Err(err) = lock(&self.budgets).insert(tag, budget, 0) {

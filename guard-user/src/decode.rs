@@ -223,8 +223,8 @@ pub struct Condemned {
     pub window_ns: u64,
     pub forker_tgid: u32,
     pub signal: i32,
-    /// The deepest self-replication among the window's births.
-    pub depth: u32,
+    /// Births of the window at least `--fork-depth` deep.
+    pub deep_births: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -485,7 +485,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 window_ns: r.window_ns,
                 forker_tgid: r.forker_tgid,
                 signal: i32::try_from(r.signal).unwrap_or(i32::MAX),
-                depth: r.depth,
+                deep_births: r.deep_births,
             })
         }
     })
@@ -730,14 +730,14 @@ pub(crate) mod tests {
             window_ns: 1_000_000_000,
             forker_tgid: 4400,
             signal: 9,
-            depth: 6,
+            deep_births: 6,
             reserved: 0,
         };
         let Ok(Event::Condemned(c)) = decode(&bytes_of(&raw)) else {
             panic!("not a condemnation")
         };
         assert_eq!(c.root_tgid, Some(4321));
-        assert_eq!(c.depth, 6);
+        assert_eq!(c.deep_births, 6);
         assert_eq!(
             (c.births, c.growth, c.forker_tgid, c.signal),
             (100, 40, 4400, 9)

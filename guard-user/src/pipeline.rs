@@ -69,6 +69,9 @@ const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
 /// records (a fast allocator crosses a 64 MiB step every few ms).
 const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
 
+/// Threads whose depth is remembered, at most (exits lost: forget them).
+const THREADS_KEPT: usize = 65536;
+
 /// OOM victims remembered until their exit, at most.
 const OOM_VICTIMS_KEPT: usize = 4096;
 
@@ -182,6 +185,9 @@ pub struct Pipeline<W: Write> {
     pending: Vec<ActionRequest>,
     /// When a task last stalled in reclaim (in scope), boot ns.
     last_reclaim_stall_ns: Option<u64>,
+    /// Threads of processes in scope → their depth in threads started by
+    /// threads (the main thread's is its process's).
+    thread_depth: HashMap<u32, u32>,
     /// Pids of ignored programs (`--ignore fork:program=`) the fork probe
     /// leaves alone until they exit, and cgroups it leaves alone.
     exempt_pids: HashSet<u32>,
@@ -242,6 +248,7 @@ impl<W: Write> Pipeline<W> {
             last_reclaim_stall_ns: None,
             oom_victims: HashSet::new(),
             exempt_pids: HashSet::new(),
+            thread_depth: HashMap::new(),
             exempt_cgroups: HashSet::new(),
             losses: None,
             losses_seen: 0,
@@ -595,11 +602,28 @@ impl<W: Write> Pipeline<W> {
                 self.untag_if_protected(p.node, p.tgid);
             }
             match (event, key) {
-                (Event::Fork(f), Some(key)) if !f.is_thread() => {
-                    let depth = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
+                // Threads are tasks, as pids.max counts them: births and
+                // exits of the population (a thread's depth runs along the
+                // threads that started threads).
+                (Event::Fork(f), Some(key)) => {
+                    let process = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
+                    let depth = if f.is_thread() {
+                        let creator = self.thread_depth.get(&f.parent_pid).copied();
+                        let depth = creator.unwrap_or(process) + 1;
+                        if self.thread_depth.len() >= THREADS_KEPT {
+                            self.thread_depth.clear();
+                        }
+                        self.thread_depth.insert(f.child_pid, depth);
+                        depth
+                    } else {
+                        process
+                    };
                     self.detectors.fork.birth(now, &key, p.node, depth)
                 }
-                (Event::Exit(e), Some(key)) if e.group_dead => self.detectors.fork.gone(now, &key),
+                (Event::Exit(e), Some(key)) => {
+                    self.thread_depth.remove(&e.pid);
+                    self.detectors.fork.gone(now, &key)
+                }
                 (Event::CgroupAttach(_), key) if key != moved_from => {
                     if let Some(old) = &moved_from {
                         self.detectors.fork.gone(now, old);
@@ -1089,7 +1113,7 @@ impl<W: Write> Pipeline<W> {
                     births,
                     births_per_sec,
                     growth,
-                    depth,
+                    deep_births,
                     live,
                     window_ns,
                     recent,
@@ -1101,7 +1125,7 @@ impl<W: Write> Pipeline<W> {
                         ("births", json!(births)),
                         ("births_per_sec", json!(births_per_sec.round())),
                         ("growth", json!(growth)),
-                        ("depth", json!(depth)),
+                        ("deep_births", json!(deep_births)),
                         ("live", json!(live)),
                         ("window_ms", json!(window_ns / 1_000_000)),
                     ],
@@ -1299,7 +1323,7 @@ impl<W: Write> Pipeline<W> {
                     json!((c.births as f64 / window_s.max(1e-9)).round()),
                 ),
                 ("growth", json!(c.growth)),
-                ("depth", json!(c.depth)),
+                ("deep_births", json!(c.deep_births)),
                 ("window_ms", json!(c.window_ns / 1_000_000)),
                 ("offender", offender.clone()),
                 ("action", json!(self.settings.fork_action)),

@@ -432,6 +432,25 @@ impl Agent {
         }
     }
 
+    /// Like `wait_for`, but `None` after `timeout` instead of a panic.
+    pub fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return Some(v);
+            }
+        }
+    }
+
     /// SIGINT, the way an operator stops it.
     pub fn stop(self) -> Stopped {
         self.stop_with(libc::SIGINT)

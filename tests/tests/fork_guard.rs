@@ -406,8 +406,8 @@ fn a_legitimate_burst_raises_no_alert() {
 }
 
 /// Wide parallel builds with `--fork-action kill`: `xargs -P 64` running
-/// 3000 short tasks, and `make -j64` of 600 targets, each recipe a shell
-/// running two commands. Both start at full width at once and come nowhere
+/// 3000 short tasks, `make -j64` of 600 targets, each recipe a shell
+/// running two commands, and a Python pool of 64 forked workers. Both start at full width at once and come nowhere
 /// near pids.max; the explosion rule used to kill xargs at 100 births.
 /// Their children exec tools: they are no bomb, and nothing is signalled
 /// or alerted.
@@ -454,10 +454,25 @@ fn wide_parallel_builds_are_not_signalled() {
         .arg(&dir)
         .status()
         .expect("make");
+    // A pool of 64 forked workers, started through whatever `python3` is
+    // (here a pyenv shim: a bash script whose nested subshells are 4 and
+    // more deep, in the same window as the pool's growth).
+    let pool = cg
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "python3 -c 'import multiprocessing as m\nwith m.Pool(64) as p: p.map(abs, range(-9999, 9999))'",
+        ])
+        .status()
+        .expect("python3");
     std::thread::sleep(Duration::from_secs(1));
     let stopped = agent.stop();
     assert!(xargs.success(), "xargs -P 64 was disturbed: {xargs}");
     assert!(make.success(), "make -j64 was disturbed: {make}");
+    assert!(
+        pool.success(),
+        "multiprocessing.Pool(64) was disturbed: {pool}"
+    );
     let sleeps = stopped
         .of_kind("exit")
         .filter(|r| r["comm"] == "sleep" && r["exit_code"] == 0)
@@ -525,4 +540,60 @@ fn an_ignored_cgroup_is_left_alone_by_the_probe_too() {
     assert_eq!(killed, 0, "bomb processes were killed");
     cg.kill_all();
     let _ = root.wait();
+}
+
+/// Threads are tasks pids.max counts: a thread bomb (every thread starts
+/// two more) is contained before the limit refuses one, by killing its
+/// process; the bystander beside it lives.
+#[test]
+fn a_thread_bomb_is_killed_before_pids_max() {
+    let cg = TestCgroup::new("thread-bomb", 1000, 1 << 30);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let mut bystander = bystander(&cg);
+    let mut bomb = cg.spawn_ready(&["threadbomb"]);
+    let bomb_pid = u64::from(bomb.id());
+    let action = agent.wait_for(Duration::from_secs(20), "the thread bomb's kill", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    let status = bomb.wait().expect("wait for the bomb");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = agent.stop();
+    assert_eq!(pids_max_hits(&cg), 0, "the thread bomb reached pids.max");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    let alert = stopped
+        .of_kind("alert")
+        .find(|r| r["detector"] == "fork")
+        .unwrap_or_else(|| panic!("no fork alert: {action}"));
+    assert!(
+        num(alert, "deep_births") >= 100,
+        "the threads that started threads: {alert}"
+    );
+    let members: Vec<u64> = stopped
+        .of_kind("exit")
+        .filter(|r| r["signal"] == "SIGKILL" && r["group_dead"] == true)
+        .map(|r| num(r, "tgid"))
+        .collect();
+    assert_eq!(
+        members,
+        vec![bomb_pid],
+        "only the bomb's process was killed"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }

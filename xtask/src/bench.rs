@@ -52,15 +52,20 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
             bomb_bench(workspace, rounds)?;
             ctx_switch_bench(workspace, rounds)?;
             storm_bench(workspace, rounds)?;
-            memory_bench(workspace, rounds)
+            memory_bench(workspace, rounds)?;
+            crate::precision::bench(&workspace.join("target"))
         }
+        Some("precision") => crate::precision::bench(&workspace.join("target")),
         Some("memory") => memory_bench(workspace, rounds),
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
         Some("fork-bomb") => bomb_bench(workspace, rounds),
         Some("ctx-switch") => ctx_switch_bench(workspace, rounds),
         Some("blocked-storm") => storm_bench(workspace, rounds),
         Some(other) => {
-            bail!("unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch or blocked-storm")
+            bail!(
+                "unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch, blocked-storm, memory \
+                 or precision"
+            )
         }
     }
 }

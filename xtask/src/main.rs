@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod precision;
 
 #[derive(Parser)]
 #[command(about = "Build, run, test and benchmark guard")]
@@ -46,7 +47,8 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch, blocked-storm or memory.
+        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch, blocked-storm,
+        /// memory or precision.
         #[arg(long)]
         only: Option<String>,
     },

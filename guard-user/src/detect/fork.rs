@@ -87,8 +87,8 @@ pub enum ForkVerdict {
         births: u32,
         births_per_sec: f64,
         growth: u32,
-        /// The deepest self-replication among the window's births.
-        depth: u32,
+        /// Births of the window at least `depth` deep: self-copies.
+        deep_births: u32,
         live: u32,
         window_ns: u64,
         /// Lineage nodes of the most recent births, newest first.
@@ -126,9 +126,12 @@ impl Population {
         self.history.push_back((now, self.live));
     }
 
-    /// The deepest birth of the window.
-    fn depth(&self) -> u32 {
-        self.births.iter().map(|&(_, _, d)| d).max().unwrap_or(0)
+    /// Births of the window at least `depth` deep: a bomb's copies of
+    /// itself. (Counting them, not the window's deepest birth: a wrapper
+    /// script's nested subshells and its program's worker pool in one
+    /// window are no bomb together.)
+    fn deep_births(&self, depth: u32) -> usize {
+        self.births.iter().filter(|&&(_, _, d)| d >= depth).count()
     }
 
     /// Growth of the live count from its lowest point in the window.
@@ -254,9 +257,8 @@ impl ForkDetector {
     }
 
     fn is_armed(&self, p: &Population) -> bool {
-        4 * p.births.len() >= self.rules.min_births()
+        4 * p.deep_births(self.rules.depth) >= self.rules.min_births()
             && p.growth() >= self.rules.growth / 4
-            && p.depth() + 1 >= self.rules.depth
     }
 
     /// The armed cgroups, each with its recent births (newest first): the
@@ -285,12 +287,8 @@ impl ForkDetector {
             let quiet = p
                 .last_alert
                 .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
-            let depth = p.depth();
-            if p.births.len() >= min_births
-                && growth >= rules.growth
-                && depth >= rules.depth
-                && quiet
-            {
+            let deep_births = p.deep_births(rules.depth);
+            if deep_births >= min_births && growth >= rules.growth && quiet {
                 p.last_alert = Some(now);
                 let span = p
                     .births
@@ -303,7 +301,7 @@ impl ForkDetector {
                     births_per_sec: p.births.len() as f64 * NS as f64
                         / span.max(rules.window_ns / 10) as f64,
                     growth,
-                    depth,
+                    deep_births: deep_births as u32,
                     live: p.live,
                     window_ns: rules.window_ns,
                     recent: p.births.iter().rev().take(64).map(|&(_, n, _)| n).collect(),
@@ -475,10 +473,11 @@ mod tests {
         }
         assert!(!d.armed(), "5000 forks a second that each exit at once");
         let bomb = key("/bomb");
-        for i in 0..30u64 {
+        // A doubling bomb: births 1 + log2 generations deep.
+        for i in 0..40u64 {
             d.birth(MS + i * 10_000, &bomb, 10_000 + i, 1 + (i + 2).ilog2());
         }
-        assert!(d.armed(), "30 births, 30 more live");
+        assert!(d.armed(), "40 births (34 of them 4 deep), 40 more live");
         assert!(d.check(2 * MS).is_empty(), "armed, not yet alerting");
     }
 
@@ -564,11 +563,12 @@ mod tests {
             assert!(d.check(t).is_empty(), "alert at birth {i}");
         }
         assert!(!d.armed(), "no SCHED_FIFO for a build");
-        // A subshell three deep now and then arms it (one generation short
-        // of the rule), but is no verdict.
-        d.birth(301 * MS, &cg, 9_000, 3);
-        assert!(d.armed());
-        assert!(d.check(301 * MS).is_empty());
+        // A wrapper script's nested subshells, 4 to 6 deep, in the same
+        // window: still no bomb (they are few).
+        for i in 0..40u64 {
+            d.birth(301 * MS + i, &cg, 9_000 + i, 4 + (i % 3) as u32);
+        }
+        assert!(d.check(302 * MS).is_empty());
         // The same births and growth from a program copying itself.
         let mut d = ForkDetector::new(ForkRules::default());
         let verdicts: Vec<_> = (0..600u64)
@@ -578,7 +578,7 @@ mod tests {
             })
             .collect();
         assert!(
-            matches!(verdicts.first(), Some(ForkVerdict::Explosion { depth, .. }) if *depth >= 4),
+            matches!(verdicts.first(), Some(ForkVerdict::Explosion { deep_births, .. }) if *deep_births >= 100),
             "{verdicts:?}"
         );
     }

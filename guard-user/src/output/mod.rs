@@ -318,7 +318,7 @@ impl<W: Write> Output<W> {
                     .opt_num("root_tgid", c.root_tgid)
                     .num("births", c.births)
                     .num("growth", c.growth)
-                    .num("depth", c.depth)
+                    .num("deep_births", c.deep_births)
                     .num("window_ms", c.window_ns / 1_000_000)
                     .str("signal", signal_name(c.signal));
             }
@@ -439,13 +439,13 @@ impl<W: Write> Output<W> {
             ),
             Event::Condemned(c) => write!(
                 self.line,
-                "fork probe condemned subtree {}: {} births, live +{}, {} generations deep in {}; \
+                "fork probe condemned subtree {}: {} births ({} self-copies), live +{} in {}; \
                  members that fork get {}",
                 c.root_tgid
                     .map_or_else(|| format!("tag {}", c.tag), |r| format!("of {r}")),
                 c.births,
+                c.deep_births,
                 c.growth,
-                c.depth,
                 human_duration(c.window_ns),
                 signal_name(c.signal)
             ),

@@ -4,6 +4,8 @@
 //!   forks N              fork N children that _exit(0) at once; wait for each
 //!   spawn N PROG ARGS..  fork N children that exec PROG ARGS; wait for each
 //!   threads N            start N threads, each sleeping 20 ms; join them
+//!   threadbomb           print a line; every thread starts two more, then
+//!                        sleeps (a thread bomb, until pids.max refuses)
 //!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
 //!   grow RATE MIB [SECS] print a line, then allocate and touch MIB MiB at
 //!                        RATE MiB/s (0: as fast as it can), then hold it
@@ -31,7 +33,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
     );
     std::process::exit(2)
 }
@@ -122,6 +124,21 @@ fn main() {
                 .map(|t| t.to_string())
                 .collect();
             println!("{{\"pid\":{pid},\"tids\":[{}]}}", tids.join(","));
+        }
+        Some("threadbomb") => {
+            // Every thread starts two more, then sleeps: the process's task
+            // count doubles until thread creation fails (pids.max).
+            fn spawn_two() {
+                for _ in 0..2 {
+                    let _ = std::thread::Builder::new().stack_size(64 << 10).spawn(|| {
+                        spawn_two();
+                        std::thread::sleep(Duration::from_secs(3600));
+                    });
+                }
+            }
+            println!("{{\"pid\":{pid}}}");
+            spawn_two();
+            std::thread::sleep(Duration::from_secs(3600));
         }
         Some("alloc") => {
             let mib: usize = arg(&args, 2, "MIB");
