@@ -659,7 +659,7 @@ pub struct ForkBudget {
     /// and tools: they are 1 deep.
     pub min_depth: u32,
     /// Births of the current window at least `min_depth` deep: the rule
-    /// needs `max_births` of them.
+    /// needs half of `max_births` among them.
     pub deep_births: u32,
     /// Explicit padding (always 0).
     pub reserved: u32,

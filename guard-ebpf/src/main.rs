@@ -571,7 +571,11 @@ fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
         let live = read_volatile(&raw const (*budget).live) as i64;
         let min_live = read_volatile(&raw const (*budget).min_live) as i64;
         let growth = live - min_live;
-        if deep_births < (*budget).max_births || growth < i64::from((*budget).min_growth) {
+        // Births, half of them self-copies, and growth.
+        if births < u64::from((*budget).max_births)
+            || 2 * deep_births < (*budget).max_births
+            || growth < i64::from((*budget).min_growth)
+        {
             return;
         }
         // SAFETY: a presence check; nothing is read through the reference.

@@ -95,9 +95,10 @@ pub struct Args {
     #[arg(long, value_name = "PROCESSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub fork_growth: u32,
 
-    /// ...and at least one birth of the window is this many generations
-    /// deep in copies of one program, each forked by the one before with no
-    /// exec into another program between them (2 to 64). A bomb replicates
+    /// ...half of them self-copies, this many generations deep in copies
+    /// of one program, each forked by the one before with no exec into
+    /// another program between them, or threads started by threads (2 to
+    /// 64). A bomb replicates
     /// itself; a wide build (make -j, xargs -P, cargo, a test runner's
     /// workers) forks children that exec compilers and tools, 1 deep.
     #[arg(long, value_name = "GENERATIONS", default_value_t = crate::detect::fork::DEFAULT_DEPTH, value_parser = clap::value_parser!(u32).range(2..=64))]

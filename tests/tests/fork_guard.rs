@@ -581,8 +581,8 @@ fn a_thread_bomb_is_killed_before_pids_max() {
         .find(|r| r["detector"] == "fork")
         .unwrap_or_else(|| panic!("no fork alert: {action}"));
     assert!(
-        num(alert, "deep_births") >= 100,
-        "the threads that started threads: {alert}"
+        2 * num(alert, "deep_births") >= num(alert, "births"),
+        "half the births are threads that started threads: {alert}"
     );
     let members: Vec<u64> = stopped
         .of_kind("exit")
