@@ -158,6 +158,84 @@ impl TestCgroup {
             .collect()
     }
 
+    /// How often pids.max refused a fork (`max N` in pids.events).
+    pub fn pids_refused(&self) -> u64 {
+        let path = self.pids.join("pids.events");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no max line in {}", path.display()))
+    }
+
+    /// OOM kills in the memory cgroup: v1 `memory.oom_control`'s
+    /// `oom_kill`, v2 `memory.events`'.
+    pub fn oom_kills(&self) -> u64 {
+        ["memory.oom_control", "memory.events"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.memory.join(f)).ok())
+            .find_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+            })
+            .expect("no oom_kill counter in the memory cgroup")
+    }
+
+    /// (pid, comm, state) of every member.
+    pub fn members(&self) -> Vec<(u32, String, char)> {
+        self.procs()
+            .into_iter()
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+                let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
+                Some((pid, comm, state))
+            })
+            .collect()
+    }
+
+    /// Live (not zombie) members named `comm`.
+    pub fn live_named(&self, comm: &str) -> usize {
+        self.members()
+            .iter()
+            .filter(|m| m.1 == comm && m.2 != 'Z')
+            .count()
+    }
+
+    /// Waits until no live member is named `comm`, panicking after `within`.
+    pub fn wait_until_gone(&self, comm: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left: Vec<_> = self
+                .members()
+                .into_iter()
+                .filter(|m| m.1 == comm && m.2 != 'Z')
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} live {comm} processes left after {within:?}, the first: {:?}",
+                left.len(),
+                &left[..left.len().min(10)]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `bash -c SCRIPT` in this cgroup, its stdio closed.
+    pub fn spawn_bash(&self, script: &str) -> Child {
+        self.command("/bin/bash")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting bash -c {script:?}: {e}"))
+    }
+
     /// A command that joins this cgroup (every hierarchy) before it execs.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);

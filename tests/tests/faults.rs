@@ -25,54 +25,6 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `max N` from pids.events: how often the limit refused a fork.
-fn pids_max_hits(cg: &TestCgroup) -> u64 {
-    let events = std::fs::read_to_string(cg.pids_dir().join("pids.events")).expect("pids.events");
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("max "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("a max line in pids.events")
-}
-
-/// Live (non-zombie) members of the cgroup named `comm`.
-fn live_named(cg: &TestCgroup, comm: &str) -> usize {
-    cg.procs()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let name = s.find('(').zip(s.rfind(')')).map(|(a, b)| &s[a + 1..b]);
-                let state = s.rfind(')').and_then(|i| s.get(i + 2..i + 3));
-                name == Some(comm) && state != Some("Z")
-            })
-        })
-        .count()
-}
-
-/// Starts a bash fork bomb in `cg` and returns its first process.
-fn start_bomb(cg: &TestCgroup) -> Child {
-    cg.command("/bin/bash")
-        .args(["-c", BOMB])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the bomb")
-}
-
-/// Waits until no live bash is left in `cg`, panicking after `within`.
-fn wait_bomb_gone(cg: &TestCgroup, within: Duration) {
-    let deadline = Instant::now() + within;
-    while live_named(cg, "bash") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} bomb processes still alive after {within:?}",
-            live_named(cg, "bash")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The agent with its stdout left to the test: `start` read, nothing more.
 struct RawAgent {
     child: Child,
@@ -170,7 +122,7 @@ fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
     while forks.try_wait().expect("try_wait").is_none() {
         peak = peak.max(status_kb(pid, "VmRSS"));
         if bomb.is_none() && started.elapsed() > Duration::from_secs(2) {
-            bomb = Some(start_bomb(&bombs));
+            bomb = Some(bombs.spawn_bash(BOMB));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -188,8 +140,8 @@ fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
         "the fork loop was cut short: {done}"
     );
     let mut bomb = bomb.expect("the bomb ran during the stall");
-    wait_bomb_gone(&bombs, Duration::from_secs(10));
-    assert_eq!(pids_max_hits(&bombs), 0, "the bomb reached pids.max");
+    bombs.wait_until_gone("bash", Duration::from_secs(10));
+    assert_eq!(bombs.pids_refused(), 0, "the bomb reached pids.max");
     peak = peak.max(status_kb(pid, "VmRSS"));
     assert!(
         agent.child.try_wait().expect("try_wait").is_none(),
@@ -271,9 +223,9 @@ fn an_enforcing_agent_outlives_its_reader_and_still_contains_a_bomb() {
         "the agent ended with its reader: {}",
         agent.stderr()
     );
-    let mut bomb = start_bomb(&cg);
-    wait_bomb_gone(&cg, Duration::from_secs(10));
-    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    let mut bomb = cg.spawn_bash(BOMB);
+    cg.wait_until_gone("bash", Duration::from_secs(10));
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
     assert!(
         agent.child.try_wait().expect("try_wait").is_none(),
         "the agent died"
@@ -471,15 +423,15 @@ fn the_kernel_scope_follows_a_cgroup_created_again() {
     std::fs::create_dir(cg.pids_dir()).expect("mkdir the scope again");
     std::fs::write(cg.pids_dir().join("pids.max"), "1000").expect("pids.max");
     wait_stderr(&agent, "was created again");
-    let mut bomb = start_bomb(&cg);
+    let mut bomb = cg.spawn_bash(BOMB);
     let alert = agent.wait_for(Duration::from_secs(20), "the bomb's alert", |r| {
         r["kind"] == "alert" && r["detector"] == "fork"
     });
-    wait_bomb_gone(&cg, Duration::from_secs(10));
+    cg.wait_until_gone("bash", Duration::from_secs(10));
     let _ = bomb.wait();
     drop(agent.stop());
     assert_eq!(alert["condemned_by_kernel"], true, "{alert}");
-    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
 }
 
 /// Two agents on one cgroup: one kills a bomb, the other only watches.
@@ -498,11 +450,11 @@ fn a_second_agent_does_not_take_the_first_ones_kills_for_a_crash_loop() {
         "--events",
         "exit",
     ]);
-    let mut bomb = start_bomb(&cg);
+    let mut bomb = cg.spawn_bash(BOMB);
     enforcer.wait_for(Duration::from_secs(20), "the kill", |r| {
         r["kind"] == "action" && r["detector"] == "fork"
     });
-    wait_bomb_gone(&cg, Duration::from_secs(10));
+    cg.wait_until_gone("bash", Duration::from_secs(10));
     let _ = bomb.wait();
     std::thread::sleep(Duration::from_millis(500));
     let (watched, enforced) = (watcher.stop(), enforcer.stop());

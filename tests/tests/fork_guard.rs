@@ -12,60 +12,10 @@ use serde_json::Value;
 
 const BOMB: &str = ":(){ :|:& };:";
 
-/// `max N` from pids.events: how often the limit refused a fork.
-fn pids_max_hits(cg: &TestCgroup) -> u64 {
-    let events = std::fs::read_to_string(cg.pids_dir().join("pids.events")).expect("pids.events");
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("max "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("a max line in pids.events")
-}
-
-/// (pid, comm, state) of every member of the cgroup.
-fn members(cg: &TestCgroup) -> Vec<(u32, String, char)> {
-    cg.procs()
-        .into_iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
-            let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
-            Some((pid, comm, state))
-        })
-        .collect()
-}
-
-/// Waits until no live (non-zombie) member has `comm`.
-fn wait_until_gone(cg: &TestCgroup, comm: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left: Vec<_> = members(cg)
-            .into_iter()
-            .filter(|m| m.1 == comm && m.2 != 'Z')
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} live {comm} processes left, the first: {:?}",
-            left.len(),
-            &left[..left.len().min(10)]
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs `bash -c script` in the cgroup until its first process ends (it may
 /// be killed as the offender before it returns).
 fn start_bomb(cg: &TestCgroup, script: &str) {
-    cg.command("/bin/bash")
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("start the bomb");
+    let _ = cg.spawn_bash(script).wait();
 }
 
 /// A process that forks every 100 ms, as a service in the same cgroup would
@@ -111,11 +61,11 @@ fn a_bash_fork_bomb_is_killed_and_the_bystander_lives() {
     assert_eq!(action["outcome"]["running"], 0, "{action}");
 
     // Every bomb process is gone (zombies wait for PID 1 a moment).
-    wait_until_gone(&cg, "bash", Duration::from_secs(10));
+    cg.wait_until_gone("bash", Duration::from_secs(10));
     // pids.max never refused a fork: guard stopped the bomb before the
     // limit did (the median and worst over many rounds are figures of
     // `cargo xtask bench`).
-    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
 
     // The bystander lives, and can still fork.
     assert!(
@@ -166,8 +116,8 @@ fn bomb_under_a_frozen_agent(cg: &TestCgroup, scope: &str) {
     agent.signal(libc::SIGSTOP);
     let thaw = Defer(|| agent.signal(libc::SIGCONT));
     start_bomb(cg, BOMB);
-    wait_until_gone(cg, "bash", Duration::from_secs(10));
-    assert_eq!(pids_max_hits(cg), 0, "the bomb reached pids.max");
+    cg.wait_until_gone("bash", Duration::from_secs(10));
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
     assert!(
         bystander.try_wait().expect("try_wait").is_none(),
         "the bystander was killed"
@@ -227,14 +177,7 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
     let bystander_pid = bystander.id();
     // Not waited for: the bomb's first process may be stopped before it
     // returns. It is killed and reaped with the rest at the end.
-    let mut root = cg
-        .command("/bin/bash")
-        .args(["-c", BOMB])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the bomb");
+    let mut root = cg.spawn_bash(BOMB);
     let action = agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
         r["kind"] == "action" && r["outcome"]["contained"] == true
     });
@@ -243,7 +186,8 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
     // Nothing of the bomb runs: each process is stopped, or exited before
     // it was reached. The stopped ones stay (the cgroup is emptied when the
     // test ends).
-    let bash: Vec<_> = members(&cg)
+    let bash: Vec<_> = cg
+        .members()
         .into_iter()
         .filter(|m| m.1 == "bash" && m.2 != 'Z')
         .collect();
@@ -253,12 +197,13 @@ fn stop_freezes_every_bomb_process_and_spares_the_bystander() {
         "bomb processes still running: {running:?}"
     );
     assert!(!bash.is_empty(), "no stopped bomb process left to inspect");
-    assert_eq!(pids_max_hits(&cg), 0, "the bomb reached pids.max");
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
     assert!(
         bystander.try_wait().expect("try_wait").is_none(),
         "the bystander died"
     );
-    let state = members(&cg)
+    let state = cg
+        .members()
         .into_iter()
         .find(|m| m.0 == bystander_pid)
         .map(|m| m.2);
@@ -312,8 +257,9 @@ fn protected_processes_in_a_bomb_are_never_signalled() {
     agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
         r["kind"] == "action" && r["outcome"]["contained"] == true
     });
-    wait_until_gone(&cg, "bash", Duration::from_secs(10));
-    let sleepers: Vec<_> = members(&cg)
+    cg.wait_until_gone("bash", Duration::from_secs(10));
+    let sleepers: Vec<_> = cg
+        .members()
         .into_iter()
         .filter(|m| m.1 == "sleep")
         .collect();
@@ -345,7 +291,7 @@ fn a_slow_leak_is_projected_to_pids_max_before_it_is_hit() {
     let alert = agent.wait_for(Duration::from_secs(20), "a pids trend alert", |r| {
         r["kind"] == "alert"
     });
-    let hits_at_alert = pids_max_hits(&cg);
+    let hits_at_alert = cg.pids_refused();
     let _ = leaker.kill();
     let _ = leaker.wait();
     assert_eq!(alert["rule"], "pids_limit_trend", "{alert}");
@@ -484,7 +430,7 @@ fn wide_parallel_builds_are_not_signalled() {
         .filter(|r| matches!(r["kind"].as_str(), Some("alert" | "action" | "condemned")))
         .collect();
     assert!(flagged.is_empty(), "{flagged:?}");
-    assert_eq!(pids_max_hits(&cg), 0);
+    assert_eq!(cg.pids_refused(), 0);
 }
 
 /// `--ignore fork:cgroup=REGEX` holds in the kernel too: a bomb in an
@@ -509,16 +455,9 @@ fn an_ignored_cgroup_is_left_alone_by_the_probe_too() {
         "--ignore",
         &rule,
     ]);
-    let mut root = cg
-        .command("/bin/bash")
-        .args(["-c", BOMB])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the bomb");
+    let mut root = cg.spawn_bash(BOMB);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pids_max_hits(&cg) == 0 {
+    while cg.pids_refused() == 0 {
         assert!(
             Instant::now() < deadline,
             "the ignored bomb never reached pids.max"
@@ -566,7 +505,7 @@ fn a_thread_bomb_is_killed_before_pids_max() {
     let status = bomb.wait().expect("wait for the bomb");
     std::thread::sleep(Duration::from_millis(300));
     let stopped = agent.stop();
-    assert_eq!(pids_max_hits(&cg), 0, "the thread bomb reached pids.max");
+    assert_eq!(cg.pids_refused(), 0, "the thread bomb reached pids.max");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL),

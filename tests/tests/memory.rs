@@ -39,20 +39,6 @@ fn disk_file(name: &str) -> (std::path::PathBuf, guard_tests::Defer<impl FnMut()
     )
 }
 
-/// v1 `memory.oom_control`'s `oom_kill` (v2: `memory.events`).
-fn oom_kills(cg: &TestCgroup) -> u64 {
-    ["memory.oom_control", "memory.events"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(cg.memory_dir().join(f)).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .next()
-        .expect("no oom_kill counter in the memory cgroup")
-}
-
 /// `guard-workload grow RATE MIB HOLD`, its output kept open.
 struct Grower {
     child: Child,
@@ -132,7 +118,7 @@ fn a_runaway_is_killed_before_the_limit_and_the_bystander_lives() {
     let freed = num(&action, "freed_bytes");
     assert!(freed >= 64 * MIB, "freed only {freed} bytes: {action}");
     // The kernel's OOM killer never ran, and the bystander is alive.
-    assert_eq!(oom_kills(&cg), 0, "the OOM killer fired");
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired");
     assert!(
         bystander.child.try_wait().expect("try_wait").is_none(),
         "the bystander died"
@@ -215,7 +201,7 @@ fn reading_a_large_file_grows_page_cache_and_raises_nothing() {
         .and_then(|t| t.trim().parse::<u64>().ok())
         .expect("peak usage");
     assert!(peak >= 400 * MIB, "the read charged only {peak} bytes");
-    assert_eq!(oom_kills(&cg), 0);
+    assert_eq!(cg.oom_kills(), 0);
 }
 
 #[test]
@@ -293,5 +279,5 @@ fn a_writer_through_a_small_memcg_stalls_in_reclaim_and_raises_nothing() {
     }
     let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
     assert!(alerts.is_empty(), "page cache raised {alerts:?}");
-    assert_eq!(oom_kills(&cg), 0);
+    assert_eq!(cg.oom_kills(), 0);
 }

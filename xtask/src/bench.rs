@@ -163,34 +163,8 @@ const BOMB_PIDS_MAX: u32 = 1000;
 
 /// (pids.events "max" count, pids.current).
 fn pids_figures(cg: &TestCgroup) -> (u64, u64) {
-    let read = |f: &str| std::fs::read_to_string(cg.pids_dir().join(f)).unwrap_or_default();
-    let hits = read("pids.events")
-        .lines()
-        .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
-        .unwrap_or(0);
-    (hits, read("pids.current").trim().parse().unwrap_or(0))
-}
-
-/// Live (non-zombie) bash processes in the cgroup.
-fn live_bash(cg: &TestCgroup) -> usize {
-    cg.procs()
-        .into_iter()
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.contains("(bash)") && !stat.contains(") Z ")
-        })
-        .count()
-}
-
-fn start_bomb(cg: &TestCgroup) -> Result<()> {
-    cg.command("/bin/bash")
-        .args(["-c", BOMB])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("starting the bomb")?;
-    Ok(())
+    let current = std::fs::read_to_string(cg.pids_dir().join("pids.current")).unwrap_or_default();
+    (cg.pids_refused(), current.trim().parse().unwrap_or(0))
 }
 
 struct BombRound {
@@ -219,9 +193,9 @@ fn bomb_round(workspace: &Path, round: u32) -> Result<BombRound> {
     let extra = std::env::var("GUARD_BENCH_ARGS").unwrap_or_default();
     args.extend(extra.split_whitespace());
     let agent = AgentProcess::start(&guard, &args, Stdio::from(file))?;
-    start_bomb(&cg)?;
+    let _ = cg.spawn_bash(BOMB).wait();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while live_bash(&cg) > 0 && Instant::now() < deadline {
+    while cg.live_named("bash") > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (refused, _) = pids_figures(&cg);
@@ -288,7 +262,7 @@ fn bomb_bench(workspace: &Path, rounds: u32) -> Result<()> {
     }
     // The same bomb with pids.max alone, for one second.
     let cg = TestCgroup::new("bench-bomb-alone", BOMB_PIDS_MAX, 1 << 30);
-    start_bomb(&cg)?;
+    let _ = cg.spawn_bash(BOMB).wait();
     std::thread::sleep(Duration::from_secs(1));
     let (alone_refused, alone_current) = pids_figures(&cg);
     drop(cg);

@@ -265,28 +265,6 @@ struct Outcome {
     note: String,
 }
 
-fn pids_refused(cg: &TestCgroup) -> u64 {
-    std::fs::read_to_string(cg.pids_dir().join("pids.events"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("max "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn oom_kills(cg: &TestCgroup) -> u64 {
-    let dir = cg.memory_dir();
-    let text = std::fs::read_to_string(dir.join("memory.oom_control"))
-        .or_else(|_| std::fs::read_to_string(dir.join("memory.events")))
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn spawn(cg: &TestCgroup, script: &str) -> Result<Child> {
     cg.command("/bin/bash")
         .args(["-c", script])
@@ -373,8 +351,8 @@ fn run_item(item: &Item) -> Result<Outcome> {
         alerts,
         actions,
         condemned: stopped.of_kind("condemned").count(),
-        refused: pids_refused(&cg),
-        oom_kills: oom_kills(&cg),
+        refused: cg.pids_refused(),
+        oom_kills: cg.oom_kills(),
         note,
     })
 }
