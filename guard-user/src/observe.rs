@@ -114,6 +114,21 @@ pub fn memcg_usage(dir: &str) -> Option<crate::detect::memory::MemUsage> {
     })
 }
 
+/// A process's bytes that reclaim cannot take back: `RssAnon` +
+/// `RssShmem` of /proc/PID/status (counters: no lock on its memory map).
+pub fn process_unreclaimable(tgid: u32) -> Option<u64> {
+    parse_status_unreclaimable(&std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?)
+}
+
+pub fn parse_status_unreclaimable(text: &str) -> Option<u64> {
+    let kb = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((kb("RssAnon:")? + kb("RssShmem:").unwrap_or(0)) << 10)
+}
+
 /// The host as a pool: MemTotal − MemAvailable of MemTotal.
 pub fn host_memory() -> Option<crate::detect::memory::MemUsage> {
     parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)

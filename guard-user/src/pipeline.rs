@@ -24,6 +24,7 @@ use crate::{
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
         memory::{Grower, HOST, MemoryVerdict, PoolKey},
+        subtree,
         switches::{Detector, Ignore},
     },
     observe,
@@ -71,6 +72,12 @@ const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
 
 /// Threads whose depth is remembered, at most (exits lost: forget them).
 const THREADS_KEPT: usize = 65536;
+
+/// A snapshot of a pool's members: (when, tgid → unreclaimable bytes).
+type Baseline = (u64, HashMap<u32, u64>);
+
+/// How often a growing pool's members are snapshotted.
+const BASELINE_EVERY_NS: u64 = 15_000_000_000;
 
 /// OOM victims remembered until their exit, at most.
 const OOM_VICTIMS_KEPT: usize = 4096;
@@ -195,6 +202,9 @@ pub struct Pipeline<W: Write> {
     /// Processes the OOM killer chose, until their exit: their SIGKILL is a
     /// crash (anyone else's is not).
     oom_victims: HashSet<u32>,
+    /// Per memory pool, up to two snapshots (time, tgid → unreclaimable
+    /// bytes) taken while it grew: what subtree growth is measured from.
+    baselines: HashMap<PoolKey, std::collections::VecDeque<Baseline>>,
     /// Every event lost so far, in the kernel and the agent's queue.
     losses: Option<LossCounter>,
     /// Its value at the last recount.
@@ -248,6 +258,7 @@ impl<W: Write> Pipeline<W> {
             last_reclaim_stall_ns: None,
             oom_victims: HashSet::new(),
             exempt_pids: HashSet::new(),
+            baselines: HashMap::new(),
             thread_depth: HashMap::new(),
             exempt_cgroups: HashSet::new(),
             losses: None,
@@ -735,11 +746,83 @@ impl<W: Write> Pipeline<W> {
                     self.detectors.memory.sample(now, &pool, usage);
                 }
             }
+            // Every pool with processes in scope is watched, not only those
+            // whose processes crossed an rss step: a server's helpers of
+            // tens of MB each never do.
+            (Event::Fork(f), Some(p))
+                if !f.is_thread()
+                    && !p.kernel_thread
+                    && self.scope.contains_cgroups(&p.cgroups) =>
+            {
+                self.watch_pool(&p.cgroups);
+            }
+            (Event::CgroupAttach(_), Some(p))
+                if !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups) =>
+            {
+                self.watch_pool(&p.cgroups);
+            }
             (Event::ReclaimStall(r), Some(p)) if self.scope.contains_cgroups(&p.cgroups) => {
                 self.last_reclaim_stall_ns = Some(r.boot_ns);
             }
             (Event::Exit(e), _) if e.group_dead => self.detectors.memory.gone(e.tgid),
             _ => {}
+        }
+    }
+
+    /// Starts sampling the pool of a process's memory cgroup, if new.
+    fn watch_pool(&mut self, cgroups: &crate::cgroup::CgroupSet) {
+        if let Some(pool) = self.pool_of(cgroups)
+            && self.detectors.memory.sampled_at(&pool).is_none()
+            && let Some(usage) = observe::memcg_usage(&pool)
+        {
+            self.detectors
+                .memory
+                .sample(WallClock::boot_ns_now(), &pool, usage);
+        }
+    }
+
+    /// The processes in scope whose memory counts against `pool`.
+    fn pool_members(&mut self, pool: &PoolKey) -> Vec<(u32, NodeId)> {
+        let candidates: Vec<(u32, NodeId, crate::cgroup::CgroupSet)> = self
+            .table
+            .processes()
+            .filter(|p| !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups))
+            .map(|p| (p.tgid, p.node, p.cgroups.clone()))
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|(_, _, cgroups)| {
+                &**pool == HOST || self.pool_of(cgroups).as_ref() == Some(pool)
+            })
+            .map(|(tgid, node, _)| (tgid, node))
+            .collect()
+    }
+
+    /// While a pool grows, snapshots its members' unreclaimable bytes every
+    /// [`BASELINE_EVERY_NS`], keeping two: growth is measured from the
+    /// older one, 15 to 30 s back (or from the first, for a runaway that
+    /// began less than that ago).
+    fn keep_baseline(&mut self, now: u64, pool: &PoolKey, growing: bool) {
+        let fresh = self
+            .baselines
+            .get(pool)
+            .and_then(|b| b.back())
+            .is_some_and(|(at, _)| now.saturating_sub(*at) < BASELINE_EVERY_NS);
+        if let Some(b) = self.baselines.get_mut(pool) {
+            b.retain(|(at, _)| now.saturating_sub(*at) <= 4 * BASELINE_EVERY_NS);
+        }
+        if !growing || fresh {
+            return;
+        }
+        let bytes: HashMap<u32, u64> = self
+            .pool_members(pool)
+            .into_iter()
+            .filter_map(|(tgid, _)| Some((tgid, observe::process_unreclaimable(tgid)?)))
+            .collect();
+        let kept = self.baselines.entry(pool.clone()).or_default();
+        kept.push_back((now, bytes));
+        while kept.len() > 2 {
+            kept.pop_front();
         }
     }
 
@@ -749,11 +832,17 @@ impl<W: Write> Pipeline<W> {
             if &*pool == HOST {
                 continue;
             }
+            let before = self.detectors.memory.usage(&pool).map(|u| u.unreclaimable);
             match observe::memcg_usage(&pool) {
-                Some(usage) => self.detectors.memory.sample(now, &pool, usage),
+                Some(usage) => {
+                    self.detectors.memory.sample(now, &pool, usage);
+                    let growing = before.is_some_and(|b| usage.unreclaimable > b);
+                    self.keep_baseline(now, &pool, growing);
+                }
                 None if !std::path::Path::new(&*pool).exists() => {
                     // Removed: forget it, and the directories that led to it.
                     self.detectors.memory.remove_pool(&pool);
+                    self.baselines.remove(&pool);
                     self.pool_of_dir
                         .retain(|_, to| to.as_deref() != Some(&*pool));
                 }
@@ -761,9 +850,14 @@ impl<W: Write> Pipeline<W> {
             }
         }
         if let Some(host) = observe::host_memory() {
-            self.detectors
-                .memory
-                .sample(now, &PoolKey::from(HOST), host);
+            let key = PoolKey::from(HOST);
+            let before = self.detectors.memory.usage(HOST).map(|u| u.unreclaimable);
+            self.detectors.memory.sample(now, &key, host);
+            // The host's baseline reads every process in scope: only when
+            // the host is past half of its memory.
+            let growing = before.is_some_and(|b| host.unreclaimable > b)
+                && host.unreclaimable * 2 > host.limit;
+            self.keep_baseline(now, &key, growing);
         }
     }
 
@@ -795,7 +889,7 @@ impl<W: Write> Pipeline<W> {
 
     /// The memory runaway a storm under pressure is blamed on, as an
     /// action of the memory detector's policy.
-    fn storm_runaway(&self, now: u64) -> Option<ActionRequest> {
+    fn storm_runaway(&mut self, now: u64) -> Option<ActionRequest> {
         let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
         let mut request = self.memory_request(
             "blocked",
@@ -829,17 +923,22 @@ impl<W: Write> Pipeline<W> {
     /// The first alive, unprotected process among a pool's growers, as an
     /// action of the memory detector's policy.
     fn memory_request(
-        &self,
+        &mut self,
         detector: &'static str,
         rule: &'static str,
         pool: &PoolKey,
         usage: u64,
         growers: &[Grower],
     ) -> Option<ActionRequest> {
-        let lineage = self.table.lineage();
         if !self.settings.runs(Detector::Memory) {
             return None;
         }
+        if let Some(request) = self.subtree_request(detector, rule, pool, usage) {
+            return Some(request);
+        }
+        // No member readable now (all gone meanwhile): the processes the
+        // rss records saw grow.
+        let lineage = self.table.lineage();
         let ignore = &self.settings.ignore_memory;
         let (g, node) = growers.iter().find_map(|g| {
             let n = lineage.get(g.node)?;
@@ -865,6 +964,90 @@ impl<W: Write> Pipeline<W> {
                 tgid: g.tgid,
                 born_ns: node.born_ns,
             }],
+            pool: Some((pool.clone(), usage)),
+            follow_ups: 0,
+        })
+    }
+
+    /// The subtree whose members' growth explains the pool's (see
+    /// `detect::subtree`), as an action on all of it.
+    fn subtree_request(
+        &mut self,
+        detector: &'static str,
+        rule: &'static str,
+        pool: &PoolKey,
+        usage: u64,
+    ) -> Option<ActionRequest> {
+        let before: HashMap<u32, u64> = self
+            .baselines
+            .get(pool)
+            .and_then(|b| b.front())
+            .map(|(_, bytes)| bytes.clone())
+            .unwrap_or_default();
+        let readings: Vec<subtree::Member> = self
+            .pool_members(pool)
+            .into_iter()
+            .filter_map(|(tgid, node)| {
+                Some(subtree::Member {
+                    node,
+                    now: observe::process_unreclaimable(tgid)?,
+                    before: before.get(&tgid).copied(),
+                })
+            })
+            .collect();
+        let lineage = self.table.lineage();
+        let spared = |n: &crate::proctable::LineageNode| {
+            let cgroup = n.cgroups.get(self.primary).cloned().flatten();
+            self.protection.why(n).or_else(|| {
+                self.settings
+                    .ignore_memory
+                    .matches(n.exe.as_deref(), cgroup.as_deref())
+                    .then_some("ignored")
+            })
+        };
+        let o = subtree::offender(lineage, &readings, spared)?;
+        let members: Vec<Member> = unprotected_members(lineage, &self.protection, o.node)
+            .into_iter()
+            .filter(|m| {
+                self.table
+                    .get(m.tgid)
+                    .and_then(|p| lineage.get(p.node))
+                    .is_none_or(|n| spared(n).is_none())
+            })
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        let mut described = self.describe_offender(o.node, members.len());
+        if let Some(d) = described.as_object_mut() {
+            d.insert("growth_bytes".into(), json!(o.growth));
+            d.insert("resident_bytes".into(), json!(o.resident));
+            d.insert(
+                "share_of_growth".into(),
+                json!((o.share * 100.0).round() / 100.0),
+            );
+            d.insert(
+                "baseline_secs".into(),
+                json!(
+                    self.baselines
+                        .get(pool)
+                        .and_then(|b| b.front())
+                        .map(
+                            |(at, _)| (WallClock::boot_ns_now().saturating_sub(*at) / 1_000_000)
+                                as f64
+                                / 1e3
+                        )
+                ),
+            );
+        }
+        Some(ActionRequest {
+            detector,
+            rule,
+            tag: o.node,
+            root: Some(o.node),
+            kind: self.settings.mem_action,
+            offender: described,
+            members,
             pool: Some((pool.clone(), usage)),
             follow_ups: 0,
         })
@@ -1496,9 +1679,9 @@ impl<W: Write> Pipeline<W> {
         }
         self.out.record("action", &fields)?;
         self.out.flush()?;
-        if request.detector != "fork" {
-            // Memory actions (of the memory detector, or a storm's runaway)
-            // concern the offender only: no follow-up on its subtree.
+        if request.detector != "fork" && request.members.len() <= 1 {
+            // An action on one process (a memory hog, a crash loop's
+            // supervisor) has no subtree to follow up on.
             return Ok(Vec::new());
         }
         let Some(root) = request.root else {

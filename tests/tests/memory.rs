@@ -281,3 +281,113 @@ fn a_writer_through_a_small_memcg_stalls_in_reclaim_and_raises_nothing() {
     assert!(alerts.is_empty(), "page cache raised {alerts:?}");
     assert_eq!(cg.oom_kills(), 0);
 }
+
+/// Runs a collective runaway in `cg` beside a bystander holding 200 MiB,
+/// the agent killing memory offenders, and returns the memory action and
+/// the runaway's first process.
+fn collective(cg: &TestCgroup, script: &str) -> (Value, u32, Grower, guard_tests::Stopped) {
+    let scope = memory_scope(cg);
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--mem-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let mut bystander = Grower::start(cg, "0", "200", "120");
+    bystander.wait_allocated();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut runaway = cg.spawn_bash(script);
+    let root = runaway.id();
+    let action = agent.wait_for(Duration::from_secs(30), "a memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let _ = runaway.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop();
+    (action, root, bystander, stopped)
+}
+
+/// A runner whose four workers all grow at 60 MiB/s toward 400 MiB each,
+/// in a 1 GiB cgroup: the runner's subtree is killed whole, before the
+/// kernel's OOM killer, and the bystander lives. (guard used to kill the
+/// workers one at a time while the OOM killer still fired.)
+#[test]
+fn a_runner_whose_workers_leak_together_is_killed_whole() {
+    let cg = TestCgroup::new("memrunner", 64, GIB);
+    let w = guard_tests::workload_bin();
+    let script = format!(
+        "for i in 1 2 3 4; do {} grow 60 400 120 > /dev/null & done; wait",
+        w.display()
+    );
+    let (action, root, mut bystander, stopped) = collective(&cg, &script);
+    assert_eq!(
+        num(&action["offender"], "pid"),
+        u64::from(root),
+        "the runner: {action}"
+    );
+    assert!(
+        num(&action, "members") >= 5,
+        "the runner and its 4 workers: {action}"
+    );
+    assert_eq!(action["outcome"]["contained"], true, "{action}");
+    assert!(
+        num(&action["offender"], "growth_bytes") >= 128 * MIB,
+        "{action}"
+    );
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired");
+    assert!(
+        bystander.child.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    let actions = stopped
+        .of_kind("action")
+        .filter(|r| r["detector"] == "memory")
+        .count();
+    assert_eq!(actions, 1, "one action for the whole runner");
+    assert_eq!(
+        cg.live_named("guard-workload"),
+        1,
+        "only the bystander is left"
+    );
+    let _ = bystander.child.kill();
+    let _ = bystander.child.wait();
+}
+
+/// A server spawning children that each hold 30 MiB and never exit, five
+/// a second, in a 1 GiB cgroup: none crosses an rss step, together they
+/// run the cgroup out. The server is the offender, its children die with
+/// it, and the bystander lives.
+#[test]
+fn a_server_spawning_children_that_hold_memory_is_killed_whole() {
+    let cg = TestCgroup::new("memserver", 512, GIB);
+    let w = guard_tests::workload_bin();
+    let script = format!(
+        "while :; do {} alloc 30 600 > /dev/null & sleep 0.2; done",
+        w.display()
+    );
+    let (action, root, mut bystander, _stopped) = collective(&cg, &script);
+    assert_eq!(
+        num(&action["offender"], "pid"),
+        u64::from(root),
+        "the server: {action}"
+    );
+    assert!(
+        num(&action, "members") >= 10,
+        "the server and its children: {action}"
+    );
+    assert_eq!(action["outcome"]["contained"], true, "{action}");
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired");
+    assert!(
+        bystander.child.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    assert_eq!(
+        cg.live_named("guard-workload"),
+        1,
+        "only the bystander is left"
+    );
+    let _ = bystander.child.kill();
+    let _ = bystander.child.wait();
+}

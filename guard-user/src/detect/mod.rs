@@ -5,6 +5,7 @@ pub mod blocked;
 pub mod crashloop;
 pub mod fork;
 pub mod memory;
+pub mod subtree;
 pub mod switches;
 
 /// Every detector's state, as the pipeline holds it.
