@@ -26,6 +26,7 @@ use crate::{
         blocked::{BlockedDetector, BlockedRules},
         crashloop::{CrashLoopDetector, CrashLoopRules},
         fork::{ForkDetector, ForkRules},
+        leak::{LeakDetector, LeakRules},
         memory::{MemoryDetector, MemoryRules},
         switches::{Detector, Ignore},
     },
@@ -308,6 +309,8 @@ pub async fn run(args: Args) -> Result<Ending> {
         ignore_fork: fork_ignore,
         ignore_memory: Ignore::for_detector(&ignore_rules, Detector::Memory),
         ignore_blocked: Ignore::for_detector(&ignore_rules, Detector::Blocked),
+        ignore_leak: Ignore::for_detector(&ignore_rules, Detector::Leak),
+        leak_action: args.leak_action,
         dry_run: args.dry_run,
         kernel_tags,
     };
@@ -339,6 +342,10 @@ pub async fn run(args: Args) -> Result<Ending> {
                 headroom_pct: args.mem_headroom,
                 window_ns: MEMORY_WINDOW.as_nanos() as u64,
                 sustain_ns: MEMORY_WINDOW.as_nanos() as u64,
+            }),
+            leak: LeakDetector::new(LeakRules {
+                window_ns: args.leak_window * 1_000_000_000,
+                growth: args.leak_growth,
             }),
         },
         out,
@@ -640,6 +647,7 @@ fn enforcing(args: &Args) -> bool {
     !args.dry_run
         && (args.fork_action != ActionKind::Log
             || args.mem_action != ActionKind::Log
+            || args.leak_action != ActionKind::Log
             || args.crashloop_action != crate::cli::CrashLoopAction::Log)
 }
 

@@ -142,6 +142,22 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub crashloop_lifetime: u64,
 
+    /// Leak rule: alert when a cgroup's task count (pids.current) keeps
+    /// rising over this many seconds, the lowest count of each fifth of the
+    /// window above the one before (10 to 86400)...
+    #[arg(long, value_name = "SECS", default_value_t = crate::detect::leak::DEFAULT_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub leak_window: u64,
+
+    /// ...by at least this many tasks (2 to 100000).
+    #[arg(long, value_name = "TASKS", default_value_t = crate::detect::leak::DEFAULT_GROWTH, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub leak_growth: u32,
+
+    /// What a leak alert leads to: `log` (the default: a slow leak leaves
+    /// time to decide), `stop` or `kill` the leaking subtree (its topmost
+    /// unprotected ancestor of the recent births).
+    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    pub leak_action: ActionKind,
+
     /// What a memory alert leads to: `log` (alert only), `stop` (SIGSTOP
     /// the offender) or `kill` (SIGKILL it; a child it forks meanwhile dies
     /// at birth). Protected processes are never signalled.

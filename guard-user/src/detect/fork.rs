@@ -240,6 +240,14 @@ impl ForkDetector {
         }
     }
 
+    /// The last births of `cgroup`, newest first (to name an offender).
+    pub fn recent(&self, cgroup: &str) -> Vec<NodeId> {
+        self.populations
+            .get(cgroup)
+            .map(|p| p.recent.iter().rev().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Cgroups with live processes or recent births: those to sample.
     pub fn populated(&self) -> Vec<CgroupKey> {
         self.populations

@@ -4,6 +4,7 @@
 pub mod blocked;
 pub mod crashloop;
 pub mod fork;
+pub mod leak;
 pub mod memory;
 pub mod subtree;
 pub mod switches;
@@ -14,4 +15,5 @@ pub struct Detectors {
     pub crashloop: crashloop::CrashLoopDetector,
     pub blocked: blocked::BlockedDetector,
     pub memory: memory::MemoryDetector,
+    pub leak: leak::LeakDetector,
 }

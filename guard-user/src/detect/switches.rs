@@ -11,7 +11,8 @@
 //! `fork`, the cgroup is not judged and the program is never the offender
 //! (what it starts is judged on its own); `memory`, the program is never
 //! the offender and a pool whose cgroup matches raises nothing; `blocked`,
-//! the task is neither reported nor counted in a storm.
+//! the task is neither reported nor counted in a storm; `leak`, the cgroup
+//! is not judged and the program is never the offender.
 
 use std::fmt;
 
@@ -24,14 +25,16 @@ pub enum Detector {
     Memory,
     Crashloop,
     Blocked,
+    Leak,
 }
 
 impl Detector {
-    pub const ALL: [Detector; 4] = [
+    pub const ALL: [Detector; 5] = [
         Detector::Fork,
         Detector::Memory,
         Detector::Crashloop,
         Detector::Blocked,
+        Detector::Leak,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Detector {
             Detector::Memory => "memory",
             Detector::Crashloop => "crashloop",
             Detector::Blocked => "blocked",
+            Detector::Leak => "leak",
         }
     }
 }
@@ -85,7 +89,7 @@ pub fn parse_ignore(text: &str) -> Result<IgnoreRule, String> {
                 .find(|d| d.name() == name)
                 .ok_or_else(|| {
                     format!(
-                        "{text:?}: no detector {name:?}; choose fork, memory, crashloop or blocked"
+                        "{text:?}: no detector {name:?}; choose fork, memory, crashloop, blocked or leak"
                     )
                 })?,
         ),
