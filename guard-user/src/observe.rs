@@ -114,8 +114,10 @@ pub fn memcg_usage(dir: &str) -> Option<crate::detect::memory::MemUsage> {
     })
 }
 
-/// A process's bytes that reclaim cannot take back: `RssAnon` +
-/// `RssShmem` of /proc/PID/status (counters: no lock on its memory map).
+/// A process's memory that reclaim cannot take back without swap, and
+/// what it has in swap already: `RssAnon` + `RssShmem` + `VmSwap` of
+/// /proc/PID/status (counters: no lock on its memory map). With swap
+/// counted, a runaway being swapped out still shows its growth.
 pub fn process_unreclaimable(tgid: u32) -> Option<u64> {
     parse_status_unreclaimable(&std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?)
 }
@@ -126,7 +128,24 @@ pub fn parse_status_unreclaimable(text: &str) -> Option<u64> {
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     };
-    Some((kb("RssAnon:")? + kb("RssShmem:").unwrap_or(0)) << 10)
+    Some((kb("RssAnon:")? + kb("RssShmem:").unwrap_or(0) + kb("VmSwap:").unwrap_or(0)) << 10)
+}
+
+/// Pages swapped in, and anon pages refaulted (`workingset_refault_anon`,
+/// 5.9+; else every refault), since boot, from /proc/vmstat.
+pub fn swap_activity() -> Option<(u64, u64)> {
+    parse_swap_activity(&std::fs::read_to_string("/proc/vmstat").ok()?)
+}
+
+pub fn parse_swap_activity(text: &str) -> Option<(u64, u64)> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok())?
+        })
+    };
+    let refaults = field("workingset_refault_anon").or_else(|| field("workingset_refault"))?;
+    Some((field("pswpin")?, refaults))
 }
 
 /// The host as a pool: MemTotal − MemAvailable of MemTotal.
@@ -222,6 +241,28 @@ pub fn parse_pressure(text: &str) -> Option<MemoryPressure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_memory_counts_anon_shmem_and_swap() {
+        let status = "Name:\tworker\nVmRSS:\t  500 kB\nRssAnon:\t  300 kB\nRssFile:\t  150 kB\n\
+                      RssShmem:\t   50 kB\nVmSwap:\t  100 kB\n";
+        assert_eq!(parse_status_unreclaimable(status), Some(450 << 10));
+        assert_eq!(
+            parse_status_unreclaimable("Name:\tkthreadd\n"),
+            None,
+            "no mm"
+        );
+    }
+
+    #[test]
+    fn swap_activity_prefers_anon_refaults() {
+        let vmstat =
+            "pswpin 120\npswpout 900\nworkingset_refault_anon 77\nworkingset_refault_file 5\n";
+        assert_eq!(parse_swap_activity(vmstat), Some((120, 77)));
+        let old = "pswpin 3\nworkingset_refault 9\n";
+        assert_eq!(parse_swap_activity(old), Some((3, 9)));
+        assert_eq!(parse_swap_activity("nr_free_pages 1\n"), None);
+    }
 
     #[test]
     fn memory_limits_on_v1_and_v2() {

@@ -23,7 +23,7 @@ use crate::{
         blocked::{BlockedTask, BlockedVerdict},
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
         fork::{CgroupKey, ForkVerdict, find_offender},
-        memory::{Grower, HOST, MemoryVerdict, PoolKey},
+        memory::{Grower, HOST, MemoryRule, MemoryVerdict, PoolKey},
         subtree,
         switches::{Detector, Ignore},
     },
@@ -78,6 +78,9 @@ const THREADS_KEPT: usize = 65536;
 
 /// A snapshot of a pool's members: (when, tgid → unreclaimable bytes).
 type Baseline = (u64, HashMap<u32, u64>);
+
+/// Swap-ins and refaults a second, each, that make the host thrashing.
+const THRASHING_PAGES_PER_SEC: f64 = 256.0;
 
 /// How often a growing pool's members are snapshotted.
 const BASELINE_EVERY_NS: u64 = 15_000_000_000;
@@ -208,6 +211,10 @@ pub struct Pipeline<W: Write> {
     /// Per memory pool, up to two snapshots (time, tgid → unreclaimable
     /// bytes) taken while it grew: what subtree growth is measured from.
     baselines: HashMap<PoolKey, std::collections::VecDeque<Baseline>>,
+    /// The last /proc/vmstat swap counters (time, pswpin, refaults), and
+    /// the host's memory pressure at the last reading, when it was under it.
+    last_swap: Option<(u64, u64, u64)>,
+    pressure_now: Option<Value>,
     /// Every event lost so far, in the kernel and the agent's queue.
     losses: Option<LossCounter>,
     /// Its value at the last recount.
@@ -262,6 +269,8 @@ impl<W: Write> Pipeline<W> {
             oom_victims: HashSet::new(),
             exempt_pids: HashSet::new(),
             baselines: HashMap::new(),
+            last_swap: None,
+            pressure_now: None,
             thread_depth: HashMap::new(),
             exempt_cgroups: HashSet::new(),
             losses: None,
@@ -829,6 +838,42 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// Judges whether the host is under memory pressure now: every task
+    /// stalled on memory for [`PSI_FULL_PRESSURE`] percent of the last 10 s,
+    /// or pages swapped in and refaulted both faster than
+    /// [`THRASHING_PAGES_PER_SEC`] (thrashing: what was swapped out is
+    /// needed again at once).
+    fn host_pressure(&mut self, now: u64) {
+        let psi = observe::memory_pressure();
+        let swap = observe::swap_activity();
+        let rates = match (self.last_swap, swap) {
+            (Some((t, a, b)), Some((x, y))) if now > t => {
+                let secs = (now - t) as f64 / 1e9;
+                Some((
+                    x.saturating_sub(a) as f64 / secs,
+                    y.saturating_sub(b) as f64 / secs,
+                ))
+            }
+            _ => None,
+        };
+        self.last_swap = swap.map(|(a, b)| (now, a, b));
+        let stalled = psi.is_some_and(|p| p.full_avg10 >= PSI_FULL_PRESSURE);
+        let thrashing = rates.is_some_and(|(swapin, refault)| {
+            swapin >= THRASHING_PAGES_PER_SEC && refault >= THRASHING_PAGES_PER_SEC
+        });
+        self.pressure_now = (stalled || thrashing).then(|| {
+            json!({
+                "psi_full_avg10": psi.map(|p| p.full_avg10),
+                "psi_some_avg10": psi.map(|p| p.some_avg10),
+                "swapin_pages_per_sec": rates.map(|r| r.0.round()),
+                "refaults_per_sec": rates.map(|r| r.1.round()),
+            })
+        });
+        self.detectors
+            .memory
+            .host_pressure(now, stalled || thrashing);
+    }
+
     /// Reads every memory pool guard knows of, and the host's.
     pub fn sample_memory(&mut self, now: u64) {
         for pool in self.detectors.memory.pools() {
@@ -852,6 +897,7 @@ impl<W: Write> Pipeline<W> {
                 None => {}
             }
         }
+        self.host_pressure(now);
         if let Some(host) = observe::host_memory() {
             let key = PoolKey::from(HOST);
             let before = self.detectors.memory.usage(HOST).map(|u| u.unreclaimable);
@@ -1058,13 +1104,25 @@ impl<W: Write> Pipeline<W> {
 
     /// Writes a memory alert and queues the action it leads to.
     fn memory_alert(&mut self, v: &MemoryVerdict) -> io::Result<()> {
-        let request = self.memory_request(
-            "memory",
-            v.rule.name(),
-            &v.pool,
-            v.usage.unreclaimable,
-            &v.growers,
-        );
+        // Host pressure may come from outside the scope: only a host-wide
+        // guard acts on it, and only on a subtree that grew by a sixteenth
+        // of the host's memory.
+        let pressure_only = v.rule == MemoryRule::Pressure && !self.scope.cgroups.is_empty();
+        let request = self
+            .memory_request(
+                "memory",
+                v.rule.name(),
+                &v.pool,
+                v.usage.unreclaimable,
+                &v.growers,
+            )
+            .filter(|r| {
+                v.rule != MemoryRule::Pressure
+                    || (!pressure_only
+                        && r.offender["growth_bytes"]
+                            .as_u64()
+                            .is_some_and(|g| g >= v.usage.limit / 16))
+            });
         let limit = v.usage.limit.max(1);
         let mut fields = vec![
             ("detector", json!("memory")),
@@ -1086,9 +1144,19 @@ impl<W: Write> Pipeline<W> {
                 json!(v.eta_ns.map(|e| (e as f64 / 1e8).round() / 10.0)),
             ),
         ];
+        if v.rule == MemoryRule::Pressure {
+            fields.push(("pressure", self.pressure_now.clone().unwrap_or(Value::Null)));
+        }
         let Some(request) = request else {
             fields.push(("offender", Value::Null));
-            fields.push(("note", json!("no unprotected process grew in this pool")));
+            fields.push((
+                "note",
+                json!(if pressure_only {
+                    "the host is under memory pressure; with --cgroup, guard does not act on it (the cause may be outside the scope)"
+                } else {
+                    "no unprotected process grew enough in this pool"
+                }),
+            ));
             return self.out.record("alert", &fields);
         };
         fields.push(("offender", request.offender.clone()));

@@ -57,14 +57,15 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
         }
         Some("precision") => crate::precision::bench(&workspace.join("target")),
         Some("memory") => memory_bench(workspace, rounds),
+        Some("memory-collective") => collective_bench(rounds),
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
         Some("fork-bomb") => bomb_bench(workspace, rounds),
         Some("ctx-switch") => ctx_switch_bench(workspace, rounds),
         Some("blocked-storm") => storm_bench(workspace, rounds),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch, blocked-storm, memory \
-                 or precision"
+                "unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch, blocked-storm, memory, \
+                 memory-collective or precision"
             )
         }
     }
@@ -553,6 +554,113 @@ fn memory_bench(workspace: &Path, rounds: u32) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"bench": "memory", "target": "100% stopped before the OOM killer", "rates": figures})
+    );
+    collective_bench(rounds)
+}
+
+/// One round of a collective runaway: (stopped before the OOM killer with
+/// the bystander alive, taken whole at its root, headroom MiB, seconds to
+/// act).
+fn collective_round(slug: &str, script: &str) -> Result<(bool, bool, Option<f64>, Option<f64>)> {
+    let cg = TestCgroup::new(&format!("bench-{slug}"), 1024, 1 << 30);
+    let scope = cg
+        .memory_dir()
+        .canonicalize()?
+        .to_string_lossy()
+        .into_owned();
+    let mut agent = guard_tests::Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--mem-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let w = guard_tests::workload_bin();
+    let mut bystander = cg.spawn_bash(&format!("exec {} alloc 200 600", w.display()));
+    std::thread::sleep(Duration::from_millis(2000));
+    let started = Instant::now();
+    let mut runaway = cg.spawn_bash(script);
+    let root = u64::from(runaway.id());
+    let action = agent.try_wait_for(Duration::from_secs(40), |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let took = started.elapsed().as_secs_f64();
+    // Judged before the cgroup is emptied.
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = matches!(bystander.try_wait(), Ok(None));
+    let oom_kills = cg.oom_kills();
+    cg.kill_all();
+    let _ = runaway.wait();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    drop(agent.stop());
+    let Some(action) = action else {
+        return Ok((false, false, None, None));
+    };
+    let headroom = action["usage_before_bytes"]
+        .as_u64()
+        .map(|u| ((1u64 << 30).saturating_sub(u)) as f64 / f64::from(1 << 20));
+    let whole = action["offender"]["pid"].as_u64() == Some(root);
+    Ok((oom_kills == 0 && alive, whole, headroom, Some(took)))
+}
+
+/// The collective shapes of the incidents, in a 1 GiB memory cgroup beside
+/// a bystander holding 200 MiB: a runner whose workers all grow, at
+/// several worker counts and rates, and a server spawning children that
+/// each hold 30 MiB and never exit, at two rates.
+fn collective_bench(rounds: u32) -> Result<()> {
+    let w = guard_tests::workload_bin();
+    let w = w.display();
+    let mut shapes: Vec<(String, String)> = Vec::new();
+    for (workers, rate) in [(2, 100), (4, 60), (8, 30)] {
+        shapes.push((
+            format!("runner, {workers} workers x {rate} MiB/s"),
+            format!(
+                "for i in $(seq {workers}); do {w} grow {rate} 400 120 > /dev/null & done; wait"
+            ),
+        ));
+    }
+    for per_sec in [5, 10] {
+        shapes.push((
+            format!("server, {per_sec} children/s x 30 MiB"),
+            format!(
+                "while :; do {w} alloc 30 600 > /dev/null & sleep {:.2}; done",
+                1.0 / f64::from(per_sec)
+            ),
+        ));
+    }
+    println!(
+        "collective memory runaways in a 1 GiB cgroup beside a 200 MiB bystander, {rounds} rounds each:"
+    );
+    println!(
+        "| shape | stopped before the OOM killer, bystander alive | taken whole at its root | headroom left, median | time to act, median |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut figures = Vec::new();
+    for (i, (name, script)) in shapes.iter().enumerate() {
+        let (mut stopped, mut whole, mut headroom, mut took) = (0, 0, Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let (s, w, h, t) = collective_round(&format!("coll{i}"), script)?;
+            eprintln!(
+                "{name} round {round}/{rounds}: stopped {s}, whole {w}, headroom {h:?} MiB, {t:?} s"
+            );
+            stopped += usize::from(s);
+            whole += usize::from(w);
+            headroom.extend(h);
+            took.extend(t);
+        }
+        println!(
+            "| {name} | {stopped}/{rounds} | {whole}/{rounds} | {:.0} MiB | {:.1} s |",
+            median(&mut headroom),
+            median(&mut took)
+        );
+        figures.push(serde_json::json!({"shape": name, "stopped": stopped, "whole": whole,
+            "rounds": rounds, "headroom_median_mib": median(&mut headroom), "act_median_secs": median(&mut took)}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "memory_collective", "target": "every round stopped, bystander alive", "shapes": figures})
     );
     Ok(())
 }

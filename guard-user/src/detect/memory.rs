@@ -59,6 +59,9 @@ pub struct MemUsage {
 pub enum MemoryRule {
     Horizon,
     Headroom,
+    /// The host stalls on memory (thrashing, with swap, before any limit
+    /// or OOM kill): see [`MemoryDetector::host_pressure`].
+    Pressure,
 }
 
 impl MemoryRule {
@@ -66,6 +69,7 @@ impl MemoryRule {
         match self {
             MemoryRule::Horizon => "memory_limit_trend",
             MemoryRule::Headroom => "memory_headroom",
+            MemoryRule::Pressure => "memory_pressure",
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct MemoryDetector {
     rules: MemoryRules,
     pools: HashMap<PoolKey, Pool>,
     procs: HashMap<u32, ProcMem>,
+    /// (time, whether the host was under memory pressure then).
+    pressure: VecDeque<(u64, bool)>,
 }
 
 impl MemoryDetector {
@@ -118,7 +124,38 @@ impl MemoryDetector {
             rules,
             pools: HashMap::new(),
             procs: HashMap::new(),
+            pressure: VecDeque::new(),
         }
+    }
+
+    /// Whether the host is under memory pressure now: tasks stall on memory
+    /// (PSI `full`), or pages are swapped back in and refaulted as fast as
+    /// they go out (see `pipeline`). With swap, a runaway makes the host
+    /// thrash long before MemAvailable runs out: sustained for
+    /// `sustain_ns`, that is a verdict on the host's pool.
+    pub fn host_pressure(&mut self, now: u64, under: bool) {
+        self.pressure.push_back((now, under));
+        while self
+            .pressure
+            .front()
+            .is_some_and(|&(t, _)| t + 2 * self.rules.sustain_ns < now)
+        {
+            self.pressure.pop_front();
+        }
+    }
+
+    /// Pressure at every reading of the last `sustain_ns`, and readings
+    /// that cover it.
+    fn sustained_pressure(&self, now: u64) -> bool {
+        let since = now.saturating_sub(self.rules.sustain_ns);
+        let recent: Vec<bool> = self
+            .pressure
+            .iter()
+            .filter(|&&(t, _)| t >= since)
+            .map(|&(_, p)| p)
+            .collect();
+        let covered = self.pressure.front().is_some_and(|&(t, _)| t <= since);
+        covered && recent.len() >= MIN_RUN_SAMPLES && recent.iter().all(|&p| p)
     }
 
     pub fn rules(&self) -> MemoryRules {
@@ -297,6 +334,8 @@ impl MemoryDetector {
                 Some(MemoryRule::Headroom)
             } else if sustained && eta_ns.is_some_and(|eta| eta <= rules.horizon_ns) {
                 Some(MemoryRule::Horizon)
+            } else if &**key == HOST && self.sustained_pressure(now) {
+                Some(MemoryRule::Pressure)
             } else {
                 None
             };
@@ -357,6 +396,7 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    const NS: u64 = 1_000_000_000;
     const MIB: u64 = 1 << 20;
 
     fn rules() -> MemoryRules {
@@ -498,5 +538,46 @@ mod tests {
         assert_eq!(d.growers(&p, 5_100 * MS)[0].growth, 64 * MIB);
         d.gone(7);
         assert!(d.growers(&p, 5_100 * MS).is_empty());
+    }
+
+    #[test]
+    fn a_thrashing_host_is_a_verdict_before_its_memory_runs_out() {
+        let rules = MemoryRules {
+            horizon_ns: 10 * NS,
+            headroom_pct: 80.0,
+            window_ns: 2 * NS,
+            sustain_ns: 2 * NS,
+        };
+        let host = PoolKey::from(HOST);
+        let usage = |u: u64| MemUsage {
+            unreclaimable: u << 20,
+            usage: u << 20,
+            limit: 2048 << 20,
+        };
+        // With swap, MemTotal - MemAvailable sits at 60% while the host
+        // thrashes: neither headroom nor horizon.
+        let mut d = MemoryDetector::new(rules);
+        let mut first = None;
+        for i in 0..20u64 {
+            let now = i * 250 * MS;
+            d.sample(now, &host, usage(1200 + i % 2));
+            d.host_pressure(now, i >= 4);
+            if first.is_none() && !d.check(now).is_empty() {
+                first = Some(now);
+            }
+        }
+        let at = first.expect("a pressure verdict");
+        assert!(
+            (3 * NS..=4 * NS).contains(&at),
+            "2 s of pressure from 1 s: {at}"
+        );
+        // Pressure that comes and goes is none.
+        let mut d = MemoryDetector::new(rules);
+        for i in 0..40u64 {
+            let now = i * 250 * MS;
+            d.sample(now, &host, usage(1200));
+            d.host_pressure(now, i % 4 != 0);
+            assert!(d.check(now).is_empty(), "at {i}");
+        }
     }
 }
