@@ -252,6 +252,21 @@ mod tests {
     }
 
     #[test]
+    fn a_protected_ancestor_in_the_middle_splits_the_tree() {
+        // shell -> sshd (protected, in the middle) -> session -> job: the
+        // walk up from the job stops below sshd; the shell above it is
+        // never reached.
+        let mut l = Lineage::default();
+        let shell = l.add(None, &info(10));
+        let sshd = l.add(Some(shell), &info(2));
+        let session = l.add(Some(sshd), &info(30));
+        let job = l.add(Some(session), &info(31));
+        let o = offender(&l, &[grew(shell, 5, 5), grew(job, 0, 500)], protected).expect("offender");
+        assert_eq!(o.node, job, "{o:?}");
+        assert!(o.share > 0.99);
+    }
+
+    #[test]
     fn deep_trees_and_reparented_orphans_add_up_at_the_root() {
         // root -> a -> b -> c -> d (each a generation), the middle ones
         // dead (their children re-parented), the leaves growing equally in
