@@ -30,18 +30,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-/// What a detector's verdict leads to (`--fork-action`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionKind {
-    /// Alert only.
-    Log,
-    /// Freeze the whole offending subtree (SIGSTOP).
-    Stop,
-    /// Kill the whole offending subtree (SIGKILL; members that fork meanwhile
-    /// are killed by the fork probe at that moment).
-    Kill,
-}
+use crate::kernel_scope::BudgetLimits;
+use crate::policy::ActionKind;
 
 /// How a process is doing, from /proc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,33 +80,6 @@ pub trait System {
     /// Has the fork probe leave the cgroup directory `dir` alone (and what
     /// is below it).
     fn exempt_cgroup(&self, _dir: &str) {}
-}
-
-/// The explosion rule as the fork probe applies it to a watched subtree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BudgetLimits {
-    pub window_ns: u64,
-    pub max_births: u32,
-    pub min_growth: u32,
-    pub min_depth: u32,
-    /// SIGKILL or SIGSTOP.
-    pub signal: i32,
-}
-
-impl BudgetLimits {
-    /// The fork detector's explosion rule, enforced with `action`'s signal.
-    pub fn new(rules: &crate::detect::fork::ForkRules, action: ActionKind) -> Self {
-        Self {
-            window_ns: rules.window_ns,
-            max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
-            min_growth: rules.growth,
-            min_depth: rules.depth,
-            signal: match action {
-                ActionKind::Stop => libc::SIGSTOP,
-                _ => libc::SIGKILL,
-            },
-        }
-    }
 }
 
 /// A member of the subtree to contain.
@@ -179,11 +142,8 @@ pub fn contain(
     // dies at that moment, so the subtree only shrinks. (Stopping first, as
     // a freezer would, lets every fork of a not-yet-stopped member leave a
     // new running child behind: measured, it let a bash bomb reach pids.max.)
-    let passes: &[i32] = match kind {
-        ActionKind::Stop => &[libc::SIGSTOP],
-        _ => &[libc::SIGKILL],
-    };
-    for &signal in passes {
+    {
+        let signal = kind.signal();
         sys.condemn(tag, signal);
         let pass_deadline = started + deadline;
         // A member killed by the fork probe leaves its newborn child behind

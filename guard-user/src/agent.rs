@@ -16,8 +16,8 @@ use tokio::{
 };
 
 use crate::{
-    act::{ActionKind, BudgetLimits, LiveSystem, Outcome, ResponseMaps, System, contain},
-    cgroup::{Hierarchies, is_within},
+    act::{LiveSystem, Outcome, ResponseMaps, System, contain},
+    cgroup::Hierarchies,
     cli::{Args, Color},
     clock::WallClock,
     decode::Event,
@@ -31,55 +31,16 @@ use crate::{
         switches::{Detector, Ignore},
     },
     kernel_scope,
+    kernel_scope::BudgetLimits,
     loader::{self, LoadOptions},
     output::{Format, Output, ThreadedStdout},
     pipeline::{ActionRequest, Pipeline, Settings},
-    proctable::{ProcInfo, ProcessTable, default_proc_root},
+    policy::ActionKind,
+    proctable::{ProcessTable, default_proc_root},
     protect::Protection,
+    scope::Scope,
     source::{self, BlockedMaps, KernelDrops, SourceStats},
 };
-
-/// Which processes the stream (and later every action) covers.
-#[derive(Clone, Debug, Default)]
-pub struct Scope {
-    /// (hierarchy index, cgroup directory).
-    pub cgroups: Vec<(usize, String)>,
-}
-
-impl Scope {
-    /// Resolves `--cgroup` paths; the first one's hierarchy becomes primary.
-    pub fn resolve(paths: &[std::path::PathBuf], hierarchies: &mut Hierarchies) -> Result<Self> {
-        let mut cgroups = Vec::new();
-        for path in paths {
-            cgroups.push(
-                hierarchies
-                    .resolve_dir(path)
-                    .with_context(|| format!("--cgroup {}", path.display()))?,
-            );
-        }
-        if let Some(&(index, _)) = cgroups.first() {
-            hierarchies.primary = index;
-        }
-        Ok(Scope { cgroups })
-    }
-
-    pub fn contains(&self, process: Option<&ProcInfo>) -> bool {
-        match process {
-            Some(p) => self.contains_cgroups(&p.cgroups),
-            None => self.cgroups.is_empty(),
-        }
-    }
-
-    /// Whether a process with these cgroups is in scope (no scope: all).
-    pub fn contains_cgroups(&self, set: &crate::cgroup::CgroupSet) -> bool {
-        self.cgroups.is_empty()
-            || self.cgroups.iter().any(|(index, dir)| {
-                set.get(*index)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|own| is_within(own, dir))
-            })
-    }
-}
 
 /// How the run ended.
 #[derive(Debug, PartialEq, Eq)]

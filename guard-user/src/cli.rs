@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::PathBuf};
 use clap::{Parser, ValueEnum};
 use guard_common::EventKind;
 
-use crate::act::ActionKind;
+use crate::policy::ActionKind;
 
 #[derive(Debug, Parser)]
 #[command(

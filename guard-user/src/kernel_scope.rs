@@ -19,12 +19,31 @@ use std::os::unix::fs::MetadataExt as _;
 use anyhow::{Context as _, Result};
 use guard_common::{ABSENT, COMM_LEN, SCOPE_IN, SCOPE_PROTECTED};
 
-use crate::{
-    act::{ActionKind, BudgetLimits},
-    agent::Scope,
-    cgroup::Hierarchies,
-    protect::Protected,
-};
+use crate::{cgroup::Hierarchies, policy::ActionKind, protect::Protected, scope::Scope};
+
+/// The explosion rule as the fork probe applies it to a watched subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetLimits {
+    pub window_ns: u64,
+    pub max_births: u32,
+    pub min_growth: u32,
+    pub min_depth: u32,
+    /// SIGKILL or SIGSTOP.
+    pub signal: i32,
+}
+
+impl BudgetLimits {
+    /// The fork detector's explosion rule, enforced with `action`'s signal.
+    pub fn new(rules: &crate::detect::fork::ForkRules, action: ActionKind) -> Self {
+        Self {
+            window_ns: rules.window_ns,
+            max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
+            min_growth: rules.growth,
+            min_depth: rules.depth,
+            signal: action.signal(),
+        }
+    }
+}
 
 /// The hierarchy the fork probe reads a task's cgroup in.
 #[derive(Clone, Debug, PartialEq, Eq)]

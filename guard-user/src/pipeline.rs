@@ -13,8 +13,7 @@ use guard_common::{EventKind, KIND_SLOTS};
 use serde_json::{Value, json};
 
 use crate::{
-    act::{ActionKind, BudgetLimits, Member, Outcome, ProcState, System},
-    agent::Scope,
+    act::{Member, Outcome, ProcState, System},
     cli::KindSet,
     clock::WallClock,
     decode::{Event, ExitStatus},
@@ -27,10 +26,14 @@ use crate::{
         subtree,
         switches::{Detector, Ignore},
     },
+    kernel_scope::BudgetLimits,
     observe,
     output::{Context, Output, human_duration},
+    policy::ActionKind,
     proctable::{Lineage, NodeId, ProcessTable},
     protect::Protection,
+    scope::Scope,
+    source::{BlockedBookkeeping, LossCounter},
 };
 
 /// What the stream shows and what verdicts lead to.
@@ -150,16 +153,6 @@ fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId)
         .collect()
 }
 
-/// What the kernel's blocked-task maps need after a snapshot.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct BlockedBookkeeping {
-    /// (task, since_ns) of blockings reported: ask the kernel for an
-    /// `unblocked` record when they end.
-    pub watch: Vec<(u64, u64)>,
-    /// Tasks released without that record: drop their request.
-    pub forget: Vec<u64>,
-}
-
 pub struct Counters {
     pub seen: [u64; KIND_SLOTS as usize],
     pub shown: u64,
@@ -227,9 +220,6 @@ pub struct Pipeline<W: Write> {
 
 /// How far behind the kernel the pipeline may be to count as caught up.
 const CAUGHT_UP_NS: u64 = 200_000_000;
-
-/// Reads how many events were lost so far (see `source::loss_counter`).
-pub type LossCounter = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl<W: Write> Pipeline<W> {
     pub fn new(
@@ -1819,10 +1809,7 @@ impl<W: Write> Pipeline<W> {
         self.active.remove(&request.tag);
         self.watched.remove(&request.tag);
         self.tagged.retain(|_, (tag, _)| *tag != request.tag);
-        let signals = match request.kind {
-            ActionKind::Stop => "SIGSTOP",
-            _ => "SIGKILL",
-        };
+        let signals = crate::output::signal_name(request.kind.signal());
         let mut fields = action_fields(request, false);
         fields.extend([
             ("signals", json!(signals)),

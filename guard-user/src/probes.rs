@@ -259,7 +259,7 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
 pub fn fork_guard_config(
     btf: &Btf,
     scope: &crate::kernel_scope::KernelScope,
-    rule: crate::act::BudgetLimits,
+    rule: crate::kernel_scope::BudgetLimits,
 ) -> Result<ForkGuardConfig> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
     let resolve = || -> Result<ForkGuardConfig> {

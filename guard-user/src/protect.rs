@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::{
-    agent::Scope,
     cgroup::{Hierarchies, Interner, is_within},
     decode::Comm,
     proctable::LineageNode,
+    scope::Scope,
 };
 
 /// Service managers and session daemons, by comm: never signalled, so that

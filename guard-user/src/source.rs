@@ -23,7 +23,6 @@ use tokio::{
 use crate::{
     decode::{Comm, Event, decode},
     detect::blocked::BlockedTask,
-    pipeline::BlockedBookkeeping,
 };
 
 /// Pause after each drain before waiting for the ring buffer again. The
@@ -105,17 +104,27 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceSt
     true
 }
 
+/// Reads how many events were lost so far (see [`loss_counter`]).
+pub type LossCounter = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// Counts every event lost so far, in the kernel (`DROPS`: one read of
 /// each slot) and in the agent's queue. Read on the 1 s tick and before an
 /// explosion verdict is acted on, not per event.
-pub fn loss_counter(
-    drops: Arc<PerCpuArray<MapData, u64>>,
-    stats: Arc<SourceStats>,
-) -> crate::pipeline::LossCounter {
+pub fn loss_counter(drops: Arc<PerCpuArray<MapData, u64>>, stats: Arc<SourceStats>) -> LossCounter {
     Box::new(move || {
         let kernel = KernelDrops::read(&drops).map_or(0, |k| k.total());
         kernel + stats.queue_full.load(Ordering::Relaxed)
     })
+}
+
+/// What the kernel's blocked-task maps need after a snapshot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BlockedBookkeeping {
+    /// (task, since_ns) of blockings reported: ask the kernel for an
+    /// `unblocked` record when they end.
+    pub watch: Vec<(u64, u64)>,
+    /// Tasks released without that record: drop their request.
+    pub forget: Vec<u64>,
 }
 
 /// The kernel's record of tasks in uninterruptible sleep (`BLOCKED`), and
