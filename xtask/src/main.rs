@@ -36,8 +36,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, build, then run every test: unit tests, and the root
-    /// integration tests against this kernel, one at a time.
+    /// Set up, build, check formatting and clippy (host crates and the eBPF
+    /// crate), then run every test: unit tests, and the root integration
+    /// tests against this kernel, one at a time.
     Test {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
@@ -187,14 +188,24 @@ fn setup() -> Result<()> {
         "nightly",
     ]))
     .unwrap_or_default();
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    for component in ["rust-src", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+    // The lints `test` runs on the default toolchain.
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for component in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
     }
 
     // 2. LLVM 22 (bpf-linker links against it) and the tools the tests drive.
@@ -266,7 +277,41 @@ fn build() -> Result<()> {
     ]))
 }
 
+/// The lints CI holds the code to: formatting, and clippy with warnings
+/// denied, for the host crates and for the eBPF crate on its own target.
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(workspace())
+        .env("PATH", path_with_cargo_bin())
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "guard-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--target-dir",
+            "target/ebpf-clippy",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+}
+
 fn test(filter: Option<&str>) -> Result<()> {
+    lint()?;
     // Unit tests: pure logic, no root needed.
     run(cargo().args([
         "test",
