@@ -1,0 +1,209 @@
+//! The blocked-task glue: snapshots of the kernel's map turned into
+//! records, and a storm's memory runaway.
+
+use super::*;
+
+impl<W: Write> Pipeline<W> {
+    /// Why a blocked-task storm looks like memory pressure: the host's PSI,
+    /// recent reclaim stalls, pools past the headroom line.
+    pub(super) fn storm_pressure(&self, now: u64) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(p) = observe::memory_pressure()
+            && p.full_avg10 >= PSI_FULL_PRESSURE
+        {
+            reasons.push(format!(
+                "memory PSI full avg10 {:.1}% (every task stalled on memory)",
+                p.full_avg10
+            ));
+        }
+        if let Some(at) = self.last_reclaim_stall_ns
+            && now.saturating_sub(at) <= RECENT_RECLAIM_NS
+        {
+            reasons.push(format!(
+                "reclaim stalls, the last {} ago",
+                human_duration(now.saturating_sub(at))
+            ));
+        }
+        for (pool, pct) in self.detectors.memory.near_limit() {
+            reasons.push(format!("{pool} at {pct:.0}% of its memory limit"));
+        }
+        reasons
+    }
+
+    /// The memory runaway a storm under pressure is blamed on, as an
+    /// action of the memory detector's policy.
+    pub(super) fn storm_runaway(&mut self, now: u64) -> Option<ActionRequest> {
+        let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
+        let mut request = self.memory_request(
+            "blocked",
+            "blocked_storm",
+            &pool,
+            usage.unreclaimable,
+            &growers,
+        )?;
+        if let Some(o) = request.offender.as_object_mut() {
+            o.insert("memory_cgroup".into(), json!(&*pool));
+        }
+        Some(request)
+    }
+
+    /// Feeds the blocked-task rule the kernel's `BLOCKED` map as read now:
+    /// reports tasks past the threshold (with where they wait), releases,
+    /// and storms. Returns what the kernel's maps need.
+    pub fn sample_blocked(
+        &mut self,
+        now: u64,
+        tasks: &[BlockedTask],
+    ) -> io::Result<BlockedBookkeeping> {
+        if !self.settings.runs(Detector::Blocked) {
+            return Ok(BlockedBookkeeping::default());
+        }
+        let ignore = &self.settings.ignore_blocked;
+        let in_scope: Vec<BlockedTask> = tasks
+            .iter()
+            .filter(|t| {
+                let process = self.table.get(t.tgid);
+                let program = process
+                    .and_then(|p| self.table.lineage().get(p.node))
+                    .and_then(|n| n.exe.clone());
+                let cgroup = process.and_then(|p| p.cgroup(self.primary));
+                self.scope.contains(process)
+                    && !ignore.matches(program.as_deref(), cgroup.map(|c| &**c))
+            })
+            .cloned()
+            .collect();
+        let changes = self.detectors.blocked.snapshot(now, &in_scope);
+        let mut book = BlockedBookkeeping::default();
+        for task in &changes.crossed {
+            let wait = observe::task_wait(task.tgid, task.pid);
+            let process = self.table.get(task.tgid);
+            self.out.record(
+                "blocked",
+                &[
+                    ("pid", json!(task.pid)),
+                    ("tgid", json!(task.tgid)),
+                    ("comm", json!(task.comm.to_string())),
+                    (
+                        "cgroup",
+                        json!(process.and_then(|p| p.cgroup(self.primary)).map(|c| &**c)),
+                    ),
+                    (
+                        "kernel_thread",
+                        json!(process.is_some_and(|p| p.kernel_thread)),
+                    ),
+                    ("since_ns", json!(task.since_ns)),
+                    (
+                        "blocked_ms",
+                        json!(now.saturating_sub(task.since_ns) / 1_000_000),
+                    ),
+                    ("killable", json!(task.killable)),
+                    ("wchan", json!(wait.wchan)),
+                    ("stack", json!(wait.frames)),
+                ],
+            )?;
+            self.detectors.blocked.report(now, task, wait);
+            book.watch.push((task.task, task.since_ns));
+        }
+        for released in &changes.released {
+            self.out.record(
+                "unblocked",
+                &[
+                    ("pid", json!(released.pid)),
+                    ("since_ns", json!(released.since_ns)),
+                    ("blocked_ms", json!(released.blocked_ns / 1_000_000)),
+                    ("killable", json!(released.killable)),
+                    ("approximate", json!(true)),
+                ],
+            )?;
+            book.forget.push(released.task);
+        }
+        match self.detectors.blocked.check(now) {
+            Some(BlockedVerdict::Storm {
+                count,
+                killable,
+                pids,
+                shared,
+                longest_ns,
+            }) => {
+                let pressure = self.storm_pressure(now);
+                let runaway = if pressure.is_empty() {
+                    None
+                } else {
+                    self.storm_runaway(now)
+                };
+                let note = match (&runaway, pressure.is_empty()) {
+                    (_, true) => {
+                        "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
+                    }
+                    (Some(_), false) => {
+                        "the storm comes with memory pressure: its offender is the memory runaway, \
+                         and --mem-action applies to it (tasks in D state cannot be killed)"
+                    }
+                    (None, false) => {
+                        "the storm comes with memory pressure, but no unprotected process grew \
+                         in scope (tasks in D state cannot be killed)"
+                    }
+                };
+                let psi = observe::memory_pressure();
+                let mut fields = vec![
+                    ("detector", json!("blocked")),
+                    ("rule", json!("blocked_storm")),
+                    ("count", json!(count)),
+                    ("killable", json!(killable)),
+                    (
+                        "threshold_secs",
+                        json!(self.detectors.blocked.rules().threshold_ns as f64 / 1e9),
+                    ),
+                    ("longest_ms", json!(longest_ns / 1_000_000)),
+                    (
+                        "shared_wait",
+                        json!(shared.as_ref().map(|s| json!({
+                            "frames": s.frames,
+                            "tasks": s.tasks,
+                        }))),
+                    ),
+                    (
+                        "memory_pressure",
+                        json!({
+                            "psi": psi.map(|p| json!({
+                                "some_avg10": p.some_avg10,
+                                "full_avg10": p.full_avg10,
+                            })),
+                            "reasons": pressure,
+                        }),
+                    ),
+                    ("pids", json!(pids)),
+                ];
+                match runaway {
+                    Some(request) => {
+                        fields.push(("offender", request.offender.clone()));
+                        fields.push(("action", json!(request.kind)));
+                        fields.push(("note", json!(note)));
+                        self.out.record("alert", &fields)?;
+                        self.queue(request)?;
+                    }
+                    None => {
+                        fields.push(("offender", Value::Null));
+                        fields.push(("action", json!("log")));
+                        fields.push(("note", json!(note)));
+                        self.out.record("alert", &fields)?;
+                    }
+                }
+            }
+            Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
+                self.out.record(
+                    "resolved",
+                    &[
+                        ("detector", json!("blocked")),
+                        ("rule", json!("blocked_storm")),
+                        ("peak", json!(peak)),
+                        ("lasted_ms", json!(lasted_ns / 1_000_000)),
+                    ],
+                )?;
+            }
+            None => {}
+        }
+        self.out.flush()?;
+        Ok(book)
+    }
+}

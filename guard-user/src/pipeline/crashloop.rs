@@ -1,0 +1,85 @@
+//! The crash-loop glue: alerts, and the supervisor a loop may stop.
+
+use super::*;
+
+impl<W: Write> Pipeline<W> {
+    /// Why the supervisor of a crash loop must not be stopped; `None` when
+    /// it may be (see `--crashloop-action`).
+    pub(super) fn supervisor_spared(&self, supervisor: u32) -> Option<&'static str> {
+        let Some(p) = self.table.get(supervisor) else {
+            return Some("the supervisor is unknown");
+        };
+        let Some(node) = self.table.lineage().get(p.node) else {
+            return Some("the supervisor is unknown");
+        };
+        // Service managers and session daemons are protected by name (see
+        // `protect::SUPERVISORS`): stopping one would stop all it runs.
+        self.protection.why(node)
+    }
+
+    pub(super) fn crash_loop_alert(&mut self, l: &CrashLoop) -> io::Result<()> {
+        let statuses: Vec<String> = l
+            .statuses
+            .iter()
+            .map(|s| match s {
+                ExitStatus::Exited(code) => format!("exit {code}"),
+                ExitStatus::Signaled { signal, .. } => {
+                    crate::output::signal_name(*signal).to_owned()
+                }
+            })
+            .collect();
+        let supervisor = self.table.get(l.key.supervisor).map(|p| p.comm.to_string());
+        let (action, spared) = match self.settings.crashloop_action {
+            ActionKind::Log => (ActionKind::Log, None),
+            kind => match self.supervisor_spared(l.key.supervisor) {
+                Some(why) => (ActionKind::Log, Some(why)),
+                None => (kind, None),
+            },
+        };
+        self.out.record(
+            "alert",
+            &[
+                ("detector", json!("crashloop")),
+                ("rule", json!("crash_loop")),
+                ("program", json!(&*l.key.program)),
+                ("cgroup", json!(l.key.cgroup.as_deref())),
+                (
+                    "unit",
+                    json!(l.key.cgroup.as_deref().and_then(systemd_unit)),
+                ),
+                (
+                    "supervisor",
+                    json!({"pid": l.key.supervisor, "comm": supervisor}),
+                ),
+                ("crashes", json!(l.crashes)),
+                ("window_secs", json!(l.window_ns / 1_000_000_000)),
+                ("per_minute", json!((l.per_minute * 10.0).round() / 10.0)),
+                ("statuses", json!(statuses)),
+                ("last_pid", json!(l.last_pid)),
+                ("action", json!(action)),
+                ("not_stopped_because", json!(spared)),
+            ],
+        )?;
+        if action == ActionKind::Log {
+            return Ok(());
+        }
+        let Some(node) = self.table.get(l.key.supervisor).map(|p| p.node) else {
+            return Ok(());
+        };
+        let request = ActionRequest {
+            detector: "crashloop",
+            rule: "crash_loop",
+            tag: node,
+            root: Some(node),
+            kind: action,
+            offender: self.describe_offender(node, 1),
+            members: vec![Member {
+                tgid: l.key.supervisor,
+                born_ns: self.table.lineage().get(node).map_or(0, |n| n.born_ns),
+            }],
+            pool: None,
+            follow_ups: 0,
+        };
+        self.queue(request)
+    }
+}

@@ -1,0 +1,520 @@
+//! The fork guard's glue: the kernel's lineage tags and budgets of
+//! suspected subtrees, ignore exemptions in the fork probe, the pids
+//! readings, and the probe's condemnations turned into alerts and actions.
+
+use super::*;
+
+impl<W: Write> Pipeline<W> {
+    /// Tags `root`'s subtree with `tag`, in the kernel and in `tagged`. Each member's
+    /// "since" is taken after its kernel tag is in place: a child born later
+    /// got the tag from the fork probe.
+    pub(super) fn follow(&mut self, root: NodeId, tag: u64) {
+        let members = unprotected_members(self.table.lineage(), &self.protection, root);
+        self.tagged.insert(root, (tag, WallClock::boot_ns_now()));
+        for m in members {
+            // A member the kernel cannot tag any more is dying (a zombie,
+            // killed by the fork probe, say): it is followed all the same,
+            // so that its exit is not taken for a crash.
+            if let Some(system) = &self.system {
+                system.tag(m.tgid, m.born_ns, tag);
+            }
+            if let Some(node) = self.table.get(m.tgid).map(|p| p.node) {
+                self.tagged.insert(node, (tag, WallClock::boot_ns_now()));
+            }
+        }
+    }
+
+    /// A child born to a tagged subtree joins it.
+    pub(super) fn follow_birth(&mut self, child: NodeId, tgid: u32, born_ns: u64) {
+        let lineage = self.table.lineage();
+        let Some(parent) = lineage.get(child).and_then(|n| n.parent) else {
+            return;
+        };
+        let Some(&(tag, since)) = self.tagged.get(&parent) else {
+            return;
+        };
+        if lineage
+            .get(child)
+            .is_some_and(|n| self.protection.why(n).is_some())
+        {
+            return;
+        }
+        if born_ns > since {
+            // The fork probe passed the tag on: nothing to do in the kernel.
+            self.tagged.insert(child, (tag, born_ns));
+            return;
+        }
+        self.tagged.insert(child, (tag, WallClock::boot_ns_now()));
+        if let Some(system) = &self.system {
+            system.tag(tgid, born_ns, tag);
+        }
+    }
+
+    /// A tagged process that became protected (exec'd into a protected
+    /// program, moved out of scope or into a protected cgroup) loses its
+    /// tag, in the kernel too: the fork probe knows nothing of protection.
+    pub(super) fn untag_if_protected(&mut self, node: NodeId, tgid: u32) {
+        let protected = self
+            .table
+            .lineage()
+            .get(node)
+            .is_some_and(|n| self.protection.why(n).is_some());
+        if protected {
+            self.tagged.remove(&node);
+            if let Some(system) = &self.system {
+                system.untag(tgid);
+            }
+        }
+    }
+
+    /// Tags the suspected subtree of every armed cgroup ahead of an alert,
+    /// and forgets the watch once nothing is armed or acted on.
+    pub(super) fn watch_armed(&mut self) {
+        if self.settings.fork_action == ActionKind::Log
+            || self.settings.dry_run
+            || self.settings.kernel_tags
+        {
+            return;
+        }
+        let armed = self.detectors.fork.armed_populations();
+        if armed.is_empty() && self.active.is_empty() && !self.watched.is_empty() {
+            // Quiet again: the kernel's budgets (and a condemnation one of
+            // them made, if the agent's own rule never followed) end too.
+            if let Some(system) = &self.system {
+                for &tag in &self.watched {
+                    system.unbudget(tag);
+                    system.release(tag);
+                }
+            }
+            self.watched.clear();
+            self.tagged.clear();
+            return;
+        }
+        for (_, recent) in armed {
+            let protection = &self.protection;
+            let Some(suspect) = find_offender(self.table.lineage(), &recent, |n| protection.why(n))
+            else {
+                continue;
+            };
+            if self.watched.insert(suspect.node) {
+                tracing::debug!(
+                    "watching the subtree of {} (tag {})",
+                    suspect.tgid,
+                    suspect.node
+                );
+                self.follow(suspect.node, suspect.node);
+                self.budget(suspect.node);
+            }
+        }
+    }
+
+    /// Has the fork probe apply the explosion rule to a watched subtree, so
+    /// that it is condemned the moment the rule is met even when the agent
+    /// is not running then (measured: under a bash bomb the agent's thread
+    /// can go 100–300 ms without the CPU).
+    pub(super) fn budget(&self, tag: NodeId) {
+        let Some(system) = &self.system else {
+            return;
+        };
+        let live = self.tagged.values().filter(|(t, _)| *t == tag).count() as u64;
+        let limits = BudgetLimits::new(&self.detectors.fork.rules(), self.settings.fork_action);
+        system.budget(tag, live, limits);
+    }
+
+    /// The detector's key for a process: its pids-hierarchy cgroup, when it
+    /// is in scope and not protected as a kernel thread.
+    pub(super) fn population_key(
+        &self,
+        cgroups: &crate::cgroup::CgroupSet,
+        kernel_thread: bool,
+    ) -> Option<CgroupKey> {
+        if kernel_thread || !self.scope.contains_cgroups(cgroups) {
+            return None;
+        }
+        cgroups.get(self.pids_index).cloned().flatten()
+    }
+
+    /// Counts the processes already alive at start.
+    pub fn seed_detector(&mut self, now: u64) {
+        let keys: Vec<CgroupKey> = self
+            .table
+            .processes()
+            .filter_map(|p| self.population_key(&p.cgroups, p.kernel_thread))
+            .collect();
+        for key in keys {
+            self.exempt_cgroup_if_ignored(&key);
+            self.detectors.fork.present(now, &key);
+        }
+    }
+
+    /// Cgroups exempted in the fork probe before it attached.
+    pub fn exempted(&mut self, dirs: &[String]) {
+        self.exempt_cgroups
+            .extend(dirs.iter().map(|d| Arc::from(d.as_str())));
+    }
+
+    /// Whether the fork probe judges by itself, with ignore rules to honour.
+    pub(super) fn exempts(&self) -> bool {
+        self.settings.kernel_tags && !self.settings.ignore_fork.is_empty()
+    }
+
+    /// A cgroup the fork detector ignores is one the fork probe leaves
+    /// alone too.
+    pub(super) fn exempt_cgroup_if_ignored(&mut self, dir: &Arc<str>) {
+        if self.exempts()
+            && !self.exempt_cgroups.contains(dir)
+            && self.settings.ignore_fork.cgroup(Some(dir))
+            && let Some(system) = &self.system
+        {
+            system.exempt_cgroup(dir);
+            self.exempt_cgroups.insert(dir.clone());
+        }
+    }
+
+    /// Keeps the fork probe's exemptions in step with the process: an
+    /// ignored program from its exec to its exit, an ignored cgroup from
+    /// the first process seen in it.
+    pub(super) fn track_exemptions(&mut self, event: &Event, p: &crate::proctable::ProcInfo) {
+        if !self.exempts() {
+            return;
+        }
+        match event {
+            Event::Exec(_) => {
+                let exe = self.table.lineage().get(p.node).and_then(|n| n.exe.clone());
+                let ignored = self.settings.ignore_fork.program(exe.as_deref());
+                if ignored != self.exempt_pids.contains(&p.tgid)
+                    && let Some(system) = &self.system
+                {
+                    system.exempt_pid(p.tgid, ignored);
+                    if ignored {
+                        self.exempt_pids.insert(p.tgid);
+                    } else {
+                        self.exempt_pids.remove(&p.tgid);
+                    }
+                }
+            }
+            Event::Exit(e) if e.group_dead => {
+                if self.exempt_pids.remove(&p.tgid)
+                    && let Some(system) = &self.system
+                {
+                    system.exempt_pid(p.tgid, false);
+                }
+            }
+            Event::Fork(_) | Event::CgroupAttach(_) => {
+                if let Some(dir) = p.cgroups.get(self.pids_index).cloned().flatten() {
+                    self.exempt_cgroup_if_ignored(&dir);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Feeds the trend rule: pids.current and pids.max of every populated
+    /// cgroup with a limit, and the host's task count.
+    pub fn sample_pids(&mut self, now: u64) {
+        for key in self.detectors.fork.populated() {
+            let Some((current, limit)) = observe::cgroup_pids(&key) else {
+                continue;
+            };
+            self.detectors.leak.sample(now, &key, current, limit);
+            if limit.is_some() {
+                self.detectors.fork.pids_sample(now, &key, current, limit);
+            }
+        }
+        if let Some((total, limit)) = observe::host_pids() {
+            self.detectors
+                .fork
+                .pids_sample(now, &Arc::from(HOST), total, Some(limit));
+        }
+    }
+
+    /// The tag the fork probe gave the subtree rooted at `root_tgid`, found
+    /// on the root or one of its first members.
+    pub(super) fn probe_tag_of(&self, root_tgid: u32, members: &[Member]) -> Option<u64> {
+        let system = self.system.as_ref()?;
+        if !self.settings.kernel_tags {
+            return None;
+        }
+        std::iter::once(root_tgid)
+            .chain(members.iter().take(8).map(|m| m.tgid))
+            .filter_map(|tgid| system.tag_of(tgid))
+            .find(|&tag| guard_common::auto_tag_root(tag) == Some(root_tgid))
+    }
+
+    /// Whether an action is under way on `node`'s subtree (under its own
+    /// tag, or one it carries).
+    pub(super) fn acting_on(&self, node: NodeId) -> bool {
+        self.active.contains(&node)
+            || self
+                .tagged
+                .get(&node)
+                .is_some_and(|(tag, _)| self.active.contains(tag))
+    }
+
+    /// The fork probe condemned a subtree on its budget: its members that
+    /// fork die (with their newborn child) from now on. Alerts, and has the
+    /// agent signal the members that do not fork. The root of a subtree the
+    /// probe tagged by itself is found by walking up from the member whose
+    /// fork met the rule (it may have exited already: lineage keeps it).
+    pub(super) fn kernel_condemned(&mut self, c: &crate::decode::Condemned) -> io::Result<()> {
+        if self.settings.fork_action == ActionKind::Log
+            || self.settings.dry_run
+            || self.active.contains(&c.tag)
+        {
+            return Ok(());
+        }
+        let lineage = self.table.lineage();
+        let root = match c.root_tgid {
+            None => lineage.get(c.tag).is_some().then_some(c.tag),
+            Some(root_tgid) => self.table.get(c.forker_tgid).and_then(|forker| {
+                let own = lineage.get(forker.node).map(|n| (forker.node, n));
+                own.into_iter()
+                    .chain(lineage.ancestors(forker.node))
+                    .find(|(_, n)| n.tgid == root_tgid)
+                    .map(|(id, _)| id)
+            }),
+        };
+        if let Some(root) = root
+            && self.acting_on(root)
+        {
+            return Ok(());
+        }
+        // An ignored subtree (tagged before its cgroup was exempted, or
+        // rooted at an ignored program): the probe signals none of it (it
+        // is protected there now); the condemnation ends.
+        let ignored = root.and_then(|r| lineage.get(r)).is_some_and(|n| {
+            let cgroup = n.cgroups.get(self.pids_index).cloned().flatten();
+            self.settings
+                .ignore_fork
+                .matches(n.exe.as_deref(), cgroup.as_deref())
+        });
+        if ignored {
+            if let Some(system) = &self.system {
+                system.release(c.tag);
+                system.unbudget(c.tag);
+            }
+            tracing::info!(
+                "the fork probe condemned subtree {}, which --ignore leaves alone",
+                c.tag
+            );
+            return Ok(());
+        }
+        let members = root.map_or_else(Vec::new, |r| {
+            unprotected_members(lineage, &self.protection, r)
+        });
+        let offender = match root {
+            Some(r) => self.describe_offender(r, members.len()),
+            None => json!({ "pid": c.root_tgid, "note": "gone before guard knew it" }),
+        };
+        let cgroup = root
+            .and_then(|r| self.table.lineage().get(r))
+            .and_then(|n| n.cgroups.get(self.pids_index).cloned().flatten());
+        let window_s = c.window_ns as f64 / 1e9;
+        self.out.record(
+            "alert",
+            &[
+                ("detector", json!("fork")),
+                ("rule", json!("explosion")),
+                ("condemned_by_kernel", json!(true)),
+                ("cgroup", json!(cgroup.as_deref())),
+                ("births", json!(c.births)),
+                (
+                    "births_per_sec",
+                    json!((c.births as f64 / window_s.max(1e-9)).round()),
+                ),
+                ("growth", json!(c.growth)),
+                ("deep_births", json!(c.deep_births)),
+                ("window_ms", json!(c.window_ns / 1_000_000)),
+                ("offender", offender.clone()),
+                ("action", json!(self.settings.fork_action)),
+            ],
+        )?;
+        let request = ActionRequest {
+            detector: "fork",
+            rule: "explosion",
+            tag: c.tag,
+            root,
+            kind: self.settings.fork_action,
+            offender,
+            members,
+            pool: None,
+            follow_ups: 0,
+        };
+        self.active.insert(c.tag);
+        if let Some(r) = root {
+            self.follow(r, c.tag);
+        }
+        self.pending.push(request);
+        Ok(())
+    }
+
+    /// The fork rules' verdicts: alerts, and the actions they lead to.
+    pub(super) fn fork_verdicts(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
+        let mut requests = Vec::new();
+        let mut verdicts = self.detectors.fork.check(now);
+        if !self.settings.runs(Detector::Fork) {
+            verdicts.clear();
+        }
+        // An explosion judged on counts that lost events may have inflated
+        // is no verdict: recount, and judge again from there.
+        let recounted = verdicts
+            .iter()
+            .any(|v| matches!(v, ForkVerdict::Explosion { .. }))
+            && self.recount_after_losses(now);
+        for verdict in verdicts {
+            if recounted && matches!(verdict, ForkVerdict::Explosion { .. }) {
+                continue;
+            }
+            let (rule, cgroup, recent, mut figures) = match &verdict {
+                ForkVerdict::Explosion {
+                    cgroup,
+                    births,
+                    births_per_sec,
+                    growth,
+                    deep_births,
+                    live,
+                    window_ns,
+                    recent,
+                } => (
+                    "explosion",
+                    cgroup.clone(),
+                    recent.clone(),
+                    vec![
+                        ("births", json!(births)),
+                        ("births_per_sec", json!(births_per_sec.round())),
+                        ("growth", json!(growth)),
+                        ("deep_births", json!(deep_births)),
+                        ("live", json!(live)),
+                        ("window_ms", json!(window_ns / 1_000_000)),
+                    ],
+                ),
+                ForkVerdict::LimitTrend {
+                    cgroup,
+                    current,
+                    limit,
+                    per_sec,
+                    eta_ns,
+                    recent,
+                } => (
+                    "pids_limit_trend",
+                    cgroup.clone(),
+                    recent.clone(),
+                    vec![
+                        ("current", json!(current)),
+                        ("limit", json!(limit)),
+                        ("per_sec", json!((per_sec * 100.0).round() / 100.0)),
+                        ("eta_secs", json!((*eta_ns as f64 / 1e8).round() / 10.0)),
+                        ("eta", json!(human_duration(*eta_ns))),
+                    ],
+                ),
+            };
+            if self.settings.ignore_fork.cgroup(Some(&cgroup)) {
+                continue;
+            }
+            let lineage = self.table.lineage();
+            let protection = &self.protection;
+            let ignore = &self.settings.ignore_fork;
+            let offender = find_offender(lineage, &recent, |n| {
+                protection
+                    .why(n)
+                    .or_else(|| ignore.program(n.exe.as_deref()).then_some("ignored"))
+            });
+            let mut fields = vec![
+                ("detector", json!("fork")),
+                ("rule", json!(rule)),
+                ("cgroup", json!(&*cgroup)),
+            ];
+            fields.append(&mut figures);
+            let Some(offender) = offender else {
+                fields.push(("offender", Value::Null));
+                fields.push(("note", json!("no unprotected process behind the growth")));
+                self.out.record("alert", &fields)?;
+                continue;
+            };
+            if self.acting_on(offender.node) {
+                // Condemned by the fork probe already, and being contained.
+                continue;
+            }
+            let members = unprotected_members(lineage, protection, offender.node);
+            let described = self.describe_offender(offender.node, members.len());
+            // The subtree may carry the fork probe's own tag already: act
+            // under it, so that the probe's budget and condemnation and the
+            // agent's signals are one; and say so when the probe condemned
+            // it first (its record may still be on its way).
+            let probe_tag = self.probe_tag_of(offender.tgid, &members);
+            if let (Some(t), Some(system)) = (probe_tag, &self.system)
+                && system.is_condemned(t)
+            {
+                fields.push(("condemned_by_kernel", json!(true)));
+            }
+            fields.push(("offender", described.clone()));
+            fields.push(("action", json!(self.settings.fork_action)));
+            self.out.record("alert", &fields)?;
+            if self.settings.fork_action == ActionKind::Log || self.active.contains(&offender.node)
+            {
+                continue;
+            }
+            let tag = probe_tag.unwrap_or(offender.node);
+            let request = ActionRequest {
+                detector: "fork",
+                rule,
+                tag,
+                root: Some(offender.node),
+                kind: self.settings.fork_action,
+                offender: described,
+                members,
+                pool: None,
+                follow_ups: 0,
+            };
+            if self.settings.dry_run {
+                self.dry_run(&request)?;
+            } else {
+                self.active.insert(request.tag);
+                self.follow(offender.node, request.tag);
+                requests.push(request);
+            }
+        }
+        Ok(requests)
+    }
+
+    /// When events were lost since the last look, the live counts the fork
+    /// detector kept from births and exits are unknown: drops table entries
+    /// whose process is gone and recounts every population from the table.
+    /// True when it recounted.
+    pub fn recount_after_losses(&mut self, now: u64) -> bool {
+        let Some(total) = self.losses.as_ref().map(|count| count()) else {
+            return false;
+        };
+        if total == self.losses_seen {
+            return false;
+        }
+        self.losses_seen = total;
+        let mut counts: HashMap<CgroupKey, u32> = HashMap::new();
+        for p in self.table.processes() {
+            if let Some(key) = self.population_key(&p.cgroups, p.kernel_thread)
+                && self.table.exists(p.tgid)
+            {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        self.detectors.fork.recount(now, &counts);
+        self.sweep_pending = true;
+        tracing::info!(
+            "events were lost: recounted the processes of {} cgroups",
+            counts.len()
+        );
+        true
+    }
+
+    /// Drops table entries whose exit may have been lost, once the pipeline
+    /// has caught up with the kernel: while it still works through a
+    /// backlog (a frozen or starved agent), the events ahead refer to
+    /// processes that are gone by now, and need their entries.
+    pub fn sweep_if_caught_up(&mut self, now: u64) {
+        if self.sweep_pending && now.saturating_sub(self.last_event_ns) < CAUGHT_UP_NS {
+            self.sweep_pending = false;
+            let swept = self.table.sweep();
+            tracing::debug!("dropped {swept} stale process-table entries");
+        }
+    }
+}

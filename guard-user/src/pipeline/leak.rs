@@ -1,0 +1,90 @@
+//! The leak rule's glue: its alert with the projections, and the action.
+
+use super::*;
+
+impl<W: Write> Pipeline<W> {
+    /// Writes a leak alert, with its projection toward whichever limit
+    /// comes first, and queues the action it leads to.
+    pub(super) fn leak_alert(&mut self, v: &crate::detect::leak::LeakVerdict) -> io::Result<()> {
+        let recent = self.detectors.fork.recent(&v.cgroup);
+        let ignore = &self.settings.ignore_leak;
+        let protection = &self.protection;
+        let offender = find_offender(self.table.lineage(), &recent, |n| {
+            protection
+                .why(n)
+                .or_else(|| ignore.program(n.exe.as_deref()).then_some("ignored"))
+        });
+        let per_sec = v.per_min / 60.0;
+        let pids_eta = v
+            .limit
+            .filter(|_| per_sec > 0.0)
+            .map(|limit| limit.saturating_sub(v.now) as f64 / per_sec);
+        // Memory: the pool the leaking processes count against, at the
+        // memory each task holds now.
+        let pool = offender
+            .as_ref()
+            .and_then(|o| self.table.lineage().get(o.node))
+            .map(|n| n.cgroups.clone());
+        let pool = match pool {
+            Some(cgroups) => self
+                .pool_of(&cgroups)
+                .unwrap_or_else(|| PoolKey::from(HOST)),
+            None => PoolKey::from(HOST),
+        };
+        let memory = if &*pool == HOST {
+            observe::host_memory()
+        } else {
+            observe::memcg_usage(&pool)
+        };
+        let memory_eta = memory.filter(|_| v.now > 0 && per_sec > 0.0).map(|m| {
+            let per_task = m.unreclaimable as f64 / v.now as f64;
+            m.limit.saturating_sub(m.unreclaimable) as f64 / (per_task * per_sec).max(1.0)
+        });
+        let first = match (pids_eta, memory_eta) {
+            (Some(p), Some(m)) => Some(if p <= m { "pids" } else { "memory" }),
+            (Some(_), None) => Some("pids"),
+            (None, Some(_)) => Some("memory"),
+            (None, None) => None,
+        };
+        let round = |s: Option<f64>| s.map(|s| (s * 10.0).round() / 10.0);
+        let mut fields = vec![
+            ("detector", json!("leak")),
+            ("rule", json!("leak")),
+            ("cgroup", json!(&*v.cgroup)),
+            ("tasks_now", json!(v.now)),
+            ("tasks_before", json!(v.before)),
+            ("window_secs", json!(v.window_ns / 1_000_000_000)),
+            ("per_min", json!((v.per_min * 10.0).round() / 10.0)),
+            ("pids_limit", json!(v.limit)),
+            ("pids_eta_secs", json!(round(pids_eta))),
+            ("memory_pool", json!(&*pool)),
+            ("memory_bytes", json!(memory.map(|m| m.unreclaimable))),
+            ("memory_limit_bytes", json!(memory.map(|m| m.limit))),
+            ("memory_eta_secs", json!(round(memory_eta))),
+            ("runs_out_first", json!(first)),
+        ];
+        let Some(offender) = offender else {
+            fields.push(("offender", Value::Null));
+            return self.out.record("alert", &fields);
+        };
+        let members = unprotected_members(self.table.lineage(), &self.protection, offender.node);
+        let described = self.describe_offender(offender.node, members.len());
+        fields.push(("offender", described.clone()));
+        fields.push(("action", json!(self.settings.leak_action)));
+        self.out.record("alert", &fields)?;
+        if self.settings.leak_action == ActionKind::Log || members.is_empty() {
+            return Ok(());
+        }
+        self.queue(ActionRequest {
+            detector: "leak",
+            rule: "leak",
+            tag: offender.node,
+            root: Some(offender.node),
+            kind: self.settings.leak_action,
+            offender: described,
+            members,
+            pool: None,
+            follow_ups: 0,
+        })
+    }
+}

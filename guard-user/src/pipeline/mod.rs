@@ -1,0 +1,637 @@
+//! The per-event stages after decode: process table (enrich) → detectors →
+//! action requests → output. Owns their state; `agent` feeds it events and
+//! clock ticks, runs the actions it requests (through `act`), and hands the
+//! outcomes back.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, Write},
+    sync::Arc,
+};
+
+mod blocked;
+mod crashloop;
+mod fork;
+mod leak;
+mod memory;
+
+use guard_common::{EventKind, KIND_SLOTS};
+use serde_json::{Value, json};
+
+use crate::{
+    act::{Member, Outcome, ProcState, System},
+    cli::KindSet,
+    clock::WallClock,
+    decode::{Event, ExitStatus},
+    detect::{
+        Detectors,
+        blocked::{BlockedTask, BlockedVerdict},
+        crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
+        fork::{CgroupKey, ForkVerdict, find_offender},
+        memory::{Grower, HOST, MemoryRule, MemoryVerdict, PoolKey},
+        subtree,
+        switches::{Detector, Ignore},
+    },
+    kernel_scope::BudgetLimits,
+    observe,
+    output::{Context, Output, human_duration},
+    policy::ActionKind,
+    proctable::{Lineage, NodeId, ProcessTable},
+    protect::Protection,
+    scope::Scope,
+    source::{BlockedBookkeeping, LossCounter},
+};
+
+/// What the stream shows and what verdicts lead to.
+pub struct Settings {
+    pub events: KindSet,
+    pub threads: bool,
+    pub fork_action: ActionKind,
+    pub mem_action: ActionKind,
+    /// `log` or `stop` (of the restarting supervisor).
+    pub crashloop_action: ActionKind,
+    pub dry_run: bool,
+    /// The fork probe tags and budgets every subtree in scope by itself
+    /// (see `kernel_scope`): the agent's own early watch is not needed.
+    pub kernel_tags: bool,
+    /// Detectors switched off (`--off`, `--crashloop off`).
+    pub off: Vec<Detector>,
+    /// What the fork, memory and blocked-task detectors leave alone (the
+    /// crash-loop detector holds its own).
+    pub ignore_fork: Ignore,
+    pub ignore_memory: Ignore,
+    pub ignore_blocked: Ignore,
+    pub ignore_leak: Ignore,
+    /// What a leak alert leads to.
+    pub leak_action: ActionKind,
+}
+
+impl Settings {
+    pub fn runs(&self, detector: Detector) -> bool {
+        !self.off.contains(&detector)
+    }
+}
+
+/// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
+const PSI_FULL_PRESSURE: f64 = 10.0;
+
+/// Reclaim stalls this recent count as memory pressure for a storm.
+const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
+
+/// Shortest time between two readings of one memory cgroup driven by `rss`
+/// records (a fast allocator crosses a 64 MiB step every few ms).
+const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
+
+/// Threads whose depth is remembered, at most (exits lost: forget them).
+const THREADS_KEPT: usize = 65536;
+
+/// A snapshot of a pool's members: (when, tgid → unreclaimable bytes).
+type Baseline = (u64, HashMap<u32, u64>);
+
+/// Swap-ins and refaults a second, each, that make the host thrashing.
+const THRASHING_PAGES_PER_SEC: f64 = 256.0;
+
+/// How often a growing pool's members are snapshotted.
+const BASELINE_EVERY_NS: u64 = 15_000_000_000;
+
+/// OOM victims remembered until their exit, at most.
+const OOM_VICTIMS_KEPT: usize = 4096;
+
+/// A subtree to contain, for `agent` to run through `act::contain`.
+#[derive(Clone, Debug)]
+pub struct ActionRequest {
+    pub detector: &'static str,
+    pub rule: &'static str,
+    /// The subtree's lineage tag in the kernel: the offender's lineage
+    /// node, or a tag the fork probe gave it (see `guard_common::auto_tag`).
+    pub tag: u64,
+    /// The offender's lineage node, when known (the root of a subtree the
+    /// fork probe tagged may be gone before the agent hears of it).
+    pub root: Option<NodeId>,
+    pub kind: ActionKind,
+    pub offender: Value,
+    pub members: Vec<Member>,
+    /// Memory actions: the pool and its unreclaimable bytes at the alert.
+    pub pool: Option<(PoolKey, u64)>,
+    /// How many follow-ups came before this one (0: the first action).
+    pub follow_ups: u32,
+}
+
+/// Most follow-up rounds after one action: members born before they could
+/// be tagged are caught within one or two; more means they cannot be.
+const MAX_FOLLOW_UPS: u32 = 3;
+
+/// Whether a member in `state` still needs the action's signal: one that is
+/// gone or a zombie never does, nor one that a `stop` has stopped already.
+/// (Taking a stopped member for one left to stop made `stop` request a
+/// follow-up every few ms, for ever, in SCHED_FIFO.)
+fn still_to_contain(kind: ActionKind, state: ProcState) -> bool {
+    match state {
+        ProcState::Gone | ProcState::Zombie => false,
+        ProcState::Stopped => kind == ActionKind::Kill,
+        ProcState::Running => true,
+    }
+}
+
+/// The fields every `action` record starts with.
+fn action_fields(request: &ActionRequest, dry_run: bool) -> Vec<(&'static str, Value)> {
+    vec![
+        ("detector", json!(request.detector)),
+        ("rule", json!(request.rule)),
+        ("action", json!(request.kind)),
+        ("dry_run", json!(dry_run)),
+        ("offender", request.offender.clone()),
+    ]
+}
+
+/// The live members of `root`'s subtree that may be signalled.
+fn unprotected_members(lineage: &Lineage, protection: &Protection, root: NodeId) -> Vec<Member> {
+    lineage
+        .live_descendants(root)
+        .into_iter()
+        .filter_map(|(tgid, id)| {
+            let node = lineage.get(id)?;
+            protection.why(node).is_none().then_some(Member {
+                tgid,
+                born_ns: node.born_ns,
+            })
+        })
+        .collect()
+}
+
+pub struct Counters {
+    pub seen: [u64; KIND_SLOTS as usize],
+    pub shown: u64,
+}
+
+pub struct Pipeline<W: Write> {
+    pub settings: Settings,
+    pub scope: Scope,
+    pub protection: Protection,
+    pub table: ProcessTable,
+    pub detectors: Detectors,
+    pub counters: Counters,
+    pub out: Output<W>,
+    /// Hierarchy whose paths events show.
+    primary: usize,
+    /// Hierarchy the fork detector counts in (where pids.max lives).
+    pids_index: usize,
+    /// Hierarchy of memory limits (v1 memory, else v2).
+    mem_index: Option<usize>,
+    /// Memory cgroup directory → the pool it counts against (itself or the
+    /// nearest ancestor with a limit; `None`: only the host's).
+    pool_of_dir: HashMap<Arc<str>, Option<PoolKey>>,
+    /// Offenders with an action under way.
+    active: HashSet<NodeId>,
+    /// Suspected offenders of armed cgroups, tagged ahead of any alert.
+    watched: HashSet<NodeId>,
+    /// Lineage nodes of subtrees tagged in the kernel (watched, or being
+    /// acted on) → (their tag, since when the node carries it, boot ns). A
+    /// process born to one of them joins (transitively: fork events arrive
+    /// in order). Born after its parent was tagged, it got the tag from the
+    /// fork probe; born before, it is tagged here, so no member escapes.
+    tagged: HashMap<NodeId, (NodeId, u64)>,
+    system: Option<Arc<dyn System + Send + Sync>>,
+    /// Actions decided outside `check` (a storm's memory runaway), handed
+    /// out by the next `check`.
+    pending: Vec<ActionRequest>,
+    /// When a task last stalled in reclaim (in scope), boot ns.
+    last_reclaim_stall_ns: Option<u64>,
+    /// Threads of processes in scope → their depth in threads started by
+    /// threads (the main thread's is its process's).
+    thread_depth: HashMap<u32, u32>,
+    /// Pids of ignored programs (`--ignore fork:program=`) the fork probe
+    /// leaves alone until they exit, and cgroups it leaves alone.
+    exempt_pids: HashSet<u32>,
+    exempt_cgroups: HashSet<Arc<str>>,
+    /// Processes the OOM killer chose, until their exit: their SIGKILL is a
+    /// crash (anyone else's is not).
+    oom_victims: HashSet<u32>,
+    /// Per memory pool, up to two snapshots (time, tgid → unreclaimable
+    /// bytes) taken while it grew: what subtree growth is measured from.
+    baselines: HashMap<PoolKey, std::collections::VecDeque<Baseline>>,
+    /// The last /proc/vmstat swap counters (time, pswpin, refaults), and
+    /// the host's memory pressure at the last reading, when it was under it.
+    last_swap: Option<(u64, u64, u64)>,
+    pressure_now: Option<Value>,
+    /// Every event lost so far, in the kernel and the agent's queue.
+    losses: Option<LossCounter>,
+    /// Its value at the last recount.
+    losses_seen: u64,
+    /// A sweep of the table is due (events were lost).
+    sweep_pending: bool,
+    /// The newest event handled, boot ns.
+    last_event_ns: u64,
+}
+
+/// How far behind the kernel the pipeline may be to count as caught up.
+const CAUGHT_UP_NS: u64 = 200_000_000;
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(
+        settings: Settings,
+        scope: Scope,
+        protection: Protection,
+        table: ProcessTable,
+        detectors: Detectors,
+        out: Output<W>,
+        system: Option<Arc<dyn System + Send + Sync>>,
+    ) -> Self {
+        let h = table.hierarchies();
+        let primary = h.primary;
+        let pids_index = h.pids_index();
+        let mem_index = h.index_of_controller("memory").or_else(|| h.index_of_id(0));
+        Self {
+            settings,
+            scope,
+            protection,
+            table,
+            detectors,
+            counters: Counters {
+                seen: [0; KIND_SLOTS as usize],
+                shown: 0,
+            },
+            out,
+            primary,
+            pids_index,
+            mem_index,
+            pool_of_dir: HashMap::new(),
+            active: HashSet::new(),
+            watched: HashSet::new(),
+            tagged: HashMap::new(),
+            system,
+            pending: Vec::new(),
+            last_reclaim_stall_ns: None,
+            oom_victims: HashSet::new(),
+            exempt_pids: HashSet::new(),
+            baselines: HashMap::new(),
+            last_swap: None,
+            pressure_now: None,
+            thread_depth: HashMap::new(),
+            exempt_cgroups: HashSet::new(),
+            losses: None,
+            losses_seen: 0,
+            sweep_pending: false,
+            last_event_ns: 0,
+        }
+    }
+
+    /// Recount populations whenever `losses` has grown (see
+    /// [`Pipeline::recount_after_losses`]).
+    pub fn with_loss_counter(mut self, losses: LossCounter) -> Self {
+        self.losses_seen = losses();
+        self.losses = Some(losses);
+        self
+    }
+
+    /// Whether an action is under way.
+    pub fn acting(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// Applies one event to the table and the detector, and shows it when it
+    /// passes the filters.
+    pub fn handle(&mut self, event: &Event) -> io::Result<()> {
+        let kind = event.kind();
+        self.last_event_ns = self.last_event_ns.max(event.boot_ns());
+        self.counters.seen[kind as usize] += 1;
+        let moved_from = match event {
+            Event::CgroupAttach(a) => self
+                .table
+                .get(a.tgid)
+                .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
+            _ => None,
+        };
+        // The command of a process about to be removed, for the crash-loop
+        // rule.
+        let (exe, args) = match event {
+            Event::Exit(e) if e.group_dead => self
+                .table
+                .get(e.tgid)
+                .and_then(|p| self.table.lineage().get(p.node))
+                .map_or((None, None), |n| (n.exe.clone(), n.cmdline.clone())),
+            _ => (None, None),
+        };
+        let subject = self.table.apply(event);
+        if let (Event::Exit(e), Some(p)) = (event, &subject)
+            && e.group_dead
+            && self.settings.runs(Detector::Crashloop)
+            && !p.kernel_thread
+            && self.scope.contains_cgroups(&p.cgroups)
+            // A member of a subtree guard watches or acts on dies of guard's
+            // own signal (or is about to): not a crash.
+            && !self.tagged.contains_key(&p.node)
+        {
+            let exit = ExitInfo {
+                key: LoopKey {
+                    program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
+                    args,
+                    cgroup: p.cgroup(self.primary).cloned(),
+                    supervisor: e.ppid,
+                },
+                pid: e.tgid,
+                status: e.status,
+                lifetime_ns: (p.start_boot_ns > 0)
+                    .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
+                oom_killed: self.oom_victims.remove(&e.tgid),
+            };
+            if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
+                self.crash_loop_alert(&crash_loop)?;
+            }
+        }
+        if let Some(p) = &subject {
+            self.track_exemptions(event, p);
+        }
+        if let Event::Condemned(c) = event {
+            self.kernel_condemned(c)?;
+        }
+        if let Event::OomKill(k) = event {
+            if self.oom_victims.len() >= OOM_VICTIMS_KEPT {
+                // Exits lost: forget the oldest guesses wholesale.
+                self.oom_victims.clear();
+            }
+            self.oom_victims.insert(k.pid);
+        }
+        if let Event::Exit(e) = event
+            && e.group_dead
+        {
+            // Out of scope, or a kernel thread: no crash to judge.
+            self.oom_victims.remove(&e.tgid);
+        }
+        self.track_memory(event, subject.as_ref());
+        if let Some(p) = &subject {
+            let key = self.population_key(&p.cgroups, p.kernel_thread);
+            let now = event.boot_ns();
+            if let Event::Fork(f) = event
+                && !f.is_thread()
+                && !self.tagged.is_empty()
+            {
+                self.follow_birth(p.node, p.tgid, p.start_boot_ns);
+            }
+            // An exec (new comm) or a move (out of scope, into a protected
+            // cgroup) can make a tagged process protected.
+            if matches!(event, Event::Exec(_) | Event::CgroupAttach(_))
+                && self.tagged.contains_key(&p.node)
+            {
+                self.untag_if_protected(p.node, p.tgid);
+            }
+            match (event, key) {
+                // Threads are tasks, as pids.max counts them: births and
+                // exits of the population (a thread's depth runs along the
+                // threads that started threads).
+                (Event::Fork(f), Some(key)) => {
+                    let process = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
+                    let depth = if f.is_thread() {
+                        let creator = self.thread_depth.get(&f.parent_pid).copied();
+                        let depth = creator.unwrap_or(process) + 1;
+                        if self.thread_depth.len() >= THREADS_KEPT {
+                            self.thread_depth.clear();
+                        }
+                        self.thread_depth.insert(f.child_pid, depth);
+                        depth
+                    } else {
+                        process
+                    };
+                    self.detectors.fork.birth(now, &key, p.node, depth)
+                }
+                (Event::Exit(e), Some(key)) => {
+                    self.thread_depth.remove(&e.pid);
+                    self.detectors.fork.gone(now, &key)
+                }
+                (Event::CgroupAttach(_), key) if key != moved_from => {
+                    if let Some(old) = &moved_from {
+                        self.detectors.fork.gone(now, old);
+                    }
+                    if let Some(new) = &key {
+                        self.detectors.fork.present(now, new);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Event::Unblocked(u) = event
+            && !self.detectors.blocked.unblocked(u.pid, u.since_ns)
+        {
+            // Already reported released from a snapshot.
+            return Ok(());
+        }
+        let s = &self.settings;
+        if !s.events.contains(kind)
+            || (event.is_thread_level() && !s.threads)
+            || !self.scope.contains(subject.as_ref())
+        {
+            return Ok(());
+        }
+        let ppid = match event {
+            Event::Fork(f) => Some(f.child_ppid),
+            Event::Exit(e) => Some(e.ppid),
+            _ => subject.as_ref().map(|p| p.ppid),
+        };
+        let ctx = Context {
+            comm: subject.as_ref().map(|p| p.comm),
+            ppid,
+            parent_comm: ppid.and_then(|p| self.table.get(p)).map(|p| p.comm),
+            cgroup: subject
+                .as_ref()
+                .and_then(|p| p.cgroup(self.primary))
+                .map(|s| &**s),
+            age_ns: match (event, &subject) {
+                (Event::Exit(e), Some(p)) if p.start_boot_ns > 0 => {
+                    Some(e.boot_ns.saturating_sub(p.start_boot_ns))
+                }
+                _ => None,
+            },
+            memory_cgroup: match (event, self.mem_index) {
+                (Event::OomKill(_), Some(index)) => {
+                    subject.as_ref().and_then(|p| p.cgroup(index)).map(|c| &**c)
+                }
+                _ => None,
+            },
+            lead_ns: match event {
+                Event::HungTask(h) => self
+                    .detectors
+                    .blocked
+                    .reported_at(h.pid)
+                    .map(|at| h.boot_ns.saturating_sub(at)),
+                _ => None,
+            },
+        };
+        self.counters.shown += 1;
+        self.out.event(event, &ctx)
+    }
+
+    /// Queues an action on one process (a memory offender, a crash loop's
+    /// supervisor) for the next `check`, or prints it under --dry-run; once
+    /// per offender at a time. Only that process is tagged (and what it
+    /// forks from now on), not its subtree.
+    fn queue(&mut self, request: ActionRequest) -> io::Result<()> {
+        if request.kind == ActionKind::Log || self.active.contains(&request.tag) {
+            return Ok(());
+        }
+        if self.settings.dry_run {
+            return self.dry_run(&request);
+        }
+        self.active.insert(request.tag);
+        self.pending.push(request);
+        Ok(())
+    }
+
+    /// Evaluates the detectors; writes alerts; returns the actions to run.
+    pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
+        self.watch_armed();
+        self.detectors.crashloop.prune(now);
+        let mut requests = self.fork_verdicts(now)?;
+        for verdict in self.detectors.leak.check(now) {
+            if self.settings.runs(Detector::Leak)
+                && !self.settings.ignore_leak.cgroup(Some(&verdict.cgroup))
+            {
+                self.leak_alert(&verdict)?;
+            }
+        }
+        for verdict in self.detectors.memory.check(now) {
+            if self.settings.runs(Detector::Memory)
+                && !self.settings.ignore_memory.cgroup(Some(&verdict.pool))
+            {
+                self.memory_alert(&verdict)?;
+            }
+        }
+        requests.append(&mut self.pending);
+        self.out.flush()?;
+        Ok(requests)
+    }
+
+    fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {
+        let lineage = self.table.lineage();
+        let Some(n) = lineage.get(node) else {
+            return Value::Null;
+        };
+        let mut described = json!({
+            "pid": n.tgid,
+            "comm": n.comm.to_string(),
+            "alive": n.alive,
+            // From exec records (the probe copies the arguments): reading
+            // /proc/PID/cmdline here would wait on the offender's mmap_lock,
+            // which a forking process holds.
+            "exe": n.exe.as_deref(),
+            "cmdline": n.cmdline.as_deref(),
+            "cgroup": n.cgroups.get(self.primary).cloned().flatten().map(|s| s.to_string()),
+            "subtree_size": subtree,
+        });
+        if let (Some(hex), Some(o)) = (
+            crate::output::text::hex_if_not_utf8(n.comm.as_bytes()),
+            described.as_object_mut(),
+        ) {
+            o.insert("comm_hex".into(), json!(hex));
+        }
+        described
+    }
+
+    fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {
+        let pids: Vec<u32> = request.members.iter().map(|m| m.tgid).collect();
+        let mut fields = action_fields(request, true);
+        fields.push(("members", json!(pids)));
+        self.out.record("action", &fields)
+    }
+
+    /// An action finished: report it. When members of the subtree are still
+    /// alive by the lineage (born before they could be tagged), request a
+    /// follow-up.
+    pub fn action_done(
+        &mut self,
+        request: &ActionRequest,
+        outcome: &Outcome,
+    ) -> io::Result<Vec<ActionRequest>> {
+        self.active.remove(&request.tag);
+        self.watched.remove(&request.tag);
+        self.tagged.retain(|_, (tag, _)| *tag != request.tag);
+        let signals = crate::output::signal_name(request.kind.signal());
+        let mut fields = action_fields(request, false);
+        fields.extend([
+            ("signals", json!(signals)),
+            ("members", json!(request.members.len())),
+            ("outcome", json!(outcome)),
+        ]);
+        if let Some((pool, before)) = &request.pool {
+            let after = if &**pool == HOST {
+                observe::host_memory()
+            } else {
+                observe::memcg_usage(pool)
+            };
+            fields.push(("usage_before_bytes", json!(before)));
+            fields.push(("usage_after_bytes", json!(after.map(|a| a.unreclaimable))));
+            fields.push((
+                "freed_bytes",
+                json!(after.map(|a| before.saturating_sub(a.unreclaimable))),
+            ));
+        }
+        self.out.record("action", &fields)?;
+        self.out.flush()?;
+        if request.detector != "fork" && request.members.len() <= 1 {
+            // An action on one process (a memory hog, a crash loop's
+            // supervisor) has no subtree to follow up on.
+            return Ok(Vec::new());
+        }
+        let Some(root) = request.root else {
+            // Nothing known beyond what the kernel tagged, and `contain`
+            // swept that until it was empty.
+            return Ok(Vec::new());
+        };
+        let Some(system) = &self.system else {
+            return Ok(Vec::new());
+        };
+        let lineage = self.table.lineage();
+        let mut left = unprotected_members(lineage, &self.protection, root);
+        left.retain(|m| still_to_contain(request.kind, system.state(m.tgid)));
+        if left.is_empty() || request.kind == ActionKind::Log {
+            return Ok(Vec::new());
+        }
+        if request.follow_ups >= MAX_FOLLOW_UPS
+            || (request.follow_ups > 0 && outcome.signalled == 0)
+        {
+            // Members the lineage knows that containment can no longer
+            // reach (their pid names another process, or they are about to
+            // die): report them once, and stop.
+            tracing::warn!(
+                "{} members of subtree {} are still running after {} rounds of containment; \
+                 guard stops trying",
+                left.len(),
+                request.tag,
+                request.follow_ups + 1
+            );
+            return Ok(Vec::new());
+        }
+        let follow_up = ActionRequest {
+            members: left,
+            follow_ups: request.follow_ups + 1,
+            ..request.clone()
+        };
+        self.active.insert(follow_up.tag);
+        self.follow(root, follow_up.tag);
+        Ok(vec![follow_up])
+    }
+
+    pub fn seen_by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        EventKind::ALL
+            .iter()
+            .map(|k| (k.name(), self.counters.seen[*k as usize]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_members_are_done_for_stop_and_left_for_kill() {
+        use ProcState::*;
+        let left = |kind| {
+            [Gone, Zombie, Stopped, Running]
+                .into_iter()
+                .filter(|&s| still_to_contain(kind, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(left(ActionKind::Stop), vec![Running]);
+        assert_eq!(left(ActionKind::Kill), vec![Stopped, Running]);
+    }
+}
