@@ -74,6 +74,11 @@ pub trait System {
     fn is_condemned(&self, _tag: u64) -> bool {
         false
     }
+    /// A tag the fork probe gave a subtree rooted at `root_tgid` and has
+    /// condemned, when there is one.
+    fn condemned_root(&self, _root_tgid: u32) -> Option<u64> {
+        None
+    }
     /// Has the fork probe leave `tgid` alone (an ignored program), or no
     /// longer (it exited).
     fn exempt_pid(&self, _tgid: u32, _exempt: bool) {}
@@ -389,6 +394,13 @@ impl System for LiveSystem {
 
     fn is_condemned(&self, tag: u64) -> bool {
         lock(&self.condemned).get(&tag, 0).is_ok()
+    }
+
+    fn condemned_root(&self, root_tgid: u32) -> Option<u64> {
+        lock(&self.condemned)
+            .keys()
+            .filter_map(Result::ok)
+            .find(|&tag| guard_common::auto_tag_root(tag) == Some(root_tgid))
     }
 
     fn exempt_pid(&self, tgid: u32, exempt: bool) {

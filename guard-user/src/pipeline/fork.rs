@@ -239,6 +239,11 @@ impl<W: Write> Pipeline<W> {
             .chain(members.iter().take(8).map(|m| m.tgid))
             .filter_map(|tgid| system.tag_of(tgid))
             .find(|&tag| guard_common::auto_tag_root(tag) == Some(root_tgid))
+            // Every member the probe killed is gone, and its tag with it;
+            // its condemnation of the subtree is still in the kernel's map
+            // until an action releases it (the agent may not have read the
+            // probe's record yet: it was starved, or frozen).
+            .or_else(|| system.condemned_root(root_tgid))
     }
 
     /// Whether an action is under way on `node`'s subtree (under its own
