@@ -9,6 +9,9 @@
 //! change of the wire format on both sides at once.
 #![no_std]
 
+/// `task_struct.flags` bit of a kernel thread.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
 /// Length of a task's `comm` (TASK_COMM_LEN), NUL included.
 pub const COMM_LEN: usize = 16;
 /// Bytes kept of a path (exec filename, cgroup path), NUL included. Longer

@@ -9,8 +9,8 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
-    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ForkBudget, SCOPE_IN, SCOPE_MAX_DEPTH, SCOPE_OUT,
-    auto_tag,
+    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ForkBudget, PF_KTHREAD, SCOPE_IN, SCOPE_MAX_DEPTH,
+    SCOPE_OUT, auto_tag,
 };
 
 use crate::{maps::*, read::*};
@@ -100,8 +100,6 @@ pub(crate) fn shares_memory(parent: *const u8, child: *const u8) -> bool {
     let mm = |task| read::<*const u8>(task, config!(task.mm));
     matches!((mm(parent), mm(child)), (Ok(a), Ok(b)) if a == b && !a.is_null())
 }
-
-pub(crate) const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Tags a subtree at its first fork in scope, when the agent enforces the
 /// fork guard: the forker becomes the root when it may be signalled,

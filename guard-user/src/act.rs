@@ -284,18 +284,7 @@ impl Drop for Pidfd {
 
 /// (state char, start time in clock ticks) of /proc/TGID/stat.
 fn proc_stat(tgid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-    let rest: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    Some((rest.first()?.chars().next()?, rest.get(19)?.parse().ok()?))
-}
-
-fn ticks_per_sec() -> u64 {
-    // SAFETY: sysconf reads a constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    crate::procfs::stat(tgid).map(|s| (s.state, s.start_ticks))
 }
 
 /// A poisoned lock only means another thread panicked mid-call; the map
@@ -318,7 +307,7 @@ impl System for LiveSystem {
             return false;
         }
         if born_ns != 0 {
-            let born_ticks = born_ns / (1_000_000_000 / ticks_per_sec());
+            let born_ticks = born_ns / (1_000_000_000 / crate::procfs::clock_ticks_per_sec());
             if born_ticks.abs_diff(start_ticks) > 1 {
                 return false;
             }

@@ -4,12 +4,9 @@ use std::fmt;
 
 use guard_common::{
     COMM_LEN, CgroupAttachEvent, CondemnedEvent, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    Header, HungTaskEvent, OomKillEvent, ReclaimStallEvent, RssEvent, UnblockedEvent,
+    Header, HungTaskEvent, OomKillEvent, PF_KTHREAD, ReclaimStallEvent, RssEvent, UnblockedEvent,
     auto_tag_root, oom_field, task_state,
 };
-
-/// PF_KTHREAD from include/linux/sched.h.
-const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// A task's comm: at most 15 bytes, kept inline (no allocation per event).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

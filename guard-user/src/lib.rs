@@ -17,6 +17,7 @@
 //! - `clock`: CLOCK_BOOTTIME and its wall-clock mapping.
 //! - `cgroup`: hierarchies (v1, v2, hybrid) and per-process membership.
 //! - `proctable`: live processes and their fork-time lineage (with ghosts).
+//! - `procfs`: /proc/PID/stat, parsed in one place, and the clock tick.
 //! - `observe`: readings of /proc and cgroup files (pids, memory, PSI).
 //! - `scope`: which processes `--cgroup` covers.
 //!
@@ -51,6 +52,7 @@ pub mod output;
 pub mod pipeline;
 pub mod policy;
 pub mod probes;
+pub mod procfs;
 pub mod proctable;
 pub mod protect;
 pub mod scope;

@@ -17,6 +17,7 @@ use std::{
 use crate::{
     cgroup::{CgroupSet, Hierarchies, Interner},
     decode::{Comm, Event},
+    procfs,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,9 +246,6 @@ impl V2Ids {
     }
 }
 
-/// PF_KTHREAD from include/linux/sched.h.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
 impl ProcessTable {
     pub fn new(hierarchies: Arc<Hierarchies>, proc_root: impl Into<PathBuf>) -> Self {
         let v2 = hierarchies.index_of_id(0).map(|index| V2Ids {
@@ -363,7 +361,7 @@ impl ProcessTable {
     fn read_proc(&mut self, tgid: u32) -> Option<ProcInfo> {
         let dir = self.proc_root.join(tgid.to_string());
         let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        let parsed = parse_stat(&stat)?;
+        let parsed = procfs::parse_stat(&stat)?;
         if parsed.state == 'Z' || parsed.state == 'X' {
             return None;
         }
@@ -375,8 +373,9 @@ impl ProcessTable {
             tgid,
             ppid: parsed.ppid,
             comm: Comm::from_str_lossy(&parsed.comm),
-            kernel_thread: parsed.flags & PF_KTHREAD != 0,
-            start_boot_ns: parsed.start_ticks.saturating_mul(1_000_000_000) / clock_ticks_per_sec(),
+            kernel_thread: procfs::is_kernel_thread(parsed.flags),
+            start_boot_ns: parsed.start_ticks.saturating_mul(1_000_000_000)
+                / procfs::clock_ticks_per_sec(),
             cgroups,
             node: 0,
         })
@@ -514,37 +513,6 @@ impl ProcessTable {
     }
 }
 
-struct Stat {
-    comm: String,
-    state: char,
-    ppid: u32,
-    flags: u64,
-    start_ticks: u64,
-}
-
-/// Parses /proc/PID/stat; the comm may hold spaces and parentheses, so the
-/// fields are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    Some(Stat {
-        comm,
-        state: rest.first()?.chars().next()?,
-        ppid: rest.get(1)?.parse().ok()?,
-        flags: rest.get(6)?.parse().ok()?,
-        start_ticks: rest.get(19)?.parse().ok()?,
-    })
-}
-
-fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf reads a constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
-}
-
 /// Path of /proc on this host.
 pub fn default_proc_root() -> &'static Path {
     Path::new("/proc")
@@ -614,7 +582,10 @@ mod tests {
         assert_eq!((p.ppid, p.comm.to_string().as_str()), (1, "my shell"));
         assert_eq!(p.cgroup(1).map(|s| &**s), Some("/sys/fs/cgroup/pids/jobs"));
         // starttime 250 ticks at 100 Hz.
-        assert_eq!(p.start_boot_ns, 250 * 1_000_000_000 / clock_ticks_per_sec());
+        assert_eq!(
+            p.start_boot_ns,
+            250 * 1_000_000_000 / procfs::clock_ticks_per_sec()
+        );
     }
 
     #[test]
@@ -770,13 +741,14 @@ mod tests {
 
     #[test]
     fn stat_with_parentheses_in_comm() {
-        let s = parse_stat("7 (a) (b) R 3 7 7 0 -1 2097152 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0")
-            .expect("parse");
+        let s =
+            procfs::parse_stat("7 (a) (b) R 3 7 7 0 -1 2097152 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0")
+                .expect("parse");
         assert_eq!(
             (s.comm.as_str(), s.state, s.ppid, s.start_ticks),
             ("a) (b", 'R', 3, 99)
         );
-        assert_eq!(s.flags & PF_KTHREAD, PF_KTHREAD);
+        assert!(procfs::is_kernel_thread(s.flags));
     }
 
     /// A temporary directory removed on drop (no extra crate for tests).

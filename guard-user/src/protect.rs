@@ -97,11 +97,7 @@ impl Protection {
         let mut chain = HashSet::new();
         let mut pid = std::process::id();
         while pid > 1 && chain.insert(pid) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse().ok());
-            match ppid {
+            match crate::procfs::stat(pid).map(|s| s.ppid) {
                 Some(p) => pid = p,
                 None => break,
             }
@@ -114,14 +110,8 @@ impl Protection {
     /// it, and a tag it inherited in the kernel does not know about
     /// `--protect`. `None` also when it is gone (nothing to signal).
     pub fn why_now(&self, tgid: u32, hierarchies: &Hierarchies) -> Option<&'static str> {
-        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-        let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
-        let flags: u32 = stat
-            .get(stat.rfind(')')? + 1..)?
-            .split_whitespace()
-            .nth(6)?
-            .parse()
-            .ok()?;
+        let stat = crate::procfs::stat(tgid)?;
+        let (comm, flags) = (stat.comm.as_str(), stat.flags);
         let needs_cgroups = !self.scope.cgroups.is_empty()
             || self
                 .listed
@@ -139,7 +129,7 @@ impl Protection {
             comm: Comm::from_str_lossy(comm),
             alive: true,
             born_ns: 0,
-            kernel_thread: flags & 0x0020_0000 != 0,
+            kernel_thread: crate::procfs::is_kernel_thread(flags),
             exe: None,
             cmdline: None,
             depth: 0,

@@ -1,0 +1,73 @@
+//! /proc, parsed in one place: a process's `stat` line and the clock-tick
+//! unit its times are in.
+
+use std::path::Path;
+
+/// The fields of /proc/PID/stat guard uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    /// `R`, `S`, `D`, `T`, `Z`...
+    pub state: char,
+    pub ppid: u32,
+    /// `task_struct.flags` (`PF_KTHREAD` marks a kernel thread).
+    pub flags: u64,
+    /// Start time since boot, in clock ticks.
+    pub start_ticks: u64,
+}
+
+/// Parses a /proc/PID/stat line. The comm may hold spaces and parentheses,
+/// so the fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    Some(Stat {
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        flags: rest.get(6)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// /PROC_ROOT/TGID/stat, parsed; `None` when the process is gone.
+pub fn stat_in(proc_root: &Path, tgid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(proc_root.join(tgid.to_string()).join("stat")).ok()?)
+}
+
+/// /proc/TGID/stat, parsed; `None` when the process is gone.
+pub fn stat(tgid: u32) -> Option<Stat> {
+    stat_in(Path::new("/proc"), tgid)
+}
+
+/// The unit of /proc's process times (USER_HZ).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// Whether `flags` (`task_struct.flags`, from /proc or a probe) mark a
+/// kernel thread.
+pub fn is_kernel_thread(flags: u64) -> bool {
+    flags & u64::from(guard_common::PF_KTHREAD) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_with_spaces_and_parentheses() {
+        let line =
+            "4242 (my (odd) name) S 1 4242 4242 0 -1 2097216 0 0 0 0 0 0 0 0 20 0 1 0 987 0 0";
+        let s = parse_stat(line).expect("parse");
+        assert_eq!(s.comm, "my (odd) name");
+        assert_eq!((s.state, s.ppid, s.start_ticks), ('S', 1, 987));
+        assert!(is_kernel_thread(s.flags), "2097216 has PF_KTHREAD");
+        assert_eq!(parse_stat("4242 (x) S"), None);
+    }
+}
