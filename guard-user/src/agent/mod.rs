@@ -15,6 +15,14 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+mod priority;
+mod report;
+
+pub use self::priority::set_realtime;
+use self::{
+    priority::harden_self,
+    report::{OutputWatch, enforcing, follow_scope, report_losses},
+};
 use crate::{
     act::{LiveSystem, Outcome, ResponseMaps, System, contain},
     cgroup::Hierarchies,
@@ -52,78 +60,6 @@ pub enum Ending {
 
 /// How long one containment may take before it reports what it got.
 const ACTION_DEADLINE: Duration = Duration::from_secs(3);
-
-/// Keeps the agent's memory resident and away from the OOM killer: a
-/// memory runaway pages things out and the OOM killer picks big processes.
-/// Each is said once on stderr when it fails (the README promises all
-/// three), and the `start` record tells what holds.
-fn harden_self() -> Hardening {
-    // SAFETY: locks this process's own pages; no pointers involved.
-    let memory_locked = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0;
-    if !memory_locked {
-        tracing::warn!(
-            "could not lock guard's memory ({}): under memory pressure its pages may be \
-             swapped out, and it may react late",
-            io::Error::last_os_error()
-        );
-    }
-    if let Err(err) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        tracing::warn!(
-            "could not set guard's oom_score_adj to -1000 ({err}; it needs CAP_SYS_RESOURCE): \
-             the OOM killer may pick guard"
-        );
-    }
-    let oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
-    // SAFETY: setpriority on this process only.
-    let nice_raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0;
-    if !nice_raised {
-        tracing::warn!(
-            "could not set guard's nice to -20 ({}): a busy host may delay it",
-            io::Error::last_os_error()
-        );
-    }
-    Hardening {
-        memory_locked,
-        oom_score_adj,
-    }
-}
-
-/// What `harden_self` achieved.
-struct Hardening {
-    memory_locked: bool,
-    oom_score_adj: Option<i32>,
-}
-
-/// Sets the calling thread's scheduling: SCHED_FIFO at the lowest real-time
-/// priority, or back to normal. A fork bomb puts hundreds of runnable
-/// processes on the CPUs, where CFS would give the agent a few percent; as
-/// SCHED_FIFO it preempts them (it blocks on epoll between batches and
-/// sleeps between signal rounds, and the kernel's RT throttling caps it at
-/// sched_rt_runtime_us anyway). At normal priority the rest of the time,
-/// because preempting a busy workload at every batch costs it (measured: a
-/// fork loop ran 7.6% slower under a SCHED_FIFO agent, 2.8% under a normal
-/// one).
-pub fn set_realtime(on: bool) -> bool {
-    let (policy, priority) = if on {
-        (libc::SCHED_FIFO, 1)
-    } else {
-        (libc::SCHED_OTHER, 0)
-    };
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: sets the calling thread's own policy; `param` outlives the call.
-    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) } == 0;
-    if !ok {
-        tracing::warn!(
-            "could not change guard's scheduling: {}",
-            io::Error::last_os_error()
-        );
-    }
-    ok
-}
 
 pub async fn run(args: Args) -> Result<Ending> {
     let hardening = harden_self();
@@ -528,119 +464,3 @@ const MEMORY_WINDOW: Duration = Duration::from_secs(2);
 /// How often cgroup task counts and limits are read for the trend rule (and
 /// the detectors checked when no event arrives).
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Reports kernel- and queue-side losses that grew since the last report,
-/// as a `lost` record and a warning; after a loss, recounts the pipeline's
-/// populations.
-fn report_losses(
-    drops: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
-    stats: &SourceStats,
-    reported: &mut KernelDrops,
-    reported_queue: &mut u64,
-    pipe: &mut Pipeline<impl Write>,
-) -> io::Result<()> {
-    let Ok(now) = KernelDrops::read(drops) else {
-        return Ok(());
-    };
-    let queue = stats.queue_full.load(Ordering::Relaxed);
-    let delta = now.since(reported);
-    let queue_delta = queue - *reported_queue;
-    if delta.tracking_full > 0 {
-        tracing::warn!(
-            "{} tasks blocked while the kernel's table of blocked tasks was full: they are not \
-             tracked",
-            delta.tracking_full
-        );
-    }
-    if delta.total() == 0 && queue_delta == 0 {
-        *reported = now;
-        return Ok(());
-    }
-    *reported = now;
-    *reported_queue = queue;
-    pipe.recount_after_losses(WallClock::boot_ns_now());
-    tracing::warn!(
-        "lost {} events in the kernel (ring buffer full: raise --ring-buffer-mib) and {queue_delta} in the \
-         agent's queue (raise --queue)",
-        delta.total()
-    );
-    pipe.out.record(
-        "lost",
-        &[
-            ("ring_full", KernelDrops::by_kind(&delta.ring_full)),
-            ("read_failed", KernelDrops::by_kind(&delta.read_failed)),
-            ("queue_full", json!(queue_delta)),
-            ("blocked_untracked", json!(delta.tracking_full)),
-        ],
-    )?;
-    pipe.out.flush()
-}
-
-/// Keeps the fork probe's scope on the listed cgroup directories when one
-/// is removed or created again (a service restart), saying so loudly.
-fn follow_scope(watch: &mut kernel_scope::ScopeWatch, system: &LiveSystem) {
-    if watch.is_empty() {
-        return;
-    }
-    for change in watch.check(kernel_scope::cgroup_dir_id) {
-        match &change {
-            kernel_scope::ScopeChange::Removed { dir } => tracing::warn!(
-                "cgroup {dir} was removed: the fork probe contains nothing there until it is \
-                 created again (guard follows it then)"
-            ),
-            kernel_scope::ScopeChange::Recreated { dir, .. } => {
-                match system.follow_scope(&change) {
-                    Ok(()) => tracing::warn!(
-                        "cgroup {dir} was created again: the fork probe's scope follows it"
-                    ),
-                    Err(err) => tracing::error!(
-                        "cgroup {dir} was created again, but the fork probe cannot follow it \
-                         ({err:#}): only the agent watches it now"
-                    ),
-                }
-            }
-        }
-    }
-}
-
-/// Whether the fork, memory or crash-loop guard signals anything.
-fn enforcing(args: &Args) -> bool {
-    !args.dry_run
-        && (args.fork_action != ActionKind::Log
-            || args.mem_action != ActionKind::Log
-            || args.leak_action != ActionKind::Log
-            || args.crashloop_action != crate::cli::CrashLoopAction::Log)
-}
-
-/// What a failed stdout means. A tracer whose reader went away (`guard |
-/// head`) ends quietly, and one whose stdout fails otherwise ends with the
-/// error. An agent that enforces goes on enforcing without its output: its
-/// protection must not hang on a log reader. It says so once on stderr, and
-/// counts every record it no longer writes.
-struct OutputWatch {
-    enforcing: bool,
-    warned: bool,
-}
-
-impl OutputWatch {
-    /// Ok(true) when the run should end quietly.
-    fn ended<W: Write>(&mut self, out: &Output<W>) -> Result<bool> {
-        let Some(err) = out.failure() else {
-            return Ok(false);
-        };
-        if self.enforcing {
-            if !self.warned {
-                self.warned = true;
-                tracing::error!(
-                    "writing stdout failed ({err}): guard goes on enforcing without writing \
-                     records, counting them as dropped; stop it with SIGTERM"
-                );
-            }
-            return Ok(false);
-        }
-        if err.kind() == io::ErrorKind::BrokenPipe {
-            return Ok(true);
-        }
-        Err(anyhow::anyhow!("writing to stdout: {err}"))
-    }
-}

@@ -1,0 +1,132 @@
+//! Values, capacities and slots of the maps the programs share with the
+//! agent: blocked tasks, fork budgets, scope verdicts, losses.
+
+use crate::*;
+
+/// Value of the `BLOCKED` map (task_struct address → slot): a task that
+/// left the CPU in uninterruptible sleep and has not run since. 40 bytes, no
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedSlot {
+    /// When it blocked (boot ns).
+    pub since_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Its state as it blocked (see [`task_state`]).
+    pub state: u32,
+    /// Explicit padding (always 0), so the size is a multiple of 8.
+    pub reserved: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Slots of the `OCCUPANCY` array: counters of `BLOCKED` entries by a hash
+/// of their key, so that the switch-in path looks the hash map up only when
+/// its slot says the task may be there (an inlined array load instead of a
+/// hash lookup on almost every context switch).
+pub const OCCUPANCY_SLOTS: u32 = 4096;
+
+/// The `OCCUPANCY` slot of a task_struct address (Fibonacci hashing; task
+/// structs sit kilobytes apart in their slab).
+pub const fn occupancy_slot(task: u64) -> u32 {
+    (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32 & (OCCUPANCY_SLOTS - 1)
+}
+
+/// Capacity of the `BLOCKED` map: tasks in uninterruptible sleep at once.
+/// A full map is counted (`DROPS[TRACKING_FULL_SLOT]`), never silent.
+pub const BLOCKED_ENTRIES: u32 = 16384;
+/// Capacity of the `REPORTED` map (task_struct address → `since_ns` of the
+/// blocking the agent reported), which asks the kernel for an
+/// [`UnblockedEvent`].
+pub const REPORTED_ENTRIES: u32 = 4096;
+
+/// Values of the `SCOPE` map (cgroup kernfs id → verdict). The fork probe
+/// walks up from a task's cgroup; the first listed one decides.
+pub const SCOPE_IN: u32 = 1;
+pub const SCOPE_PROTECTED: u32 = 2;
+/// Cached verdict: neither (outside the scope).
+pub const SCOPE_OUT: u32 = 3;
+/// Levels of cgroup ancestry the fork probe walks.
+pub const SCOPE_MAX_DEPTH: u32 = 16;
+/// Capacities of the `SCOPE`, `SCOPE_CACHE`, `PROTECTED_PIDS` and
+/// `PROTECTED_COMMS` maps.
+pub const SCOPE_ENTRIES: u32 = 256;
+pub const SCOPE_CACHE_ENTRIES: u32 = 4096;
+pub const PROTECTED_PID_ENTRIES: u32 = 1024;
+pub const PROTECTED_COMM_ENTRIES: u32 = 256;
+
+/// Default size of the `EVENTS` ring buffer (a power of two, a multiple of
+/// the page size); the agent's `--ring-buffer-mib` overrides it.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Capacity of the `LINEAGE` map (tgid → tag): live members of subtrees
+/// being acted on.
+pub const LINEAGE_ENTRIES: u32 = 65536;
+/// Capacity of the `RSS_STEP` map (tgid → the rss step last reported) and
+/// of `RECLAIM_BEGIN` (pid → when its reclaim began).
+pub const RSS_ENTRIES: u32 = 65536;
+pub const RECLAIM_ENTRIES: u32 = 16384;
+
+/// Value of the `BUDGETS` map (lineage tag → budget): the fork guard's
+/// explosion rule, enforced by the fork probe for a subtree the agent
+/// watches (its cgroup is a quarter of the way to the rule). When, within
+/// one window, the subtree's births reach `max_births` while its live count
+/// grew by `min_growth` from its lowest, the probe condemns the tag itself,
+/// so containment does not wait for the agent to be scheduled. 56 bytes, no
+/// padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkBudget {
+    /// Start of the current (tumbling) window, boot ns.
+    pub window_start_ns: u64,
+    pub window_ns: u64,
+    /// Births in the current window.
+    pub births: u64,
+    /// Live members now (an i64 in two's complement: members the agent
+    /// tagged late are not counted in, but their exits are).
+    pub live: u64,
+    /// Fewest live members in the current window (i64, as `live`).
+    pub min_live: u64,
+    pub max_births: u32,
+    pub min_growth: u32,
+    /// The signal to condemn the tag with (SIGKILL or SIGSTOP).
+    pub signal: u32,
+    /// A bomb replicates itself: the rule counts only births this many
+    /// generations deep in copies of one program (each forked by the one
+    /// before, with no exec into another program between them), or in
+    /// threads started by threads. A wide build's children exec compilers
+    /// and tools: they are 1 deep.
+    pub min_depth: u32,
+    /// Births of the current window at least `min_depth` deep: the rule
+    /// needs half of `max_births` among them.
+    pub deep_births: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
+}
+
+/// Capacity of the `DEPTH` map (tgid, or tid for a thread → the
+/// self-replication depth of a member of a tagged subtree).
+pub const DEPTH_ENTRIES: u32 = 65536;
+
+/// Capacity of the `BUDGETS` map (least recently used entries go first:
+/// the fork probe makes one per subtree it tags).
+pub const BUDGET_ENTRIES: u32 = 16384;
+
+/// The one kfunc call in guard's programs, `bpf_send_signal_task` (6.13+),
+/// is written as raw instruction bytes (aya 0.14 cannot relocate extern
+/// kfunc symbols): a call (code 0x85) with src_reg 2 (`BPF_PSEUDO_KFUNC_CALL`)
+/// and this marker as its immediate. The loader replaces the marker with the
+/// kfunc's BTF id, or the whole instruction with `r0 = 0` on kernels without
+/// the kfunc. These are the instruction's 8 bytes, little-endian.
+pub const KFUNC_SIGNAL_TASK_CALL: [u8; 8] = [0x85, 0x20, 0x00, 0x00, 0x6b, 0x66, 0x6e, 0x63];
+
+/// Capacity of the `CONDEMNED` map (tag → signal).
+pub const CONDEMNED_ENTRIES: u32 = 256;
+
+/// Slots of the per-CPU `DROPS` map: `[kind]` counts records lost because the
+/// ring buffer was full, `[KIND_SLOTS + kind]` records discarded because a
+/// kernel read failed, `[TRACKING_FULL_SLOT]` blocked tasks not tracked
+/// because the `BLOCKED` map was full.
+pub const DROP_SLOTS: u32 = 2 * KIND_SLOTS + 1;
+/// See [`DROP_SLOTS`].
+pub const TRACKING_FULL_SLOT: u32 = 2 * KIND_SLOTS;

@@ -1,0 +1,269 @@
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+fn key(s: &str) -> CgroupKey {
+    Arc::from(s)
+}
+
+#[test]
+fn a_fork_bomb_trips_the_explosion_rule_within_tens_of_ms() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/sys/fs/cgroup/pids/bomb");
+    d.present(0, &cg);
+    // Doubling every 5 ms, each round's children one generation deeper;
+    // nobody exits.
+    let mut live = 1u64;
+    let mut t = 10 * MS;
+    let mut node = 0;
+    let mut generation = 0;
+    let verdict = loop {
+        generation += 1;
+        for _ in 0..live {
+            node += 1;
+            d.birth(t, &cg, node, generation);
+        }
+        live *= 2;
+        if let Some(v) = d.check(t).into_iter().next() {
+            break v;
+        }
+        t += 5 * MS;
+        assert!(t < 200 * MS, "no alert by 200 ms");
+    };
+    let ForkVerdict::Explosion {
+        births,
+        growth,
+        live: l,
+        recent,
+        ..
+    } = verdict
+    else {
+        panic!("{verdict:?}")
+    };
+    assert!(
+        births >= 100 && growth >= 32,
+        "births {births}, growth {growth}"
+    );
+    assert!(l <= 256, "alerted at {l} live: too late");
+    assert_eq!(recent.first(), Some(&node), "newest first");
+    assert!(t <= 45 * MS, "alerted at {} ms", t / MS);
+    assert!(d.armed());
+}
+
+#[test]
+fn a_fork_exit_loop_never_arms_a_bomb_does_early() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/loop");
+    for i in 0..5_000u64 {
+        d.birth(i * 200_000, &cg, i + 1, 1);
+        d.gone(i * 200_000 + 100_000, &cg);
+    }
+    assert!(!d.armed(), "5000 forks a second that each exit at once");
+    let bomb = key("/bomb");
+    // A doubling bomb: births 1 + log2 generations deep.
+    for i in 0..40u64 {
+        d.birth(MS + i * 10_000, &bomb, 10_000 + i, 1 + (i + 2).ilog2());
+    }
+    assert!(d.armed(), "40 births (34 of them 4 deep), 40 more live");
+    assert!(d.check(2 * MS).is_empty(), "armed, not yet alerting");
+}
+
+#[test]
+fn lost_exits_never_look_like_growth_after_a_recount() {
+    // A sequential fork loop whose exits were mostly lost: by births and
+    // exits alone, 300 processes would look alive.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let k = key("/loop");
+    for i in 0..300u64 {
+        d.birth(i * MS, &k, i as NodeId, 6);
+        if i % 10 == 0 {
+            d.gone(i * MS + 1, &k);
+        }
+    }
+    assert!(
+        matches!(
+            d.check(300 * MS).as_slice(),
+            [ForkVerdict::Explosion { .. }]
+        ),
+        "the lost exits inflate the count"
+    );
+    let mut d = ForkDetector::new(ForkRules::default());
+    for i in 0..300u64 {
+        d.birth(i * MS, &k, i as NodeId, 6);
+        if i % 10 == 0 {
+            d.gone(i * MS + 1, &k);
+        }
+    }
+    // The recount finds the loop and its one child.
+    d.recount(300 * MS, &HashMap::from([(k.clone(), 2)]));
+    for i in 300..400u64 {
+        d.birth(i * MS, &k, i as NodeId, 6);
+        d.gone(i * MS + 1, &k);
+    }
+    assert_eq!(d.check(400 * MS), vec![], "no growth after the recount");
+    // A cgroup the recount does not find is empty.
+    d.recount(401 * MS, &HashMap::new());
+    assert!(d.populated().is_empty());
+}
+
+#[test]
+fn a_burst_of_short_lived_processes_does_not() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/ci");
+    d.present(0, &cg);
+    // 200 processes in one second, each gone 2 ms after birth.
+    for i in 0..200u64 {
+        let t = i * 5 * MS;
+        d.birth(t, &cg, i + 1, 1);
+        d.gone(t + 2 * MS, &cg);
+        assert!(d.check(t + 2 * MS).is_empty(), "alert at {} ms", t / MS);
+    }
+    for quiet in 1..5 {
+        assert!(d.check(1_000 * MS + quiet * 100 * MS).is_empty());
+    }
+}
+
+#[test]
+fn a_worker_pool_starting_once_does_not() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/svc");
+    // 64 long-lived workers at once: growth, but too few births.
+    for i in 0..64 {
+        d.birth(MS, &cg, i + 1, 1);
+    }
+    assert!(d.check(2 * MS).is_empty());
+}
+
+#[test]
+fn a_wide_build_is_no_bomb_however_fast_it_grows() {
+    // make -j256 starting: 600 births in 300 ms, 256 alive at once, but
+    // every child execs a compiler or a shell (depth 1), and nested
+    // subshells fork at depth 2.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/build");
+    for i in 0..600u64 {
+        let t = i * MS / 2;
+        d.birth(t, &cg, i + 1, [1, 1, 1, 1, 2][i as usize % 5]);
+        if i >= 256 {
+            d.gone(t, &cg);
+        }
+        assert!(d.check(t).is_empty(), "alert at birth {i}");
+    }
+    assert!(!d.armed(), "no SCHED_FIFO for a build");
+    // A wrapper script's nested subshells, 4 to 6 deep, in the same
+    // window: still no bomb (they are few).
+    for i in 0..40u64 {
+        d.birth(301 * MS + i, &cg, 9_000 + i, 4 + (i % 3) as u32);
+    }
+    assert!(d.check(302 * MS).is_empty());
+    // The same births and growth from a program copying itself.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let verdicts: Vec<_> = (0..600u64)
+        .flat_map(|i| {
+            d.birth(i * MS / 2, &cg, i + 1, 1 + (i + 2).ilog2());
+            d.check(i * MS / 2)
+        })
+        .collect();
+    assert!(
+        matches!(verdicts.first(), Some(ForkVerdict::Explosion { births: 100, deep_births, .. }) if *deep_births >= 50),
+        "at the 100th birth: {verdicts:?}"
+    );
+}
+
+#[test]
+fn a_slow_leak_is_projected_to_the_limit_before_it_is_hit() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/leak");
+    // +5 tasks a second toward a limit of 100, sampled every 250 ms.
+    let mut alert = None;
+    for step in 0..80u64 {
+        let t = step * 250 * MS;
+        let current = 10 + step * 5 / 4;
+        d.pids_sample(t, &cg, current, Some(100));
+        if let Some(v) = d.check(t).into_iter().next() {
+            alert = Some((t, v));
+            break;
+        }
+    }
+    let (
+        t,
+        ForkVerdict::LimitTrend {
+            current,
+            limit,
+            per_sec,
+            eta_ns,
+            ..
+        },
+    ) = alert.expect("an alert")
+    else {
+        panic!("not a trend verdict")
+    };
+    assert_eq!(limit, 100);
+    assert!((per_sec - 5.0).abs() < 0.5, "fitted {per_sec}/s");
+    assert!(
+        current < limit && eta_ns <= 30 * NS && eta_ns > 0,
+        "current {current}, eta {eta_ns}"
+    );
+    assert!(
+        t >= TREND_MIN_SPAN_NS,
+        "projected from at least 3 s of history"
+    );
+    // Once per REALERT_NS.
+    assert!(d.check(t + MS).is_empty());
+}
+
+fn info(tgid: u32, kernel_thread: bool) -> crate::proctable::ProcInfo {
+    crate::proctable::ProcInfo {
+        tgid,
+        ppid: 0,
+        comm: crate::decode::Comm::from_str_lossy("x"),
+        kernel_thread,
+        start_boot_ns: 0,
+        cgroups: Arc::from(Vec::new()),
+        node: 0,
+    }
+}
+
+#[test]
+fn the_offender_is_the_topmost_unprotected_ancestor_even_when_dead() {
+    let mut l = Lineage::default();
+    let init = l.add(None, &info(1, false));
+    let shell = l.add(Some(init), &info(100, false));
+    let bomb = l.add(Some(shell), &info(200, false));
+    let a = l.add(Some(bomb), &info(201, false));
+    let b = l.add(Some(bomb), &info(202, false));
+    let c = l.add(Some(a), &info(203, false));
+    let stray = l.add(Some(init), &info(300, false));
+    l.died(bomb);
+    l.died(a);
+    // The shell is protected (say, out of scope); init always is.
+    let protected = |n: &LineageNode| match n.tgid {
+        1 => Some("pid 1"),
+        100 => Some("outside the scope"),
+        _ => None,
+    };
+    let o = find_offender(&l, &[c, b, stray, c], protected).expect("offender");
+    assert_eq!(
+        o,
+        Offender {
+            node: bomb,
+            tgid: 200,
+            alive: false
+        }
+    );
+    let mut members = l.live_descendants(o.node);
+    members.sort();
+    assert_eq!(members, vec![(202, b), (203, c)]);
+    // Births that are themselves protected vote for nobody.
+    assert_eq!(find_offender(&l, &[shell], protected), None);
+}
+
+#[test]
+fn no_limit_or_no_growth_projects_nothing() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    for step in 0..40u64 {
+        d.pids_sample(step * 250 * MS, &key("/flat"), 90, Some(100));
+        d.pids_sample(step * 250 * MS, &key("/nolimit"), step * 10, None);
+    }
+    assert!(d.check(10 * NS).is_empty());
+}
