@@ -152,23 +152,23 @@ pub(crate) fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, 
         read::<i32>(signal, config!(task.signal_live))? == 0
     };
     let (pid, tgid) = task_ids(task)?;
+    // SAFETY: the value is copied out at once.
+    let tag = (unsafe { LINEAGE.get(tgid) }).copied();
     if group_dead {
-        // SAFETY: the value is copied out at once.
-        if let Some(tag) = (unsafe { LINEAGE.get(tgid) }).copied()
-            && LINEAGE.remove(tgid).is_ok()
-        {
+        let _ = RSS_STEP.remove(tgid);
+    }
+    // Only members of tagged subtrees have a budget and depths: every
+    // other exit costs this one lookup.
+    if let Some(tag) = tag {
+        // The process's last task, or one thread of it: a task fewer.
+        if !group_dead || LINEAGE.remove(tgid).is_ok() {
             count_exit(tag);
         }
-        let _ = RSS_STEP.remove(tgid);
-        let _ = DEPTH.remove(tgid);
-    } else {
-        // SAFETY: the value is copied out at once.
-        if let Some(tag) = (unsafe { LINEAGE.get(tgid) }).copied() {
-            // One thread of a tagged process ends: a task fewer.
-            count_exit(tag);
+        let _ = DEPTH.remove(pid);
+        if group_dead && pid != tgid {
+            let _ = DEPTH.remove(tgid);
         }
     }
-    let _ = DEPTH.remove(pid);
     let record = (|| -> Result<ExitEvent, u32> {
         let value = ExitEvent {
             header: header(EventKind::Exit),
