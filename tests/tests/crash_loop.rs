@@ -225,11 +225,24 @@ fn a_script_full_of_failing_greps_is_not_stopped() {
         /usr/bin/diff /etc/hostname /etc/passwd > /dev/null; \
         /bin/false; \
         done; exit 0";
-    let status = cg
+    let mut child = cg
         .command("/bin/sh")
         .args(["-c", script])
-        .status()
+        .spawn()
         .expect("the script");
+    // Bounded: a stopped script would never end (the cgroup's drop kills
+    // it when this fails).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script did not end within 30 s (stopped?)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let stopped = agent.stop();
     assert!(status.success(), "the script was disturbed: {status}");
     let answers = stopped
