@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Reclaim stalls this recent count as memory pressure for a storm.
+const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
+
 impl<W: Write> Pipeline<W> {
     /// Why a blocked-task storm looks like memory pressure: the host's PSI,
     /// recent reclaim stalls, pools past the headroom line.

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// Shortest time between two readings of one memory cgroup driven by `rss`
+/// records (a fast allocator crosses a 64 MiB step every few ms).
+const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
+
+/// Swap-ins and refaults a second, each, that make the host thrashing.
+const THRASHING_PAGES_PER_SEC: f64 = 256.0;
+
+/// How often a growing pool's members are snapshotted.
+const BASELINE_EVERY_NS: u64 = 15_000_000_000;
+
 impl<W: Write> Pipeline<W> {
     /// The memory pool a process's memory cgroup counts against.
     pub(super) fn pool_of(&mut self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {

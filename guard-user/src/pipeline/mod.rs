@@ -75,24 +75,11 @@ impl Settings {
 /// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
 const PSI_FULL_PRESSURE: f64 = 10.0;
 
-/// Reclaim stalls this recent count as memory pressure for a storm.
-const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
-
-/// Shortest time between two readings of one memory cgroup driven by `rss`
-/// records (a fast allocator crosses a 64 MiB step every few ms).
-const POOL_SAMPLE_GAP_NS: u64 = 20_000_000;
-
 /// Threads whose depth is remembered, at most (exits lost: forget them).
 const THREADS_KEPT: usize = 65536;
 
 /// A snapshot of a pool's members: (when, tgid → unreclaimable bytes).
 type Baseline = (u64, HashMap<u32, u64>);
-
-/// Swap-ins and refaults a second, each, that make the host thrashing.
-const THRASHING_PAGES_PER_SEC: f64 = 256.0;
-
-/// How often a growing pool's members are snapshotted.
-const BASELINE_EVERY_NS: u64 = 15_000_000_000;
 
 /// OOM victims remembered until their exit, at most.
 const OOM_VICTIMS_KEPT: usize = 4096;
