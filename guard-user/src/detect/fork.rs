@@ -324,6 +324,12 @@ impl ForkDetector {
             }
             p.live > 0 || !p.births.is_empty() || p.history.len() > 1 || !p.recent.is_empty()
         });
+        // A cgroup no longer read (emptied or removed) is forgotten.
+        self.trends.retain(|_, t| {
+            t.samples
+                .back()
+                .is_some_and(|&(at, _)| at + TREND_WINDOW_NS >= now)
+        });
         for (cgroup, t) in &mut self.trends {
             let (Some(limit), Some(&(first, _)), Some(&(last, current))) =
                 (t.limit, t.samples.front(), t.samples.back())

@@ -92,13 +92,15 @@ impl LeakDetector {
         }
     }
 
-    /// Forgets a cgroup that has no tasks any more.
-    pub fn forget(&mut self, cgroup: &str) {
-        self.series.remove(cgroup);
-    }
-
     pub fn check(&mut self, now: u64) -> Vec<LeakVerdict> {
         let rules = self.rules;
+        // A cgroup no longer read (emptied, or removed: transient scopes
+        // come and go) for a whole window is forgotten.
+        self.series.retain(|_, s| {
+            s.readings
+                .back()
+                .is_some_and(|&(t, _)| t + rules.window_ns >= now)
+        });
         let mut verdicts = Vec::new();
         for (cgroup, s) in &mut self.series {
             let Some(&(first, _)) = s.readings.front() else {
@@ -192,6 +194,19 @@ mod tests {
         // Rising, but by less than --leak-growth.
         let mut d = LeakDetector::new(LeakRules::default());
         assert!(run(&mut d, 1200, |s| 50 + s / 120).is_empty());
+    }
+
+    #[test]
+    fn cgroups_no_longer_read_are_forgotten() {
+        let mut d = LeakDetector::new(LeakRules::default());
+        for i in 0..1000u32 {
+            let cg: CgroupKey = Arc::from(format!("/run-{i}.scope").as_str());
+            d.sample(u64::from(i) * NS, &cg, 3, None);
+        }
+        d.check(1000 * NS);
+        assert_eq!(d.series.len(), 600, "the last window's cgroups are kept");
+        d.check(3000 * NS);
+        assert!(d.series.is_empty());
     }
 
     #[test]

@@ -267,3 +267,15 @@ fn no_limit_or_no_growth_projects_nothing() {
     }
     assert!(d.check(10 * NS).is_empty());
 }
+
+#[test]
+fn trends_of_cgroups_no_longer_read_are_forgotten() {
+    let mut d = ForkDetector::new(ForkRules::default());
+    for i in 0..500u64 {
+        d.pids_sample(i * MS, &key(&format!("/job-{i}")), 3, Some(100));
+    }
+    d.check(500 * MS);
+    assert_eq!(d.trends.len(), 500, "all read within the trend window");
+    d.check(500 * MS + TREND_WINDOW_NS + NS);
+    assert!(d.trends.is_empty());
+}
