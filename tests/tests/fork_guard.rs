@@ -536,3 +536,38 @@ fn a_thread_bomb_is_killed_before_pids_max() {
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+/// A spawn storm that does not copy itself (`while :; do sleep 1000 &
+/// done`: each child execs sleep): no explosion, but it would fill
+/// pids.max within a second. The rush rule kills the loop and what it
+/// started before the limit refuses a fork; the bystander lives.
+#[test]
+fn a_spawn_storm_is_stopped_before_pids_max() {
+    let cg = TestCgroup::new("storm", 1000, 1 << 30);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--events",
+        "exit",
+    ]);
+    let mut bystander = bystander(&cg);
+    let mut storm = cg.spawn_bash("while :; do sleep 1000 & done");
+    let storm_pid = u64::from(storm.id());
+    let alert = agent.wait_for(Duration::from_secs(20), "the rush alert", |r| {
+        r["kind"] == "alert" && r["detector"] == "fork"
+    });
+    cg.wait_until_gone("sleep", Duration::from_secs(10));
+    let _ = storm.wait();
+    drop(agent.stop());
+    assert_eq!(alert["rule"], "pids_limit_rush", "{alert}");
+    assert_eq!(num(&alert["offender"], "pid"), storm_pid, "{alert}");
+    assert!(num(&alert, "current") < 1000, "{alert}");
+    assert_eq!(cg.pids_refused(), 0, "the storm reached pids.max");
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+}

@@ -224,6 +224,13 @@ fn corpus(dir: &Path) -> Vec<Item> {
         ),
         harm("thread bomb", 1000, 1024 * MIB, format!("{w} threadbomb"), 5),
         harm(
+            "spawn storm: while :; do sleep 1000 & done",
+            1000,
+            1024 * MIB,
+            "while :; do sleep 1000 & done".into(),
+            5,
+        ),
+        harm(
             "slow leak: +10 sleeps a second",
             200,
             512 * MIB,

@@ -94,6 +94,17 @@ pub enum ForkVerdict {
         /// Lineage nodes of the most recent births, newest first.
         recent: Vec<NodeId>,
     },
+    /// The rush rule (see `Population::rush`): growth without pause that,
+    /// at its rate, reaches pids.max within one window.
+    LimitRush {
+        cgroup: CgroupKey,
+        current: u64,
+        limit: u64,
+        per_sec: f64,
+        eta_ns: u64,
+        /// Lineage nodes of the cgroup's last births, newest first.
+        recent: Vec<NodeId>,
+    },
     LimitTrend {
         cgroup: CgroupKey,
         current: u64,
@@ -104,6 +115,11 @@ pub enum ForkVerdict {
         recent: Vec<NodeId>,
     },
 }
+
+/// The rush rule: births in each of the last [`RUSH_SLICES`] slices of
+/// this length, back from the newest birth.
+pub const RUSH_SLICE_NS: u64 = 50_000_000;
+pub const RUSH_SLICES: u64 = 4;
 
 /// Births remembered per cgroup, whatever their age, to name the offender
 /// of a slow trend.
@@ -124,6 +140,63 @@ struct Population {
 impl Population {
     fn record(&mut self, now: u64) {
         self.history.push_back((now, self.live));
+    }
+
+    /// The rush rule on this population: `Some((per_sec, eta_ns))` when,
+    /// over the last [`RUSH_SLICES`] slices back from its newest birth, its
+    /// task count grew by at least `growth` from its lowest, grew in every
+    /// slice, and at that rate reaches `limit` within one window. A spawner that does not copy
+    /// itself (`while :; do sleep 1000 & done`) meets it long before the
+    /// limit; a pool started once has stopped being born into, and a build's
+    /// count does not grow.
+    fn rush(&self, rules: &ForkRules, now: u64, limit: u64, current: u64) -> Option<(f64, u64)> {
+        let newest = self.births.back().map(|&(t, _, _)| t)?;
+        if now.saturating_sub(newest) > RUSH_SLICE_NS {
+            return None;
+        }
+        let span = RUSH_SLICE_NS * RUSH_SLICES;
+        let since = newest.checked_sub(span)?;
+        // The count at `since` (the last change before it) and every count
+        // after: the lowest of the last `span`.
+        let at_since = self
+            .history
+            .iter()
+            .take_while(|&&(t, _)| t <= since)
+            .last()
+            .map(|&(_, live)| live);
+        let low = self
+            .history
+            .iter()
+            .filter(|&&(t, _)| t > since)
+            .map(|&(_, live)| live)
+            .chain(at_since)
+            .min()?;
+        let growth = self.live.saturating_sub(low);
+        if growth < rules.growth {
+            return None;
+        }
+        // The count at `t`: the last change at or before it.
+        let at = |t: u64| {
+            self.history
+                .iter()
+                .take_while(|&&(when, _)| when <= t)
+                .last()
+                .map(|&(_, live)| live)
+        };
+        // It grew in every slice: no pause, no plateau (a pool that stopped
+        // being born into, a build whose tasks end as fast as they start).
+        let unbroken = (0..RUSH_SLICES).all(|k| {
+            let end = newest - k * RUSH_SLICE_NS;
+            let start = end - RUSH_SLICE_NS;
+            matches!((at(start), at(end)), (Some(before), Some(after)) if after > before)
+        });
+        if !unbroken {
+            return None;
+        }
+        let per_sec = f64::from(growth) * NS as f64 / span as f64;
+        let left = limit.saturating_sub(current.max(u64::from(self.live)));
+        let eta_ns = (left as f64 / per_sec * NS as f64) as u64;
+        (eta_ns <= rules.window_ns).then_some((per_sec, eta_ns))
     }
 
     /// Births of the window at least `depth` deep: a bomb's copies of
@@ -291,6 +364,7 @@ impl ForkDetector {
         let mut verdicts = Vec::new();
         let rules = self.rules;
         let min_births = rules.min_births();
+        let trends = &self.trends;
         self.populations.retain(|cgroup, p| {
             p.prune(now, rules.window_ns);
             let growth = p.growth();
@@ -321,6 +395,22 @@ impl ForkDetector {
                     window_ns: rules.window_ns,
                     recent: p.births.iter().rev().take(64).map(|&(_, n, _)| n).collect(),
                 });
+            } else if quiet
+                && let Some(t) = trends.get(cgroup)
+                && let Some(limit) = t.limit
+            {
+                let current = t.samples.back().map_or(0, |&(_, c)| c);
+                if let Some((per_sec, eta_ns)) = p.rush(&rules, now, limit, current) {
+                    p.last_alert = Some(now);
+                    verdicts.push(ForkVerdict::LimitRush {
+                        cgroup: cgroup.clone(),
+                        current: current.max(u64::from(p.live)),
+                        limit,
+                        per_sec,
+                        eta_ns,
+                        recent: p.births.iter().rev().take(64).map(|&(_, n, _)| n).collect(),
+                    });
+                }
             }
             p.live > 0 || !p.births.is_empty() || p.history.len() > 1 || !p.recent.is_empty()
         });

@@ -400,8 +400,20 @@ impl<W: Write> Pipeline<W> {
                     per_sec,
                     eta_ns,
                     recent,
+                }
+                | ForkVerdict::LimitRush {
+                    cgroup,
+                    current,
+                    limit,
+                    per_sec,
+                    eta_ns,
+                    recent,
                 } => (
-                    "pids_limit_trend",
+                    if matches!(verdict, ForkVerdict::LimitRush { .. }) {
+                        "pids_limit_rush"
+                    } else {
+                        "pids_limit_trend"
+                    },
                     cgroup.clone(),
                     recent.clone(),
                     vec![

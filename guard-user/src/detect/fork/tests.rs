@@ -279,3 +279,99 @@ fn trends_of_cgroups_no_longer_read_are_forgotten() {
     d.check(500 * MS + TREND_WINDOW_NS + NS);
     assert!(d.trends.is_empty());
 }
+
+/// Feeds `d` a population in `cg` with pids.max `limit`: `births(t_ms)`
+/// births and `exits(t_ms)` exits each millisecond, pids sampled every
+/// 250 ms, until `until_ms`; returns the first verdict and its time.
+fn feed(
+    d: &mut ForkDetector,
+    cg: &CgroupKey,
+    limit: u64,
+    until_ms: u64,
+    births: impl Fn(u64) -> u64,
+    exits: impl Fn(u64) -> u64,
+) -> Option<(u64, ForkVerdict)> {
+    let mut live = 0u64;
+    let mut node = 0;
+    for ms in 0..until_ms {
+        let t = ms * MS;
+        for _ in 0..births(ms) {
+            node += 1;
+            live += 1;
+            d.birth(t, cg, node, 1);
+        }
+        for _ in 0..exits(ms).min(live) {
+            live -= 1;
+            d.gone(t, cg);
+        }
+        if ms % 250 == 0 {
+            d.pids_sample(t, cg, live, Some(limit));
+        }
+        if let Some(v) = d.check(t).into_iter().next() {
+            return Some((ms, v));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_spawn_storm_is_a_rush_to_the_limit_and_stopped_before_it() {
+    // `while :; do sleep 1000 & done`: 2 a millisecond, none exits, 1 deep
+    // (each child execs sleep): no explosion, but the limit in 0.5 s.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let cg = key("/storm");
+    let (ms, v) = feed(&mut d, &cg, 1000, 2000, |_| 2, |_| 0).expect("a rush");
+    let ForkVerdict::LimitRush {
+        current,
+        limit,
+        per_sec,
+        eta_ns,
+        ..
+    } = v
+    else {
+        panic!("{v:?}")
+    };
+    assert_eq!(limit, 1000);
+    assert!(current < 600, "at {current} tasks, {ms} ms: too late");
+    assert!((1500.0..=2500.0).contains(&per_sec), "{per_sec}/s");
+    assert!(eta_ns <= NS);
+}
+
+#[test]
+fn pools_and_builds_near_their_limit_are_no_rush() {
+    // 180 workers started at once in pids.max 200, then kept.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let pool = feed(
+        &mut d,
+        &key("/pool"),
+        200,
+        3000,
+        |ms| if ms < 18 { 10 } else { 0 },
+        |_| 0,
+    );
+    assert_eq!(pool, None);
+    // xargs -P 128 in pids.max 200: 128 at once, then one task ends and
+    // one starts each millisecond, for 3 s.
+    let mut d = ForkDetector::new(ForkRules::default());
+    let xargs = feed(
+        &mut d,
+        &key("/xargs"),
+        200,
+        3000,
+        |ms| if ms < 16 { 8 } else { 1 },
+        |ms| u64::from(ms >= 16),
+    );
+    assert_eq!(xargs, None);
+    // A spawner too slow for a rush: +50 a second toward 1000 (the trend
+    // rule's, once it has 3 s of readings).
+    let mut d = ForkDetector::new(ForkRules::default());
+    let slow = feed(
+        &mut d,
+        &key("/slow"),
+        1000,
+        2500,
+        |ms| u64::from(ms % 20 == 0),
+        |_| 0,
+    );
+    assert_eq!(slow, None);
+}
