@@ -360,14 +360,18 @@ impl<W: Write> Pipeline<W> {
         if !self.settings.runs(Detector::Fork) {
             verdicts.clear();
         }
-        // An explosion judged on counts that lost events may have inflated
-        // is no verdict: recount, and judge again from there.
-        let recounted = verdicts
-            .iter()
-            .any(|v| matches!(v, ForkVerdict::Explosion { .. }))
-            && self.recount_after_losses(now);
+        // An explosion or a rush judged on counts that lost events may have
+        // inflated is no verdict: recount, and judge again from there. (The
+        // trend rule reads pids.current, which no loss touches.)
+        let from_counts = |v: &ForkVerdict| {
+            matches!(
+                v,
+                ForkVerdict::Explosion { .. } | ForkVerdict::LimitRush { .. }
+            )
+        };
+        let recounted = verdicts.iter().any(from_counts) && self.recount_after_losses(now);
         for verdict in verdicts {
-            if recounted && matches!(verdict, ForkVerdict::Explosion { .. }) {
+            if recounted && from_counts(&verdict) {
                 continue;
             }
             let (rule, cgroup, recent, mut figures) = match &verdict {
