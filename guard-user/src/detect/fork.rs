@@ -94,9 +94,9 @@ pub enum ForkVerdict {
         /// Lineage nodes of the most recent births, newest first.
         recent: Vec<NodeId>,
     },
-    /// The rush rule (see `Population::rush`): growth without pause that,
-    /// at its rate, reaches pids.max within one window.
-    LimitRush {
+    /// A cgroup's task count projected to its pids.max.
+    Limit {
+        rule: LimitRule,
         cgroup: CgroupKey,
         current: u64,
         limit: u64,
@@ -105,15 +105,26 @@ pub enum ForkVerdict {
         /// Lineage nodes of the cgroup's last births, newest first.
         recent: Vec<NodeId>,
     },
-    LimitTrend {
-        cgroup: CgroupKey,
-        current: u64,
-        limit: u64,
-        per_sec: f64,
-        eta_ns: u64,
-        /// Lineage nodes of the cgroup's last births, newest first.
-        recent: Vec<NodeId>,
-    },
+}
+
+/// Which projection toward pids.max a [`ForkVerdict::Limit`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitRule {
+    /// pids.current's slope over 20 s reaches the limit within
+    /// `--pids-horizon`.
+    Trend,
+    /// Growth without pause that, at its rate, reaches the limit within one
+    /// window (see `Population::rush`). Judged on the agent's event counts.
+    Rush,
+}
+
+impl LimitRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitRule::Trend => "pids_limit_trend",
+            LimitRule::Rush => "pids_limit_rush",
+        }
+    }
 }
 
 /// The rush rule: births in each of the last [`RUSH_SLICES`] slices of
@@ -402,7 +413,8 @@ impl ForkDetector {
                 let current = t.samples.back().map_or(0, |&(_, c)| c);
                 if let Some((per_sec, eta_ns)) = p.rush(&rules, now, limit, current) {
                     p.last_alert = Some(now);
-                    verdicts.push(ForkVerdict::LimitRush {
+                    verdicts.push(ForkVerdict::Limit {
+                        rule: LimitRule::Rush,
                         cgroup: cgroup.clone(),
                         current: current.max(u64::from(p.live)),
                         limit,
@@ -444,7 +456,8 @@ impl ForkDetector {
                     .get(cgroup)
                     .map(|p| p.recent.iter().rev().copied().collect())
                     .unwrap_or_default();
-                verdicts.push(ForkVerdict::LimitTrend {
+                verdicts.push(ForkVerdict::Limit {
+                    rule: LimitRule::Trend,
                     cgroup: cgroup.clone(),
                     current,
                     limit,

@@ -366,7 +366,11 @@ impl<W: Write> Pipeline<W> {
         let from_counts = |v: &ForkVerdict| {
             matches!(
                 v,
-                ForkVerdict::Explosion { .. } | ForkVerdict::LimitRush { .. }
+                ForkVerdict::Explosion { .. }
+                    | ForkVerdict::Limit {
+                        rule: LimitRule::Rush,
+                        ..
+                    }
             )
         };
         let recounted = verdicts.iter().any(from_counts) && self.recount_after_losses(now);
@@ -397,15 +401,8 @@ impl<W: Write> Pipeline<W> {
                         ("window_ms", json!(window_ns / 1_000_000)),
                     ],
                 ),
-                ForkVerdict::LimitTrend {
-                    cgroup,
-                    current,
-                    limit,
-                    per_sec,
-                    eta_ns,
-                    recent,
-                }
-                | ForkVerdict::LimitRush {
+                ForkVerdict::Limit {
+                    rule,
                     cgroup,
                     current,
                     limit,
@@ -413,11 +410,7 @@ impl<W: Write> Pipeline<W> {
                     eta_ns,
                     recent,
                 } => (
-                    if matches!(verdict, ForkVerdict::LimitRush { .. }) {
-                        "pids_limit_rush"
-                    } else {
-                        "pids_limit_trend"
-                    },
+                    rule.name(),
                     cgroup.clone(),
                     recent.clone(),
                     vec![

@@ -27,7 +27,7 @@ use crate::{
         Detectors,
         blocked::{BlockedTask, BlockedVerdict},
         crashloop::{CrashLoop, ExitInfo, LoopKey, systemd_unit},
-        fork::{CgroupKey, ForkVerdict, find_offender},
+        fork::{CgroupKey, ForkVerdict, LimitRule, find_offender},
         memory::{Grower, HOST, MemoryRule, MemoryVerdict, PoolKey},
         subtree,
         switches::{Detector, Ignore},

@@ -187,7 +187,8 @@ fn a_slow_leak_is_projected_to_the_limit_before_it_is_hit() {
     }
     let (
         t,
-        ForkVerdict::LimitTrend {
+        ForkVerdict::Limit {
+            rule: LimitRule::Trend,
             current,
             limit,
             per_sec,
@@ -321,7 +322,8 @@ fn a_spawn_storm_is_a_rush_to_the_limit_and_stopped_before_it() {
     let mut d = ForkDetector::new(ForkRules::default());
     let cg = key("/storm");
     let (ms, v) = feed(&mut d, &cg, 1000, 2000, |_| 2, |_| 0).expect("a rush");
-    let ForkVerdict::LimitRush {
+    let ForkVerdict::Limit {
+        rule: LimitRule::Rush,
         current,
         limit,
         per_sec,
