@@ -48,7 +48,7 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Only this benchmark: fork-rate, fork-bomb, ctx-switch, blocked-storm,
+        /// Only this benchmark: cost, fork-rate, fork-bomb, ctx-switch, blocked-storm,
         /// memory or precision.
         #[arg(long)]
         only: Option<String>,

@@ -1,6 +1,10 @@
 //! `cargo xtask bench`: the agent's cost and its figures, measured within one
 //! run (never as timed assertions in tests).
 //!
+//! cost: the agent's CPU time per operation and per event, the host's CPU
+//! per operation with and without it, the probes' kernel time, and its
+//! RSS (see `cost`).
+//!
 //! fork rate: a tight fork+exit+wait loop (guard-workload forks N) in a cgroup
 //! of its own, alternating rounds without and with the agent attached (the
 //! agent streaming every event of the host as NDJSON to /dev/null, its
@@ -40,9 +44,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod cost;
 mod memory;
 
-use self::memory::{collective_bench, memory_bench};
+use self::{
+    cost::cost_bench,
+    memory::{collective_bench, memory_bench},
+};
 use anyhow::{Context as _, Result, bail};
 use guard_tests::{FrozenFs, TestCgroup};
 
@@ -51,6 +59,7 @@ const FORKS: &str = "20000";
 pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
     match only {
         None => {
+            cost_bench(workspace, rounds)?;
             fork_rate_bench(workspace, rounds)?;
             bomb_bench(workspace, rounds)?;
             ctx_switch_bench(workspace, rounds)?;
@@ -59,6 +68,7 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
             crate::precision::bench(&workspace.join("target"))
         }
         Some("precision") => crate::precision::bench(&workspace.join("target")),
+        Some("cost") => cost_bench(workspace, rounds),
         Some("memory") => memory_bench(workspace, rounds),
         Some("memory-collective") => collective_bench(rounds),
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
@@ -67,7 +77,7 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
         Some("blocked-storm") => storm_bench(workspace, rounds),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}: fork-rate, fork-bomb, ctx-switch, blocked-storm, memory, \
+                "unknown benchmark {other:?}: cost, fork-rate, fork-bomb, ctx-switch, blocked-storm, memory, \
                  memory-collective or precision"
             )
         }
