@@ -36,8 +36,9 @@ pub struct LoadOptions {
 /// A loaded object, its probes not yet attached. Dropping it detaches them.
 pub struct Loaded {
     ebpf: Ebpf,
-    /// The kernel's BTF, as aya reads it (for `tp_btf` programs).
-    btf: aya::Btf,
+    /// The kernel's BTF, as aya reads it (for `tp_btf` programs); dropped
+    /// once they are attached (parsed, it takes about 10 MiB).
+    btf: Option<aya::Btf>,
     probes: Vec<(&'static Probe, Option<String>)>,
 }
 
@@ -174,8 +175,8 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let mut config: ProbeConfig =
         crate::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
     let scope = &opts.kernel_scope;
-    if let Some(rule) = scope.rule {
-        config.fork_guard = crate::probes::fork_guard_config(&btf, scope, rule)?;
+    if scope.hierarchy.is_some() {
+        config.fork_guard = crate::probes::fork_guard_config(&btf, scope)?;
     }
     tracing::debug!(?config, "kernel offsets");
 
@@ -211,8 +212,10 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     Ok((
         Loaded {
             ebpf,
-            btf: aya::Btf::parse_file(&opts.btf, aya::Endianness::default())
-                .with_context(|| format!("reading BTF from {}", opts.btf.display()))?,
+            btf: Some(
+                aya::Btf::parse_file(&opts.btf, aya::Endianness::default())
+                    .with_context(|| format!("reading BTF from {}", opts.btf.display()))?,
+            ),
             probes,
         },
         Maps {
@@ -237,7 +240,7 @@ fn fill_scope_maps(ebpf: &mut Ebpf, scope: &crate::kernel_scope::KernelScope) ->
         ebpf.map_mut(name)
             .with_context(|| format!("{name} map missing from the object"))
     }
-    if scope.rule.is_some() {
+    if scope.hierarchy.is_some() {
         let mut cgroups: HashMap<_, u64, u32> = HashMap::try_from(map(ebpf, "SCOPE")?)?;
         for (id, verdict) in scope.cgroup_ids()? {
             cgroups.insert(id, verdict, 0).context("filling SCOPE")?;
@@ -259,8 +262,12 @@ fn fill_scope_maps(ebpf: &mut Ebpf, scope: &crate::kernel_scope::KernelScope) ->
 
 impl Loaded {
     /// Loads and attaches every supported probe; one warning per skipped
-    /// probe, an error only when a supported probe fails.
+    /// probe, an error only when a supported probe fails. Once only.
     pub fn attach(&mut self) -> Result<AttachReport> {
+        let btf = self
+            .btf
+            .take()
+            .context("guard's probes were already attached")?;
         let mut report = AttachReport::default();
         let mut loaded = BTreeSet::new();
         for (probe, unsupported) in &self.probes {
@@ -291,7 +298,7 @@ impl Loaded {
                     let program: &mut BtfTracePoint = program.try_into()?;
                     if first_use {
                         program
-                            .load(tracepoint, &self.btf)
+                            .load(tracepoint, &btf)
                             .with_context(|| format!("loading {}", probe.program))?;
                     }
                     program
