@@ -136,30 +136,114 @@ pub const RUSH_SLICES: u64 = 4;
 /// of a slow trend.
 const RECENT_BIRTHS: usize = 64;
 
+/// A cgroup's task count after each change within the window, with its
+/// running minimum, so that every question the rules ask of it costs
+/// O(log n) however fast it changes. (Scanning the history at every check
+/// cost a fork loop's agent most of its CPU: 14,000 changes a second,
+/// checked after every batch of events.)
+#[derive(Default)]
+struct Levels {
+    /// (time, live) after each change, oldest first.
+    history: VecDeque<(u64, u32)>,
+    /// The monotonic minimum queue of `history`: (sequence, time, live),
+    /// increasing in time and in live. The minimum of any suffix of
+    /// `history` is the first entry here at or after the suffix's start.
+    lows: VecDeque<(u64, u64, u32)>,
+    /// Sequence number of `history`'s front.
+    front_seq: u64,
+}
+
+impl Levels {
+    fn push(&mut self, now: u64, live: u32) {
+        let seq = self.front_seq + self.history.len() as u64;
+        self.history.push_back((now, live));
+        while self.lows.back().is_some_and(|&(_, _, l)| l >= live) {
+            self.lows.pop_back();
+        }
+        self.lows.push_back((seq, now, live));
+    }
+
+    fn pop_front(&mut self) {
+        if self.history.pop_front().is_some() {
+            if self
+                .lows
+                .front()
+                .is_some_and(|&(s, _, _)| s == self.front_seq)
+            {
+                self.lows.pop_front();
+            }
+            self.front_seq += 1;
+        }
+    }
+
+    /// Drops changes before `horizon`, keeping the last of them: the level
+    /// the window started at.
+    fn prune(&mut self, horizon: u64) {
+        while self.history.len() > 1 && self.history.get(1).is_some_and(|&(t, _)| t < horizon) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        while !self.history.is_empty() {
+            self.pop_front();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// The lowest level kept.
+    fn min(&self) -> Option<u32> {
+        self.lows.front().map(|&(_, _, l)| l)
+    }
+
+    /// The level at `t`: the last change at or before it.
+    fn at(&self, t: u64) -> Option<u32> {
+        let after = self.history.partition_point(|&(when, _)| when <= t);
+        after.checked_sub(1).map(|i| self.history[i].1)
+    }
+
+    /// The lowest level from `t` on: the level at `t` and every change
+    /// after it.
+    fn min_from(&self, t: u64) -> Option<u32> {
+        let j = self.lows.partition_point(|&(_, when, _)| when <= t);
+        let later = self.lows.get(j).map(|&(_, _, l)| l);
+        match (self.at(t), later) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Population {
-    /// (time, node, self-replication depth) of births within the window.
-    births: VecDeque<(u64, NodeId, u32)>,
+    /// (time, node, self-copy: at least the rules' depth deep) of births
+    /// within the window.
+    births: VecDeque<(u64, NodeId, bool)>,
+    /// How many of `births` are self-copies.
+    deep: usize,
     /// The last births, newest last.
     recent: VecDeque<NodeId>,
     live: u32,
-    /// (time, live) after each change within the window.
-    history: VecDeque<(u64, u32)>,
+    /// The live count after each change within the window.
+    levels: Levels,
     last_alert: Option<u64>,
 }
 
 impl Population {
     fn record(&mut self, now: u64) {
-        self.history.push_back((now, self.live));
+        self.levels.push(now, self.live);
     }
 
     /// The rush rule on this population: `Some((per_sec, eta_ns))` when,
     /// over the last [`RUSH_SLICES`] slices back from its newest birth, its
     /// task count grew by at least `growth` from its lowest, grew in every
-    /// slice, and at that rate reaches `limit` within one window. A spawner that does not copy
-    /// itself (`while :; do sleep 1000 & done`) meets it long before the
-    /// limit; a pool started once has stopped being born into, and a build's
-    /// count does not grow.
+    /// slice, and at that rate reaches `limit` within one window. A spawner
+    /// that does not copy itself (`while :; do sleep 1000 & done`) meets it
+    /// long before the limit; a pool started once has stopped being born
+    /// into, and a build's count does not grow.
     fn rush(&self, rules: &ForkRules, now: u64, limit: u64, current: u64) -> Option<(f64, u64)> {
         let newest = self.births.back().map(|&(t, _, _)| t)?;
         if now.saturating_sub(newest) > RUSH_SLICE_NS {
@@ -167,39 +251,18 @@ impl Population {
         }
         let span = RUSH_SLICE_NS * RUSH_SLICES;
         let since = newest.checked_sub(span)?;
-        // The count at `since` (the last change before it) and every count
-        // after: the lowest of the last `span`.
-        let at_since = self
-            .history
-            .iter()
-            .take_while(|&&(t, _)| t <= since)
-            .last()
-            .map(|&(_, live)| live);
-        let low = self
-            .history
-            .iter()
-            .filter(|&&(t, _)| t > since)
-            .map(|&(_, live)| live)
-            .chain(at_since)
-            .min()?;
+        // The lowest count of the last `span`.
+        let low = self.levels.min_from(since)?;
         let growth = self.live.saturating_sub(low);
         if growth < rules.growth {
             return None;
         }
-        // The count at `t`: the last change at or before it.
-        let at = |t: u64| {
-            self.history
-                .iter()
-                .take_while(|&&(when, _)| when <= t)
-                .last()
-                .map(|&(_, live)| live)
-        };
         // It grew in every slice: no pause, no plateau (a pool that stopped
         // being born into, a build whose tasks end as fast as they start).
         let unbroken = (0..RUSH_SLICES).all(|k| {
             let end = newest - k * RUSH_SLICE_NS;
             let start = end - RUSH_SLICE_NS;
-            matches!((at(start), at(end)), (Some(before), Some(after)) if after > before)
+            matches!((self.levels.at(start), self.levels.at(end)), (Some(before), Some(after)) if after > before)
         });
         if !unbroken {
             return None;
@@ -215,30 +278,24 @@ impl Population {
     /// them, not the window's deepest birth: a wrapper script's nested
     /// subshells and its program's worker pool in one window are no bomb
     /// together; measured, pyenv's shim makes fewer than 10.)
-    fn deep_births(&self, depth: u32) -> usize {
-        self.births.iter().filter(|&&(_, _, d)| d >= depth).count()
+    fn deep_births(&self) -> usize {
+        self.deep
     }
 
     /// Growth of the live count from its lowest point in the window.
     fn growth(&self) -> u32 {
-        let lowest = self
-            .history
-            .iter()
-            .map(|&(_, live)| live)
-            .min()
-            .unwrap_or(self.live);
-        self.live.saturating_sub(lowest)
+        self.live
+            .saturating_sub(self.levels.min().unwrap_or(self.live))
     }
 
     fn prune(&mut self, now: u64, window: u64) {
         let horizon = now.saturating_sub(window);
         while self.births.front().is_some_and(|&(t, _, _)| t < horizon) {
-            self.births.pop_front();
+            if let Some((_, _, true)) = self.births.pop_front() {
+                self.deep -= 1;
+            }
         }
-        // Keep one sample from before the window: the level it started at.
-        while self.history.len() > 1 && self.history.get(1).is_some_and(|&(t, _)| t < horizon) {
-            self.history.pop_front();
-        }
+        self.levels.prune(horizon);
     }
 }
 
@@ -276,7 +333,9 @@ impl ForkDetector {
     pub fn birth(&mut self, now: u64, cgroup: &CgroupKey, node: NodeId, depth: u32) {
         let p = self.populations.entry(cgroup.clone()).or_default();
         p.live += 1;
-        p.births.push_back((now, node, depth));
+        let deep = depth >= self.rules.depth;
+        p.births.push_back((now, node, deep));
+        p.deep += usize::from(deep);
         if p.recent.len() == RECENT_BIRTHS {
             p.recent.pop_front();
         }
@@ -305,7 +364,7 @@ impl ForkDetector {
             if !counts.contains_key(cgroup) {
                 p.live = 0;
             }
-            p.history.clear();
+            p.levels.clear();
             p.record(now);
         }
     }
@@ -351,7 +410,7 @@ impl ForkDetector {
 
     fn is_armed(&self, p: &Population) -> bool {
         4 * p.births.len() >= self.rules.min_births()
-            && 8 * p.deep_births(self.rules.depth) >= self.rules.min_births()
+            && 8 * p.deep_births() >= self.rules.min_births()
             && p.growth() >= self.rules.growth / 4
     }
 
@@ -382,7 +441,7 @@ impl ForkDetector {
             let quiet = p
                 .last_alert
                 .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
-            let deep_births = p.deep_births(rules.depth);
+            let deep_births = p.deep_births();
             // Births, half of them self-copies, and growth.
             if p.births.len() >= min_births
                 && 2 * deep_births >= min_births
@@ -424,7 +483,7 @@ impl ForkDetector {
                     });
                 }
             }
-            p.live > 0 || !p.births.is_empty() || p.history.len() > 1 || !p.recent.is_empty()
+            p.live > 0 || !p.births.is_empty() || p.levels.len() > 1 || !p.recent.is_empty()
         });
         // A cgroup no longer read (emptied or removed) is forgotten.
         self.trends.retain(|_, t| {

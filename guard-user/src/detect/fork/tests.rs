@@ -377,3 +377,54 @@ fn pools_and_builds_near_their_limit_are_no_rush() {
     );
     assert_eq!(slow, None);
 }
+
+/// `Levels` answers as a scan of its history would, through pushes and
+/// prunes of a count that rises and falls (a fixed pseudo-random walk).
+#[test]
+fn levels_answer_as_a_scan_would() {
+    let mut levels = Levels::default();
+    let mut naive: std::collections::VecDeque<(u64, u32)> = Default::default();
+    let (mut live, mut seed) = (50u32, 12345u64);
+    for step in 0..5000u64 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let now = step * 3;
+        live = if seed >> 63 == 1 {
+            live + 1
+        } else {
+            live.saturating_sub(1)
+        };
+        levels.push(now, live);
+        naive.push_back((now, live));
+        if step % 7 == 0 {
+            let horizon = now.saturating_sub(300);
+            levels.prune(horizon);
+            while naive.len() > 1 && naive.get(1).is_some_and(|&(t, _)| t < horizon) {
+                naive.pop_front();
+            }
+        }
+        assert_eq!(levels.len(), naive.len());
+        assert_eq!(levels.min(), naive.iter().map(|&(_, l)| l).min());
+        let probe = now.saturating_sub((seed >> 20) % 400);
+        let at = naive
+            .iter()
+            .take_while(|&&(t, _)| t <= probe)
+            .last()
+            .map(|&(_, l)| l);
+        assert_eq!(levels.at(probe), at, "at({probe}) at step {step}");
+        let from = naive
+            .iter()
+            .filter(|&&(t, _)| t > probe)
+            .map(|&(_, l)| l)
+            .chain(at)
+            .min();
+        assert_eq!(
+            levels.min_from(probe),
+            from,
+            "min_from({probe}) at step {step}"
+        );
+    }
+    levels.clear();
+    assert_eq!((levels.len(), levels.min()), (0, None));
+}
