@@ -46,8 +46,9 @@ pub struct TaskOffsets {
     /// `mm_struct.arg_start` and `arg_end`.
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
-    /// Explicit padding (always 0).
-    pub reserved: u32,
+    /// `task_struct.start_boottime` (`real_start_time` before 5.5), or
+    /// [`ABSENT`].
+    pub start_boottime: u32,
 }
 
 /// Field offsets inside the `oom/mark_victim` record, from its tracefs
@@ -150,8 +151,12 @@ pub struct ForkGuardConfig {
     pub signal: u32,
     /// Self-replication depth a subtree must show (see `ForkBudget`).
     pub min_depth: u32,
-    /// Explicit padding (always 0).
-    pub reserved: u32,
+    /// 1: the probes write no record of a task outside the scope (the
+    /// `SCOPE` map's verdict is [`SCOPE_OUT`](crate::SCOPE_OUT)), so work
+    /// outside `--cgroup` never reaches the agent. Cgroup moves, OOM kills
+    /// and hung tasks are written whatever the scope: they are rare, and
+    /// the agent needs a move into the scope to start following a process.
+    pub filter: u32,
 }
 
 /// Everything per-kernel the programs need, as one read-only global.
@@ -189,7 +194,7 @@ impl ProbeConfig {
             mm: 0,
             mm_arg_start: 0,
             mm_arg_end: 0,
-            reserved: 0,
+            start_boottime: ABSENT,
         },
         mark_victim: MarkVictimLayout::NONE,
         memory: MemoryProbe {
@@ -215,7 +220,7 @@ impl ProbeConfig {
             min_growth: 0,
             signal: 0,
             min_depth: 0,
-            reserved: 0,
+            filter: 0,
         },
     };
 }

@@ -261,6 +261,16 @@ pub struct CgroupAttachEvent {
     pub hierarchy_id: u32,
     /// Bytes of `path` before its NUL.
     pub path_len: u32,
+    /// The moving task's parent process and `task_struct.flags`: with
+    /// `--cgroup` the probes leave out tasks outside it, so a process that
+    /// moves in is first heard of here, and may be gone from /proc before
+    /// the agent reads it.
+    pub ppid: u32,
+    pub flags: u32,
+    /// When the task started, boot ns (`task_struct.start_boottime`; 0
+    /// when this kernel's BTF has no such field).
+    pub start_ns: u64,
+    pub comm: [u8; COMM_LEN],
     /// The destination cgroup's path inside its hierarchy, e.g. `/a/b`.
     pub path: [u8; PATH_LEN],
 }

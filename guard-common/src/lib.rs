@@ -62,7 +62,10 @@ mod layout {
             16 + 4 * 4 + 5 * 8 + 2 * 4 + COMM_LEN
         );
         assert_eq!(size_of::<HungTaskEvent>(), 16 + 2 * 4 + COMM_LEN);
-        assert_eq!(size_of::<CgroupAttachEvent>(), 16 + 4 * 4 + PATH_LEN);
+        assert_eq!(
+            size_of::<CgroupAttachEvent>(),
+            16 + 6 * 4 + 8 + COMM_LEN + PATH_LEN
+        );
         assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
         assert_eq!(size_of::<BlockedSlot>(), 8 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<TaskOffsets>(), 22 * 4);

@@ -201,6 +201,13 @@ pub(crate) fn cgroup_id(cgroup: *const u8) -> Result<u64, u32> {
     read::<u64>(kn, config!(task.kernfs_node_id))
 }
 
+/// Whether the probes leave `task`'s record out: `--cgroup` was given and
+/// its cgroup is outside the scope (one cached lookup per record).
+#[inline(always)]
+pub(crate) fn out_of_view(task: *const u8) -> bool {
+    config!(fork_guard.filter) == 1 && scope_verdict(task) == SCOPE_OUT
+}
+
 /// `SCOPE_IN`, `SCOPE_PROTECTED` or `SCOPE_OUT` for `task`'s cgroup: the
 /// nearest of it and its ancestors that the agent listed in `SCOPE`
 /// decides. Verdicts are cached per cgroup (ids are never reused, and the

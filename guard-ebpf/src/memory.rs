@@ -8,7 +8,7 @@ use aya_ebpf::macros::raw_tracepoint;
 use aya_ebpf::programs::RawTracePointContext;
 use guard_common::{EventKind, RSS_STAT_WORDS, ReclaimStallEvent, RssEvent};
 
-use crate::{maps::*, read::*};
+use crate::{fork_guard::out_of_view, maps::*, read::*};
 
 // rss_stat: fires from add_mm_counter()/inc_mm_counter() and friends each
 // time one of an mm's resident-memory counters changes (a page faulted in,
@@ -66,7 +66,10 @@ pub(crate) fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if previous == step {
         return Ok(0);
     }
-    if RSS_STEP.insert(tgid, step, 0).is_err() || (previous == u32::MAX && step == 0) {
+    if RSS_STEP.insert(tgid, step, 0).is_err()
+        || (previous == u32::MAX && step == 0)
+        || out_of_view(task)
+    {
         return Ok(0);
     }
     let page = u64::from(config!(memory.page_size));
@@ -117,6 +120,10 @@ pub(crate) fn try_reclaim_end(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let _ = RECLAIM_BEGIN.remove(pid);
     let stall_ns = bpf_ktime_get_boot_ns_now().saturating_sub(began);
     if stall_ns < u64::from(config!(memory.reclaim_stall_us)) * 1000 {
+        return Ok(0);
+    }
+    // SAFETY: returns the current task pointer; no arguments.
+    if out_of_view(unsafe { bpf_get_current_task() } as *const u8) {
         return Ok(0);
     }
     let nr_reclaimed: u64 = ctx.arg(0);

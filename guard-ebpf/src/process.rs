@@ -40,6 +40,11 @@ pub(crate) fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, 
         let child: *const c_void = ctx.arg(1);
         signal_task(child, signal);
     }
+    // Born outside the scope (into the forker's cgroup, or another one with
+    // CLONE_INTO_CGROUP): the agent follows it from its move in, if any.
+    if out_of_view(child) {
+        return Ok(0);
+    }
     let record = (|| -> Result<ForkEvent, u32> {
         let value = ForkEvent {
             header: header(EventKind::Fork),
@@ -79,6 +84,9 @@ pub(crate) fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<u32, 
         read::<*const u8>(bprm, config!(task.binprm_filename)).map_err(|e| read_failed(kind, e))?;
     let comm = task_comm(task).map_err(|e| read_failed(kind, e))?;
     end_replication(task, tgid, &comm);
+    if out_of_view(task) {
+        return Ok(0);
+    }
     // Built in this CPU's scratch slot: at 440 bytes the record does not
     // fit the 512-byte BPF stack beside the rest.
     let record = EXEC_SCRATCH.get_ptr_mut(0).ok_or(FAILED)?;
@@ -169,6 +177,9 @@ pub(crate) fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, 
             let _ = DEPTH.remove(tgid);
         }
     }
+    if out_of_view(task) {
+        return Ok(0);
+    }
     let record = (|| -> Result<ExitEvent, u32> {
         let value = ExitEvent {
             header: header(EventKind::Exit),
@@ -217,6 +228,10 @@ pub(crate) fn try_cgroup_attach_task(ctx: &RawTracePointContext) -> Result<u32, 
         tgid,
         hierarchy_id: hierarchy_id as u32,
         path_len: 0,
+        ppid: real_parent_tgid(task).unwrap_or(0),
+        flags: read::<u32>(task, config!(task.flags)).unwrap_or(0),
+        start_ns: read::<u64>(task, config!(task.start_boottime)).unwrap_or(0),
+        comm: task_comm(task).map_err(|e| read_failed(kind, e))?,
         path: [0; PATH_LEN],
     };
     record.path_len =

@@ -229,6 +229,12 @@ pub struct CgroupAttach {
     pub boot_ns: u64,
     pub pid: u32,
     pub tgid: u32,
+    /// The mover's parent process, name, whether it is a kernel thread,
+    /// and start (boot ns, 0: unknown).
+    pub ppid: u32,
+    pub comm: Comm,
+    pub kernel_thread: bool,
+    pub start_ns: u64,
     pub hierarchy_id: u32,
     /// Path inside the hierarchy, e.g. `/a/b`.
     pub path: String,
@@ -429,6 +435,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 boot_ns,
                 pid: r.pid,
                 tgid: r.tgid,
+                ppid: r.ppid,
+                comm: Comm::new(r.comm),
+                kernel_thread: r.flags & guard_common::PF_KTHREAD != 0,
+                start_ns: r.start_ns,
                 hierarchy_id: r.hierarchy_id,
                 path,
             })

@@ -22,7 +22,7 @@ use guard_common::{ABSENT, COMM_LEN, SCOPE_IN, SCOPE_PROTECTED};
 use crate::{cgroup::Hierarchies, policy::ActionKind, protect::Protected, scope::Scope};
 
 /// The explosion rule as the fork probe applies it to a watched subtree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BudgetLimits {
     pub window_ns: u64,
     pub max_births: u32,
@@ -61,7 +61,12 @@ pub struct KernelScope {
     pub rule: Option<BudgetLimits>,
     /// Why it does not, when it does not (for the log).
     pub off_because: Option<String>,
+    /// The hierarchy the probes read the scope in; `None` when they cannot
+    /// (see `off_because`): then they neither tag nor filter.
     pub hierarchy: Option<ScopeHierarchy>,
+    /// The probes drop the events of tasks outside the scope: `--cgroup`
+    /// was given and the probes can read the scope.
+    pub filter: bool,
     /// No `--cgroup`: every cgroup is in scope.
     pub all_cgroups: bool,
     /// (cgroup directory, SCOPE_IN or SCOPE_PROTECTED).
@@ -84,10 +89,12 @@ pub struct Inputs<'a> {
     pub hierarchies: &'a Hierarchies,
 }
 
-/// Decides what the fork probe enforces. It tags by itself only when the
-/// fork guard acts (`stop` or `kill`, not a dry run) and every scope and
-/// `--protect` cgroup is in one hierarchy the probe can read: v2, or a v1
-/// hierarchy with a controller (a named v1 hierarchy has no `css_set` slot).
+/// Decides what the probes do with the scope. They can read it when every
+/// scope and `--protect` cgroup is in one hierarchy they can read: v2, or a
+/// v1 hierarchy with a controller (a named v1 hierarchy has no `css_set`
+/// slot). Then, with `--cgroup`, they drop the events of tasks outside it;
+/// and when the fork guard acts (`stop` or `kill`, not a dry run), the fork
+/// probe tags subtrees by itself.
 pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
     let protected_pids = inputs
         .guard_chain
@@ -120,9 +127,16 @@ pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
     };
     match decide(inputs) {
         Ok((hierarchy, cgroups)) => {
-            plan.rule = Some(inputs.rule);
             plan.hierarchy = Some(hierarchy);
             plan.cgroups = cgroups;
+            plan.filter = !plan.all_cgroups;
+            if inputs.action == ActionKind::Log {
+                plan.off_because = Some("--fork-action is log".into());
+            } else if inputs.dry_run {
+                plan.off_because = Some("--dry-run".into());
+            } else {
+                plan.rule = Some(inputs.rule);
+            }
         }
         Err(why) => plan.off_because = Some(why),
     }
@@ -132,12 +146,6 @@ pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
 type Decision = (ScopeHierarchy, Vec<(String, u32)>);
 
 fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
-    if inputs.action == ActionKind::Log {
-        return Err("--fork-action is log".into());
-    }
-    if inputs.dry_run {
-        return Err("--dry-run".into());
-    }
     let h = inputs.hierarchies;
     let mut cgroups: Vec<(usize, String, u32)> = inputs
         .scope

@@ -248,7 +248,9 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
             mm: m("task_struct", "mm")?,
             mm_arg_start: m("mm_struct", "arg_start")?,
             mm_arg_end: m("mm_struct", "arg_end")?,
-            reserved: 0,
+            start_boottime: m("task_struct", "start_boottime")
+                .or_else(|_| m("task_struct", "real_start_time"))
+                .unwrap_or(guard_common::ABSENT),
         })
     };
     resolve().context("resolving kernel struct offsets from BTF")
@@ -259,13 +261,14 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
 pub fn fork_guard_config(
     btf: &Btf,
     scope: &crate::kernel_scope::KernelScope,
-    rule: crate::kernel_scope::BudgetLimits,
 ) -> Result<ForkGuardConfig> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
+    // Not tagging (enabled 0), the budget's figures are never read.
+    let rule = scope.rule.unwrap_or_default();
     let resolve = || -> Result<ForkGuardConfig> {
         Ok(ForkGuardConfig {
             window_ns: rule.window_ns,
-            enabled: 1,
+            enabled: u32::from(scope.rule.is_some()),
             all_cgroups: u32::from(scope.all_cgroups),
             subsys_index: scope.subsys_index(btf)?,
             css_set_subsys: m("css_set", "subsys")?,
@@ -276,7 +279,7 @@ pub fn fork_guard_config(
             min_growth: rule.min_growth,
             signal: u32::try_from(rule.signal).unwrap_or(9),
             min_depth: rule.min_depth,
-            reserved: 0,
+            filter: u32::from(scope.filter),
         })
     };
     resolve().context("resolving the fork probe's cgroup offsets from BTF")

@@ -345,6 +345,26 @@ impl ProcessTable {
 
     /// Drops entries whose process is gone (after lost events, an exit may
     /// have been missed).
+    /// Drops a process the agent will hear no more of (the probes leave it
+    /// out: it moved out of the scope).
+    pub fn forget(&mut self, tgid: u32) {
+        self.remove(tgid);
+    }
+
+    /// Drops every process `unwanted` picks; returns how many.
+    pub fn forget_if(&mut self, unwanted: impl Fn(&ProcInfo) -> bool) -> usize {
+        let gone: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| unwanted(p))
+            .map(|p| p.tgid)
+            .collect();
+        for tgid in &gone {
+            self.remove(*tgid);
+        }
+        gone.len()
+    }
+
     pub fn sweep(&mut self) -> usize {
         let gone: Vec<u32> = self
             .procs
@@ -479,7 +499,12 @@ impl ProcessTable {
                 let dir = self
                     .interner
                     .intern(&self.hierarchies.list[index].dir_of(&a.path));
-                let info = self.lookup_or_read(a.tgid)?;
+                if !self.procs.contains_key(&a.tgid) && self.read_in(a.tgid).is_none() {
+                    // Gone from /proc already (a short-lived process that
+                    // moved into the scope): as the record tells it.
+                    self.add_from_record(a);
+                }
+                let info = self.procs.get_mut(&a.tgid)?;
                 let mut set: Vec<_> = info.cgroups.to_vec();
                 set[index] = Some(dir);
                 info.cgroups = set.into();
@@ -504,12 +529,38 @@ impl ProcessTable {
 
     fn lookup_or_read(&mut self, tgid: u32) -> Option<&mut ProcInfo> {
         if !self.procs.contains_key(&tgid) {
-            let mut info = self.read_proc(tgid)?;
-            let parent = self.procs.get(&info.ppid).map(|p| p.node);
-            info.node = self.lineage.add(parent, &info);
-            self.procs.insert(tgid, info);
+            self.read_in(tgid)?;
         }
         self.procs.get_mut(&tgid)
+    }
+
+    /// Adds `tgid` as /proc tells it.
+    fn read_in(&mut self, tgid: u32) -> Option<()> {
+        let info = self.read_proc(tgid)?;
+        self.insert_new(info);
+        Some(())
+    }
+
+    fn insert_new(&mut self, mut info: ProcInfo) {
+        let parent = self.procs.get(&info.ppid).map(|p| p.node);
+        info.node = self.lineage.add(parent, &info);
+        self.procs.insert(info.tgid, info);
+    }
+
+    /// Adds the mover of a cgroup move as its record tells it (its other
+    /// hierarchies' cgroups unknown).
+    fn add_from_record(&mut self, a: &crate::decode::CgroupAttach) {
+        let info = ProcInfo {
+            tgid: a.tgid,
+            ppid: a.ppid,
+            comm: a.comm,
+            kernel_thread: a.kernel_thread,
+            // A thread's start is not its process's.
+            start_boot_ns: if a.pid == a.tgid { a.start_ns } else { 0 },
+            cgroups: self.empty_set(),
+            node: 0,
+        };
+        self.insert_new(info);
     }
 }
 

@@ -1,14 +1,15 @@
 //! Reads the `EVENTS` ring buffer and hands decoded events to the pipeline.
 //!
 //! The reader never blocks on the pipeline: it drains every record that is
-//! ready, clears readiness, and hands each event through a bounded channel
-//! with `try_send`. When the channel is full the event is counted as lost on
-//! the queue side; records the kernel could not write (ring buffer full) are
-//! counted per CPU in the `DROPS` map. The two are reported separately.
+//! ready, clears readiness, and hands the events over as one batch (one
+//! wakeup of the pipeline per drain, not per event). The queue is bounded in
+//! events: past `--queue` events waiting, further ones are counted as lost
+//! on the queue side; records the kernel could not write (ring buffer full)
+//! are counted per CPU in the `DROPS` map. The two are reported separately.
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use anyhow::{Context as _, Result};
@@ -44,20 +45,65 @@ pub struct SourceStats {
     pub undecodable: AtomicU64,
 }
 
-/// Starts the reader task. It ends after `stop` fires (with one last drain)
-/// or when the pipeline hangs up; the channel closes when it ends.
+/// The pipeline's end of the queue: batches of events, in ring order.
+pub struct EventQueue {
+    rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl EventQueue {
+    /// The next batch; `None` once the reader has ended and all is taken.
+    pub async fn recv(&mut self) -> Option<Vec<Event>> {
+        let batch = self.rx.recv().await?;
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// A batch already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<Vec<Event>> {
+        let batch = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
+    }
+}
+
+/// The reader's end: at most `limit` events waiting.
+struct Sender {
+    tx: mpsc::UnboundedSender<Vec<Event>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// A queue of at most `limit` events.
+fn queue(limit: usize) -> (Sender, EventQueue) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        Sender {
+            tx,
+            queued: queued.clone(),
+            limit,
+        },
+        EventQueue { rx, queued },
+    )
+}
+
+/// Starts the reader task, with a queue of at most `limit` events. It ends
+/// after `stop` fires (with one last drain) or when the pipeline hangs up;
+/// the queue closes when it ends.
 pub fn spawn_reader(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Event>,
+    limit: usize,
     stats: Arc<SourceStats>,
     mut stop: oneshot::Receiver<()>,
-) -> Result<JoinHandle<()>> {
+) -> Result<(JoinHandle<()>, EventQueue)> {
+    let (tx, events) = queue(limit);
     // SAFETY: the ring buffer map owns its fd and keeps it open, unchanged,
     // for as long as the map lives, and the AsyncFd owns the map.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("polling the ring buffer")?;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let open = tokio::select! {
                 ready = ring.readable_mut() => match ready {
@@ -80,20 +126,21 @@ pub fn spawn_reader(
             }
             tokio::time::sleep(READ_INTERVAL).await;
         }
-    }))
+    });
+    Ok((task, events))
 }
 
-/// Reads every ready record; false when the pipeline has hung up.
-fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceStats) -> bool {
+/// Reads every ready record and hands them over as one batch; false when
+/// the pipeline has hung up.
+fn drain(ring: &mut RingBuf<MapData>, tx: &Sender, stats: &SourceStats) -> bool {
+    let room = tx.limit.saturating_sub(tx.queued.load(Ordering::Relaxed));
+    let mut batch = Vec::new();
     while let Some(record) = ring.next() {
         match decode(&record) {
-            Ok(event) => match tx.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            },
+            Ok(_) if batch.len() >= room => {
+                stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(event) => batch.push(event),
             Err(err) => {
                 if stats.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!("undecodable ring-buffer record: {err}");
@@ -101,7 +148,11 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, stats: &SourceSt
             }
         }
     }
-    true
+    if batch.is_empty() {
+        return !tx.tx.is_closed();
+    }
+    tx.queued.fetch_add(batch.len(), Ordering::Relaxed);
+    tx.tx.send(batch).is_ok()
 }
 
 /// Reads how many events were lost so far (see [`loss_counter`]).

@@ -271,3 +271,76 @@ fn scope_shows_only_its_cgroup_and_paths_follow_moves() {
     // The outside workload's records were filtered out: only the mover shows.
     assert!(stopped.of_kind("exit").all(|r| num(r, "pid") == mover_pid));
 }
+
+/// With `--cgroup`, the probes write nothing of tasks outside it: a fork
+/// loop beside the scope is not even seen (the summary's `seen` counts only
+/// the scope's own events, exactly), and a process that moves in is
+/// followed from its move, with its parent and name read from /proc.
+#[test]
+fn work_outside_the_scope_never_reaches_the_agent() {
+    use std::io::Write as _;
+    let inside = TestCgroup::new("filter-in", 16, 128 << 20);
+    let outside = TestCgroup::new("filter-out", 16, 128 << 20);
+    let scope = dir(inside.pids_dir());
+    let agent = Agent::start(&["--cgroup", &scope]);
+
+    let (status, _) = run(&mut outside.workload(&["forks", "2000"]));
+    assert!(status.success(), "outside loop: {status}");
+    let (status, out) = run(&mut inside.workload(&["spawn", "3", "/bin/true"]));
+    assert!(status.success(), "inside workload: {status}");
+    let wpid = num(&parse(&out), "pid");
+
+    // A shell started outside, moved in, then forking there.
+    let mut mover = outside
+        .command("/bin/bash")
+        .args(["-c", "read line; /bin/true; read line"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    let mover_pid = u64::from(mover.id());
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(
+        inside.pids_dir().join("cgroup.procs"),
+        mover_pid.to_string(),
+    )
+    .expect("move in");
+    let mut stdin = mover.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    let mut agent = agent;
+    let fork = agent.wait_for(Duration::from_secs(10), "the mover's fork", |r| {
+        r["kind"] == "fork" && r["ppid"].as_u64() == Some(mover_pid)
+    });
+    assert_eq!(fork["parent_comm"], "bash", "{fork}");
+    assert_eq!(fork["cgroup"], scope.as_str(), "{fork}");
+    // Out again: its exit is not written.
+    std::fs::write(
+        outside.pids_dir().join("cgroup.procs"),
+        mover_pid.to_string(),
+    )
+    .expect("move out");
+    std::thread::sleep(Duration::from_millis(200));
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    assert!(mover.wait().expect("wait bash").success());
+    let stopped = agent.stop();
+
+    let seen = &stopped.summary()["seen"];
+    // The inside workload: its exec, three forks, three execs of true,
+    // four exits. The mover: one fork, the exec and exit of its true.
+    assert_eq!(
+        (num(seen, "fork"), num(seen, "exec"), num(seen, "exit")),
+        (3 + 1, 1 + 3 + 1, 4 + 1),
+        "the 2000 forks outside reached the agent, or the scope's did not: {}",
+        stopped.summary()
+    );
+    assert!(
+        stopped.of_kind("exit").all(|r| num(r, "pid") != mover_pid),
+        "the mover's exit outside the scope was written"
+    );
+    assert!(
+        stopped
+            .of_kind("exit")
+            .any(|r| num(r, "pid") == wpid && r["exit_code"] == 0),
+        "no exit of the inside workload"
+    );
+}

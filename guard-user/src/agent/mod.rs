@@ -62,7 +62,6 @@ pub enum Ending {
 const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 
 pub async fn run(args: Args) -> Result<Ending> {
-    let hardening = harden_self();
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
@@ -91,6 +90,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         hierarchies: &hierarchies,
     });
     let kernel_tags = kernel_scope.rule.is_some();
+    let kernel_filter = kernel_scope.filter;
     match &kernel_scope.off_because {
         None => tracing::info!(
             "the fork probe applies the explosion rule to every subtree in scope by itself"
@@ -102,7 +102,10 @@ pub async fn run(args: Args) -> Result<Ending> {
         Some(why) => tracing::debug!("the fork probe does not tag by itself: {why}"),
     }
 
-    let mut scope_watch = if kernel_scope.rule.is_some() {
+    if kernel_scope.filter {
+        tracing::info!("the probes drop the events of tasks outside --cgroup");
+    }
+    let mut scope_watch = if kernel_scope.hierarchy.is_some() {
         kernel_scope::ScopeWatch::new(&kernel_scope, &kernel_scope.cgroup_ids()?)
     } else {
         kernel_scope::ScopeWatch::default()
@@ -144,10 +147,9 @@ pub async fn run(args: Args) -> Result<Ending> {
     )?);
 
     // Start reading before attaching, so start-up loses nothing.
-    let (tx, mut rx) = mpsc::channel::<Event>(args.queue as usize);
     let stats = Arc::new(SourceStats::default());
     let (stop_reader, stop_rx) = oneshot::channel();
-    let reader = source::spawn_reader(ring, tx, stats.clone(), stop_rx)?;
+    let (reader, mut rx) = source::spawn_reader(ring, args.queue as usize, stats.clone(), stop_rx)?;
     // Cgroups the fork detector ignores, the fork probe leaves alone from
     // its first fork on (later ones, as processes enter them).
     let fork_ignore = Ignore::for_detector(&ignore_rules, Detector::Fork);
@@ -179,6 +181,11 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let mut table = ProcessTable::new(hierarchies.clone(), default_proc_root());
     table.seed();
+    if kernel_filter {
+        // No event of theirs will come: an entry left would go stale, and
+        // its pid could later name another process moving in.
+        table.forget_if(|p| !scope.contains(Some(p)));
+    }
 
     let color = match args.color {
         Color::Always => true,
@@ -210,6 +217,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         leak_action: args.leak_action,
         dry_run: args.dry_run,
         kernel_tags,
+        kernel_filter,
     };
     let processes = table.len();
     let shared: Arc<dyn System + Send + Sync> = system.clone();
@@ -256,6 +264,8 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    // After loading: see `harden_self`.
+    let hardening = harden_self();
     tracing::info!(
         "ready: {} probes attached, {processes} processes known, cgroup paths from {}",
         report.attached.len(),
@@ -371,16 +381,21 @@ pub async fn run(args: Args) -> Result<Ending> {
             Some((request, outcome)) = done_rx.recv() => {
                 run_actions(pipe.action_done(&request, &outcome)?);
             }
-            event = rx.recv() => {
-                let Some(event) = event else { break };
-                let mut moved = matches!(event, Event::CgroupAttach(_));
-                let mut result = pipe.handle(&event);
-                // Take whatever else is queued, then check and flush once.
-                while result.is_ok() && let Ok(event) = rx.try_recv() {
-                    moved |= matches!(event, Event::CgroupAttach(_));
-                    result = pipe.handle(&event);
+            batch = rx.recv() => {
+                let Some(mut batch) = batch else { break };
+                let mut moved = false;
+                // This batch and whatever else is queued, then check and
+                // flush once.
+                loop {
+                    for event in &batch {
+                        moved |= matches!(event, Event::CgroupAttach(_));
+                        pipe.handle(event)?;
+                    }
+                    match rx.try_recv() {
+                        Some(next) => batch = next,
+                        None => break,
+                    }
                 }
-                result?;
                 if moved {
                     // A restarted service's process moving into its new
                     // cgroup: the probe's scope follows before it forks.
@@ -407,8 +422,10 @@ pub async fn run(args: Args) -> Result<Ending> {
     }
     drop(loaded);
     let _ = stop_reader.send(());
-    while let Some(event) = rx.recv().await {
-        pipe.handle(&event)?;
+    while let Some(batch) = rx.recv().await {
+        for event in &batch {
+            pipe.handle(event)?;
+        }
     }
     let _ = reader.await;
     if broken {

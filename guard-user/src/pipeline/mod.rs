@@ -54,6 +54,9 @@ pub struct Settings {
     /// The fork probe tags and budgets every subtree in scope by itself
     /// (see `kernel_scope`): the agent's own early watch is not needed.
     pub kernel_tags: bool,
+    /// The probes drop the events of tasks outside the scope: a process
+    /// that moves out is never heard of again, so the table lets it go.
+    pub kernel_filter: bool,
     /// Detectors switched off (`--off`, `--crashloop off`).
     pub off: Vec<Detector>,
     /// What the fork, memory and blocked-task detectors leave alone (the
@@ -395,6 +398,14 @@ impl<W: Write> Pipeline<W> {
                 }
                 _ => {}
             }
+        }
+        if let (Event::CgroupAttach(_), Some(p)) = (event, &subject)
+            && self.settings.kernel_filter
+            && !self.scope.contains_cgroups(&p.cgroups)
+        {
+            // Its exit will not be written: forget it now (a move back in
+            // reads it from /proc again).
+            self.table.forget(p.tgid);
         }
         if let Event::Unblocked(u) = event
             && !self.detectors.blocked.unblocked(u.pid, u.since_ns)

@@ -121,19 +121,48 @@ fn fork_inherits_cgroups_exec_renames_exit_removes() {
     assert!(t.get(200).is_none());
 }
 
+fn attach(pid: u32, tgid: u32, path: &str) -> Event {
+    Event::CgroupAttach(CgroupAttach {
+        boot_ns: 9_500_000_000,
+        pid,
+        tgid,
+        ppid: 100,
+        comm: Comm::from_str_lossy("mover"),
+        kernel_thread: false,
+        start_ns: 9_400_000_000,
+        hierarchy_id: 8,
+        path: path.into(),
+    })
+}
+
+/// A process first heard of at its move into the scope (its fork was
+/// outside), already gone from /proc: the record itself tells who it is,
+/// so its exit is known.
+#[test]
+fn a_mover_gone_from_proc_is_known_from_its_record() {
+    let (mut t, _dir) = table();
+    let moved = t.apply(&attach(400, 400, "/jobs/ci")).expect("known");
+    assert_eq!(
+        (moved.ppid, moved.comm.to_string(), moved.start_boot_ns),
+        (100, "mover".to_owned(), 9_400_000_000)
+    );
+    assert_eq!(
+        moved.cgroup(1).map(|s| &**s),
+        Some("/sys/fs/cgroup/pids/jobs/ci")
+    );
+    // Its parent is linked in the lineage.
+    let node = t.lineage().get(moved.node).expect("node");
+    assert_eq!(node.parent, t.get(100).map(|p| p.node));
+    // A thread's record does not give its process's start.
+    let thread = t.apply(&attach(501, 500, "/jobs/ci")).expect("known");
+    assert_eq!(thread.start_boot_ns, 0);
+}
+
 #[test]
 fn attach_moves_one_hierarchy_only() {
     let (mut t, _dir) = table();
     t.apply(&fork(100, 300, 300, 9_000_000_000));
-    let moved = t
-        .apply(&Event::CgroupAttach(CgroupAttach {
-            boot_ns: 9_500_000_000,
-            pid: 300,
-            tgid: 300,
-            hierarchy_id: 8,
-            path: "/jobs/bomb".into(),
-        }))
-        .expect("moved");
+    let moved = t.apply(&attach(300, 300, "/jobs/bomb")).expect("moved");
     assert_eq!(
         moved.cgroup(1).map(|s| &**s),
         Some("/sys/fs/cgroup/pids/jobs/bomb")
