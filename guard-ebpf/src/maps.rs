@@ -71,6 +71,11 @@ pub(crate) static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_e
 #[map]
 pub(crate) static RSS_STEP: HashMap<u32, u32> = HashMap::with_max_entries(RSS_ENTRIES, 0);
 
+/// The last (tgid, step) `rss_stat` saw on this CPU: a process faulting in
+/// page after page within one step skips the `RSS_STEP` lookup.
+#[map]
+pub(crate) static RSS_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Reclaims under way: pid → when they began.
 #[map]
 pub(crate) static RECLAIM_BEGIN: HashMap<u32, u64> = HashMap::with_max_entries(RECLAIM_ENTRIES, 0);

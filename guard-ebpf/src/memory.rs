@@ -19,8 +19,12 @@ use crate::{fork_guard::out_of_view, maps::*, read::*};
 // `struct percpu_counter rss_stat[NR_MM_COUNTERS]` since 6.2 and an
 // `atomic_long_t count[]` before: the agent gives their offset, stride and
 // count offset from BTF, and this program copies all four in one read. It
-// runs once per page at worst (a 1 GB/s allocator: 250k times a second):
-// one read, one hash lookup, a record only when the process crosses a step.
+// runs once per page at worst (a 1 GB/s allocator: 250k times a second).
+// Steps are of anonymous + shmem memory, what reclaim cannot drop without
+// swap: a change of file pages (an exec faulting its program in: most of
+// the runs) returns at the first instruction. Otherwise two reads and a
+// per-CPU slot; a hash lookup only when the step may have changed, and a
+// record only when the process crosses a step.
 #[raw_tracepoint(tracepoint = "rss_stat")]
 pub fn rss_stat(ctx: RawTracePointContext) -> u32 {
     match try_rss_stat(&ctx) {
@@ -28,7 +32,14 @@ pub fn rss_stat(ctx: RawTracePointContext) -> u32 {
     }
 }
 
+/// `mm_struct`'s counter of file-backed pages (`MM_FILEPAGES`).
+const MM_FILEPAGES: u64 = 0;
+
 pub(crate) fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let member: u64 = ctx.arg(1);
+    if member & 0xffff_ffff == MM_FILEPAGES {
+        return Ok(0);
+    }
     let mm: u64 = ctx.arg(0);
     let step_pages = u64::from(config!(memory.rss_step_pages));
     if mm == 0 || step_pages == 0 {
@@ -52,9 +63,21 @@ pub(crate) fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
     };
     // MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
     let (file, anon, swap, shmem) = (pages(0)?, pages(1)?, pages(2)?, pages(3)?);
-    let step = ((file + anon + shmem) / step_pages) as u32;
+    let step = ((anon + shmem) / step_pages) as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // The common case, a fault within the step last seen on this CPU: one
+    // per-CPU array load. (A stale entry of a dead process whose tgid came
+    // back at the same step delays that process's first record to its next
+    // step: the agent reads memory from cgroups and /proc meanwhile.)
+    let last = RSS_LAST.get_ptr_mut(0);
+    let seen = (u64::from(tgid) << 32) | u64::from(step);
+    if let Some(last) = last {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run.
+        if unsafe { read_volatile(last) } == seen {
+            return Ok(0);
+        }
+    }
     // A plain u32 with a sentinel, read through a volatile load: the
     // compiler would otherwise build the Option by OR-ing the map value
     // pointer into a register, which the verifier refuses.
@@ -63,6 +86,10 @@ pub(crate) fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, u32> {
         Some(value) => unsafe { read_volatile(value) },
         None => u32::MAX,
     };
+    if let Some(last) = last {
+        // SAFETY: as above; nothing else runs on this CPU meanwhile.
+        unsafe { *last = seen };
+    }
     if previous == step {
         return Ok(0);
     }

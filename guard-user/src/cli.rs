@@ -62,7 +62,7 @@ pub struct Args {
     /// Size of the kernel ring buffer in MiB (a power of two). A larger one
     /// rides out longer bursts before events are lost (losses are always
     /// counted and reported).
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = guard_common::DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
 
     /// Events the reader may queue ahead of the pipeline before it counts
@@ -176,9 +176,9 @@ pub struct Args {
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
     pub mem_headroom: f64,
 
-    /// An `rss` record each time a process's resident memory crosses a
-    /// multiple of this many MiB (the memory rule's view of each process);
-    /// 1 to 65536.
+    /// An `rss` record each time a process's anonymous + shmem memory
+    /// (what reclaim cannot drop without swap) crosses a multiple of this
+    /// many MiB: the memory rule's view of each process; 1 to 65536.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub rss_step_mib: u64,
 
