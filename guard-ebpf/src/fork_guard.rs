@@ -22,6 +22,8 @@ pub(crate) struct ForkIds {
     pub(crate) parent_tgid: u32,
     pub(crate) child_pid: u32,
     pub(crate) child_tgid: u32,
+    /// The child's scope verdict (see `fork_verdict`), read once per fork.
+    pub(crate) child_verdict: u32,
 }
 
 /// Passes the forker's lineage tag to a new process (tagging the subtree
@@ -42,11 +44,12 @@ pub(crate) fn enforce_lineage(
         parent_tgid,
         child_pid,
         child_tgid,
+        child_verdict,
     } = *ids;
     // SAFETY: the value is copied out at once; entries are plain u64s.
     let tag = match (unsafe { LINEAGE.get(parent_tgid) }).copied() {
         Some(tag) => tag,
-        None => tag_subtree(parent, child, parent_tgid, child_tgid, child_flags)?,
+        None => tag_subtree(parent, parent_tgid, child_tgid, child_flags, child_verdict)?,
     };
     if child_tgid != parent_tgid {
         // A full map only means this child is found by the agent's own
@@ -110,14 +113,14 @@ pub(crate) fn shares_memory(parent: *const u8, child: *const u8) -> bool {
 /// child is the root: tagged here, its own birth not counted).
 pub(crate) fn tag_subtree(
     parent: *const u8,
-    child: *const u8,
     parent_tgid: u32,
     child_tgid: u32,
     child_flags: u32,
+    child_verdict: u32,
 ) -> Option<u64> {
     if config!(fork_guard.enabled) != 1
         || child_flags & PF_KTHREAD != 0
-        || scope_verdict(child) != SCOPE_IN
+        || child_verdict != SCOPE_IN
     {
         return None;
     }
@@ -206,6 +209,17 @@ pub(crate) fn cgroup_id(cgroup: *const u8) -> Result<u64, u32> {
 #[inline(always)]
 pub(crate) fn out_of_view(task: *const u8) -> bool {
     config!(fork_guard.filter) == 1 && scope_verdict(task) == SCOPE_OUT
+}
+
+/// `task`'s scope verdict when the fork probe needs it (it tags subtrees,
+/// or filters), computed once per fork; `SCOPE_OUT` otherwise, unread.
+#[inline(always)]
+pub(crate) fn fork_verdict(task: *const u8) -> u32 {
+    if config!(fork_guard.enabled) == 1 || config!(fork_guard.filter) == 1 {
+        scope_verdict(task)
+    } else {
+        SCOPE_OUT
+    }
 }
 
 /// `SCOPE_IN`, `SCOPE_PROTECTED` or `SCOPE_OUT` for `task`'s cgroup: the

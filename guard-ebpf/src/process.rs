@@ -5,7 +5,9 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use aya_ebpf::macros::{btf_tracepoint, raw_tracepoint};
 use aya_ebpf::programs::{BtfTracePointContext, RawTracePointContext};
-use guard_common::{ARGS_LEN, CgroupAttachEvent, EventKind, ExitEvent, ForkEvent, PATH_LEN};
+use guard_common::{
+    ARGS_LEN, CgroupAttachEvent, EventKind, ExitEvent, ForkEvent, PATH_LEN, SCOPE_OUT,
+};
 
 use crate::{fork_guard::*, maps::*, read::*};
 
@@ -16,13 +18,13 @@ use crate::{fork_guard::*, maps::*, read::*};
 // tasks through BTF offsets keeps us off the record layout, which changed in
 // 6.x (comm became `__data_loc char[]`) and never carried the child's tgid.
 #[btf_tracepoint(function = "sched_process_fork")]
-pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    match try_sched_process_fork(&ctx) {
+pub fn process_fork(ctx: BtfTracePointContext) -> u32 {
+    match try_process_fork(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-pub(crate) fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+pub(crate) fn try_process_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
     let (parent_pid, parent_tgid) = task_ids(parent)?;
@@ -33,6 +35,7 @@ pub(crate) fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, 
         parent_tgid,
         child_pid,
         child_tgid,
+        child_verdict: fork_verdict(child),
     };
     if let Some(signal) = enforce_lineage(parent, child, &ids, child_flags) {
         // The child `sched_process_fork` hands over, straight from the
@@ -42,7 +45,7 @@ pub(crate) fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, 
     }
     // Born outside the scope (into the forker's cgroup, or another one with
     // CLONE_INTO_CGROUP): the agent follows it from its move in, if any.
-    if out_of_view(child) {
+    if config!(fork_guard.filter) == 1 && ids.child_verdict == SCOPE_OUT {
         return Ok(0);
     }
     let record = (|| -> Result<ForkEvent, u32> {
@@ -68,13 +71,13 @@ pub(crate) fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<u32, 
 // task_struct *p, pid_t old_pid, struct linux_binprm *bprm) since 3.4; the
 // filename is bprm->filename, as the classic record's `filename` field.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(ctx: RawTracePointContext) -> u32 {
-    match try_sched_process_exec(&ctx) {
+pub fn process_exec(ctx: RawTracePointContext) -> u32 {
+    match try_process_exec(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-pub(crate) fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
+pub(crate) fn try_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
@@ -144,13 +147,13 @@ pub(crate) fn arg_block(task: *const u8) -> Result<(u64, u64), u32> {
 // argument is missing (CONFIG.task.exit_has_group_dead == 0, resolved from
 // BTF) we read signal->live, which do_exit() decremented just before.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
-    match try_sched_process_exit(&ctx) {
+pub fn process_exit(ctx: RawTracePointContext) -> u32 {
+    match try_process_exit(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-pub(crate) fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
+pub(crate) fn try_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let task: *const u8 = ctx.arg(0);
     let group_dead = if config!(task.exit_has_group_dead) != 0 {
         let arg: u64 = ctx.arg(1);

@@ -86,11 +86,15 @@ pub(crate) fn read_str<const N: usize>(src: *const u8, dst: *mut [u8; N]) -> Res
     Ok(len as u32 - 1)
 }
 
+/// (pid, tgid): one read where they sit side by side in `task_struct`, as
+/// they have since 2.6 (two helper calls cost more than one).
 pub(crate) fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
-    Ok((
-        read::<u32>(task, config!(task.pid))?,
-        read::<u32>(task, config!(task.tgid))?,
-    ))
+    let (pid, tgid) = (config!(task.pid), config!(task.tgid));
+    if tgid == pid.wrapping_add(4) {
+        let both = read::<u64>(task, pid)?;
+        return Ok((both as u32, (both >> 32) as u32));
+    }
+    Ok((read::<u32>(task, pid)?, read::<u32>(task, tgid)?))
 }
 
 pub(crate) fn task_comm(task: *const u8) -> Result<[u8; COMM_LEN], u32> {

@@ -57,7 +57,7 @@ impl Probe {
 /// why that hook and which kernels changed it.
 pub const PROBES: &[Probe] = &[
     Probe {
-        program: "sched_process_fork",
+        program: "process_fork",
         hook: Hook::Btf {
             tracepoint: "sched_process_fork",
             min_args: 2,
@@ -66,7 +66,7 @@ pub const PROBES: &[Probe] = &[
         always_attached: true,
     },
     Probe {
-        program: "sched_process_exec",
+        program: "process_exec",
         hook: Hook::Raw {
             tracepoint: "sched_process_exec",
             min_args: 3,
@@ -75,7 +75,7 @@ pub const PROBES: &[Probe] = &[
         always_attached: true,
     },
     Probe {
-        program: "sched_process_exit",
+        program: "process_exit",
         hook: Hook::Raw {
             tracepoint: "sched_process_exit",
             min_args: 1,
