@@ -14,6 +14,9 @@ pub struct Stat {
     pub flags: u64,
     /// Start time since boot, in clock ticks.
     pub start_ticks: u64,
+    /// CPU time in user and kernel mode, in clock ticks (every thread's,
+    /// the dead ones' included).
+    pub cpu_ticks: u64,
 }
 
 /// Parses a /proc/PID/stat line. The comm may hold spaces and parentheses,
@@ -29,8 +32,34 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         state: rest.first()?.chars().next()?,
         ppid: rest.get(1)?.parse().ok()?,
         flags: rest.get(6)?.parse().ok()?,
+        cpu_ticks: rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?,
         start_ticks: rest.get(19)?.parse().ok()?,
     })
+}
+
+/// What the agent itself uses: resident bytes and CPU seconds so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OwnUsage {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+/// The agent's own usage (/proc/self/statm and stat).
+pub fn own_usage() -> OwnUsage {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| parse_stat(&t))
+        .map_or(0, |s| s.cpu_ticks);
+    OwnUsage {
+        rss_bytes: pages * page,
+        cpu_seconds: cpu as f64 / clock_ticks_per_sec() as f64,
+    }
 }
 
 /// /PROC_ROOT/TGID/stat, parsed; `None` when the process is gone.
@@ -63,10 +92,13 @@ mod tests {
     #[test]
     fn comm_with_spaces_and_parentheses() {
         let line =
-            "4242 (my (odd) name) S 1 4242 4242 0 -1 2097216 0 0 0 0 0 0 0 0 20 0 1 0 987 0 0";
+            "4242 (my (odd) name) S 1 4242 4242 0 -1 2097216 0 0 0 0 7 5 0 0 20 0 1 0 987 0 0";
         let s = parse_stat(line).expect("parse");
         assert_eq!(s.comm, "my (odd) name");
-        assert_eq!((s.state, s.ppid, s.start_ticks), ('S', 1, 987));
+        assert_eq!(
+            (s.state, s.ppid, s.start_ticks, s.cpu_ticks),
+            ('S', 1, 987, 12)
+        );
         assert!(is_kernel_thread(s.flags), "2097216 has PF_KTHREAD");
         assert_eq!(parse_stat("4242 (x) S"), None);
     }

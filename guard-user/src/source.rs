@@ -31,10 +31,12 @@ use crate::{
 /// this bounds wakeups to one per interval under load (a fork storm would
 /// otherwise cost a wakeup of the reader and of the pipeline per event),
 /// while adding at most this much latency.
-pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+pub const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(4);
 
-/// Longest the reader waits for a wakeup before it looks anyway.
-pub const BACKSTOP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest the reader waits for a wakeup before it looks anyway: the
+/// kernel notifies a reader that has caught up, so this is a safety net,
+/// and it is what an idle agent wakes up for.
+pub const BACKSTOP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Losses on the agent's side of the ring buffer.
 #[derive(Debug, Default)]

@@ -58,6 +58,11 @@ pub enum Ending {
     BrokenPipe,
 }
 
+/// Longest an event line waits before it is handed to the stdout writer:
+/// one write (and one wakeup of the writer and of the reader of stdout) per
+/// this interval at most, instead of one per batch of events.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// How long one containment may take before it reports what it got.
 const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -307,6 +312,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             ),
             ("dry_run", json!(args.dry_run)),
             ("memory_locked", json!(hardening.memory_locked)),
+            ("rss_bytes", json!(crate::procfs::own_usage().rss_bytes)),
             ("oom_score_adj", json!(hardening.oom_score_adj)),
         ],
     );
@@ -360,9 +366,15 @@ pub async fn run(args: Args) -> Result<Ending> {
     };
 
     let mut stopped_by_signal = false;
+    // When event lines written since the last flush are due out.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     while !broken {
         broken = output.ended(&pipe.out)?;
         tokio::select! {
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                flush_at = None;
+                pipe.out.flush()?;
+            }
             _ = sigint.recv() => { stopped_by_signal = true; break }
             _ = sigterm.recv() => { stopped_by_signal = true; break }
             _ = tick.tick() => {
@@ -402,7 +414,9 @@ pub async fn run(args: Args) -> Result<Ending> {
                     follow_scope(&mut scope_watch, &system);
                 }
                 run_actions(pipe.check(WallClock::boot_ns_now())?);
-                pipe.out.flush()?;
+                if pipe.out.unflushed() && flush_at.is_none() {
+                    flush_at = Some(tokio::time::Instant::now() + FLUSH_DELAY);
+                }
                 let want = realtime && (pipe.detectors.fork.armed() || pipe.acting());
                 if want != raised && set_realtime(want) {
                     raised = want;
@@ -434,10 +448,13 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let kernel = KernelDrops::read(&drops)?;
     let queue_full = stats.queue_full.load(Ordering::Relaxed);
+    let own = crate::procfs::own_usage();
     let summary = pipe.out.record(
         "summary",
         &[
             ("seen", json!(pipe.seen_by_kind())),
+            ("rss_bytes", json!(own.rss_bytes)),
+            ("cpu_seconds", json!(own.cpu_seconds)),
             ("shown", json!(pipe.counters.shown)),
             ("lost", json!(kernel.total() + queue_full)),
             ("lost_ring_full", KernelDrops::by_kind(&kernel.ring_full)),

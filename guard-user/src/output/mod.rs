@@ -109,6 +109,10 @@ pub struct Output<W: Write> {
     /// Records other than events (alerts, actions...) dropped for the same
     /// reasons.
     pub records_dropped: u64,
+    /// Written since the last flush: anything, and records other than
+    /// events (those are not kept waiting; see `flush_records`).
+    unflushed: bool,
+    records_unflushed: bool,
 }
 
 impl<W: Write> Output<W> {
@@ -122,6 +126,8 @@ impl<W: Write> Output<W> {
             backlog: None,
             failure: None,
             dropped: 0,
+            unflushed: false,
+            records_unflushed: false,
             records_dropped: 0,
         }
     }
@@ -160,11 +166,30 @@ impl<W: Write> Output<W> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.unflushed = false;
+        self.records_unflushed = false;
         if self.failure.is_some() {
             return Ok(());
         }
         let result = self.out.flush();
         self.settle(result)
+    }
+
+    /// Flushes when a record other than an event (an alert, an action) was
+    /// written since the last flush; event lines may wait for the next
+    /// [`Output::flush`] (the agent flushes them within a few ms, so that
+    /// a stream of events costs one write per batch of batches).
+    pub fn flush_records(&mut self) -> io::Result<()> {
+        if self.records_unflushed {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether anything was written since the last flush.
+    pub fn unflushed(&self) -> bool {
+        self.unflushed
     }
 
     pub fn into_inner(self) -> W {
@@ -196,6 +221,7 @@ impl<W: Write> Output<W> {
                 self.text_event(event, ctx, color);
             }
         }
+        self.unflushed = true;
         let result = self.out.write_all(&self.line);
         self.settle(result)
     }
@@ -232,6 +258,8 @@ impl<W: Write> Output<W> {
                 self.line.push(b'\n');
             }
         }
+        self.unflushed = true;
+        self.records_unflushed = true;
         let result = self.out.write_all(&self.line);
         self.settle(result)
     }

@@ -494,7 +494,7 @@ impl<W: Write> Pipeline<W> {
             }
         }
         requests.append(&mut self.pending);
-        self.out.flush()?;
+        self.out.flush_records()?;
         Ok(requests)
     }
 
