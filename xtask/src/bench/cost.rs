@@ -13,7 +13,9 @@
 //! - the agent's CPU time per operation and per event it saw: the agent
 //!   runs in a cgroup of its own, whose v2 `cpu.stat` counts every thread
 //!   in µs. The bench waits for the agent to go idle after the loop, so
-//!   the work of a backlog is counted.
+//!   the work of a backlog is counted, and takes off what the agent spends
+//!   idle over as long (measured for a second before the loop; printed on
+//!   its own as CPU per second).
 //! - the whole host's CPU time per operation (the root cgroup's
 //!   `cpu.stat`), which also holds the probes' time in the kernel (it runs
 //!   in the loop's tasks) and the cost of the bench's own pipe reader.
@@ -109,8 +111,12 @@ struct Sample {
     host_us_per_op: f64,
     agent_us_per_op: f64,
     agent_us_per_event: f64,
+    /// The agent's CPU per second while idle, µs.
+    agent_idle_us_per_s: f64,
     events_per_op: f64,
     kernel_ns_per_op: f64,
+    /// The process probes' (fork, exec, exit) share of it.
+    process_ns_per_op: f64,
     /// Program name → (runs, ns) during the loop.
     programs: BTreeMap<String, (u64, u64)>,
     lost: u64,
@@ -297,6 +303,12 @@ fn run_loop(cg: &TestCgroup, which: Loop) -> Result<f64> {
     Ok(which.ops() as f64 / elapsed.as_secs_f64())
 }
 
+/// The fork, exec and exit programs (named `process_*`; older builds'
+/// `sched_process_fork|exec|exit` show cut to 15 bytes).
+fn is_process_probe(name: &str) -> bool {
+    name.starts_with("process_") || name == "sched_process_f" || name == "sched_process_e"
+}
+
 /// Sum of the agent's events by kind in a summary's `seen`.
 fn seen_total(summary: &Value) -> u64 {
     summary["seen"]
@@ -329,13 +341,18 @@ fn sample(s: &Setup, which: Loop, config: Config) -> Result<Sample> {
         Config::None => None,
         _ => Some(CostAgent::start(&s.guard, &s.agent_cg, &args)?),
     };
+    let mut idle_us_per_s = 0.0;
     if agent.is_some() {
         settle(&s.agent_cpu)?;
+        let (before, at) = (cpu_usec(&s.agent_cpu)?, Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        idle_us_per_s = (cpu_usec(&s.agent_cpu)? - before) as f64 / at.elapsed().as_secs_f64();
     }
     let ids = agent
         .as_ref()
         .map(|a| a.programs.clone())
         .unwrap_or_default();
+    let started = Instant::now();
     let (host0, agent0, progs0) = (
         cpu_usec(&s.host)?,
         cpu_usec(&s.agent_cpu)?,
@@ -351,9 +368,11 @@ fn sample(s: &Setup, which: Loop, config: Config) -> Result<Sample> {
         program_stats(&ids),
     );
     let ops = which.ops() as f64;
+    let idle_share = idle_us_per_s * started.elapsed().as_secs_f64();
     let mut out = Sample {
         rate,
         host_us_per_op: (host1 - host0) as f64 / ops,
+        agent_idle_us_per_s: idle_us_per_s,
         ..Sample::default()
     };
     for (id, (name, runs, ns)) in &progs1 {
@@ -363,10 +382,17 @@ fn sample(s: &Setup, which: Loop, config: Config) -> Result<Sample> {
         e.1 += ns - n0;
     }
     out.kernel_ns_per_op = out.programs.values().map(|p| p.1).sum::<u64>() as f64 / ops;
+    out.process_ns_per_op = out
+        .programs
+        .iter()
+        .filter(|(name, _)| is_process_probe(name))
+        .map(|(_, p)| p.1)
+        .sum::<u64>() as f64
+        / ops;
     if let Some(agent) = agent {
         let summary = agent.stop()?;
         let events = seen_total(&summary);
-        let agent_us = (agent1 - agent0) as f64;
+        let agent_us = ((agent1 - agent0) as f64 - idle_share).max(0.0);
         out.agent_us_per_op = agent_us / ops;
         out.events_per_op = events as f64 / ops;
         out.agent_us_per_event = if events > 0 {
@@ -448,13 +474,13 @@ pub fn cost_bench(workspace: &Path, rounds: u32) -> Result<()> {
             for config in Config::ALL {
                 let got = sample(&s, which, config)?;
                 eprintln!(
-                    "round {round}/{rounds} {:<22} {:<32} {:>8.0}/s  host {:>6.2} µs/op  agent {:>6.2} µs/op {:>5.2} µs/event  probes {:>6.0} ns/op  lost {}",
+                    "round {round}/{rounds} {:<22} {:<32} {:>8.0}/s  host {:>6.2} µs/op  agent {:>6.2} µs/op (idle {:.1} ms/s)  probes {:>6.0} ns/op  lost {}",
                     which.name(),
                     config.name(),
                     got.rate,
                     got.host_us_per_op,
                     got.agent_us_per_op,
-                    got.agent_us_per_event,
+                    got.agent_idle_us_per_s / 1000.0,
                     got.kernel_ns_per_op,
                     got.lost
                 );
@@ -481,6 +507,8 @@ pub fn cost_bench(workspace: &Path, rounds: u32) -> Result<()> {
                 med(&v, |s| s.events_per_op),
             );
             let kernel = med(&v, |s| s.kernel_ns_per_op);
+            let idle = med(&v, |s| s.agent_idle_us_per_s);
+            let process = med(&v, |s| s.process_ns_per_op);
             let lost: u64 = v.iter().map(|s| s.lost).sum();
             if config == Config::None {
                 println!(
@@ -488,10 +516,16 @@ pub fn cost_bench(workspace: &Path, rounds: u32) -> Result<()> {
                     config.name()
                 );
             } else {
+                let per_event = if events >= 0.01 {
+                    format!("{per_event:.2} µs/event")
+                } else {
+                    "no events".to_owned()
+                };
                 println!(
-                    "    {:<32} host {host:>6.2} µs/op (+{:.2})  agent {agent:>6.2} µs/op, {per_event:.2} µs/event ({events:.2} events/op)  probes {kernel:.0} ns/op  rate ratio {:.3}  lost {lost}",
+                    "    {:<32} host {host:>6.2} µs/op (+{:.2})  agent {agent:>6.2} µs/op, {per_event} ({events:.2} events/op; idle {:.1} ms/s)  probes {kernel:.0} ns/op (fork/exec/exit {process:.0})  rate ratio {:.3}  lost {lost}",
                     config.name(),
                     host - base_host,
+                    idle / 1000.0,
                     rate / base_rate,
                 );
             }
@@ -499,6 +533,7 @@ pub fn cost_bench(workspace: &Path, rounds: u32) -> Result<()> {
                 format!("{:?}_{:?}", which, config).to_lowercase(),
                 serde_json::json!({"rate": rate, "host_us_per_op": host, "agent_us_per_op": agent,
                     "agent_us_per_event": per_event, "events_per_op": events, "probes_ns_per_op": kernel,
+                    "process_probes_ns_per_op": process, "agent_idle_us_per_s": idle,
                     "lost": lost}),
             );
         }
