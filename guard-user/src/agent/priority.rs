@@ -16,8 +16,11 @@ use super::*;
 /// before, see docs/benchmarks.md for now).
 pub(super) fn harden_self() -> Hardening {
     // SAFETY: returns this process's free heap pages to the kernel; no
-    // pointers involved.
-    unsafe { libc::malloc_trim(0) };
+    // pointers involved. (musl's allocator gives freed pages back itself.)
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     // SAFETY: locks this process's own pages; no pointers involved.
     let memory_locked =
         unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } == 0;
@@ -72,11 +75,15 @@ pub fn set_realtime(on: bool) -> bool {
     } else {
         (libc::SCHED_OTHER, 0)
     };
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: sets the calling thread's own policy; `param` outlives the call.
-    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) } == 0;
+    // SAFETY: sched_param is plain integers (musl's has sporadic-server
+    // fields beside the priority): all zeroes is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = priority;
+    // SAFETY: sets the calling thread's own policy; `param` outlives the
+    // call. The raw system call, which acts on one thread: musl's wrapper
+    // refuses (ENOSYS) because POSIX means the whole process.
+    let ok =
+        unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, policy, &raw const param) } == 0;
     if !ok {
         tracing::warn!(
             "could not change guard's scheduling: {}",
