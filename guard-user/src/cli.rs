@@ -225,6 +225,15 @@ pub struct Args {
     #[arg(long)]
     pub no_realtime: bool,
 
+    /// Most of one CPU guard's pipeline may use, averaged over a second (1
+    /// to 400 percent). Over it, guard stops writing event lines (detection
+    /// goes on; the lines are counted as `output_shed`), and if still over
+    /// it a second later, pauses between batches, leaving events in the
+    /// ring buffer. Never while it contains a bomb or acts: containment
+    /// runs on a thread of its own.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=400))]
+    pub cpu_limit: u32,
+
     /// Turn detectors off: fork, memory, crashloop, blocked
     /// (comma-separated, or repeated). Events are still streamed.
     #[arg(long, value_name = "DETECTORS", value_enum, value_delimiter = ',')]

@@ -572,3 +572,43 @@ fn a_tiny_ring_buffer_counts_every_loss() {
         "losses made the loop look harmful: {acted:?}"
     );
 }
+
+/// Over `--cpu-limit`, the agent stops writing event lines, not handling
+/// events: every fork of the loop is still seen (none lost), and the lines
+/// it did not write are counted as shed.
+#[test]
+fn over_its_cpu_limit_the_agent_sheds_lines_not_events() {
+    let cg = TestCgroup::new("cpu-limit", 64, 256 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let agent = Agent::start(&["--cgroup", &scope, "--cpu-limit", "1"]);
+    let (status, out) = guard_tests::run(&mut cg.workload(&["forks", "20000"]));
+    assert!(status.success());
+    let done: Value = serde_json::from_str(out.trim()).expect("workload JSON");
+    let stopped = agent.stop();
+    let summary = stopped.summary();
+    let shed = num(summary, "output_shed");
+    assert!(shed > 0, "nothing shed at 1% of a CPU: {summary}");
+    assert_eq!(num(summary, "lost"), 0, "{summary}");
+    assert!(
+        num(&summary["seen"], "fork") >= 20_000,
+        "forks handled: {summary}"
+    );
+    let written = stopped
+        .records
+        .iter()
+        .filter(|r| {
+            ["fork", "exec", "exit", "cgroup_attach"]
+                .iter()
+                .any(|k| r["kind"] == *k)
+        })
+        .count() as u64;
+    assert_eq!(
+        written + shed,
+        num(summary, "shown"),
+        "written and shed lines make up what passed the filters: {summary}"
+    );
+    assert!(
+        children_shown(&stopped, num(&done, "pid")) < 20_000,
+        "every fork was written"
+    );
+}

@@ -15,6 +15,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+pub mod budget;
 mod priority;
 mod report;
 
@@ -62,6 +63,14 @@ pub enum Ending {
 /// one write (and one wakeup of the writer and of the reader of stdout) per
 /// this interval at most, instead of one per batch of events.
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
+/// Longest the pipeline works through queued batches before it looks at
+/// signals, actions and ticks again.
+const BATCH_TIME: Duration = Duration::from_millis(50);
+
+/// Longest the agent spends on events still queued once it is asked to
+/// stop.
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long one containment may take before it reports what it got.
 const ACTION_DEADLINE: Duration = Duration::from_secs(3);
@@ -368,6 +377,8 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut stopped_by_signal = false;
     // When event lines written since the last flush are due out.
     let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut budget = budget::CpuBudget::new(f64::from(args.cpu_limit) / 100.0, 1_000_000_000);
+    let mut warned_budget = false;
     while !broken {
         broken = output.ended(&pipe.out)?;
         tokio::select! {
@@ -396,12 +407,17 @@ pub async fn run(args: Args) -> Result<Ending> {
             batch = rx.recv() => {
                 let Some(mut batch) = batch else { break };
                 let mut moved = false;
-                // This batch and whatever else is queued, then check and
-                // flush once.
+                // This batch and whatever else is queued (for at most
+                // BATCH_TIME: a backlog must not keep signals waiting), then
+                // check and flush once.
+                let began = std::time::Instant::now();
                 loop {
                     for event in &batch {
                         moved |= matches!(event, Event::CgroupAttach(_));
                         pipe.handle(event)?;
+                    }
+                    if began.elapsed() >= BATCH_TIME {
+                        break;
                     }
                     match rx.try_recv() {
                         Some(next) => batch = next,
@@ -417,10 +433,25 @@ pub async fn run(args: Args) -> Result<Ending> {
                 if pipe.out.unflushed() && flush_at.is_none() {
                     flush_at = Some(tokio::time::Instant::now() + FLUSH_DELAY);
                 }
-                let want = realtime && (pipe.detectors.fork.armed() || pipe.acting());
+                let busy = pipe.detectors.fork.armed() || pipe.acting();
+                let want = realtime && busy;
                 if want != raised && set_realtime(want) {
                     raised = want;
                     tracing::debug!("SCHED_FIFO {}", if want { "on" } else { "off" });
+                }
+                let spend = budget.observe(WallClock::boot_ns_now(), budget::process_cpu_ns());
+                let spend = if busy { budget::Spend::Normal } else { spend };
+                pipe.out.set_shedding(spend != budget::Spend::Normal);
+                if spend != budget::Spend::Normal && !warned_budget {
+                    warned_budget = true;
+                    tracing::warn!(
+                        "guard is over --cpu-limit ({}% of a CPU): event lines are shed \
+                         (counted as output_shed), detection goes on",
+                        args.cpu_limit
+                    );
+                }
+                if let budget::Spend::Pause(pause) = spend {
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -436,12 +467,30 @@ pub async fn run(args: Args) -> Result<Ending> {
     }
     drop(loaded);
     let _ = stop_reader.send(());
-    while let Some(batch) = rx.recv().await {
-        for event in &batch {
-            pipe.handle(event)?;
+    // What the reader still holds, for at most EXIT_DRAIN: a backlog must
+    // not keep a stop request waiting. The rest is counted.
+    let drain_until = tokio::time::Instant::now() + EXIT_DRAIN;
+    let mut unread = 0u64;
+    loop {
+        match tokio::time::timeout_at(drain_until, rx.recv()).await {
+            Ok(Some(batch)) => {
+                for event in &batch {
+                    pipe.handle(event)?;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                while let Some(batch) = rx.try_recv() {
+                    unread += batch.len() as u64;
+                }
+                break;
+            }
         }
     }
-    let _ = reader.await;
+    let _ = tokio::time::timeout(EXIT_DRAIN, reader).await;
+    if unread > 0 {
+        tracing::warn!("stopped with {unread} events not handled (counted as unread_at_exit)");
+    }
     if broken {
         return Ok(Ending::BrokenPipe);
     }
@@ -470,6 +519,8 @@ pub async fn run(args: Args) -> Result<Ending> {
             ),
             ("output_dropped", json!(pipe.out.dropped)),
             ("records_dropped", json!(pipe.out.records_dropped)),
+            ("output_shed", json!(pipe.out.shed)),
+            ("unread_at_exit", json!(unread)),
         ],
     );
     summary.and_then(|()| pipe.out.flush())?;

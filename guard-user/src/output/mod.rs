@@ -106,6 +106,10 @@ pub struct Output<W: Write> {
     /// Event lines dropped: too much output was waiting, or the writer is
     /// gone.
     pub dropped: u64,
+    /// Event lines not formatted: the agent was over its CPU limit.
+    pub shed: u64,
+    /// Event lines are being shed (see `agent::budget`).
+    shedding: bool,
     /// Records other than events (alerts, actions...) dropped for the same
     /// reasons.
     pub records_dropped: u64,
@@ -126,6 +130,8 @@ impl<W: Write> Output<W> {
             backlog: None,
             failure: None,
             dropped: 0,
+            shed: 0,
+            shedding: false,
             unflushed: false,
             records_unflushed: false,
             records_dropped: 0,
@@ -187,6 +193,11 @@ impl<W: Write> Output<W> {
         }
     }
 
+    /// Sheds event lines (not records) while `on`.
+    pub fn set_shedding(&mut self, on: bool) {
+        self.shedding = on;
+    }
+
     /// Whether anything was written since the last flush.
     pub fn unflushed(&self) -> bool {
         self.unflushed
@@ -202,6 +213,10 @@ impl<W: Write> Output<W> {
 
     /// One event with what the process table knows about its subject.
     pub fn event(&mut self, event: &Event, ctx: &Context<'_>) -> io::Result<()> {
+        if self.shedding {
+            self.shed += 1;
+            return Ok(());
+        }
         if self.over(EVENT_BACKLOG) {
             self.dropped += 1;
             return Ok(());
