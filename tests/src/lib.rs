@@ -38,11 +38,16 @@ pub fn guard_bin() -> PathBuf {
     path
 }
 
-/// The workload helper built from this crate.
+/// The workload helper built from this crate ($GUARD_WORKLOAD where the
+/// build tree is not at hand: inside a test guest).
 pub fn workload_bin() -> PathBuf {
-    let path = match option_env!("CARGO_BIN_EXE_guard-workload") {
-        Some(p) => PathBuf::from(p),
-        None => target_dir().join("release/guard-workload"),
+    let path = match (
+        std::env::var_os("GUARD_WORKLOAD"),
+        option_env!("CARGO_BIN_EXE_guard-workload"),
+    ) {
+        (Some(p), _) => PathBuf::from(p),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => target_dir().join("release/guard-workload"),
     };
     assert!(
         path.exists(),
@@ -129,8 +134,18 @@ impl FrozenFs {
         std::fs::create_dir_all(&mount).expect("mkdir mount point");
         let file = std::fs::File::create(&image).expect("create image");
         file.set_len(16 << 20).expect("size image");
-        let (status, _) = run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
-        assert!(status.success(), "mkfs.ext4 failed");
+        // e2fsprogs' mkfs.ext4, or busybox's mke2fs inside a test guest
+        // (ext2, which the ext4 driver mounts and freezes alike).
+        let made = if has_tool("mkfs.ext4") {
+            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)).0
+        } else {
+            run(Command::new("mke2fs").arg("-F").arg(&image)).0
+        };
+        assert!(
+            made.success(),
+            "making a file system on {} failed",
+            image.display()
+        );
         let (status, device) = run(Command::new("losetup")
             .args(["--find", "--show"])
             .arg(&image));
@@ -146,13 +161,31 @@ impl FrozenFs {
     }
 
     pub fn freeze(&self) {
-        let (status, _) = run(Command::new("fsfreeze").arg("-f").arg(&self.mount));
-        assert!(status.success(), "fsfreeze -f failed");
+        let (status, _) = run(Command::new("fsfreeze")
+            .arg(freeze_flag(true))
+            .arg(&self.mount));
+        assert!(status.success(), "fsfreeze failed");
     }
 
     pub fn thaw(&self) {
-        let _ = Command::new("fsfreeze").arg("-u").arg(&self.mount).output();
+        let _ = Command::new("fsfreeze")
+            .arg(freeze_flag(false))
+            .arg(&self.mount)
+            .output();
     }
+}
+
+/// Whether `tool` is on this host's PATH directories.
+fn has_tool(tool: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
+}
+
+/// util-linux's fsfreeze takes -f/-u; busybox's only --freeze/--unfreeze,
+/// which util-linux takes too.
+fn freeze_flag(freeze: bool) -> &'static str {
+    if freeze { "--freeze" } else { "--unfreeze" }
 }
 
 impl Drop for FrozenFs {

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod precision;
+mod vm;
 
 #[derive(Parser)]
 #[command(about = "Build, run, test and benchmark guard")]
@@ -53,6 +54,19 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Set up and build the static agent (musl, the eBPF object embedded)
+    /// into target/dist/, with its SHA-256.
+    Dist,
+    /// Set up, build the static agent and test workloads, and boot Debian's
+    /// kernels (6.1 and 6.12, cloud flavour, from the package lists) in qemu
+    /// with them: pure cgroup v2, the detectors checked inside, then a
+    /// one-vCPU guest under a fork churn. Takes 10 to 20 minutes per kernel
+    /// (software emulation); the consoles are kept in target/vm/.
+    VmTest {
+        /// Only this kernel series (6.1 or 6.12).
+        #[arg(long)]
+        kernel: Option<String>,
+    },
 }
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -79,6 +93,15 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             test(filter.as_deref())
+        }
+        Cmd::Dist => {
+            setup()?;
+            vm::dist(&workspace()).map(|_| ())
+        }
+        Cmd::VmTest { kernel } => {
+            setup()?;
+            setup_vm()?;
+            vm::vm_test(&workspace(), kernel.as_deref())
         }
         Cmd::Bench { rounds, only } => {
             setup()?;
@@ -208,6 +231,13 @@ fn setup() -> Result<()> {
         }
     }
 
+    // The static build's target (`cargo xtask dist`).
+    let targets =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|l| l == vm::MUSL) {
+        run(Command::new("rustup").args(["target", "add", vm::MUSL]))?;
+    }
+
     // 2. LLVM 22 (bpf-linker links against it) and the tools the tests drive.
     let mut missing = Vec::new();
     if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
@@ -248,6 +278,31 @@ fn setup() -> Result<()> {
             ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+/// What the VM tests need besides the build: qemu, a static busybox for
+/// the guests, cpio, and xz and zstd for compressed kernel modules.
+fn setup_vm() -> Result<()> {
+    let mut missing = Vec::new();
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("cpio", "cpio"),
+        ("xz", "xz-utils"),
+        ("zstd", "zstd"),
+    ] {
+        if !tool_exists(tool) {
+            missing.push(package);
+        }
+    }
+    // busybox-static replaces a dynamic busybox at /bin/busybox.
+    let busybox = std::fs::read("/bin/busybox").unwrap_or_default();
+    if busybox.is_empty() || busybox.windows(15).any(|w| w == b"/lib64/ld-linux") {
+        missing.push("busybox-static");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS | churn N MS"
     );
     std::process::exit(2)
 }
@@ -236,6 +236,30 @@ fn main() {
             let secs: f64 = arg(&args, 2, "SECS");
             println!("{{\"pid\":{pid}}}");
             std::thread::sleep(Duration::from_secs_f64(secs));
+        }
+        Some("churn") => {
+            // N children that exit at once, reaped, every MS, for ever: a
+            // busy host's background of short processes.
+            let n: u64 = arg(&args, 2, "N");
+            let ms: u64 = arg(&args, 3, "MS");
+            println!("{{\"pid\":{pid}}}");
+            loop {
+                let mut children = Vec::new();
+                for _ in 0..n {
+                    // SAFETY: fork has no memory preconditions; the child
+                    // only calls _exit.
+                    match unsafe { libc::fork() } {
+                        // SAFETY: async-signal-safe exit of the child.
+                        0 => unsafe { libc::_exit(0) },
+                        child if child > 0 => children.push(child),
+                        _ => break,
+                    }
+                }
+                for child in children {
+                    wait_child(child);
+                }
+                std::thread::sleep(Duration::from_millis(ms));
+            }
         }
         Some("pingpong") => {
             let n: u64 = arg(&args, 2, "N");

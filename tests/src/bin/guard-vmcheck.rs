@@ -1,0 +1,379 @@
+//! `guard-vmcheck`: the checks `cargo xtask vm-test` runs inside a guest
+//! (a Debian kernel booted by qemu, pure cgroup v2 with `pids` and
+//! `memory`, the static `guard`), with the integration tests' own harness.
+//! Each check prints one line, `VMCHECK <name> ok <detail>` or
+//! `VMCHECK <name> FAIL <why>`, and the run ends with `VMCHECK done`.
+//!
+//! `guard-vmcheck matrix` runs the stream, the bomb, the memory kill, the
+//! OOM record, blocked and hung tasks, a collective memory runaway, and a
+//! host-wide memory runaway with no cgroup limit (the guest has swap).
+//! `guard-vmcheck churn` is for a one-vCPU guest: under a fork churn, the
+//! agent starts and stops three times within bounds, and a shell stays
+//! responsive while it runs.
+//!
+//! Needs GUARD_BIN and GUARD_WORKLOAD (the guest's paths).
+
+use std::{
+    panic::AssertUnwindSafe,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Agent, FrozenFs, SysctlGuard, TestCgroup, num, run, workload_bin};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let checks: &[(&str, fn() -> String)] = match mode.as_str() {
+        "matrix" => &[
+            ("stream", stream),
+            ("bomb", bomb),
+            ("memory_kill", memory_kill),
+            ("oom_record", oom_record),
+            ("blocked_vfork", blocked_vfork),
+            ("hung_task", hung_task),
+            ("collective_memory", collective_memory),
+            ("host_memory_runaway", host_memory_runaway),
+        ],
+        "churn" => &[("one_cpu_churn", one_cpu_churn)],
+        _ => {
+            eprintln!("usage: guard-vmcheck matrix|churn");
+            std::process::exit(2);
+        }
+    };
+    // Panics are reported on the check's line, not on stderr.
+    std::panic::set_hook(Box::new(|_| {}));
+    for (name, check) in checks {
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(check));
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(detail) => println!("VMCHECK {name} ok {detail} ({secs:.0} s)"),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panicked".into());
+                println!(
+                    "VMCHECK {name} FAIL {} ({secs:.0} s)",
+                    why.replace('\n', " | ")
+                );
+            }
+        }
+    }
+    println!("VMCHECK done");
+}
+
+fn scope(cg: &TestCgroup) -> String {
+    cg.pids_dir().to_string_lossy().into_owned()
+}
+
+fn alerts_of<'a>(records: &'a [Value], detector: &'a str) -> impl Iterator<Item = &'a Value> {
+    records
+        .iter()
+        .filter(move |r| r["kind"] == "alert" && r["detector"] == detector)
+}
+
+/// Fork, exec and exit records, exact, and nothing lost.
+fn stream() -> String {
+    let cg = TestCgroup::new("vm-stream", 64, 128 * MIB);
+    let agent = Agent::start(&["--cgroup", &scope(&cg)]);
+    let w = workload_bin();
+    let (status, out) = run(&mut cg.workload(&["spawn", "5", &w.to_string_lossy(), "exit", "3"]));
+    assert!(status.success(), "workload: {status}");
+    let wpid = num(
+        &serde_json::from_str(out.trim()).expect("workload JSON"),
+        "pid",
+    );
+    let probes = agent.start["probes"].as_array().map_or(0, Vec::len);
+    let skipped = agent.start["skipped"].clone();
+    let stopped = agent.stop();
+    let forks = stopped
+        .of_kind("fork")
+        .filter(|r| num(r, "parent_tgid") == wpid)
+        .count();
+    let execs = stopped
+        .of_kind("exec")
+        .filter(|r| num(r, "ppid") == wpid)
+        .count();
+    let exits = stopped
+        .of_kind("exit")
+        .filter(|r| num(r, "ppid") == wpid && r["exit_code"] == 3)
+        .count();
+    assert_eq!((forks, execs, exits), (5, 5, 5), "fork, exec, exit records");
+    assert_eq!(num(stopped.summary(), "lost"), 0, "{}", stopped.summary());
+    format!("{probes} probes attached, skipped {skipped}; 5 forks, execs and exits exact")
+}
+
+/// A shell fork bomb under pids.max=1000 with --fork-action kill: emptied
+/// before the limit refused a fork, the bystander lives, and guard's own
+/// kills raise no crash-loop alert.
+fn bomb() -> String {
+    let cg = TestCgroup::new("vm-bomb", 1000, 512 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--fork-action", "kill"]);
+    let mut bystander = cg.spawn_ready(&["sleep", "120"]);
+    let started = Instant::now();
+    let _ = cg
+        .command("/bin/sh")
+        .args(["-c", "b(){ b|b& };b"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    cg.wait_until_gone("sh", Duration::from_secs(180));
+    let gone = started.elapsed();
+    let refused = cg.pids_refused();
+    let _ = agent.try_wait_for(Duration::from_secs(2), |_| false);
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let stopped = agent.stop();
+    let crash_loops: Vec<&Value> = alerts_of(&stopped.records, "crashloop").collect();
+    assert!(
+        crash_loops.is_empty(),
+        "guard's own kills raised a crash-loop alert: {crash_loops:?}"
+    );
+    assert_eq!(refused, 0, "pids.max refused {refused} forks");
+    let by_kernel = stopped
+        .records
+        .iter()
+        .any(|r| r["kind"] == "alert" && r["condemned_by_kernel"] == true);
+    format!(
+        "gone in {:.1} s, pids.max never refused a fork, no crash-loop alert, condemned by the probe: {by_kernel}",
+        gone.as_secs_f64()
+    )
+}
+
+/// A process growing toward memory.max is killed before the OOM killer.
+fn memory_kill() -> String {
+    let cg = TestCgroup::new("vm-mem", 32, 256 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--mem-action", "kill"]);
+    let mut grower = cg
+        .workload(&["grow", "50", "512", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn grow");
+    let pid = u64::from(grower.id());
+    let action = agent.wait_for(Duration::from_secs(120), "memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let _ = grower.wait();
+    assert_eq!(num(&action["offender"], "pid"), pid, "{action}");
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired first");
+    agent.stop();
+    format!(
+        "killed at {} MiB of 256, no OOM kill",
+        action["usage_before_bytes"].as_u64().unwrap_or(0) / MIB
+    )
+}
+
+/// The OOM killer's kill is reported, with its memory cgroup.
+fn oom_record() -> String {
+    let cg = TestCgroup::new("vm-oom", 32, 64 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg)]);
+    let mut hog = cg
+        .workload(&["alloc", "200"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn alloc");
+    let pid = u64::from(hog.id());
+    let oom = agent.wait_for(Duration::from_secs(120), "oom_kill", |r| {
+        r["kind"] == "oom_kill" && r["pid"].as_u64() == Some(pid)
+    });
+    let _ = hog.wait();
+    agent.stop();
+    format!("oom_kill of {pid} in {}", oom["memory_cgroup"])
+}
+
+/// A vfork parent waits in D state: reported past the threshold.
+fn blocked_vfork() -> String {
+    let cg = TestCgroup::new("vm-vfork", 16, 128 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--blocked-threshold", "1"]);
+    let mut parent = cg
+        .workload(&["vfork", "4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn vfork");
+    let pid = u64::from(parent.id());
+    let blocked = agent.wait_for(Duration::from_secs(60), "blocked", |r| {
+        r["kind"] == "blocked" && r["pid"].as_u64() == Some(pid)
+    });
+    let _ = parent.wait();
+    agent.stop();
+    format!("blocked record after {} ms", blocked["blocked_ms"])
+}
+
+/// Writers on a frozen ext4: blocked records, and the kernel's own
+/// hung-task report (its timeout set to 2 s for the check).
+fn hung_task() -> String {
+    let _timeout = SysctlGuard::set("/proc/sys/kernel/hung_task_timeout_secs", "2");
+    let _warnings = SysctlGuard::set("/proc/sys/kernel/hung_task_warnings", "-1");
+    let fs = FrozenFs::create();
+    let cg = TestCgroup::new("vm-hung", 16, 128 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--blocked-threshold", "1"]);
+    fs.freeze();
+    let target = fs.mount.join("file");
+    let mut writer = cg
+        .command("/bin/sh")
+        .arg("-c")
+        .arg(format!("echo blocked > {}", target.display()))
+        .spawn()
+        .expect("spawn writer");
+    let hung = agent.wait_for(Duration::from_secs(90), "hung_task", |r| {
+        r["kind"] == "hung_task"
+    });
+    fs.thaw();
+    let _ = writer.wait();
+    let stopped = agent.stop();
+    let blocked = stopped.of_kind("blocked").count();
+    assert!(blocked >= 1, "no blocked record before the hung task");
+    format!(
+        "hung_task of {} ({}), {blocked} blocked records",
+        hung["pid"], hung["comm"]
+    )
+}
+
+/// A server whose children each hold a little memory: the subtree is
+/// killed whole before the memory cgroup's limit.
+fn collective_memory() -> String {
+    let cg = TestCgroup::new("vm-server", 512, 512 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--mem-action", "kill"]);
+    let w = workload_bin();
+    let script = format!(
+        "while :; do {} alloc 20 600 > /dev/null & sleep 0.3; done",
+        w.display()
+    );
+    let mut server = cg
+        .command("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let root = u64::from(server.id());
+    let action = agent.wait_for(Duration::from_secs(300), "memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let _ = server.wait();
+    agent.stop();
+    assert_eq!(
+        num(&action["offender"], "pid"),
+        root,
+        "the server: {action}"
+    );
+    assert!(
+        num(&action, "members") >= 5,
+        "the server and its children: {action}"
+    );
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired first");
+    format!(
+        "server and {} members killed, no OOM kill",
+        action["members"]
+    )
+}
+
+/// The host's OOM kills so far (/proc/vmstat).
+fn host_oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// No cgroup limit anywhere: a process grows past the guest's memory (it
+/// has swap, so it thrashes first). guard, host-wide, kills it before the
+/// OOM killer does.
+fn host_memory_runaway() -> String {
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(2048, |kib| kib / 1024);
+    let ooms = host_oom_kills();
+    // A cgroup for cleanup only: its limits are far above the guest's RAM.
+    let cg = TestCgroup::new("vm-host", 64, 1 << 40);
+    let mut agent = Agent::start(&["--mem-action", "kill"]);
+    let mut grower = cg
+        .workload(&["grow", "64", &(total_mib * 2).to_string(), "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn grow");
+    let pid = u64::from(grower.id());
+    let action = agent.wait_for(Duration::from_secs(300), "memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    let _ = grower.wait();
+    let stopped = agent.stop();
+    assert_eq!(num(&action["offender"], "pid"), pid, "{action}");
+    assert_eq!(host_oom_kills(), ooms, "the OOM killer fired first");
+    let rule = stopped
+        .records
+        .iter()
+        .find(|r| r["kind"] == "alert" && r["detector"] == "memory")
+        .map(|r| r["rule"].clone())
+        .unwrap_or(Value::Null);
+    format!("killed host-wide ({rule}) in a {total_mib} MiB guest, no OOM kill")
+}
+
+/// Seconds a fixed amount of shell work takes.
+fn shell_work() -> f64 {
+    let started = Instant::now();
+    let (status, _) = run(&mut std::process::Command::new("/bin/sh")
+        .args(["-c", "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done"]));
+    assert!(status.success());
+    started.elapsed().as_secs_f64()
+}
+
+/// One vCPU, a fork churn of 100 forks every 20 ms: the agent starts and
+/// stops on request three times, each stop bounded, and a shell's work
+/// takes at most a few times longer while it runs.
+fn one_cpu_churn() -> String {
+    let cg = TestCgroup::new("vm-churn", 256, 256 * MIB);
+    let mut churn = cg
+        .workload(&["churn", "100", "20"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn churn");
+    std::thread::sleep(Duration::from_secs(2));
+    let base = shell_work();
+    let mut detail = Vec::new();
+    for cycle in 1..=3 {
+        let agent = Agent::start(&["--cgroup", &scope(&cg)]);
+        std::thread::sleep(Duration::from_secs(2));
+        let busy = shell_work();
+        let asked = Instant::now();
+        let stopped = agent.stop_with(libc::SIGTERM);
+        let stop = asked.elapsed().as_secs_f64();
+        assert!(
+            stopped.status.success(),
+            "cycle {cycle}: {}",
+            stopped.status
+        );
+        assert!(stop < 10.0, "cycle {cycle}: guard took {stop:.1} s to stop");
+        assert!(
+            busy < base * 4.0 + 1.0,
+            "cycle {cycle}: shell work took {busy:.2} s with guard, {base:.2} s without"
+        );
+        let summary = stopped.summary().clone();
+        detail.push(format!(
+            "cycle {cycle}: stop {stop:.1} s, shell {busy:.2}/{base:.2} s, seen {} lost {} shed {}",
+            summary["seen"]["fork"], summary["lost"], summary["output_shed"]
+        ));
+    }
+    let _ = churn.kill();
+    let _ = churn.wait();
+    detail.join("; ")
+}
