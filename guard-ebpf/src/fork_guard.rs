@@ -181,7 +181,7 @@ pub(crate) fn protected(task: *const u8, tgid: u32) -> bool {
     if unsafe { PROTECTED_COMMS.get(comm) }.is_some() {
         return true;
     }
-    config!(fork_guard.enabled) == 1 && scope_verdict(task) != SCOPE_IN
+    config!(fork_guard.enabled) == 1 && scope_verdict(task as u64) != SCOPE_IN
 }
 
 /// `task`'s cgroup in the scope's hierarchy: `css_set.subsys[index]->cgroup`
@@ -208,7 +208,7 @@ pub(crate) fn cgroup_id(cgroup: *const u8) -> Result<u64, u32> {
 /// its cgroup is outside the scope (one cached lookup per record).
 #[inline(always)]
 pub(crate) fn out_of_view(task: *const u8) -> bool {
-    config!(fork_guard.filter) == 1 && scope_verdict(task) == SCOPE_OUT
+    config!(fork_guard.filter) == 1 && scope_verdict(task as u64) == SCOPE_OUT
 }
 
 /// `task`'s scope verdict when the fork probe needs it (it tags subtrees,
@@ -216,7 +216,7 @@ pub(crate) fn out_of_view(task: *const u8) -> bool {
 #[inline(always)]
 pub(crate) fn fork_verdict(task: *const u8) -> u32 {
     if config!(fork_guard.enabled) == 1 || config!(fork_guard.filter) == 1 {
-        scope_verdict(task)
+        scope_verdict(task as u64)
     } else {
         SCOPE_OUT
     }
@@ -226,7 +226,12 @@ pub(crate) fn fork_verdict(task: *const u8) -> u32 {
 /// nearest of it and its ancestors that the agent listed in `SCOPE`
 /// decides. Verdicts are cached per cgroup (ids are never reused, and the
 /// agent fills `SCOPE` once, before the probes attach).
-pub(crate) fn scope_verdict(task: *const u8) -> u32 {
+///
+/// The task comes as an address, not a pointer: this is a BPF function of
+/// its own, and 6.1's verifier refuses a pointer argument that is not a
+/// context or BTF pointer (a raw tracepoint's task is a plain number).
+pub(crate) fn scope_verdict(task: u64) -> u32 {
+    let task = task as *const u8;
     let Ok(mut cgroup) = scope_cgroup(task) else {
         return SCOPE_OUT;
     };

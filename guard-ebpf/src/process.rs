@@ -97,13 +97,19 @@ pub(crate) fn try_process_exec(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // whole run, and nothing else on this CPU runs meanwhile (the program
     // runs with migration disabled, and a nested run of the same program on
     // this CPU is refused by the kernel's recursion check).
+    //
+    // Not zeroed first: a 440-byte memset becomes a call to a BPF memset
+    // function that 6.1's verifier refuses a map value for. Every field is
+    // set; past `filename_len` and `args_len` the arrays may hold bytes of
+    // this CPU's previous exec, which the agent never reads.
     unsafe {
-        core::ptr::write_bytes(record, 0, 1);
         (*record).header = header(kind);
         (*record).pid = pid;
         (*record).tgid = tgid;
         (*record).old_pid = old_pid as u32;
         (*record).comm = comm;
+        (*record).args_len = 0;
+        (*record).args_cut = 0;
         (*record).filename_len = read_str::<PATH_LEN>(filename, &raw mut (*record).filename)
             .map_err(|e| read_failed(kind, e))?;
         // The arguments, from the new image's own memory: this runs in the
