@@ -122,7 +122,6 @@ pub fn num(record: &Value, field: &str) -> u64 {
 pub struct FrozenFs {
     image: PathBuf,
     pub mount: PathBuf,
-    device: String,
 }
 
 impl FrozenFs {
@@ -146,17 +145,14 @@ impl FrozenFs {
             "making a file system on {} failed",
             image.display()
         );
-        let (status, device) = run(Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&image));
-        assert!(status.success(), "losetup failed");
-        let fs = FrozenFs {
-            image,
-            mount,
-            device: device.trim().to_owned(),
-        };
-        let (status, _) = run(Command::new("mount").arg(&fs.device).arg(&fs.mount));
-        assert!(status.success(), "mount failed");
+        // A loop mount: the loop device is set up, and released at
+        // unmount, by mount itself (util-linux's and busybox's alike).
+        let fs = FrozenFs { image, mount };
+        let (status, _) = run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&fs.image)
+            .arg(&fs.mount));
+        assert!(status.success(), "mount -o loop failed");
         fs
     }
 
@@ -192,7 +188,6 @@ impl Drop for FrozenFs {
     fn drop(&mut self) {
         self.thaw();
         let _ = Command::new("umount").arg(&self.mount).output();
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).output();
         let _ = std::fs::remove_dir(&self.mount);
         let _ = std::fs::remove_file(&self.image);
     }

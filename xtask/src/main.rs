@@ -38,11 +38,16 @@ enum Cmd {
         args: Vec<OsString>,
     },
     /// Set up, build, check formatting and clippy (host crates and the eBPF
-    /// crate), then run every test: unit tests, and the root integration
-    /// tests against this kernel, one at a time.
+    /// crate), then run every test: unit tests, the root integration tests
+    /// against this kernel, one at a time, and then the VM tests (`vm-test`:
+    /// Debian's 6.1 and 6.12 kernels in qemu).
     Test {
-        /// Only integration tests whose name contains this.
+        /// Only integration tests whose name contains this (the VM tests are
+        /// then skipped).
         filter: Option<String>,
+        /// Skip the VM tests (about 5 minutes).
+        #[arg(long)]
+        no_vm: bool,
     },
     /// Set up, build, and measure the agent's cost and detection figures.
     Bench {
@@ -89,10 +94,15 @@ fn main() -> Result<()> {
                 .exec();
             Err(err).context("starting target/release/guard")
         }
-        Cmd::Test { filter } => {
+        Cmd::Test { filter, no_vm } => {
             setup()?;
             build()?;
-            test(filter.as_deref())
+            test(filter.as_deref())?;
+            if no_vm || filter.is_some() {
+                return Ok(());
+            }
+            setup_vm()?;
+            vm::vm_test(&workspace(), None)
         }
         Cmd::Dist => {
             setup()?;

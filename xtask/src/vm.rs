@@ -18,6 +18,8 @@
 //! single-threaded TCG. Each kernel boots twice: two vCPUs for the
 //! detectors (`guard-vmcheck matrix`), one vCPU under a fork churn
 //! (`guard-vmcheck churn`).
+//!
+//! GUARD_VM_BIN=PATH boots another static build of the agent.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -455,7 +457,12 @@ pub fn vm_test(workspace: &Path, only: Option<&str>) -> Result<()> {
             SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         );
     }
-    let guard = dist(workspace)?;
+    // GUARD_VM_BIN boots another (static) build of the agent instead: an
+    // older one, to see a check fail where it should.
+    let guard = match std::env::var_os("GUARD_VM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => dist(workspace)?,
+    };
     run(cargo().args([
         "build",
         "--release",

@@ -24,9 +24,12 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
+/// A check: its name, and what it does (a detail line, or a panic).
+type Check = (&'static str, fn() -> String);
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    let checks: &[(&str, fn() -> String)] = match mode.as_str() {
+    let checks: &[Check] = match mode.as_str() {
         "matrix" => &[
             ("stream", stream),
             ("bomb", bomb),
@@ -331,8 +334,9 @@ fn host_memory_runaway() -> String {
 /// Seconds a fixed amount of shell work takes.
 fn shell_work() -> f64 {
     let started = Instant::now();
-    let (status, _) = run(&mut std::process::Command::new("/bin/sh")
-        .args(["-c", "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done"]));
+    let mut work = std::process::Command::new("/bin/sh");
+    work.args(["-c", "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done"]);
+    let (status, _) = run(&mut work);
     assert!(status.success());
     started.elapsed().as_secs_f64()
 }
@@ -369,8 +373,8 @@ fn one_cpu_churn() -> String {
         );
         let summary = stopped.summary().clone();
         detail.push(format!(
-            "cycle {cycle}: stop {stop:.1} s, shell {busy:.2}/{base:.2} s, seen {} lost {} shed {}",
-            summary["seen"]["fork"], summary["lost"], summary["output_shed"]
+            "cycle {cycle}: stop {stop:.1} s, shell {busy:.2}/{base:.2} s, agent {} CPU s, seen {} lost {} shed {}",
+            summary["cpu_seconds"], summary["seen"]["fork"], summary["lost"], summary["output_shed"]
         ));
     }
     let _ = churn.kill();
