@@ -20,6 +20,7 @@
 //! - `procfs`: /proc/PID/stat, parsed in one place, and the clock tick.
 //! - `observe`: readings of /proc and cgroup files (pids, memory, PSI).
 //! - `scope`: which processes `--cgroup` covers.
+//! - `kube`: Kubernetes pods, containers and QoS classes from cgroup paths.
 //!
 //! Detectors (pure: events, readings and a clock in; verdicts out)
 //! - `detect`: fork, memory, subtree, leak, crash-loop and blocked rules,
@@ -46,6 +47,7 @@ pub mod clock;
 pub mod decode;
 pub mod detect;
 pub mod kernel_scope;
+pub mod kube;
 pub mod loader;
 pub mod observe;
 pub mod output;

@@ -36,6 +36,11 @@ pub const SUPERVISORS: &[&str] = &[
     "docker-init",
     "dockerd",
     "containerd",
+    // Kubernetes nodes: the node agent, the other runtime, and OpenSSH's
+    // per-session process (9.8+).
+    "kubelet",
+    "crio",
+    "sshd-session",
 ];
 
 /// One `--protect` value: a pid, a cgroup directory (starts with `/`), or a

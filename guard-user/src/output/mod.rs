@@ -291,6 +291,11 @@ impl<W: Write> Output<W> {
         o.opt_num("ppid", ctx.ppid)
             .comm("parent_comm", ctx.parent_comm)
             .opt_str("cgroup", ctx.cgroup);
+        if let Some(pod) = ctx.cgroup.and_then(crate::kube::pod_of) {
+            o.str("pod_uid", &pod.uid)
+                .opt_str("container_id", pod.container_id.as_deref())
+                .str("qos", pod.qos.name());
+        }
         match event {
             Event::Fork(f) => {
                 o.num("parent_pid", f.parent_pid)

@@ -289,3 +289,25 @@ fn records_in_both_formats() {
         "# summary: lost=0\n"
     );
 }
+
+/// A process in a pod: its record names the pod, the container and the
+/// QoS class; elsewhere the fields are absent.
+#[test]
+fn json_names_the_pod_of_a_kubepods_cgroup() {
+    let cgroup = "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/\
+                  kubepods-besteffort-pod8f3c5d1e_2b4a_4c6d_9e8f_0a1b2c3d4e5f.slice/\
+                  cri-containerd-3b5a7c9d1e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f2a4b.scope";
+    let in_pod = Context {
+        cgroup: Some(cgroup),
+        ..ctx()
+    };
+    let v = json_line(&exit(ExitStatus::Exited(0)), &in_pod);
+    assert_eq!(v["pod_uid"], "8f3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f");
+    assert_eq!(
+        v["container_id"],
+        "3b5a7c9d1e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f2a4b"
+    );
+    assert_eq!(v["qos"], "BestEffort");
+    let v = json_line(&exit(ExitStatus::Exited(0)), &ctx());
+    assert!(v.get("pod_uid").is_none(), "{v}");
+}

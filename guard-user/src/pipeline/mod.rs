@@ -521,6 +521,18 @@ impl<W: Write> Pipeline<W> {
         ) {
             o.insert("comm_hex".into(), json!(hex));
         }
+        if let (Some(pod), Some(o)) = (
+            n.cgroups
+                .get(self.primary)
+                .cloned()
+                .flatten()
+                .and_then(|c| crate::kube::pod_of(&c)),
+            described.as_object_mut(),
+        ) {
+            o.insert("pod_uid".into(), json!(pod.uid));
+            o.insert("container_id".into(), json!(pod.container_id));
+            o.insert("qos".into(), json!(pod.qos.name()));
+        }
         described
     }
 
