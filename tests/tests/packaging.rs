@@ -1,0 +1,92 @@
+//! The shipped packaging, checked without a cluster (none is reachable
+//! here): the DaemonSet parses as YAML and asks for exactly what guard
+//! needs, and the container recipe uses the static binary `cargo xtask
+//! dist` writes.
+
+use std::path::Path;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo(path: &str) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn strings(y: &Yaml) -> Vec<&str> {
+    y.as_vec()
+        .map(|v| v.iter().filter_map(Yaml::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
+    let docs = YamlLoader::load_from_str(&repo("packaging/kubernetes/daemonset.yaml"))
+        .expect("daemonset.yaml is YAML");
+    let ds = &docs[0];
+    assert_eq!(ds["kind"].as_str(), Some("DaemonSet"));
+    assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"],
+        "the selector matches the pod's labels"
+    );
+    assert_eq!(pod["hostPID"].as_bool(), Some(true));
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"].as_bool(), Some(false));
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    let mut added = strings(&security["capabilities"]["add"]);
+    added.sort_unstable();
+    assert_eq!(
+        added,
+        [
+            "BPF",
+            "IPC_LOCK",
+            "KILL",
+            "PERFMON",
+            "SYS_NICE",
+            "SYS_PTRACE",
+            "SYS_RESOURCE"
+        ]
+    );
+    // Every mount is read-only and names a volume of the node's.
+    let mounts = container["volumeMounts"].as_vec().expect("mounts");
+    let volumes = pod["volumes"].as_vec().expect("volumes");
+    let mut paths = Vec::new();
+    for m in mounts {
+        assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for {m:?}"));
+        let host = volume["hostPath"]["path"].as_str().expect("a hostPath");
+        assert_eq!(
+            Some(host),
+            m["mountPath"].as_str(),
+            "mounted where the node has it"
+        );
+        paths.push(host);
+    }
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        ["/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing"]
+    );
+    // The arguments are guard's own flags.
+    let args = strings(&container["args"]);
+    assert!(args.contains(&"--json"), "{args:?}");
+}
+
+#[test]
+fn the_container_recipe_copies_the_static_binary() {
+    let recipe = repo("packaging/Containerfile");
+    assert!(
+        recipe.lines().any(|l| l.trim() == "FROM scratch"),
+        "{recipe}"
+    );
+    let name = format!("guard-{}-x86_64-linux-musl", env!("CARGO_PKG_VERSION"));
+    assert!(
+        recipe.contains(&format!("COPY {name} /guard")),
+        "the recipe must copy {name}, the file `cargo xtask dist` writes: {recipe}"
+    );
+}
