@@ -71,6 +71,10 @@ enum Cmd {
         /// Only this kernel series (6.1 or 6.12).
         #[arg(long)]
         kernel: Option<String>,
+        /// Only this guest: matrix (two vCPUs, the detectors) or churn (one
+        /// vCPU under a fork churn).
+        #[arg(long, value_parser = ["matrix", "churn"])]
+        guest: Option<String>,
     },
 }
 
@@ -102,16 +106,16 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             setup_vm()?;
-            vm::vm_test(&workspace(), None)
+            vm::vm_test(&workspace(), None, None)
         }
         Cmd::Dist => {
             setup()?;
             vm::dist(&workspace()).map(|_| ())
         }
-        Cmd::VmTest { kernel } => {
+        Cmd::VmTest { kernel, guest } => {
             setup()?;
             setup_vm()?;
-            vm::vm_test(&workspace(), kernel.as_deref())
+            vm::vm_test(&workspace(), kernel.as_deref(), guest.as_deref())
         }
         Cmd::Bench { rounds, only } => {
             setup()?;

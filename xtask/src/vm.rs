@@ -445,7 +445,7 @@ fn boot(
 }
 
 /// `cargo xtask vm-test [--kernel SERIES]`.
-pub fn vm_test(workspace: &Path, only: Option<&str>) -> Result<()> {
+pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Result<()> {
     let series: Vec<&Series> = SERIES
         .iter()
         .filter(|s| only.is_none_or(|o| o == s.name))
@@ -495,6 +495,9 @@ pub fn vm_test(workspace: &Path, only: Option<&str>) -> Result<()> {
             ("matrix", 2, MATRIX_CHECKS, 25),
             ("churn", 1, CHURN_CHECKS, 10),
         ] {
+            if guest.is_some_and(|g| g != mode) {
+                continue;
+            }
             let log = work.join(format!("console-{}-{mode}.log", s.name));
             let lines = boot(
                 &image,

@@ -331,6 +331,9 @@ fn host_memory_runaway() -> String {
     format!("killed host-wide ({rule}) in a {total_mib} MiB guest, no OOM kill")
 }
 
+/// The churn: children per round, ms between rounds.
+const CHURN: [&str; 2] = ["100", "20"];
+
 /// Seconds a fixed amount of shell work takes.
 fn shell_work() -> f64 {
     let started = Instant::now();
@@ -347,7 +350,7 @@ fn shell_work() -> f64 {
 fn one_cpu_churn() -> String {
     let cg = TestCgroup::new("vm-churn", 256, 256 * MIB);
     let mut churn = cg
-        .workload(&["churn", "100", "20"])
+        .workload(&["churn", CHURN[0], CHURN[1]])
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn churn");
