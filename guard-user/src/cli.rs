@@ -32,7 +32,9 @@ pub struct Args {
     pub json: bool,
 
     /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
-    /// hung_task, cgroup_attach, unblocked, rss, reclaim_stall, or `all`. Probes for kinds not
+    /// hung_task, cgroup_attach, unblocked, rss, reclaim_stall, `all`, or
+    /// `none` (alerts only: detector records, no event line; every probe
+    /// the detectors use stays attached). Probes for kinds not
     /// shown are not attached, except fork, exec, exit and cgroup_attach,
     /// which keep the process table current, and sched_switch (unblocked),
     /// which tracks blocked tasks, and rss, which feeds the memory rule.
@@ -55,7 +57,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<PathBuf>,
 
-    /// When to colour the text output.
+    /// When to colour the text output (`auto`: when stdout is a terminal and
+    /// NO_COLOR is not set).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
 
@@ -310,7 +313,17 @@ impl KindSet {
     }
 }
 
+/// Whether colour is wanted where it could be shown: the NO_COLOR
+/// convention (no-color.org) turns it off when set and not empty.
+pub fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
+    if text.trim() == "none" {
+        // Alerts only: no event line, every detector record.
+        return Ok(KindSet(BTreeSet::new()));
+    }
     let mut set = BTreeSet::new();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         if word == "all" {
@@ -323,7 +336,7 @@ pub fn parse_kinds(text: &str) -> Result<KindSet, String> {
             .ok_or_else(|| {
                 let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
                 format!(
-                    "unknown event kind {word:?}; choose from {}, or all",
+                    "unknown event kind {word:?}; choose from {}, or all, or none",
                     names.join(", ")
                 )
             })?;
@@ -416,6 +429,9 @@ mod tests {
             "{err}"
         );
         assert!(parse_kinds(",").is_err());
+        // Alerts only.
+        assert!(parse_kinds("none").expect("none").0.is_empty());
+        assert!(parse_kinds("none,fork").is_err());
     }
 
     #[test]

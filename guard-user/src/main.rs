@@ -9,6 +9,29 @@ use guard::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// Diagnostics go to stderr; under systemd (JOURNAL_STREAM set: stderr is
+/// the journal) to the journal directly, with their priorities, by the
+/// `tracing-journald` crate.
+fn init_diagnostics(level: &str) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let journal = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|layer| layer.with_syslog_identifier("guard".into()));
+    match journal {
+        Some(journal) => tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal() && !guard::cli::no_color_env())
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let level = match args.verbose {
@@ -16,14 +39,7 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_diagnostics(level);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -196,3 +196,64 @@ fn mounts_tracefs_when_it_is_missing() {
         "{stderr}"
     );
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once attached,
+/// WATCHDOG=1 at half the interval while it runs, STOPPING=1 when asked to
+/// stop. A datagram socket of the test's own plays the service manager
+/// (this machine's PID 1 is not systemd).
+#[test]
+fn under_a_service_manager_it_says_ready_pings_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("guard-test-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let manager = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_file(&path);
+    });
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut child = Command::new(guard_bin())
+        .args(["--json", "--events", "none"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn guard");
+    let pid = child.id() as i32;
+    let _kill = guard_tests::Defer(move || {
+        // SAFETY: signals our own child, if it is still there.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = manager.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(
+        first.lines().any(|l| l == "READY=1") && first.contains("STATUS="),
+        "first notification: {first:?}"
+    );
+    // Half of 1 s: at least three pings in the next 1.8 s.
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(1800) {
+        if next().lines().any(|l| l == "WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "{pings} watchdog pings in 1.8 s");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stopping = loop {
+        let n = next();
+        if !n.contains("WATCHDOG=1") {
+            break n;
+        }
+    };
+    assert_eq!(stopping.trim(), "STOPPING=1");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -90,3 +90,53 @@ fn the_container_recipe_copies_the_static_binary() {
         "the recipe must copy {name}, the file `cargo xtask dist` writes: {recipe}"
     );
 }
+
+/// `key=value` lines of a systemd unit (the last one of a key wins, as in
+/// systemd).
+fn unit_values(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_unit_is_notify_with_a_watchdog_and_only_the_capabilities_guard_needs() {
+    let unit = repo("packaging/guard.service");
+    let one = |key: &str| {
+        let v = unit_values(&unit, key);
+        assert_eq!(v.len(), 1, "{key} set {} times", v.len());
+        v[0].clone()
+    };
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "main");
+    assert!(one("WatchdogSec").ends_with('s'));
+    assert_eq!(one("OOMScoreAdjust"), "-1000");
+    assert_eq!(one("ExecStart"), "/usr/local/bin/guard --json");
+    let mut caps: Vec<String> = one("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    caps.sort_unstable();
+    assert_eq!(
+        caps,
+        [
+            "CAP_BPF",
+            "CAP_IPC_LOCK",
+            "CAP_KILL",
+            "CAP_PERFMON",
+            "CAP_SYS_NICE",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_RESOURCE"
+        ]
+    );
+    // The same set as the DaemonSet asks for.
+    let ds = repo("packaging/kubernetes/daemonset.yaml");
+    for cap in &caps {
+        let name = cap.trim_start_matches("CAP_");
+        assert!(
+            ds.lines().any(|l| l.trim() == format!("- {name}")),
+            "{name} not in the DaemonSet"
+        );
+    }
+}

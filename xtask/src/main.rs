@@ -62,6 +62,11 @@ enum Cmd {
     /// Set up and build the static agent (musl, the eBPF object embedded)
     /// into target/dist/, with its SHA-256.
     Dist,
+    /// Build the static agent and install it as a systemd service: the
+    /// binary at /usr/local/bin/guard, packaging/guard.service at
+    /// /etc/systemd/system/guard.service (then `systemctl enable --now
+    /// guard`).
+    Install,
     /// Set up, build the static agent and test workloads, and boot Debian's
     /// kernels (6.1 and 6.12, cloud flavour, from the package lists) in qemu
     /// with them: pure cgroup v2, the detectors checked inside, then a
@@ -111,6 +116,11 @@ fn main() -> Result<()> {
         Cmd::Dist => {
             setup()?;
             vm::dist(&workspace()).map(|_| ())
+        }
+        Cmd::Install => {
+            setup()?;
+            require_root("installing into /usr/local/bin and /etc/systemd/system")?;
+            install(&vm::dist(&workspace())?)
         }
         Cmd::VmTest { kernel, guest } => {
             setup()?;
@@ -292,6 +302,30 @@ fn setup() -> Result<()> {
             ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+/// Installs the static binary and the unit; reloads systemd when it runs.
+fn install(binary: &Path) -> Result<()> {
+    let unit = workspace().join("packaging/guard.service");
+    for (from, to, mode) in [
+        (binary, "/usr/local/bin/guard", "0755"),
+        (unit.as_path(), "/etc/systemd/system/guard.service", "0644"),
+    ] {
+        run(Command::new("install")
+            .args(["-D", "-m", mode])
+            .arg(from)
+            .arg(to))?;
+    }
+    if Path::new("/run/systemd/system").is_dir() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        eprintln!("xtask: installed; start it with `systemctl enable --now guard`");
+    } else {
+        eprintln!(
+            "xtask: installed; this host does not run systemd, so start /usr/local/bin/guard \
+             by other means"
+        );
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use tokio::{
 };
 
 pub mod budget;
+mod notify;
 mod priority;
 mod report;
 
@@ -127,7 +128,13 @@ pub async fn run(args: Args) -> Result<Ending> {
     let (mut loaded, maps) = loader::load(&LoadOptions {
         btf: args.btf.clone(),
         ring_buffer_bytes: args.ring_buffer_mib << 20,
-        kinds: args.events.0.clone(),
+        // Alerts only (`--events none`): the detectors still need every
+        // probe.
+        kinds: if args.events.0.is_empty() {
+            guard_common::EventKind::ALL.into_iter().collect()
+        } else {
+            args.events.0.clone()
+        },
         memory: crate::probes::MemoryTunables {
             rss_step_bytes: args.rss_step_mib << 20,
             reclaim_stall_us: args.reclaim_stall_ms * 1000,
@@ -204,7 +211,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let color = match args.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => io::stdout().is_terminal(),
+        Color::Auto => io::stdout().is_terminal() && !crate::cli::no_color_env(),
     };
     let format = if args.json {
         Format::Json
@@ -326,6 +333,14 @@ pub async fn run(args: Args) -> Result<Ending> {
         ],
     );
     start.and_then(|()| pipe.out.flush())?;
+    let service = notify::ServiceManager::from_env();
+    service.ready(&format!(
+        "{} probes attached, {processes} processes known",
+        report.attached.len()
+    ));
+    // Pinged from this loop only: if the loop is stuck, the pings stop.
+    let mut watchdog =
+        tokio::time::interval(service.ping_every.unwrap_or(Duration::from_secs(3600)));
     let mut output = OutputWatch {
         enforcing: enforcing(&args),
         warned: false,
@@ -388,6 +403,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             }
             _ = sigint.recv() => { stopped_by_signal = true; break }
             _ = sigterm.recv() => { stopped_by_signal = true; break }
+            _ = watchdog.tick(), if service.ping_every.is_some() => service.alive(),
             _ = tick.tick() => {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
                 pipe.sweep_if_caught_up(WallClock::boot_ns_now());
@@ -457,6 +473,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         }
     }
 
+    service.stopping();
     // Let a running action finish and report it (its follow-ups are not
     // started: guard is stopping), then detach every probe and take what
     // the reader still holds.
