@@ -24,6 +24,9 @@ use crate::policy::ActionKind;
         sudo guard --cgroup /sys/fs/cgroup/pids/ci   # only processes in that cgroup and below"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Write NDJSON (one JSON object per line) instead of aligned columns.
     /// Every object has `kind`, `time` (RFC 3339 UTC with nanoseconds) and
     /// `boot_ns` (nanoseconds since boot, CLOCK_BOOTTIME); see the README for
@@ -75,7 +78,12 @@ pub struct Args {
     pub queue: u32,
 
     /// Kernel BTF to resolve struct offsets from.
-    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/sys/kernel/btf/vmlinux"
+    )]
     pub btf: PathBuf,
 
     /// What a fork alert leads to: `log` (alert only), `stop` (freeze the
@@ -301,6 +309,17 @@ pub enum Color {
     Auto,
     Always,
     Never,
+}
+
+/// What `guard` does other than run.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Say whether and how guard can run on this host, as a table: the
+    /// kernel, BTF, capabilities held, tracefs and each probe, the ring
+    /// buffer, bpf_send_signal_task, BPF LSM, the cgroup layout and
+    /// controllers, PSI, and what each turns on or off. Loads nothing.
+    /// Exits 1 when guard cannot run.
+    Check,
 }
 
 /// A set of event kinds.

@@ -36,12 +36,14 @@
 //! - `output`: records as text or NDJSON, escaping, the stdout writer.
 //! - `pipeline`: per event and tick, routes to detectors and requests actions.
 //! - `cli`: flags, their ranges and defaults.
+//! - `check`: `guard check`, the host's facts and what they turn on or off.
 //! - `agent`: loads, attaches, runs the loop, reports, detaches.
 
 pub mod act;
 pub mod agent;
 pub mod btf;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod decode;

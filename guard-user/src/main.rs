@@ -34,6 +34,15 @@ fn init_diagnostics(level: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(guard::cli::Command::Check) = args.command {
+        let (table, runs) = guard::check::report(&guard::check::rows(&args.btf));
+        print!("{table}");
+        return if runs {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let level = match args.verbose {
         0 => "info",
         1 => "debug",

@@ -37,6 +37,19 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// This process's effective capabilities (`CapEff` of /proc/self/status),
+/// one bit per capability number.
+pub fn effective_capabilities() -> Option<u64> {
+    parse_cap_eff(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
 /// What the agent itself uses: resident bytes and CPU seconds so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct OwnUsage {

@@ -257,3 +257,45 @@ fn under_a_service_manager_it_says_ready_pings_the_watchdog_and_says_stopping() 
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// `guard check` explains this host and exits 0 here; with BTF missing it
+/// says guard cannot run and exits 1.
+#[test]
+fn check_explains_the_host_and_fails_when_guard_cannot_run() {
+    let out = Command::new(guard_bin())
+        .arg("check")
+        .output()
+        .expect("guard check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    let row = |item: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(item))
+            .unwrap_or_else(|| panic!("no {item} row in:\n{text}"))
+            .to_owned()
+    };
+    assert!(row("BTF").contains(" ok "), "{text}");
+    assert!(
+        row("tp_btf/sched_process_fork").contains("present"),
+        "{text}"
+    );
+    assert!(
+        row("cgroups").contains("hybrid") || row("cgroups").contains("v2"),
+        "{text}"
+    );
+    assert!(text.ends_with("guard can run here.\n"), "{text}");
+
+    let out = Command::new(guard_bin())
+        .args(["--btf", "/nonexistent/vmlinux", "check"])
+        .output()
+        .expect("guard check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(row_has(&text, "BTF", "MISSING"), "{text}");
+    assert!(text.contains("guard cannot run here"), "{text}");
+}
+
+fn row_has(text: &str, item: &str, word: &str) -> bool {
+    text.lines()
+        .any(|l| l.split_whitespace().next() == Some(item) && l.contains(word))
+}

@@ -75,6 +75,7 @@ const MODULES: &[&str] = &[
 
 /// The checks each boot must report, by mode.
 const MATRIX_CHECKS: &[&str] = &[
+    "guard_check",
     "stream",
     "bomb",
     "memory_kill",

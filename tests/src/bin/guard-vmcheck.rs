@@ -31,6 +31,7 @@ fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let checks: &[Check] = match mode.as_str() {
         "matrix" => &[
+            ("guard_check", guard_check),
             ("stream", stream),
             ("bomb", bomb),
             ("memory_kill", memory_kill),
@@ -78,6 +79,22 @@ fn alerts_of<'a>(records: &'a [Value], detector: &'a str) -> impl Iterator<Item 
     records
         .iter()
         .filter(move |r| r["kind"] == "alert" && r["detector"] == detector)
+}
+
+/// `guard check` says guard can run here; its degraded rows are the detail.
+fn guard_check() -> String {
+    let out = std::process::Command::new(guard_tests::guard_bin())
+        .arg("check")
+        .output()
+        .expect("guard check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "guard check: {}\n{text}", out.status);
+    let degraded: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" degraded "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    format!("can run; degraded: {degraded:?}")
 }
 
 /// Fork, exec and exit records, exact, and nothing lost.
