@@ -31,7 +31,7 @@ pub struct Args {
     /// Every object has `kind`, `time` (RFC 3339 UTC with nanoseconds) and
     /// `boot_ns` (nanoseconds since boot, CLOCK_BOOTTIME); see the README for
     /// the fields of each kind.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub json: bool,
 
     /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
@@ -43,12 +43,12 @@ pub struct Args {
     /// which tracks blocked tasks, and rss, which feeds the memory rule.
     /// Detector records (`blocked`, `alert`,
     /// `action`) are always shown.
-    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
+    #[arg(help_heading = "Output", long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
     pub events: KindSet,
 
     /// Also show thread-level events: threads created (fork with
     /// `thread: true`) and threads ending while their process lives on.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub threads: bool,
 
     /// Show only processes in this cgroup or below it (repeatable: any of
@@ -57,28 +57,28 @@ pub struct Args {
     /// as /sys/fs/cgroup/pids/foo. The first PATH's hierarchy is also the one
     /// whose paths events show in their `cgroup` field (otherwise: v2 on a
     /// pure v2 host, else v1 pids, else v1 memory).
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Scope and protection", long, value_name = "PATH")]
     pub cgroup: Vec<PathBuf>,
 
     /// When to colour the text output (`auto`: when stdout is a terminal and
     /// NO_COLOR is not set).
-    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    #[arg(help_heading = "Output", long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
 
     /// Size of the kernel ring buffer in MiB (a power of two). A larger one
     /// rides out longer bursts before events are lost (losses are always
     /// counted and reported).
-    #[arg(long, value_name = "MIB", default_value_t = guard_common::DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
+    #[arg(help_heading = "The agent itself", long, value_name = "MIB", default_value_t = guard_common::DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
 
     /// Events the reader may queue ahead of the pipeline before it counts
     /// further ones as lost (1 to 1048576; each takes about 200 bytes when
     /// the queue is full).
-    #[arg(long, value_name = "EVENTS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(help_heading = "The agent itself", long, value_name = "EVENTS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub queue: u32,
 
     /// Kernel BTF to resolve struct offsets from.
-    #[arg(
+    #[arg(help_heading = "The agent itself", 
         long,
         global = true,
         value_name = "PATH",
@@ -90,20 +90,20 @@ pub struct Args {
     /// offending subtree with SIGSTOP) or `kill` (SIGKILL every member; one
     /// that forks meanwhile is killed by the kernel probe at that moment).
     /// Protected processes are never signalled.
-    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    #[arg(help_heading = "Fork guard", long, value_enum, default_value_t = ActionKind::Log)]
     pub fork_action: ActionKind,
 
     /// Explosion rule: births per second (averaged over --fork-window-ms) a
     /// cgroup must sustain (10 to 100000: slower growth is the trend
     /// rule's)...
-    #[arg(long, value_name = "PER_SEC", default_value_t = 100.0, value_parser = number_in(10.0, 100_000.0, "births per second"))]
+    #[arg(help_heading = "Fork guard", long, value_name = "PER_SEC", default_value_t = 100.0, value_parser = number_in(10.0, 100_000.0, "births per second"))]
     pub fork_rate: f64,
 
     /// ...while its live process count grows by at least this much from its
     /// lowest point in the window. Short-lived bursts (a build, a test
     /// runner) do not grow it; a worker pool starting once has too few
     /// births (8 to 100000).
-    #[arg(long, value_name = "PROCESSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    #[arg(help_heading = "Fork guard", long, value_name = "PROCESSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub fork_growth: u32,
 
     /// ...half of them self-copies, this many generations deep in copies
@@ -112,17 +112,17 @@ pub struct Args {
     /// 64). A bomb replicates
     /// itself; a wide build (make -j, xargs -P, cargo, a test runner's
     /// workers) forks children that exec compilers and tools, 1 deep.
-    #[arg(long, value_name = "GENERATIONS", default_value_t = crate::detect::fork::DEFAULT_DEPTH, value_parser = clap::value_parser!(u32).range(2..=64))]
+    #[arg(help_heading = "Fork guard", long, value_name = "GENERATIONS", default_value_t = crate::detect::fork::DEFAULT_DEPTH, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub fork_depth: u32,
 
     /// The explosion rule's sliding window (10 to 60000).
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(help_heading = "Fork guard", long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub fork_window_ms: u64,
 
     /// Trend rule: alert when a cgroup's pids.current, at its growth rate
     /// over the last 20 s, would reach pids.max within this many seconds
     /// (cgroups without a limit count toward the host's pid_max); 1 to 3600.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(help_heading = "Fork guard", long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pids_horizon: u64,
 
     /// Crash-loop rule: alert when the same command (program and
@@ -132,12 +132,12 @@ pub struct Args {
     /// exit 1 of grep, test, diff, false and other status utilities), a
     /// fault signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS,
     /// SIGTRAP) or the OOM killer; a kill by anyone else is none.
-    #[arg(long, value_name = "N/SECS|off", default_value = "5/60", value_parser = crate::detect::crashloop::parse_setting)]
+    #[arg(help_heading = "Crash loops", long, value_name = "N/SECS|off", default_value = "5/60", value_parser = crate::detect::crashloop::parse_setting)]
     pub crashloop: crate::detect::crashloop::CrashLoopSetting,
 
     /// Never count exits of a program whose path matches REGEX
     /// (repeatable): `--ignore crashloop:program=REGEX`.
-    #[arg(long, value_name = "REGEX", value_parser = crate::detect::switches::program_regex)]
+    #[arg(help_heading = "Crash loops", long, value_name = "REGEX", value_parser = crate::detect::switches::program_regex)]
     pub crashloop_ignore: Vec<regex::Regex>,
 
     /// What a crash-loop alert leads to: `log`, or `stop`: SIGSTOP the
@@ -145,57 +145,57 @@ pub struct Args {
     /// SIGCONT), only when it is not PID 1, not a service manager (systemd,
     /// supervisord, runsv, container shims...), not protected and inside
     /// --cgroup; otherwise the alert says why it was not stopped.
-    #[arg(long, value_enum, default_value_t = CrashLoopAction::Log)]
+    #[arg(help_heading = "Crash loops", long, value_enum, default_value_t = CrashLoopAction::Log)]
     pub crashloop_action: CrashLoopAction,
 
     /// A process that lived longer than this before failing did not crash on
     /// start and does not count toward a crash loop (1 to 3600).
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(help_heading = "Crash loops", long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub crashloop_lifetime: u64,
 
     /// Leak rule: alert when a cgroup's task count (pids.current) keeps
     /// rising over this many seconds, the lowest count of each fifth of the
     /// window above the one before (10 to 86400)...
-    #[arg(long, value_name = "SECS", default_value_t = crate::detect::leak::DEFAULT_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    #[arg(help_heading = "Leaks", long, value_name = "SECS", default_value_t = crate::detect::leak::DEFAULT_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(10..=86_400))]
     pub leak_window: u64,
 
     /// ...by at least this many tasks (2 to 100000).
-    #[arg(long, value_name = "TASKS", default_value_t = crate::detect::leak::DEFAULT_GROWTH, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    #[arg(help_heading = "Leaks", long, value_name = "TASKS", default_value_t = crate::detect::leak::DEFAULT_GROWTH, value_parser = clap::value_parser!(u32).range(2..=100_000))]
     pub leak_growth: u32,
 
     /// What a leak alert leads to: `log` (the default: a slow leak leaves
     /// time to decide), `stop` or `kill` the leaking subtree (its topmost
     /// unprotected ancestor of the recent births).
-    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    #[arg(help_heading = "Leaks", long, value_enum, default_value_t = ActionKind::Log)]
     pub leak_action: ActionKind,
 
     /// What a memory alert leads to: `log` (alert only), `stop` (SIGSTOP
     /// the offender) or `kill` (SIGKILL it; a child it forks meanwhile dies
     /// at birth). Protected processes are never signalled.
-    #[arg(long, value_enum, default_value_t = ActionKind::Log)]
+    #[arg(help_heading = "Memory guard", long, value_enum, default_value_t = ActionKind::Log)]
     pub mem_action: ActionKind,
 
     /// Memory rule: alert when a memory cgroup's (or the host's) usage that
     /// reclaim cannot take back (anon + shmem; page cache does not count),
     /// growing steadily, would reach its limit within this many seconds
     /// (0.5 to 3600).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = number_in(0.5, 3600.0, "seconds"))]
+    #[arg(help_heading = "Memory guard", long, value_name = "SECS", default_value_t = 10.0, value_parser = number_in(0.5, 3600.0, "seconds"))]
     pub mem_horizon: f64,
 
     /// ...or passes this percentage of the limit while growing (the fast
     /// path for a runaway too quick for the horizon); 1 to 100.
-    #[arg(long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
+    #[arg(help_heading = "Memory guard", long, value_name = "PERCENT", default_value_t = 80.0, value_parser = parse_percent)]
     pub mem_headroom: f64,
 
     /// An `rss` record each time a process's anonymous + shmem memory
     /// (what reclaim cannot drop without swap) crosses a multiple of this
     /// many MiB: the memory rule's view of each process; 1 to 65536.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(help_heading = "Memory guard", long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub rss_step_mib: u64,
 
     /// A `reclaim_stall` record for every direct or memory-cgroup reclaim
     /// that stalls a task this long or longer (1 to 60000).
-    #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    #[arg(help_heading = "Memory guard", long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub reclaim_stall_ms: u32,
 
     /// Blocked-task rule: report every task in uninterruptible sleep (D
@@ -203,13 +203,13 @@ pub struct Args {
     /// Idle kernel threads (TASK_IDLE) never count; killable waits
     /// (TASK_KILLABLE, e.g. vfork parents) are reported, marked killable.
     /// 1 to 86400.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_blocked_threshold)]
+    #[arg(help_heading = "Blocked tasks", long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_blocked_threshold)]
     pub blocked_threshold: f64,
 
     /// Alert on a storm: this many tasks (uninterruptible, not killable)
     /// blocked past --blocked-threshold at once (1 to 100000). Alerts only:
     /// a task in D state cannot be killed.
-    #[arg(long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(help_heading = "Blocked tasks", long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub blocked_storm: u32,
 
     /// Never signal this: a pid, a comm (e.g. postgres, at most 15 bytes),
@@ -219,12 +219,12 @@ pub struct Args {
     /// daemons by comm (systemd, sshd, supervisord, runsv, container shims,
     /// dockerd...), and everything outside --cgroup are always protected: an
     /// explosion under one of them is pinned on the child that started it.
-    #[arg(long, value_name = "PID|COMM|CGROUP", value_parser = crate::protect::parse_protected)]
+    #[arg(help_heading = "Scope and protection", long, value_name = "PID|COMM|CGROUP", value_parser = crate::protect::parse_protected)]
     pub protect: Vec<crate::protect::Protected>,
 
     /// Print the actions guard would take (as `action` records with
     /// `dry_run: true`) without signalling anything.
-    #[arg(long)]
+    #[arg(help_heading = "Scope and protection", long)]
     pub dry_run: bool,
 
     /// Keep normal scheduling throughout. By default guard switches itself
@@ -233,7 +233,7 @@ pub struct Args {
     /// bomb's hundreds of runnable processes cannot starve it, and back to
     /// normal when quiet. It always locks its memory and sets its
     /// oom_score_adj to -1000.
-    #[arg(long)]
+    #[arg(help_heading = "The agent itself", long)]
     pub no_realtime: bool,
 
     /// Most of one CPU guard's pipeline may use, averaged over a second (1
@@ -242,12 +242,12 @@ pub struct Args {
     /// it a second later, pauses between batches, leaving events in the
     /// ring buffer. Never while it contains a bomb or acts: containment
     /// runs on a thread of its own.
-    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=400))]
+    #[arg(help_heading = "The agent itself", long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=400))]
     pub cpu_limit: u32,
 
     /// Turn detectors off: fork, memory, crashloop, blocked
     /// (comma-separated, or repeated). Events are still streamed.
-    #[arg(long, value_name = "DETECTORS", value_enum, value_delimiter = ',')]
+    #[arg(help_heading = "Scope and protection", long, value_name = "DETECTORS", value_enum, value_delimiter = ',')]
     pub off: Vec<crate::detect::switches::Detector>,
 
     /// Leave alone what matches, per detector or for all:
@@ -258,11 +258,11 @@ pub struct Args {
     /// and the program is never the offender (the kernel's fork probe
     /// leaves it alone too); for memory it is never the offender and a
     /// matching pool raises nothing; for blocked it is not reported.
-    #[arg(long, value_name = "RULE", value_parser = crate::detect::switches::parse_ignore)]
+    #[arg(help_heading = "Scope and protection", long, value_name = "RULE", value_parser = crate::detect::switches::parse_ignore)]
     pub ignore: Vec<crate::detect::switches::IgnoreRule>,
 
     /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(help_heading = "Output", short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 

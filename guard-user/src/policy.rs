@@ -8,10 +8,9 @@
 pub enum ActionKind {
     /// Alert only.
     Log,
-    /// Freeze the whole offending subtree (SIGSTOP).
+    /// Freeze the offender (SIGSTOP): what each flag's detector blames.
     Stop,
-    /// Kill the whole offending subtree (SIGKILL; members that fork meanwhile
-    /// are killed by the fork probe at that moment).
+    /// Kill the offender (SIGKILL).
     Kill,
 }
 
