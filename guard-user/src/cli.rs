@@ -78,7 +78,8 @@ pub struct Args {
     pub queue: u32,
 
     /// Kernel BTF to resolve struct offsets from.
-    #[arg(help_heading = "The agent itself", 
+    #[arg(
+        help_heading = "The agent itself",
         long,
         global = true,
         value_name = "PATH",
@@ -247,7 +248,13 @@ pub struct Args {
 
     /// Turn detectors off: fork, memory, crashloop, blocked
     /// (comma-separated, or repeated). Events are still streamed.
-    #[arg(help_heading = "Scope and protection", long, value_name = "DETECTORS", value_enum, value_delimiter = ',')]
+    #[arg(
+        help_heading = "Scope and protection",
+        long,
+        value_name = "DETECTORS",
+        value_enum,
+        value_delimiter = ','
+    )]
     pub off: Vec<crate::detect::switches::Detector>,
 
     /// Leave alone what matches, per detector or for all:
@@ -320,6 +327,15 @@ pub enum Command {
     /// controllers, PSI, and what each turns on or off. Loads nothing.
     /// Exits 1 when guard cannot run.
     Check,
+    /// Write a shell completion script to stdout (`cargo xtask dist` writes
+    /// them beside the binary).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 /// A set of event kinds.

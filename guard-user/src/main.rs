@@ -2,10 +2,10 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use guard::{
     agent::{self, Ending},
-    cli::Args,
+    cli::{Args, Command},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -34,14 +34,30 @@ fn init_diagnostics(level: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(guard::cli::Command::Check) = args.command {
-        let (table, runs) = guard::check::report(&guard::check::rows(&args.btf));
-        print!("{table}");
-        return if runs {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+    match args.command {
+        Some(Command::Check) => {
+            let (table, runs) = guard::check::report(&guard::check::rows(&args.btf));
+            print!("{table}");
+            return if runs {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Args::command(), "guard", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("guard: error: writing the man page: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let level = match args.verbose {
         0 => "info",

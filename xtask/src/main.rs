@@ -60,12 +60,13 @@ enum Cmd {
         only: Option<String>,
     },
     /// Set up and build the static agent (musl, the eBPF object embedded)
-    /// into target/dist/, with its SHA-256.
+    /// into target/dist/, with its SHA-256, shell completions (bash, zsh,
+    /// fish) and man page.
     Dist,
     /// Build the static agent and install it as a systemd service: the
     /// binary at /usr/local/bin/guard, packaging/guard.service at
     /// /etc/systemd/system/guard.service (then `systemctl enable --now
-    /// guard`).
+    /// guard`), the man page and bash completion under /usr/local/share.
     Install,
     /// Set up, build the static agent and test workloads, and boot Debian's
     /// kernels (6.1 and 6.12, cloud flavour, from the package lists) in qemu
@@ -309,9 +310,17 @@ fn setup() -> Result<()> {
 /// Installs the static binary and the unit; reloads systemd when it runs.
 fn install(binary: &Path) -> Result<()> {
     let unit = workspace().join("packaging/guard.service");
+    let dist = workspace().join("target/dist");
+    let (man, bash) = (dist.join("guard.1"), dist.join("guard.bash"));
     for (from, to, mode) in [
         (binary, "/usr/local/bin/guard", "0755"),
         (unit.as_path(), "/etc/systemd/system/guard.service", "0644"),
+        (man.as_path(), "/usr/local/share/man/man1/guard.1", "0644"),
+        (
+            bash.as_path(),
+            "/usr/local/share/bash-completion/completions/guard",
+            "0644",
+        ),
     ] {
         run(Command::new("install")
             .args(["-D", "-m", mode])

@@ -111,6 +111,17 @@ pub fn dist(workspace: &Path) -> Result<PathBuf> {
     let sum = output(Command::new("sha256sum").arg(&name).current_dir(&dir))
         .context("sha256sum failed")?;
     std::fs::write(dir.join(format!("{name}.sha256")), &sum)?;
+    // Shell completions and the man page, from the binary's own flags.
+    for (args, file) in [
+        (&["completions", "bash"][..], "guard.bash"),
+        (&["completions", "zsh"][..], "_guard"),
+        (&["completions", "fish"][..], "guard.fish"),
+        (&["man"][..], "guard.1"),
+    ] {
+        let text = output(Command::new(&out).args(args))
+            .with_context(|| format!("guard {} failed", args.join(" ")))?;
+        std::fs::write(dir.join(file), text)?;
+    }
     eprintln!("xtask: {} (static)\nxtask: {}", out.display(), sum.trim());
     Ok(out)
 }
