@@ -60,6 +60,14 @@ pub struct Args {
     #[arg(help_heading = "Scope and protection", long, value_name = "PATH")]
     pub cgroup: Vec<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9750, or 0.0.0.0:9750 for a scraper elsewhere): events and
+    /// losses by kind, alerts and actions by detector, pids and memory of
+    /// each watched cgroup with the projected seconds to its limit, blocked
+    /// tasks, guard's own CPU and memory. Updated every second.
+    #[arg(help_heading = "Output", long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// When to colour the text output (`auto`: when stdout is a terminal and
     /// NO_COLOR is not set).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Color::Auto)]

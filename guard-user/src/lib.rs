@@ -34,6 +34,7 @@
 //!
 //! Output and wiring
 //! - `output`: records as text or NDJSON, escaping, the stdout writer.
+//! - `metrics`: Prometheus metrics from the agent's snapshots, over HTTP.
 //! - `pipeline`: per event and tick, routes to detectors and requests actions.
 //! - `cli`: flags, their ranges and defaults.
 //! - `check`: `guard check`, the host's facts and what they turn on or off.
@@ -51,6 +52,7 @@ pub mod detect;
 pub mod kernel_scope;
 pub mod kube;
 pub mod loader;
+pub mod metrics;
 pub mod observe;
 pub mod output;
 pub mod pipeline;

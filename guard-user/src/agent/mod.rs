@@ -23,7 +23,7 @@ mod report;
 pub use self::priority::set_realtime;
 use self::{
     priority::harden_self,
-    report::{OutputWatch, enforcing, follow_scope, report_losses},
+    report::{OutputWatch, enforcing, follow_scope, metrics_snapshot, report_losses},
 };
 use crate::{
     act::{LiveSystem, Outcome, ResponseMaps, System, contain},
@@ -333,6 +333,15 @@ pub async fn run(args: Args) -> Result<Ending> {
         ],
     );
     start.and_then(|()| pipe.out.flush())?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let shared = Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::default()));
+            let bound = crate::metrics::serve(addr, shared.clone()).await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+            Some(shared)
+        }
+        None => None,
+    };
     let service = notify::ServiceManager::from_env();
     service.ready(&format!(
         "{} probes attached, {processes} processes known",
@@ -406,6 +415,12 @@ pub async fn run(args: Args) -> Result<Ending> {
             _ = watchdog.tick(), if service.ping_every.is_some() => service.alive(),
             _ = tick.tick() => {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
+                if let Some(metrics) = &metrics {
+                    let snapshot = metrics_snapshot(&drops, &stats, &pipe);
+                    if let Ok(m) = metrics.lock() {
+                        m.update(&snapshot);
+                    }
+                }
                 pipe.sweep_if_caught_up(WallClock::boot_ns_now());
             }
             _ = sample.tick() => {

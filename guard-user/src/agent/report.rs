@@ -118,3 +118,46 @@ impl OutputWatch {
         Err(anyhow::anyhow!("writing to stdout: {err}"))
     }
 }
+
+/// What `--metrics` shows, read off the pipeline and the loss counters.
+pub(super) fn metrics_snapshot(
+    drops: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    stats: &SourceStats,
+    pipe: &Pipeline<impl Write>,
+) -> crate::metrics::Snapshot {
+    let kernel = KernelDrops::read(drops).unwrap_or_default();
+    let mut lost = Vec::new();
+    for kind in guard_common::EventKind::ALL {
+        let i = kind as usize;
+        lost.push((kind.name(), "ring_full", kernel.ring_full[i]));
+        lost.push((kind.name(), "read_failed", kernel.read_failed[i]));
+    }
+    lost.push((
+        "all",
+        "queue_full",
+        stats.queue_full.load(Ordering::Relaxed),
+    ));
+    let own = crate::procfs::own_usage();
+    crate::metrics::Snapshot {
+        seen: pipe.seen_by_kind().into_iter().collect(),
+        lost,
+        tally: pipe.out.tally.clone(),
+        pids: pipe
+            .detectors
+            .fork
+            .pids_views()
+            .into_iter()
+            .map(|(cgroup, current, limit, _, eta)| (cgroup.to_string(), current, limit, eta))
+            .collect(),
+        memory: pipe
+            .detectors
+            .memory
+            .pool_views()
+            .into_iter()
+            .map(|(pool, usage, eta)| (pool.to_string(), usage.unreclaimable, usage.limit, eta))
+            .collect(),
+        blocked_now: pipe.detectors.blocked.blocked_now() as u64,
+        cpu_seconds: own.cpu_seconds,
+        rss_bytes: own.rss_bytes,
+    }
+}

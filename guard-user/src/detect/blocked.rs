@@ -215,6 +215,11 @@ impl BlockedDetector {
     }
 
     /// When guard reported `pid`'s current blocking.
+    /// Tasks reported blocked and not released yet.
+    pub fn blocked_now(&self) -> usize {
+        self.reported.len()
+    }
+
     pub fn reported_at(&self, pid: u32) -> Option<u64> {
         self.reported.get(&pid).map(|r| r.reported_ns)
     }

@@ -383,6 +383,26 @@ impl ForkDetector {
         }
     }
 
+    /// Each cgroup read for pids: (cgroup, pids.current, pids.max, growth
+    /// per second over the trend window, seconds to the limit at that rate
+    /// when it grows). For metrics; the rules are not involved.
+    pub fn pids_views(&self) -> Vec<(CgroupKey, u64, Option<u64>, f64, Option<f64>)> {
+        self.trends
+            .iter()
+            .filter_map(|(cgroup, t)| {
+                let &(_, current) = t.samples.back()?;
+                let per_sec = slope_per_sec(&t.samples);
+                let eta = match t.limit {
+                    Some(limit) if per_sec > 0.0 && current < limit => {
+                        Some((limit - current) as f64 / per_sec)
+                    }
+                    _ => None,
+                };
+                Some((cgroup.clone(), current, t.limit, per_sec, eta))
+            })
+            .collect()
+    }
+
     /// The last births of `cgroup`, newest first (to name an offender).
     pub fn recent(&self, cgroup: &str) -> Vec<NodeId> {
         self.populations

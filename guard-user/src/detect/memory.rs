@@ -242,6 +242,22 @@ impl MemoryDetector {
         self.procs.remove(&tgid);
     }
 
+    /// Each pool read: (pool, its last reading, seconds to the limit at
+    /// the rate of its current growing run, when it grows). For metrics.
+    pub fn pool_views(&self) -> Vec<(PoolKey, MemUsage, Option<f64>)> {
+        self.pools
+            .iter()
+            .filter_map(|(key, pool)| {
+                let usage = pool.last?;
+                let samples: Vec<(u64, u64)> = pool.samples.iter().copied().collect();
+                let rate = slope(growing_run(&samples));
+                let eta = (rate > 0.0 && usage.limit > usage.unreclaimable)
+                    .then(|| (usage.limit - usage.unreclaimable) as f64 / rate);
+                Some((key.clone(), usage, eta))
+            })
+            .collect()
+    }
+
     /// The pool's unreclaimable usage now.
     pub fn usage(&self, pool: &str) -> Option<MemUsage> {
         self.pools.get(pool)?.last

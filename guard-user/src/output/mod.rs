@@ -91,6 +91,51 @@ pub fn signal_name(signal: i32) -> &'static str {
 }
 
 /// Writes records to `W` in one format.
+/// Alerts and actions counted by their labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// (detector, rule) → alerts.
+    pub alerts: std::collections::BTreeMap<(String, String), u64>,
+    /// (detector, action, outcome: contained, not_contained or dry_run) →
+    /// actions.
+    pub actions: std::collections::BTreeMap<(String, String, String), u64>,
+}
+
+impl Tally {
+    fn count(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) {
+        let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+        let text = |name: &str| {
+            field(name)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        match kind {
+            "alert" => {
+                *self
+                    .alerts
+                    .entry((text("detector"), text("rule")))
+                    .or_default() += 1;
+            }
+            "action" => {
+                let outcome = if field("dry_run").and_then(serde_json::Value::as_bool) == Some(true)
+                {
+                    "dry_run"
+                } else if field("outcome").is_some_and(|o| o["contained"] == true) {
+                    "contained"
+                } else {
+                    "not_contained"
+                };
+                *self
+                    .actions
+                    .entry((text("detector"), text("action"), outcome.to_owned()))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
 pub struct Output<W: Write> {
     out: W,
     format: Format,
@@ -108,6 +153,9 @@ pub struct Output<W: Write> {
     pub dropped: u64,
     /// Event lines not formatted: the agent was over its CPU limit.
     pub shed: u64,
+    /// Alerts by (detector, rule), actions by (detector, action, outcome):
+    /// every one decided, written or not (for metrics).
+    pub tally: Tally,
     /// Event lines are being shed (see `agent::budget`).
     shedding: bool,
     /// Records other than events (alerts, actions...) dropped for the same
@@ -131,6 +179,7 @@ impl<W: Write> Output<W> {
             failure: None,
             dropped: 0,
             shed: 0,
+            tally: Tally::default(),
             shedding: false,
             unflushed: false,
             records_unflushed: false,
@@ -244,6 +293,7 @@ impl<W: Write> Output<W> {
     /// A record that is not a kernel event (`start`, `lost`, `summary`):
     /// JSON as given, or `kind: k=v ...` in text.
     pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+        self.tally.count(kind, fields);
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;
             return Ok(());
