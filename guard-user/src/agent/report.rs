@@ -147,7 +147,7 @@ pub(super) fn metrics_snapshot(
             .fork
             .pids_views()
             .into_iter()
-            .map(|(cgroup, current, limit, _, eta)| (cgroup.to_string(), current, limit, eta))
+            .map(|v| (v.cgroup.to_string(), v.current, v.limit, v.eta_secs))
             .collect(),
         memory: pipe
             .detectors

@@ -107,6 +107,18 @@ pub enum ForkVerdict {
     },
 }
 
+/// A cgroup's pids as last read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PidsView {
+    pub cgroup: CgroupKey,
+    pub current: u64,
+    pub limit: Option<u64>,
+    /// Growth per second over the trend window.
+    pub per_sec: f64,
+    /// Seconds to the limit at that rate, when it grows toward one.
+    pub eta_secs: Option<f64>,
+}
+
 /// Which projection toward pids.max a [`ForkVerdict::Limit`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitRule {
@@ -383,10 +395,8 @@ impl ForkDetector {
         }
     }
 
-    /// Each cgroup read for pids: (cgroup, pids.current, pids.max, growth
-    /// per second over the trend window, seconds to the limit at that rate
-    /// when it grows). For metrics; the rules are not involved.
-    pub fn pids_views(&self) -> Vec<(CgroupKey, u64, Option<u64>, f64, Option<f64>)> {
+    /// Each cgroup read for pids. For metrics; the rules are not involved.
+    pub fn pids_views(&self) -> Vec<PidsView> {
         self.trends
             .iter()
             .filter_map(|(cgroup, t)| {
@@ -398,7 +408,13 @@ impl ForkDetector {
                     }
                     _ => None,
                 };
-                Some((cgroup.clone(), current, t.limit, per_sec, eta))
+                Some(PidsView {
+                    cgroup: cgroup.clone(),
+                    current,
+                    limit: t.limit,
+                    per_sec,
+                    eta_secs: eta,
+                })
             })
             .collect()
     }
