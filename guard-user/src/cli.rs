@@ -68,6 +68,15 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Run this shell command (`sh -c CMD`) for every alert and action:
+    /// the record as one JSON line on stdin, its main fields in GUARD_KIND,
+    /// GUARD_DETECTOR, GUARD_RULE, GUARD_ACTION, GUARD_PID, GUARD_COMM and
+    /// GUARD_CGROUP. One at a time, killed after 10 s, at most 5 in a row
+    /// and then one per 6 s; it never holds detection up, and a failing
+    /// command is reported, not fatal.
+    #[arg(help_heading = "Output", long, value_name = "CMD")]
+    pub on_alert: Option<String>,
+
     /// When to colour the text output (`auto`: when stdout is a terminal and
     /// NO_COLOR is not set).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Color::Auto)]

@@ -31,6 +31,7 @@
 //! - `protect`: what is never signalled.
 //! - `kernel_scope`: what the fork probe enforces by itself, and its scope.
 //! - `act`: containment; the only module that signals other processes.
+//! - `hook`: `--on-alert`, the operator's command run per alert and action.
 //!
 //! Output and wiring
 //! - `output`: records as text or NDJSON, escaping, the stdout writer.
@@ -49,6 +50,7 @@ pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod detect;
+pub mod hook;
 pub mod kernel_scope;
 pub mod kube;
 pub mod loader;

@@ -220,7 +220,12 @@ pub async fn run(args: Args) -> Result<Ending> {
     };
     let stdout = ThreadedStdout::spawn().context("starting the stdout writer")?;
     let backlog = stdout.backlog();
-    let out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
+    let mut out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
+    if let Some(command) = &args.on_alert {
+        out = out.with_hooks(
+            crate::hook::Hooks::spawn(command.clone()).context("starting the --on-alert thread")?,
+        );
+    }
     let settings = Settings {
         events: args.events.clone(),
         threads: args.threads,
@@ -552,6 +557,14 @@ pub async fn run(args: Args) -> Result<Ending> {
             ("output_dropped", json!(pipe.out.dropped)),
             ("records_dropped", json!(pipe.out.records_dropped)),
             ("output_shed", json!(pipe.out.shed)),
+            (
+                "hooks",
+                json!(pipe.out.hook_counts().map(|c| json!({
+                    "run": c.run.load(Ordering::Relaxed),
+                    "failed": c.failed.load(Ordering::Relaxed),
+                    "skipped": c.skipped.load(Ordering::Relaxed),
+                }))),
+            ),
             ("unread_at_exit", json!(unread)),
         ],
     );

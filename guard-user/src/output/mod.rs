@@ -156,6 +156,8 @@ pub struct Output<W: Write> {
     /// Alerts by (detector, rule), actions by (detector, action, outcome):
     /// every one decided, written or not (for metrics).
     pub tally: Tally,
+    /// `--on-alert`: run per alert and action.
+    hooks: Option<crate::hook::Hooks>,
     /// Event lines are being shed (see `agent::budget`).
     shedding: bool,
     /// Records other than events (alerts, actions...) dropped for the same
@@ -180,6 +182,7 @@ impl<W: Write> Output<W> {
             dropped: 0,
             shed: 0,
             tally: Tally::default(),
+            hooks: None,
             shedding: false,
             unflushed: false,
             records_unflushed: false,
@@ -242,6 +245,17 @@ impl<W: Write> Output<W> {
         }
     }
 
+    /// Runs `hooks` for every alert and action from now on.
+    pub fn with_hooks(mut self, hooks: crate::hook::Hooks) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// What became of the hooks, when there are any.
+    pub fn hook_counts(&self) -> Option<std::sync::Arc<crate::hook::HookCounts>> {
+        self.hooks.as_ref().map(|h| h.counts.clone())
+    }
+
     /// Sheds event lines (not records) while `on`.
     pub fn set_shedding(&mut self, on: bool) {
         self.shedding = on;
@@ -294,6 +308,16 @@ impl<W: Write> Output<W> {
     /// JSON as given, or `kind: k=v ...` in text.
     pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
         self.tally.count(kind, fields);
+        if let Some(hooks) = &self.hooks
+            && matches!(kind, "alert" | "action")
+        {
+            let mut record = serde_json::Map::new();
+            record.insert("kind".into(), kind.into());
+            for (k, v) in fields {
+                record.insert((*k).to_owned(), v.clone());
+            }
+            hooks.fire(record.into());
+        }
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;
             return Ok(());
