@@ -77,6 +77,11 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "CMD")]
     pub on_alert: Option<String>,
 
+    /// Write records to FILE (appended, created if missing) instead of
+    /// stdout. SIGHUP opens it again at the same path, for logrotate.
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
     /// When to colour the text output (`auto`: when stdout is a terminal and
     /// NO_COLOR is not set).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Color::Auto)]

@@ -197,3 +197,64 @@ fn a_hook_runs_per_alert_and_action_and_its_failure_is_counted() {
         "hooks that failed are counted, and guard went on: {hooks}"
     );
 }
+
+/// `--output FILE`: records go to the file; after logrotate's move and a
+/// SIGHUP, to a new file at the same path, none lost between the two.
+#[test]
+fn output_goes_to_a_file_opened_again_on_sighup() {
+    let cg = TestCgroup::new("output-file", 16, 128 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-output-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let (log, rotated) = (dir.join("guard.json"), dir.join("guard.json.1"));
+    let mut child = std::process::Command::new(guard_tests::guard_bin())
+        .args(["--json", "--cgroup", &scope, "--events", "exit", "--output"])
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn guard");
+    let pid = child.id() as i32;
+    let _kill = guard_tests::Defer(move || {
+        // SAFETY: signals our own child, if it is still there.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let exits_in = |path: &std::path::Path, code: u64| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["kind"] == "exit" && r["exit_code"] == code)
+            .count()
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_until("the start record", &|| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"kind\":\"start\""))
+    });
+    guard_tests::run(&mut cg.workload(&["exit", "7"]));
+    wait_until("the first exit", &|| exits_in(&log, 7) == 1);
+    std::fs::rename(&log, &rotated).expect("rotate");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(200));
+    guard_tests::run(&mut cg.workload(&["exit", "8"]));
+    wait_until("the second exit in the new file", &|| {
+        exits_in(&log, 8) == 1
+    });
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+    assert_eq!((exits_in(&rotated, 7), exits_in(&rotated, 8)), (1, 0));
+    let new = std::fs::read_to_string(&log).expect("new file");
+    assert!(new.contains("\"kind\":\"summary\""), "{new}");
+    assert_eq!(exits_in(&log, 7), 0);
+}

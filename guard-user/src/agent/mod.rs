@@ -218,7 +218,18 @@ pub async fn run(args: Args) -> Result<Ending> {
     } else {
         Format::Text { color }
     };
-    let stdout = ThreadedStdout::spawn().context("starting the stdout writer")?;
+    let mut reopen_output = None;
+    let stdout = match &args.output {
+        Some(path) => {
+            let file = crate::output::ReopeningFile::open(path).with_context(|| {
+                format!("--output {}: cannot open it for appending", path.display())
+            })?;
+            reopen_output = Some(file.reopen_flag());
+            ThreadedStdout::spawn_to(file)
+        }
+        None => ThreadedStdout::spawn(),
+    }
+    .context("starting the output writer")?;
     let backlog = stdout.backlog();
     let mut out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
     if let Some(command) = &args.on_alert {
@@ -289,6 +300,7 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // After loading: see `harden_self`.
     let hardening = harden_self();
@@ -417,6 +429,12 @@ pub async fn run(args: Args) -> Result<Ending> {
             }
             _ = sigint.recv() => { stopped_by_signal = true; break }
             _ = sigterm.recv() => { stopped_by_signal = true; break }
+            _ = sighup.recv() => {
+                if let Some(flag) = &reopen_output {
+                    flag.store(true, Ordering::Relaxed);
+                    tracing::info!("SIGHUP: opening the output file again at its next write");
+                }
+            }
             _ = watchdog.tick(), if service.ping_every.is_some() => service.alive(),
             _ = tick.tick() => {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;

@@ -20,7 +20,7 @@ use guard_common::EventKind;
 use self::text::Escaped;
 pub use self::{
     json::JsonObject,
-    writer::{EVENT_BACKLOG, RECORD_BACKLOG, ThreadedStdout},
+    writer::{EVENT_BACKLOG, RECORD_BACKLOG, ReopeningFile, ThreadedStdout},
 };
 pub use crate::clock::WallClock;
 use crate::decode::{Comm, Event, ExitStatus};

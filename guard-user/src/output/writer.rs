@@ -39,6 +39,57 @@ const CHUNK_OVERHEAD: usize = 64;
 /// How long guard waits at exit for a stalled reader to take what is queued.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// `--output FILE`: appends to a file, opened again (at the same path) on
+/// the next write after [`ReopeningFile::reopen_flag`] is set: logrotate
+/// moves the file away and sends SIGHUP.
+pub struct ReopeningFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    reopen: Arc<AtomicBool>,
+}
+
+impl ReopeningFile {
+    pub fn open(path: &std::path::Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: Self::open_file(path)?,
+            reopen: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn open_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    /// Set it to have the file opened again before the next write.
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+}
+
+impl Write for ReopeningFile {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            match Self::open_file(&self.path) {
+                Ok(file) => self.file = file,
+                // Keep writing to the old one rather than lose records.
+                Err(err) => tracing::warn!(
+                    "could not open {} again: {err}; still writing to the file it was",
+                    self.path.display()
+                ),
+            }
+        }
+        self.file.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// stdout, written by a thread of its own.
 pub struct ThreadedStdout {
     buf: Vec<u8>,
