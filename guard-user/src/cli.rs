@@ -27,6 +27,23 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// Read flags from this TOML file (default /etc/guard/guard.toml, when
+    /// it exists): its keys are the flags' names without `--`, and
+    /// `[[policy]]` tables set actions per cgroup. A flag on the command
+    /// line wins over the file. SIGHUP reads it again (its policies apply at
+    /// once; a bad file keeps the old configuration and says why).
+    /// `guard config` prints the result. See packaging/guard.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The config file's `[[policy]]` tables.
+    #[arg(skip)]
+    pub policies: Vec<crate::policy::CgroupPolicy>,
+
+    /// The config file read, and the flags it gave (SIGHUP reads it again).
+    #[arg(skip)]
+    pub config_file: Option<(PathBuf, Vec<std::ffi::OsString>)>,
+
     /// Write NDJSON (one JSON object per line) instead of aligned columns.
     /// Every object has `kind`, `time` (RFC 3339 UTC with nanoseconds) and
     /// `boot_ns` (nanoseconds since boot, CLOCK_BOOTTIME); see the README for
@@ -349,6 +366,10 @@ pub enum Command {
     /// controllers, PSI, and what each turns on or off. Loads nothing.
     /// Exits 1 when guard cannot run.
     Check,
+    /// Print the effective configuration as TOML: every flag's value (and
+    /// whether it was set or is the default) after the config file and the
+    /// command line, then the policies.
+    Config,
     /// Write a shell completion script to stdout (`cargo xtask dist` writes
     /// them beside the binary).
     Completions {

@@ -38,6 +38,7 @@
 //! - `metrics`: Prometheus metrics from the agent's snapshots, over HTTP.
 //! - `pipeline`: per event and tick, routes to detectors and requests actions.
 //! - `cli`: flags, their ranges and defaults.
+//! - `config`: the TOML config file: flags by their names, and policies.
 //! - `check`: `guard check`, the host's facts and what they turn on or off.
 //! - `agent`: loads, attaches, runs the loop, reports, detaches.
 
@@ -48,6 +49,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod hook;

@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::{CommandFactory as _, Parser as _};
+use clap::{CommandFactory as _, FromArgMatches as _};
 use guard::{
     agent::{self, Ending},
     cli::{Args, Command},
@@ -33,7 +33,32 @@ fn init_diagnostics(level: &str) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // The config file's keys are flags placed before the command line's.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = match guard::config::locate(&argv).and_then(|path| match path {
+        Some(path) => guard::config::load(&path, &Args::command()),
+        None => Ok(guard::config::FromFile::default()),
+    }) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("guard: error: config file: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = Args::command().args_override_self(true);
+    let matches = command
+        .clone()
+        .get_matches_from(guard::config::merged_argv(&argv, &file));
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    args.policies = file.policies.clone();
+    args.config_file = file.path.clone().map(|p| (p, file.args.clone()));
+    if let Some(guard::cli::Command::Config) = args.command {
+        print!("{}", guard::config::render(&command, &matches, &file));
+        return ExitCode::SUCCESS;
+    }
     match args.command {
         Some(Command::Check) => {
             let (table, runs) = guard::check::report(&guard::check::rows(&args.btf));
@@ -57,7 +82,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => {}
+        Some(Command::Config) | None => {}
     }
     let level = match args.verbose {
         0 => "info",

@@ -3,7 +3,9 @@
 //! the records.
 
 /// What a detector's verdict leads to (`--fork-action`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     /// Alert only.
@@ -22,5 +24,174 @@ impl ActionKind {
             ActionKind::Stop => libc::SIGSTOP,
             _ => libc::SIGKILL,
         }
+    }
+}
+
+/// One `[[policy]]` table of the config file: the actions of the cgroups
+/// whose directory (or an ancestor's) matches `cgroup`, a glob (`*`, `?`,
+/// `[...]`) over full directory paths, e.g.
+/// `/sys/fs/cgroup/system.slice/ci-runner*.service`. Unset actions are the
+/// flags' (or the file's top-level keys').
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CgroupPolicy {
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_action: Option<ActionKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_action: Option<ActionKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_action: Option<ActionKind>,
+    /// `log` or `stop` (of the restarting supervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashloop_action: Option<ActionKind>,
+}
+
+/// The policies, first match wins, in file order.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    rules: Vec<(glob::Pattern, CgroupPolicy)>,
+}
+
+impl Policies {
+    pub fn new(rules: Vec<CgroupPolicy>) -> Result<Self, String> {
+        let mut compiled = Vec::new();
+        for rule in rules {
+            let pattern = glob::Pattern::new(&rule.cgroup)
+                .map_err(|e| format!("policy cgroup {:?}: {e}", rule.cgroup))?;
+            if !rule.cgroup.starts_with('/') {
+                return Err(format!(
+                    "policy cgroup {:?}: give a full directory path (a glob), e.g. /sys/fs/cgroup/ci*",
+                    rule.cgroup
+                ));
+            }
+            if rule.crashloop_action == Some(ActionKind::Kill) {
+                return Err(format!(
+                    "policy {:?}: crashloop-action is log or stop (guard stops a crash loop's \
+                     supervisor, it never kills it)",
+                    rule.cgroup
+                ));
+            }
+            compiled.push((pattern, rule));
+        }
+        Ok(Self { rules: compiled })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &CgroupPolicy> {
+        self.rules.iter().map(|(_, r)| r)
+    }
+
+    /// The first policy whose glob matches `dir` or one of its ancestors.
+    pub fn for_cgroup(&self, dir: &str) -> Option<&CgroupPolicy> {
+        let mut ancestors = std::iter::successors(Some(std::path::Path::new(dir)), |p| p.parent());
+        let candidates: Vec<&str> = ancestors
+            .by_ref()
+            .filter_map(|p| p.to_str())
+            .filter(|p| *p != "/")
+            .collect();
+        self.rules
+            .iter()
+            .find(|(pattern, _)| candidates.iter().any(|c| pattern.matches(c)))
+            .map(|(_, rule)| rule)
+    }
+
+    /// The action a policy sets for `detector` in `dir`, if one does.
+    pub fn action(
+        &self,
+        detector: crate::detect::switches::Detector,
+        dir: Option<&str>,
+    ) -> Option<ActionKind> {
+        use crate::detect::switches::Detector;
+        let rule = self.for_cgroup(dir?)?;
+        match detector {
+            Detector::Fork => rule.fork_action,
+            Detector::Memory => rule.mem_action,
+            Detector::Leak => rule.leak_action,
+            Detector::Crashloop => rule.crashloop_action,
+            Detector::Blocked => None,
+        }
+    }
+
+    /// The strongest fork action any policy asks for.
+    pub fn strongest_fork_action(&self) -> Option<ActionKind> {
+        self.rules()
+            .filter_map(|r| r.fork_action)
+            .max_by_key(|a| a.strength())
+    }
+}
+
+impl ActionKind {
+    /// Log < stop < kill.
+    pub fn strength(self) -> u8 {
+        match self {
+            ActionKind::Log => 0,
+            ActionKind::Stop => 1,
+            ActionKind::Kill => 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::switches::Detector;
+
+    fn policy(cgroup: &str, fork: Option<ActionKind>) -> CgroupPolicy {
+        CgroupPolicy {
+            cgroup: cgroup.into(),
+            fork_action: fork,
+            mem_action: None,
+            leak_action: None,
+            crashloop_action: None,
+        }
+    }
+
+    #[test]
+    fn the_first_matching_policy_covers_the_cgroup_and_everything_below() {
+        let p = Policies::new(vec![
+            policy(
+                "/sys/fs/cgroup/*/ci-runner*.service",
+                Some(ActionKind::Kill),
+            ),
+            policy("/sys/fs/cgroup/system.slice", Some(ActionKind::Log)),
+        ])
+        .expect("valid");
+        let ci = "/sys/fs/cgroup/system.slice/ci-runner@3.service/job-17";
+        assert_eq!(p.action(Detector::Fork, Some(ci)), Some(ActionKind::Kill));
+        assert_eq!(
+            p.action(
+                Detector::Fork,
+                Some("/sys/fs/cgroup/system.slice/postgresql.service")
+            ),
+            Some(ActionKind::Log)
+        );
+        assert_eq!(
+            p.action(Detector::Fork, Some("/sys/fs/cgroup/user.slice")),
+            None
+        );
+        assert_eq!(p.action(Detector::Memory, Some(ci)), None, "memory not set");
+        assert_eq!(p.action(Detector::Fork, None), None);
+        assert_eq!(p.strongest_fork_action(), Some(ActionKind::Kill));
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        assert!(
+            Policies::new(vec![policy("ci*", None)])
+                .expect_err("refused")
+                .contains("full directory path")
+        );
+        assert!(Policies::new(vec![policy("/a/[b", None)]).is_err());
+        let mut kill = policy("/a", None);
+        kill.crashloop_action = Some(ActionKind::Kill);
+        assert!(
+            Policies::new(vec![kill])
+                .expect_err("refused")
+                .contains("log or stop")
+        );
     }
 }

@@ -140,3 +140,68 @@ fn the_unit_is_notify_with_a_watchdog_and_only_the_capabilities_guard_needs() {
         );
     }
 }
+
+/// The example config file names every flag, key by key, and guard reads
+/// it back (every key and both policies uncommented) without a complaint.
+#[test]
+fn the_example_config_documents_every_key_and_loads() {
+    let example = repo("packaging/guard.toml");
+    let help = std::process::Command::new(guard_tests::guard_bin())
+        .arg("--help")
+        .output()
+        .expect("guard --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| {
+            // Flag lines are indented six columns (`  -v, --verbose` two);
+            // descriptions more.
+            let name = l
+                .strip_prefix("      --")
+                .or_else(|| l.strip_prefix("  -v, --"))?;
+            Some(name.split([' ', '<', '.', '[']).next().unwrap_or(name))
+        })
+        .filter(|f| !["help", "version", "config", "verbose"].contains(f))
+        .collect();
+    assert!(flags.len() > 30, "{flags:?}");
+    for flag in &flags {
+        assert!(
+            example
+                .lines()
+                .any(|l| l.starts_with(&format!("# {flag} = "))),
+            "--{flag} is not in packaging/guard.toml"
+        );
+    }
+    let uncommented: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("[[policy]]")
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                    }) =>
+            {
+                rest.to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = std::env::temp_dir().join(format!("guard-test-example-{}.toml", std::process::id()));
+    std::fs::write(&path, &uncommented).expect("write");
+    let out = std::process::Command::new(guard_tests::guard_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("config")
+        .output()
+        .expect("guard config");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        uncommented
+    );
+    assert_eq!(text.matches("[[policy]]").count(), 2, "{text}");
+}

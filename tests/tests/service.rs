@@ -258,3 +258,78 @@ fn output_goes_to_a_file_opened_again_on_sighup() {
     assert!(new.contains("\"kind\":\"summary\""), "{new}");
     assert_eq!(exits_in(&log, 7), 0);
 }
+
+/// A config file with a policy per cgroup: a bomb in the CI cgroup is
+/// killed (the policy's `kill`), one in the database cgroup is only
+/// reported (the file's `fork-action = "log"`), and the probe leaves it
+/// alone. A bad file on SIGHUP keeps the running configuration.
+#[test]
+fn policies_give_each_cgroup_its_action_and_a_bad_reload_keeps_the_old() {
+    let ci = TestCgroup::new("policy-ci", 1000, 512 << 20);
+    let db = TestCgroup::new("policy-db", 300, 512 << 20);
+    let root = ci
+        .pids_dir()
+        .parent()
+        .expect("parent")
+        .to_str()
+        .expect("utf8")
+        .to_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let config = dir.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "fork-action = \"log\"\ncgroup = [{ci:?}, {db:?}]\n\n[[policy]]\ncgroup = \"{root}/guard-test-policy-ci-*\"\nfork-action = \"kill\"\n",
+            ci = ci.pids_dir().to_str().expect("utf8"),
+            db = db.pids_dir().to_str().expect("utf8"),
+        ),
+    )
+    .expect("write config");
+    let mut agent = Agent::start(&["--config", config.to_str().expect("utf8")]);
+    let _ = ci.spawn_bash(BOMB).wait();
+    let action = agent.wait_for(Duration::from_secs(20), "the CI bomb's action", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    assert_eq!(action["action"], "kill", "{action}");
+    ci.wait_until_gone("bash", Duration::from_secs(20));
+    assert_eq!(ci.pids_refused(), 0, "the CI bomb reached pids.max");
+
+    let _ = db.spawn_bash(BOMB).wait();
+    let alert = agent.wait_for(Duration::from_secs(20), "the database bomb's alert", |r| {
+        r["kind"] == "alert"
+            && r["detector"] == "fork"
+            && r["cgroup"].as_str() == db.pids_dir().to_str()
+    });
+    assert_eq!(alert["action"], "log", "{alert}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        db.live_named("bash") > 10,
+        "the database bomb was signalled: {} left",
+        db.live_named("bash")
+    );
+    db.kill_all();
+
+    // A misspelt key on reload: the running configuration stays.
+    std::fs::write(&config, "fork-actoin = \"kill\"\n").expect("write");
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("keeping the running configuration")
+            && stopped.stderr.contains("fork-actoin"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(
+        !stopped
+            .records
+            .iter()
+            .any(|r| r["kind"] == "action" && r["cgroup"].as_str() == db.pids_dir().to_str()),
+        "an action in the database cgroup"
+    );
+}

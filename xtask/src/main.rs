@@ -66,7 +66,8 @@ enum Cmd {
     /// Build the static agent and install it as a systemd service: the
     /// binary at /usr/local/bin/guard, packaging/guard.service at
     /// /etc/systemd/system/guard.service (then `systemctl enable --now
-    /// guard`), the man page and bash completion under /usr/local/share.
+    /// guard`), the example config at /etc/guard/guard.toml (when there is
+    /// none), the man page and bash completion under /usr/local/share.
     Install,
     /// Set up, build the static agent and test workloads, and boot Debian's
     /// kernels (6.1 and 6.12, cloud flavour, from the package lists) in qemu
@@ -326,6 +327,17 @@ fn install(binary: &Path) -> Result<()> {
             .args(["-D", "-m", mode])
             .arg(from)
             .arg(to))?;
+    }
+    // The example config (every key commented out), never over an
+    // operator's own.
+    let config = Path::new("/etc/guard/guard.toml");
+    if config.exists() {
+        eprintln!("xtask: keeping the existing {}", config.display());
+    } else {
+        run(Command::new("install")
+            .args(["-D", "-m", "0644"])
+            .arg(workspace().join("packaging/guard.toml"))
+            .arg(config))?;
     }
     if Path::new("/run/systemd/system").is_dir() {
         run(Command::new("systemctl").arg("daemon-reload"))?;

@@ -65,6 +65,48 @@ pub enum Ending {
 /// this interval at most, instead of one per batch of events.
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
 
+/// SIGHUP: reads the config file again. Its policies apply at once; a
+/// change to its flags needs a restart (the probes and maps were set up
+/// with them), which it says; a file that does not parse or check keeps
+/// the configuration running and says why.
+fn reload_config(
+    path: &std::path::Path,
+    flags: &[std::ffi::OsString],
+    pipe: &mut Pipeline<ThreadedStdout>,
+) {
+    use clap::CommandFactory as _;
+    let file = match crate::config::load(path, &Args::command()) {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::warn!("SIGHUP: keeping the running configuration: {err}");
+            return;
+        }
+    };
+    let policies = match crate::policy::Policies::new(file.policies.clone()) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::warn!(
+                "SIGHUP: keeping the running configuration: {}: {err}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let count = file.policies.len();
+    pipe.settings.policies = policies;
+    tracing::info!(
+        "SIGHUP: {} read again; {count} policies apply now",
+        path.display()
+    );
+    if file.args != flags {
+        tracing::warn!(
+            "SIGHUP: the flags in {} changed; they apply when guard restarts (policies apply \
+             now)",
+            path.display()
+        );
+    }
+}
+
 /// Longest the pipeline works through queued batches before it looks at
 /// signals, actions and ticks again.
 const BATCH_TIME: Duration = Duration::from_millis(50);
@@ -88,11 +130,19 @@ pub async fn run(args: Args) -> Result<Ending> {
         horizon_ns: args.pids_horizon * 1_000_000_000,
     };
     let ignore_rules = args.ignore_rules();
+    let policies = crate::policy::Policies::new(args.policies.clone())
+        .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     // A fork guard switched off enforces nothing, in the kernel either.
-    let fork_action = if args.runs(Detector::Fork) {
-        args.fork_action
-    } else {
+    // Otherwise the probe's budgets signal with the strongest action any
+    // policy or the flag asks for; cgroups whose action is `log` are exempt
+    // there.
+    let fork_action = if !args.runs(Detector::Fork) {
         ActionKind::Log
+    } else {
+        match policies.strongest_fork_action() {
+            Some(a) if a.strength() > args.fork_action.strength() => a,
+            _ => args.fork_action,
+        }
     };
     let guard_chain = Protection::own_chain();
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
@@ -174,7 +224,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     // Cgroups the fork detector ignores, the fork probe leaves alone from
     // its first fork on (later ones, as processes enter them).
     let fork_ignore = Ignore::for_detector(&ignore_rules, Detector::Fork);
-    let exempt_cgroups = if kernel_tags && !fork_ignore.is_empty() {
+    let exempt_cgroups = if kernel_tags && (!fork_ignore.is_empty() || !policies.is_empty()) {
         // The hierarchy the probe reads (see `kernel_scope::plan`).
         let index = scope
             .cgroups
@@ -190,7 +240,15 @@ pub async fn run(args: Args) -> Result<Ending> {
                 .map(|(_, dir)| dir.into())
                 .collect()
         };
-        let dirs = kernel_scope::matching_cgroups(&roots, |d| fork_ignore.cgroup(Some(d)));
+        let policy_log = |d: &str| {
+            policies
+                .action(Detector::Fork, Some(d))
+                .unwrap_or(args.fork_action)
+                == ActionKind::Log
+        };
+        let dirs = kernel_scope::matching_cgroups(&roots, |d| {
+            fork_ignore.cgroup(Some(d)) || policy_log(d)
+        });
         for dir in &dirs {
             system.exempt_cgroup(dir);
         }
@@ -240,7 +298,13 @@ pub async fn run(args: Args) -> Result<Ending> {
     let settings = Settings {
         events: args.events.clone(),
         threads: args.threads,
-        fork_action,
+        // The flag's (policies may differ per cgroup; see `fork_action`
+        // above for the probe's).
+        fork_action: if args.runs(Detector::Fork) {
+            args.fork_action
+        } else {
+            ActionKind::Log
+        },
         mem_action: args.mem_action,
         crashloop_action: args.crashloop_action.into(),
         off: Detector::ALL
@@ -253,6 +317,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         ignore_leak: Ignore::for_detector(&ignore_rules, Detector::Leak),
         leak_action: args.leak_action,
         dry_run: args.dry_run,
+        policies,
         kernel_tags,
         kernel_filter,
     };
@@ -433,6 +498,9 @@ pub async fn run(args: Args) -> Result<Ending> {
                 if let Some(flag) = &reopen_output {
                     flag.store(true, Ordering::Relaxed);
                     tracing::info!("SIGHUP: opening the output file again at its next write");
+                }
+                if let Some((path, flags)) = &args.config_file {
+                    reload_config(path, flags, &mut pipe);
                 }
             }
             _ = watchdog.tick(), if service.ping_every.is_some() => service.alive(),

@@ -29,7 +29,10 @@ impl<W: Write> Pipeline<W> {
             })
             .collect();
         let supervisor = self.table.get(l.key.supervisor).map(|p| p.comm.to_string());
-        let (action, spared) = match self.settings.crashloop_action {
+        let (action, spared) = match self
+            .settings
+            .action(Detector::Crashloop, l.key.cgroup.as_deref())
+        {
             ActionKind::Log => (ActionKind::Log, None),
             kind => match self.supervisor_spared(l.key.supervisor) {
                 Some(why) => (ActionKind::Log, Some(why)),

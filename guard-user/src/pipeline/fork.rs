@@ -70,7 +70,7 @@ impl<W: Write> Pipeline<W> {
     /// Tags the suspected subtree of every armed cgroup ahead of an alert,
     /// and forgets the watch once nothing is armed or acted on.
     pub(super) fn watch_armed(&mut self) {
-        if self.settings.fork_action == ActionKind::Log
+        if self.settings.strongest_fork_action() == ActionKind::Log
             || self.settings.dry_run
             || self.settings.kernel_tags
         {
@@ -90,7 +90,10 @@ impl<W: Write> Pipeline<W> {
             self.tagged.clear();
             return;
         }
-        for (_, recent) in armed {
+        for (cgroup, recent) in armed {
+            if self.settings.action(Detector::Fork, Some(&cgroup)) == ActionKind::Log {
+                continue;
+            }
             let protection = &self.protection;
             let Some(suspect) = find_offender(self.table.lineage(), &recent, |n| protection.why(n))
             else {
@@ -117,7 +120,10 @@ impl<W: Write> Pipeline<W> {
             return;
         };
         let live = self.tagged.values().filter(|(t, _)| *t == tag).count() as u64;
-        let limits = BudgetLimits::new(&self.detectors.fork.rules(), self.settings.fork_action);
+        let limits = BudgetLimits::new(
+            &self.detectors.fork.rules(),
+            self.settings.strongest_fork_action(),
+        );
         system.budget(tag, live, limits);
     }
 
@@ -155,7 +161,16 @@ impl<W: Write> Pipeline<W> {
 
     /// Whether the fork probe judges by itself, with ignore rules to honour.
     pub(super) fn exempts(&self) -> bool {
-        self.settings.kernel_tags && !self.settings.ignore_fork.is_empty()
+        self.settings.kernel_tags
+            && (!self.settings.ignore_fork.is_empty() || !self.settings.policies.is_empty())
+    }
+
+    /// Whether the fork probe must leave `dir` alone: the fork detector
+    /// ignores it, or its fork action is `log` (by a policy, or by default
+    /// beside a policy's stronger one).
+    pub fn fork_exempt(settings: &Settings, dir: &str) -> bool {
+        settings.ignore_fork.cgroup(Some(dir))
+            || settings.action(Detector::Fork, Some(dir)) == ActionKind::Log
     }
 
     /// A cgroup the fork detector ignores is one the fork probe leaves
@@ -163,7 +178,7 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn exempt_cgroup_if_ignored(&mut self, dir: &Arc<str>) {
         if self.exempts()
             && !self.exempt_cgroups.contains(dir)
-            && self.settings.ignore_fork.cgroup(Some(dir))
+            && Self::fork_exempt(&self.settings, dir)
             && let Some(system) = &self.system
         {
             system.exempt_cgroup(dir);
@@ -262,10 +277,14 @@ impl<W: Write> Pipeline<W> {
     /// probe tagged by itself is found by walking up from the member whose
     /// fork met the rule (it may have exited already: lineage keeps it).
     pub(super) fn kernel_condemned(&mut self, c: &crate::decode::Condemned) -> io::Result<()> {
-        if self.settings.fork_action == ActionKind::Log
-            || self.settings.dry_run
-            || self.active.contains(&c.tag)
-        {
+        let forker_cgroup = self
+            .table
+            .get(c.forker_tgid)
+            .and_then(|p| p.cgroups.get(self.pids_index).cloned().flatten());
+        let action = self
+            .settings
+            .action(Detector::Fork, forker_cgroup.as_deref());
+        if action == ActionKind::Log || self.settings.dry_run || self.active.contains(&c.tag) {
             return Ok(());
         }
         let lineage = self.table.lineage();
@@ -331,7 +350,7 @@ impl<W: Write> Pipeline<W> {
                 ("deep_births", json!(c.deep_births)),
                 ("window_ms", json!(c.window_ns / 1_000_000)),
                 ("offender", offender.clone()),
-                ("action", json!(self.settings.fork_action)),
+                ("action", json!(action)),
             ],
         )?;
         let request = ActionRequest {
@@ -339,7 +358,7 @@ impl<W: Write> Pipeline<W> {
             rule: "explosion",
             tag: c.tag,
             root,
-            kind: self.settings.fork_action,
+            kind: action,
             offender,
             members,
             pool: None,
@@ -461,11 +480,11 @@ impl<W: Write> Pipeline<W> {
             {
                 fields.push(("condemned_by_kernel", json!(true)));
             }
+            let action = self.settings.action(Detector::Fork, Some(&cgroup));
             fields.push(("offender", described.clone()));
-            fields.push(("action", json!(self.settings.fork_action)));
+            fields.push(("action", json!(action)));
             self.out.record("alert", &fields)?;
-            if self.settings.fork_action == ActionKind::Log || self.active.contains(&offender.node)
-            {
+            if action == ActionKind::Log || self.active.contains(&offender.node) {
                 continue;
             }
             let tag = probe_tag.unwrap_or(offender.node);
@@ -474,7 +493,7 @@ impl<W: Write> Pipeline<W> {
                 rule,
                 tag,
                 root: Some(offender.node),
-                kind: self.settings.fork_action,
+                kind: action,
                 offender: described,
                 members,
                 pool: None,

@@ -70,9 +70,10 @@ impl<W: Write> Pipeline<W> {
         let members = unprotected_members(self.table.lineage(), &self.protection, offender.node);
         let described = self.describe_offender(offender.node, members.len());
         fields.push(("offender", described.clone()));
-        fields.push(("action", json!(self.settings.leak_action)));
+        let action = self.settings.action(Detector::Leak, Some(&v.cgroup));
+        fields.push(("action", json!(action)));
         self.out.record("alert", &fields)?;
-        if self.settings.leak_action == ActionKind::Log || members.is_empty() {
+        if action == ActionKind::Log || members.is_empty() {
             return Ok(());
         }
         self.queue(ActionRequest {
@@ -80,7 +81,7 @@ impl<W: Write> Pipeline<W> {
             rule: "leak",
             tag: offender.node,
             root: Some(offender.node),
-            kind: self.settings.leak_action,
+            kind: action,
             offender: described,
             members,
             pool: None,

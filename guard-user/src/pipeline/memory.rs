@@ -257,7 +257,7 @@ impl<W: Write> Pipeline<W> {
             rule,
             tag: g.node,
             root: Some(g.node),
-            kind: self.settings.mem_action,
+            kind: self.settings.action(Detector::Memory, Some(pool)),
             offender: described,
             members: vec![Member {
                 tgid: g.tgid,
@@ -344,7 +344,7 @@ impl<W: Write> Pipeline<W> {
             rule,
             tag: o.node,
             root: Some(o.node),
-            kind: self.settings.mem_action,
+            kind: self.settings.action(Detector::Memory, Some(pool)),
             offender: described,
             members,
             pool: Some((pool.clone(), usage)),

@@ -67,11 +67,37 @@ pub struct Settings {
     pub ignore_leak: Ignore,
     /// What a leak alert leads to.
     pub leak_action: ActionKind,
+    /// Per-cgroup actions (the config file's `[[policy]]`), over the above.
+    pub policies: crate::policy::Policies,
 }
 
 impl Settings {
     pub fn runs(&self, detector: Detector) -> bool {
         !self.off.contains(&detector)
+    }
+
+    /// What a verdict of `detector` in `cgroup` leads to: a policy's
+    /// action for it, else the detector's own.
+    pub fn action(&self, detector: Detector, cgroup: Option<&str>) -> ActionKind {
+        self.policies
+            .action(detector, cgroup)
+            .unwrap_or(match detector {
+                Detector::Fork => self.fork_action,
+                Detector::Memory => self.mem_action,
+                Detector::Leak => self.leak_action,
+                Detector::Crashloop => self.crashloop_action,
+                Detector::Blocked => ActionKind::Log,
+            })
+    }
+
+    /// The strongest fork action anywhere: what the fork probe's budgets
+    /// signal with (policies can only soften it to `log` per cgroup in the
+    /// kernel: those cgroups are exempt there).
+    pub fn strongest_fork_action(&self) -> ActionKind {
+        self.policies
+            .strongest_fork_action()
+            .filter(|a| a.strength() > self.fork_action.strength())
+            .unwrap_or(self.fork_action)
     }
 }
 
