@@ -148,6 +148,15 @@ impl Agent {
         }
         // Let the stderr thread finish.
         std::thread::sleep(Duration::from_millis(50));
+        // Every record matches the published schema.
+        for record in &records {
+            if let Err(why) = crate::schema::check(record) {
+                panic!(
+                    "a {} record does not match schema/guard.schema.json: {why}\n{record}",
+                    record["kind"]
+                );
+            }
+        }
         Stopped {
             records,
             status,

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 mod agent;
 mod cgroup;
+pub mod schema;
 
 pub use self::{
     agent::{Agent, Stopped},
