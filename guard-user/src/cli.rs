@@ -215,6 +215,12 @@ pub struct Args {
     #[arg(help_heading = "Memory guard", long, value_enum, default_value_t = ActionKind::Log)]
     pub mem_action: ActionKind,
 
+    /// Memory guard: when a pool runs out, take a growing process whose
+    /// program path matches REGEX first (repeatable), with its subtree,
+    /// before the subtree that grew most (earlyoom's --prefer).
+    #[arg(help_heading = "Memory guard", long, value_name = "REGEX", value_parser = crate::detect::switches::program_regex)]
+    pub prefer: Vec<regex::Regex>,
+
     /// Memory rule: alert when a memory cgroup's (or the host's) usage that
     /// reclaim cannot take back (anon + shmem; page cache does not count),
     /// growing steadily, would reach its limit within this many seconds

@@ -318,6 +318,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         leak_action: args.leak_action,
         dry_run: args.dry_run,
         policies,
+        prefer: args.prefer.clone(),
         kernel_tags,
         kernel_filter,
     };

@@ -138,6 +138,49 @@ pub fn offender(
     })
 }
 
+/// `--prefer`: among the members that grew, the one `preferred` picks
+/// and that grew most is the offender, with its own subtree (as earlyoom's
+/// `--prefer`: the operator knows which programs to sacrifice first).
+/// `None` when no preferred member grew: the subtree rule decides.
+pub fn preferred(
+    lineage: &Lineage,
+    members: &[Member],
+    protected: impl Fn(&LineageNode) -> Option<&'static str>,
+    preferred: impl Fn(&LineageNode) -> bool,
+) -> Option<SubtreeOffender> {
+    let growth = |m: &Member| m.now.saturating_sub(m.before.unwrap_or(0));
+    let total: u64 = members.iter().map(growth).sum();
+    let chosen = members
+        .iter()
+        .filter(|m| growth(m) > 0)
+        .filter(|m| {
+            lineage
+                .get(m.node)
+                .is_some_and(|n| protected(n).is_none() && preferred(n))
+        })
+        .max_by_key(|m| (growth(m), std::cmp::Reverse(m.node)))?;
+    // Its subtree: the members it is an ancestor of, and itself.
+    let inside: Vec<&Member> = members
+        .iter()
+        .filter(|m| {
+            m.node == chosen.node || lineage.ancestors(m.node).any(|(id, _)| id == chosen.node)
+        })
+        .collect();
+    let grown: u64 = inside.iter().map(|m| growth(m)).sum();
+    Some(SubtreeOffender {
+        node: chosen.node,
+        tgid: lineage.get(chosen.node)?.tgid,
+        growth: grown,
+        resident: inside.iter().map(|m| m.now).sum(),
+        members: inside.len(),
+        share: if total == 0 {
+            0.0
+        } else {
+            grown as f64 / total as f64
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -219,6 +262,31 @@ mod tests {
         let o = offender(&l, &members, protected).expect("offender");
         assert_eq!(o.node, runner, "the runner, not its biggest worker: {o:?}");
         assert_eq!(o.members, 5);
+    }
+
+    /// `--prefer`: a preferred program that grew is taken before the
+    /// subtree that grew most; when none grew, the subtree rule decides.
+    #[test]
+    fn a_preferred_program_that_grew_is_taken_first() {
+        let mut l = Lineage::default();
+        let init = l.add(None, &info(1));
+        let shell = l.add(Some(init), &info(10));
+        let build = l.add(Some(shell), &info(11));
+        let cache = l.add(Some(shell), &info(12));
+        let cache_child = l.add(Some(cache), &info(13));
+        let members = [
+            grew(build, 100, 900),
+            grew(cache, 50, 150),
+            grew(cache_child, 10, 30),
+        ];
+        let is_cache = |n: &LineageNode| n.tgid == 12;
+        let o = preferred(&l, &members, protected, is_cache).expect("preferred");
+        assert_eq!((o.node, o.members), (cache, 2));
+        assert_eq!(o.growth, 120 * MIB);
+        // The cache did not grow: no preference applies.
+        let still = [grew(build, 100, 900), grew(cache, 150, 150)];
+        assert_eq!(preferred(&l, &still, protected, is_cache), None);
+        assert_eq!(offender(&l, &still, protected).map(|o| o.node), Some(build));
     }
 
     #[test]

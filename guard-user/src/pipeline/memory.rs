@@ -304,7 +304,16 @@ impl<W: Write> Pipeline<W> {
                     .then_some("ignored")
             })
         };
-        let o = subtree::offender(lineage, &readings, spared)?;
+        let prefer = &self.settings.prefer;
+        let preferred = |n: &crate::proctable::LineageNode| {
+            n.exe
+                .as_deref()
+                .is_some_and(|exe| prefer.iter().any(|r| r.is_match(exe)))
+        };
+        let o = (!prefer.is_empty())
+            .then(|| subtree::preferred(lineage, &readings, spared, preferred))
+            .flatten()
+            .or_else(|| subtree::offender(lineage, &readings, spared))?;
         let members: Vec<Member> = unprotected_members(lineage, &self.protection, o.node)
             .into_iter()
             .filter(|m| {

@@ -69,6 +69,8 @@ pub struct Settings {
     pub leak_action: ActionKind,
     /// Per-cgroup actions (the config file's `[[policy]]`), over the above.
     pub policies: crate::policy::Policies,
+    /// `--prefer`: programs a memory action takes first.
+    pub prefer: Vec<regex::Regex>,
 }
 
 impl Settings {
