@@ -146,13 +146,23 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
         ),
     });
     if let Ok(btf) = &btf {
-        let tracefs = tracefs
-            .as_deref()
-            .or(Some(Path::new("/sys/kernel/tracing")));
         for probe in PROBES {
-            let (verdict, found) = match crate::probes::unsupported_reason(btf, probe, tracefs) {
-                None => (Verdict::Ok, "present".to_owned()),
-                Some(why) => (Verdict::Degraded, format!("missing: {why}")),
+            let classic = matches!(probe.hook, crate::probes::Hook::Classic { .. });
+            let (verdict, found) = if classic && tracefs.is_none() {
+                // Its format file is in tracefs, which guard mounts at start.
+                (
+                    if held(21) {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Degraded
+                    },
+                    "known once tracefs is mounted".to_owned(),
+                )
+            } else {
+                match crate::probes::unsupported_reason(btf, probe, tracefs.as_deref()) {
+                    None => (Verdict::Ok, "present".to_owned()),
+                    Some(why) => (Verdict::Degraded, format!("missing: {why}")),
+                }
             };
             rows.push(row(
                 probe.describe(),

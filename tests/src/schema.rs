@@ -8,15 +8,17 @@ use serde_json::Value;
 
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    // Built in, so that the checker in a VM guest (no source tree there)
+    // checks its records too.
+    const SCHEMA: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schema/guard.schema.json"
+    ));
     VALIDATOR.get_or_init(|| {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/guard.schema.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let schema: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        let schema: Value = serde_json::from_str(SCHEMA)
+            .unwrap_or_else(|e| panic!("schema/guard.schema.json is not JSON: {e}"));
         jsonschema::validator_for(&schema)
-            .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
+            .unwrap_or_else(|e| panic!("schema/guard.schema.json is not a valid JSON Schema: {e}"))
     })
 }
 

@@ -91,16 +91,7 @@ const CHURN_CHECKS: &[&str] = &["one_cpu_churn"];
 /// has no program interpreter, and writes it with its SHA-256 to
 /// `target/dist/`. Returns its path.
 pub fn dist(workspace: &Path) -> Result<PathBuf> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "--package",
-        "guard-user",
-        "--bin",
-        "guard",
-    ]))?;
+    build_static("guard-user", &["guard"])?;
     let built = workspace.join(format!("target/{MUSL}/release/guard"));
     ensure_static(&built)?;
     let dir = workspace.join("target/dist");
@@ -124,6 +115,16 @@ pub fn dist(workspace: &Path) -> Result<PathBuf> {
     }
     eprintln!("xtask: {} (static)\nxtask: {}", out.display(), sum.trim());
     Ok(out)
+}
+
+/// Builds `bins` of `package` for musl, statically linked.
+fn build_static(package: &str, bins: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", MUSL, "--package", package]);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    run(&mut cmd)
 }
 
 /// Fails unless `path` is an ELF executable without `PT_INTERP` (needs no
@@ -475,18 +476,7 @@ pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Res
         Some(path) => PathBuf::from(path),
         None => dist(workspace)?,
     };
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "--package",
-        "guard-tests",
-        "--bin",
-        "guard-workload",
-        "--bin",
-        "guard-vmcheck",
-    ]))?;
+    build_static("guard-tests", &["guard-workload", "guard-vmcheck"])?;
     let musl = workspace.join(format!("target/{MUSL}/release"));
     let bins = [
         ("guard", guard),
