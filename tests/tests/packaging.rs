@@ -72,9 +72,26 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
         paths,
         ["/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing"]
     );
-    // The arguments are guard's own flags.
+    // The arguments are guard's own flags; metrics on the port the pod
+    // declares and its annotations name.
     let args = strings(&container["args"]);
     assert!(args.contains(&"--json"), "{args:?}");
+    let at = args
+        .iter()
+        .position(|a| *a == "--metrics")
+        .expect("--metrics");
+    let port = args[at + 1].rsplit(':').next().expect("a port");
+    assert_eq!(
+        container["ports"][0]["containerPort"]
+            .as_i64()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some(port)
+    );
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some(port));
+    assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
 }
 
 #[test]
