@@ -266,8 +266,14 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> Result<Soc
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, say: not a busy loop meanwhile.
+                    tracing::debug!("metrics: accept: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
