@@ -116,11 +116,14 @@ impl Policies {
         }
     }
 
-    /// The strongest fork action any policy asks for.
-    pub fn strongest_fork_action(&self) -> Option<ActionKind> {
+    /// The strongest of `flag` (the `--fork-action`) and every policy's
+    /// fork action: what the fork probe's budgets signal with.
+    pub fn strongest_fork_action(&self, flag: ActionKind) -> ActionKind {
         self.rules()
             .filter_map(|r| r.fork_action)
+            .chain([flag])
             .max_by_key(|a| a.strength())
+            .unwrap_or(flag)
     }
 }
 
@@ -175,7 +178,7 @@ mod tests {
         );
         assert_eq!(p.action(Detector::Memory, Some(ci)), None, "memory not set");
         assert_eq!(p.action(Detector::Fork, None), None);
-        assert_eq!(p.strongest_fork_action(), Some(ActionKind::Kill));
+        assert_eq!(p.strongest_fork_action(ActionKind::Log), ActionKind::Kill);
     }
 
     #[test]

@@ -138,10 +138,13 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &Sender, stats: &SourceStats) -> bool 
     let room = tx.limit.saturating_sub(tx.queued.load(Ordering::Relaxed));
     let mut batch = Vec::new();
     while let Some(record) = ring.next() {
+        // Past the queue's room a record is lost: not decoded first (an
+        // exec's path and arguments would be allocated for nothing).
+        if batch.len() >= room {
+            stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         match decode(&record) {
-            Ok(_) if batch.len() >= room => {
-                stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            }
             Ok(event) => batch.push(event),
             Err(err) => {
                 if stats.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {

@@ -139,10 +139,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let fork_action = if !args.runs(Detector::Fork) {
         ActionKind::Log
     } else {
-        match policies.strongest_fork_action() {
-            Some(a) if a.strength() > args.fork_action.strength() => a,
-            _ => args.fork_action,
-        }
+        policies.strongest_fork_action(args.fork_action)
     };
     let guard_chain = Protection::own_chain();
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {

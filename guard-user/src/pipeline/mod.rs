@@ -96,10 +96,7 @@ impl Settings {
     /// signal with (policies can only soften it to `log` per cgroup in the
     /// kernel: those cgroups are exempt there).
     pub fn strongest_fork_action(&self) -> ActionKind {
-        self.policies
-            .strongest_fork_action()
-            .filter(|a| a.strength() > self.fork_action.strength())
-            .unwrap_or(self.fork_action)
+        self.policies.strongest_fork_action(self.fork_action)
     }
 }
 
