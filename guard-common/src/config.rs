@@ -49,6 +49,15 @@ pub struct TaskOffsets {
     /// `task_struct.start_boottime` (`real_start_time` before 5.5), or
     /// [`ABSENT`].
     pub start_boottime: u32,
+    /// `mm_struct.exe_file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb`
+    /// and `super_block.s_dev`: a task's executable as an [`ExeId`](crate::ExeId).
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
 }
 
 /// Field offsets inside the `oom/mark_victim` record, from its tracefs
@@ -195,6 +204,12 @@ impl ProbeConfig {
             mm_arg_start: 0,
             mm_arg_end: 0,
             start_boottime: ABSENT,
+            mm_exe_file: 0,
+            file_inode: 0,
+            inode_ino: 0,
+            inode_sb: 0,
+            sb_dev: 0,
+            reserved: 0,
         },
         mark_victim: MarkVictimLayout::NONE,
         memory: MemoryProbe {

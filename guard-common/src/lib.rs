@@ -40,6 +40,8 @@ mod pod {
     unsafe impl aya::Pod for super::BlockedSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ForkBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeId {}
 }
 
 #[cfg(test)]
@@ -68,7 +70,8 @@ mod layout {
         );
         assert_eq!(size_of::<UnblockedEvent>(), 16 + 4 * 4 + 2 * 8 + COMM_LEN);
         assert_eq!(size_of::<BlockedSlot>(), 8 + 4 * 4 + COMM_LEN);
-        assert_eq!(size_of::<TaskOffsets>(), 22 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 28 * 4);
+        assert_eq!(size_of::<ExeId>(), 16);
         assert_eq!(size_of::<RssEvent>(), 16 + 4 * 4 + 4 * 8 + COMM_LEN);
         assert_eq!(
             size_of::<ReclaimStallEvent>(),

@@ -49,11 +49,40 @@ pub const SCOPE_OUT: u32 = 3;
 /// Levels of cgroup ancestry the fork probe walks.
 pub const SCOPE_MAX_DEPTH: u32 = 16;
 /// Capacities of the `SCOPE`, `SCOPE_CACHE`, `PROTECTED_PIDS` and
-/// `PROTECTED_COMMS` maps.
+/// `PROTECTED_EXES` maps.
 pub const SCOPE_ENTRIES: u32 = 256;
 pub const SCOPE_CACHE_ENTRIES: u32 = 4096;
 pub const PROTECTED_PID_ENTRIES: u32 = 1024;
-pub const PROTECTED_COMM_ENTRIES: u32 = 256;
+pub const PROTECTED_EXE_ENTRIES: u32 = 1024;
+
+/// Key of the `PROTECTED_EXES` map: an executable file as the kernel knows
+/// it (`mm->exe_file->f_inode`), which no ordinary user can forge, unlike a
+/// comm or an argv[0]. 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExeId {
+    /// `inode.i_ino`.
+    pub ino: u64,
+    /// `super_block.s_dev`, in the kernel's encoding (major << 20 | minor),
+    /// not `stat`'s (see `ExeId::from_stat`).
+    pub dev: u32,
+    /// Explicit padding (always 0).
+    pub reserved: u32,
+}
+
+impl ExeId {
+    /// From `stat`'s `st_dev` (glibc's encoding) and `st_ino`.
+    pub const fn from_stat(st_dev: u64, st_ino: u64) -> Self {
+        // glibc's gnu_dev_major / gnu_dev_minor.
+        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+        Self {
+            ino: st_ino,
+            dev: ((major << 20) | (minor & 0xf_ffff)) as u32,
+            reserved: 0,
+        }
+    }
+}
 
 /// Default size of the `EVENTS` ring buffer (a power of two, a multiple of
 /// the page size); the agent's `--ring-buffer-mib` overrides it. The agent
@@ -135,3 +164,20 @@ pub const CONDEMNED_ENTRIES: u32 = 256;
 pub const DROP_SLOTS: u32 = 2 * KIND_SLOTS + 1;
 /// See [`DROP_SLOTS`].
 pub const TRACKING_FULL_SLOT: u32 = 2 * KIND_SLOTS;
+
+#[cfg(test)]
+mod exe_id {
+    use super::ExeId;
+
+    #[test]
+    fn stat_devices_become_the_kernels_encoding() {
+        // 8:1 (sda1) is 0x801 to stat, (8 << 20) | 1 to the kernel.
+        assert_eq!(ExeId::from_stat(0x801, 7).dev, (8 << 20) | 1);
+        // 259:3 (nvme0n1p3): major above 255.
+        assert_eq!(ExeId::from_stat(0x10303, 7).dev, (259 << 20) | 3);
+        // 0:25 (an overlay or tmpfs).
+        assert_eq!(ExeId::from_stat(25, 9).dev, 25);
+        // Minor 300 spills into stat's high bits.
+        assert_eq!(ExeId::from_stat((300 & 0xff) | ((300 & !0xff) << 12) | (7 << 8), 1).dev, (7 << 20) | 300);
+    }
+}

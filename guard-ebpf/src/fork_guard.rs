@@ -9,7 +9,7 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
-    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ForkBudget, PF_KTHREAD, SCOPE_IN, SCOPE_MAX_DEPTH,
+    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, SCOPE_IN, SCOPE_MAX_DEPTH,
     SCOPE_OUT, auto_tag,
 };
 
@@ -158,8 +158,9 @@ pub(crate) fn tag_subtree(
 
 /// Whether the fork probe must never tag or signal `task`: PID 1, a kernel
 /// thread, guard or its ancestors and `--protect`ed pids (the
-/// `PROTECTED_PIDS` map), a `--protect`ed comm, or, when the probe tags by
-/// itself, a task outside the scope or in a protected cgroup.
+/// `PROTECTED_PIDS` map), a trusted executable (`PROTECTED_EXES`, by inode:
+/// a comm is the user's to choose), or, when the probe tags by itself, a
+/// task outside the scope or in a protected cgroup.
 pub(crate) fn protected(task: *const u8, tgid: u32) -> bool {
     if tgid <= 1 {
         return true;
@@ -174,14 +175,27 @@ pub(crate) fn protected(task: *const u8, tgid: u32) -> bool {
     if unsafe { PROTECTED_PIDS.get(tgid) }.is_some() {
         return true;
     }
-    let Ok(comm) = task_comm(task) else {
-        return true;
-    };
-    // SAFETY: as above.
-    if unsafe { PROTECTED_COMMS.get(comm) }.is_some() {
-        return true;
+    if let Ok(exe) = exe_id(task) {
+        // SAFETY: as above.
+        if unsafe { PROTECTED_EXES.get(exe) }.is_some() {
+            return true;
+        }
     }
     config!(fork_guard.enabled) == 1 && scope_verdict(task as u64) != SCOPE_IN
+}
+
+/// `task`'s executable: `mm->exe_file->f_inode`'s number and device. A
+/// task with no mm (exiting) has none.
+pub(crate) fn exe_id(task: *const u8) -> Result<ExeId, u32> {
+    let mm = read::<*const u8>(task, config!(task.mm))?;
+    let file = read::<*const u8>(mm, config!(task.mm_exe_file))?;
+    let inode = read::<*const u8>(file, config!(task.file_inode))?;
+    let sb = read::<*const u8>(inode, config!(task.inode_sb))?;
+    Ok(ExeId {
+        ino: read::<u64>(inode, config!(task.inode_ino))?,
+        dev: read::<u32>(sb, config!(task.sb_dev))?,
+        reserved: 0,
+    })
 }
 
 /// `task`'s cgroup in the scope's hierarchy: `css_set.subsys[index]->cgroup`

@@ -4,9 +4,9 @@
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use guard_common::{
-    BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, COMM_LEN, CONDEMNED_ENTRIES, DEFAULT_RING_BYTES,
+    BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, CONDEMNED_ENTRIES, DEFAULT_RING_BYTES,
     DEPTH_ENTRIES, DROP_SLOTS, ExecEvent, ForkBudget, LINEAGE_ENTRIES, OCCUPANCY_SLOTS,
-    PROTECTED_COMM_ENTRIES, PROTECTED_PID_ENTRIES, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES,
+    PROTECTED_EXE_ENTRIES, PROTECTED_PID_ENTRIES, ExeId, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES,
     RSS_ENTRIES, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES,
 };
 
@@ -104,8 +104,9 @@ pub(crate) static SCOPE_CACHE: LruHashMap<u64, u32> =
 pub(crate) static PROTECTED_PIDS: HashMap<u32, u32> =
     HashMap::with_max_entries(PROTECTED_PID_ENTRIES, 0);
 
-/// comms (NUL-padded) the fork probe never tags or signals: `--protect`ed
-/// names.
+/// Executables (by inode) the fork probe never tags or signals: trusted
+/// service managers and `--protect`ed programs, as the agent verified them
+/// (root-owned files in root-owned directories). A comm is never enough.
 #[map]
-pub(crate) static PROTECTED_COMMS: HashMap<[u8; COMM_LEN], u32> =
-    HashMap::with_max_entries(PROTECTED_COMM_ENTRIES, 0);
+pub(crate) static PROTECTED_EXES: HashMap<ExeId, u32> =
+    HashMap::with_max_entries(PROTECTED_EXE_ENTRIES, 0);

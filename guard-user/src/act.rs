@@ -247,6 +247,7 @@ pub struct LiveSystem {
     condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
     budgets: Mutex<BpfHashMap<MapData, u64, guard_common::ForkBudget>>,
     protected_pids: Mutex<BpfHashMap<MapData, u32, u32>>,
+    protected_exes: Mutex<BpfHashMap<MapData, guard_common::ExeId, u32>>,
     scope: Mutex<crate::kernel_scope::ScopeMaps>,
     protection: crate::protect::Protection,
     hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
@@ -426,6 +427,7 @@ pub struct ResponseMaps {
     pub condemned: aya::maps::Map,
     pub budgets: aya::maps::Map,
     pub protected_pids: aya::maps::Map,
+    pub protected_exes: aya::maps::Map,
     /// The fork probe's scope (see `kernel_scope::ScopeMaps`).
     pub scope: crate::kernel_scope::ScopeMaps,
 }
@@ -443,10 +445,27 @@ impl LiveSystem {
             protected_pids: Mutex::new(
                 BpfHashMap::try_from(maps.protected_pids).context("PROTECTED_PIDS map")?,
             ),
+            protected_exes: Mutex::new(
+                BpfHashMap::try_from(maps.protected_exes).context("PROTECTED_EXES map")?,
+            ),
             scope: Mutex::new(maps.scope),
             protection,
             hierarchies,
         })
+    }
+
+    /// Looks for the trusted executables again (an upgrade installs a new
+    /// inode) and hands the new ones to the fork probe.
+    pub fn refresh_trusted(&self) {
+        let (names, paths) = crate::protect::trusted_names(self.protection.listed());
+        let scan = crate::identity::scan(std::path::Path::new("/"), &names, &paths);
+        let added = self.protection.trusted().extend(scan.found);
+        let mut exes = lock(&self.protected_exes);
+        for id in added {
+            if let Err(err) = exes.insert(id, 1, 0) {
+                tracing::warn!("the fork probe cannot learn a trusted executable: {err}");
+            }
+        }
     }
 
     /// Makes the fork probe see a scope cgroup removed or created again.

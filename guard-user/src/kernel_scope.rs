@@ -17,7 +17,7 @@
 use std::os::unix::fs::MetadataExt as _;
 
 use anyhow::{Context as _, Result};
-use guard_common::{ABSENT, COMM_LEN, SCOPE_IN, SCOPE_PROTECTED};
+use guard_common::{ABSENT, ExeId, SCOPE_IN, SCOPE_PROTECTED};
 
 use crate::{cgroup::Hierarchies, policy::ActionKind, protect::Protected, scope::Scope};
 
@@ -72,10 +72,11 @@ pub struct KernelScope {
     /// (cgroup directory, SCOPE_IN or SCOPE_PROTECTED).
     pub cgroups: Vec<(String, u32)>,
     /// Never tagged or signalled by the probe (whether or not it tags by
-    /// itself): guard, its ancestors, `--protect`ed pids, service managers
-    /// and `--protect`ed comms.
+    /// itself): guard, its ancestors and `--protect`ed pids; and the
+    /// trusted executables (service managers and `--protect`ed programs),
+    /// by inode.
     pub protected_pids: Vec<u32>,
-    pub protected_comms: Vec<[u8; COMM_LEN]>,
+    pub protected_exes: Vec<ExeId>,
 }
 
 /// What the plan is made from.
@@ -86,6 +87,8 @@ pub struct Inputs<'a> {
     pub scope: &'a Scope,
     pub protect: &'a [Protected],
     pub guard_chain: &'a [u32],
+    /// The trusted executables (see `identity`).
+    pub trusted: &'a [ExeId],
     pub hierarchies: &'a Hierarchies,
 }
 
@@ -105,23 +108,9 @@ pub fn plan(inputs: &Inputs<'_>) -> KernelScope {
             _ => None,
         }))
         .collect();
-    let protected_comms = crate::protect::SUPERVISORS
-        .iter()
-        .copied()
-        .chain(inputs.protect.iter().filter_map(|p| match p {
-            Protected::Comm(comm) => Some(comm.as_str()),
-            _ => None,
-        }))
-        .map(|comm| {
-            let mut bytes = [0u8; COMM_LEN];
-            let len = comm.len().min(COMM_LEN - 1);
-            bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
-            bytes
-        })
-        .collect();
     let mut plan = KernelScope {
         protected_pids,
-        protected_comms,
+        protected_exes: inputs.trusted.to_vec(),
         all_cgroups: inputs.scope.cgroups.is_empty(),
         ..KernelScope::default()
     };
@@ -434,9 +423,16 @@ mod tests {
             scope,
             protect,
             guard_chain: &[4242, 4000],
+            trusted: &[TRUSTED],
             hierarchies: h,
         }
     }
+
+    const TRUSTED: ExeId = ExeId {
+        ino: 7,
+        dev: 1,
+        reserved: 0,
+    };
 
     #[test]
     fn a_v1_pids_scope_reads_the_pids_slot() {
@@ -445,11 +441,7 @@ mod tests {
         let scope = Scope {
             cgroups: vec![(pids, "/sys/fs/cgroup/pids/jobs".into())],
         };
-        let protect = [
-            Protected::Pid(600),
-            Protected::Comm("postgres".into()),
-            Protected::Comm("a-very-long-name-here".into()),
-        ];
+        let protect = [Protected::Pid(600), Protected::Program("postgres".into())];
         let plan = plan(&inputs(&h, &scope, &protect, ActionKind::Kill));
         assert_eq!(plan.off_because, None);
         assert_eq!(plan.rule, Some(rule()));
@@ -463,12 +455,8 @@ mod tests {
             vec![("/sys/fs/cgroup/pids/jobs".to_owned(), SCOPE_IN)]
         );
         assert_eq!(plan.protected_pids, vec![4242, 4000, 600]);
-        let n = crate::protect::SUPERVISORS.len();
-        assert_eq!(plan.protected_comms.len(), n + 2);
-        assert_eq!(&plan.protected_comms[2][..5], b"sshd\0");
-        assert_eq!(&plan.protected_comms[n][..9], b"postgres\0");
-        // Cut as the kernel cuts comms: 15 bytes and a NUL.
-        assert_eq!(&plan.protected_comms[n + 1][..], b"a-very-long-nam\0");
+        // Executables by inode, as verified: never names.
+        assert_eq!(plan.protected_exes, vec![TRUSTED]);
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod hook;
+pub mod identity;
 pub mod kernel_scope;
 pub mod kube;
 pub mod loader;

@@ -60,6 +60,8 @@ pub struct Maps {
     pub scope_cache: aya::maps::Map,
     /// PROTECTED_PIDS, for pids the fork probe must leave alone.
     pub protected_pids: aya::maps::Map,
+    /// PROTECTED_EXES, for trusted executables found after start.
+    pub protected_exes: aya::maps::Map,
 }
 
 /// What attaching did, for the `start` record and the logs.
@@ -204,6 +206,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let reported = take("REPORTED")?;
     let scope_maps = (take("SCOPE")?, take("SCOPE_CACHE")?);
     let protected_pids = take("PROTECTED_PIDS")?;
+    let protected_exes = take("PROTECTED_EXES")?;
     Ok((
         Loaded {
             ebpf,
@@ -224,6 +227,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
             scope: scope_maps.0,
             scope_cache: scope_maps.1,
             protected_pids,
+            protected_exes,
         },
     ))
 }
@@ -245,12 +249,10 @@ fn fill_scope_maps(ebpf: &mut Ebpf, scope: &crate::kernel_scope::KernelScope) ->
     for &pid in &scope.protected_pids {
         pids.insert(pid, 1, 0).context("filling PROTECTED_PIDS")?;
     }
-    let mut comms: HashMap<_, [u8; guard_common::COMM_LEN], u32> =
-        HashMap::try_from(map(ebpf, "PROTECTED_COMMS")?)?;
-    for comm in &scope.protected_comms {
-        comms
-            .insert(comm, 1, 0)
-            .context("filling PROTECTED_COMMS")?;
+    let mut exes: HashMap<_, guard_common::ExeId, u32> =
+        HashMap::try_from(map(ebpf, "PROTECTED_EXES")?)?;
+    for exe in &scope.protected_exes {
+        exes.insert(exe, 1, 0).context("filling PROTECTED_EXES")?;
     }
     Ok(())
 }

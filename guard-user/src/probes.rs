@@ -251,6 +251,12 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
             start_boottime: m("task_struct", "start_boottime")
                 .or_else(|_| m("task_struct", "real_start_time"))
                 .unwrap_or(guard_common::ABSENT),
+            mm_exe_file: m("mm_struct", "exe_file")?,
+            file_inode: m("file", "f_inode")?,
+            inode_ino: m("inode", "i_ino")?,
+            inode_sb: m("inode", "i_sb")?,
+            sb_dev: m("super_block", "s_dev")?,
+            reserved: 0,
         })
     };
     resolve().context("resolving kernel struct offsets from BTF")

@@ -193,3 +193,57 @@ impl Drop for FrozenFs {
         let _ = std::fs::remove_file(&self.image);
     }
 }
+
+/// The hostile local user of the trust tests: uid and gid 65534 (nobody),
+/// no groups, no capabilities, and a temp dir of its own that is removed
+/// (with everything it made there) on drop.
+pub struct Unprivileged {
+    pub dir: PathBuf,
+}
+
+impl Unprivileged {
+    pub const UID: u32 = 65534;
+
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("guard-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::os::unix::fs::chown(&dir, Some(Self::UID), Some(Self::UID))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+        Self { dir }
+    }
+
+    /// `setpriv` as the user, running `program` with `args`.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(program)
+        .current_dir(&self.dir);
+        cmd
+    }
+
+    /// Runs `sh -c script` as the user, to completion; panics on failure.
+    pub fn sh(&self, script: &str) {
+        let out = self
+            .command("/bin/sh")
+            .args(["-c", script])
+            .output()
+            .unwrap_or_else(|e| panic!("setpriv sh -c {script:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "as uid 65534, `{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

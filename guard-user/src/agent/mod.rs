@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -47,6 +47,7 @@ use crate::{
     pipeline::{ActionRequest, Pipeline, Settings},
     policy::ActionKind,
     proctable::{ProcessTable, default_proc_root},
+    identity::TrustedExes,
     protect::Protection,
     scope::Scope,
     source::{self, BlockedMaps, KernelDrops, SourceStats},
@@ -64,6 +65,10 @@ pub enum Ending {
 /// one write (and one wakeup of the writer and of the reader of stdout) per
 /// this interval at most, instead of one per batch of events.
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
+/// How often the trusted executables are looked for again (an upgrade
+/// replaces a service manager's inode); SIGHUP looks at once.
+const TRUSTED_RESCAN: Duration = Duration::from_secs(60);
 
 /// SIGHUP: reads the config file again. Its policies apply at once; a
 /// change to its flags needs a restart (the probes and maps were set up
@@ -118,6 +123,29 @@ const EXIT_DRAIN: Duration = Duration::from_secs(2);
 /// How long one containment may take before it reports what it got.
 const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 
+/// The service managers' and `--protect`ed programs' executables, by
+/// inode; an error when a `--protect`ed name or path is no trusted
+/// executable (protecting it by name would protect anything so named).
+fn trusted_executables(protect: &[crate::protect::Protected]) -> Result<TrustedExes> {
+    let (names, paths) = crate::protect::trusted_names(protect);
+    let scan = crate::identity::scan(std::path::Path::new("/"), &names, &paths);
+    let asked: Vec<&String> = scan
+        .missing
+        .iter()
+        .filter(|m| !crate::protect::SUPERVISORS.contains(&m.as_str()))
+        .collect();
+    if let Some(missing) = asked.first() {
+        bail!(
+            "--protect {missing}: no executable of that name owned by root in root's \
+             directories ({}); give the program's path (--protect /opt/app/bin/{missing}, \
+             owned by root and writable by no one else), a pid, or a cgroup directory",
+            crate::identity::TRUSTED_DIRS.join(", ")
+        );
+    }
+    tracing::debug!("{} trusted executables", scan.found.len());
+    Ok(TrustedExes::new(scan.found))
+}
+
 pub async fn run(args: Args) -> Result<Ending> {
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
@@ -142,6 +170,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         policies.strongest_fork_action(args.fork_action)
     };
     let guard_chain = Protection::own_chain();
+    let trusted = trusted_executables(&args.protect)?;
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
         action: fork_action,
         dry_run: args.dry_run,
@@ -149,6 +178,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         scope: &scope,
         protect: &args.protect,
         guard_chain: &guard_chain.iter().copied().collect::<Vec<_>>(),
+        trusted: &trusted.ids(),
         hierarchies: &hierarchies,
     });
     let kernel_tags = kernel_scope.rule.is_some();
@@ -199,15 +229,22 @@ pub async fn run(args: Args) -> Result<Ending> {
         scope: scope_map,
         scope_cache,
         protected_pids,
+        protected_exes,
     } = maps;
     let mut blocked_maps = BlockedMaps::new(blocked, reported)?;
-    let protection = Protection::new(guard_chain, args.protect.clone(), scope.clone());
+    let protection = Protection::new(
+        guard_chain,
+        args.protect.clone(),
+        scope.clone(),
+        trusted.clone(),
+    );
     let system = Arc::new(LiveSystem::new(
         ResponseMaps {
             lineage,
             condemned,
             budgets,
             protected_pids,
+            protected_exes,
             scope: kernel_scope::ScopeMaps::new(scope_map, scope_cache)?,
         },
         protection.clone(),
@@ -439,6 +476,9 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut reported = KernelDrops::default();
     let mut reported_queue = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // An upgraded service manager is a new inode: look again now and then.
+    let mut rescan = tokio::time::interval(TRUSTED_RESCAN);
+    rescan.tick().await;
     let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ActionRequest, Outcome)>();
     // One long-lived action thread, started now: creating a thread when a
@@ -500,8 +540,10 @@ pub async fn run(args: Args) -> Result<Ending> {
                 if let Some((path, flags)) = &args.config_file {
                     reload_config(path, flags, &mut pipe);
                 }
+                system.refresh_trusted();
             }
             _ = watchdog.tick(), if service.ping_every.is_some() => service.alive(),
+            _ = rescan.tick() => system.refresh_trusted(),
             _ = tick.tick() => {
                 report_losses(&drops, &stats, &mut reported, &mut reported_queue, &mut pipe)?;
                 if let Some(metrics) = &metrics {

@@ -546,6 +546,9 @@ impl<W: Write> Pipeline<W> {
         ) {
             o.insert("comm_hex".into(), json!(hex));
         }
+        if let (Some(why), Some(o)) = (self.protection.impostor(n), described.as_object_mut()) {
+            o.insert("not_spared_because".into(), json!(why));
+        }
         if let (Some(pod), Some(o)) = (
             n.cgroups
                 .get(self.primary)
