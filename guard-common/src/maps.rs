@@ -178,6 +178,9 @@ mod exe_id {
         // 0:25 (an overlay or tmpfs).
         assert_eq!(ExeId::from_stat(25, 9).dev, 25);
         // Minor 300 spills into stat's high bits.
-        assert_eq!(ExeId::from_stat((300 & 0xff) | ((300 & !0xff) << 12) | (7 << 8), 1).dev, (7 << 20) | 300);
+        assert_eq!(
+            ExeId::from_stat((300 & 0xff) | ((300 & !0xff) << 12) | (7 << 8), 1).dev,
+            (7 << 20) | 300
+        );
     }
 }

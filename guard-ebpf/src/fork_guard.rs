@@ -9,8 +9,8 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
-    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, SCOPE_IN, SCOPE_MAX_DEPTH,
-    SCOPE_OUT, auto_tag,
+    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, SCOPE_IN,
+    SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag,
 };
 
 use crate::{maps::*, read::*};

@@ -40,22 +40,38 @@ pub enum ProcState {
     Zombie,
     Stopped,
     Running,
+    /// /proc could not be read (out of descriptors, say): never taken for
+    /// gone, so never for contained.
+    Unknown,
+}
+
+/// What became of one attempt to reach a process (to tag or signal it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Done,
+    /// The pid is gone, or no longer carries the tag (someone else now).
+    NotOurs,
+    /// Opening or signalling failed for another reason (the error).
+    Failed(String),
 }
 
 /// Everything containment needs from the system. Shared: the pipeline tags
 /// members born while an action runs, as their fork events arrive.
 pub trait System {
     /// Gives `tgid` the lineage tag, if it is still the process born at
-    /// `born_ns` (0: unknown). False when it is gone or someone else.
-    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> bool;
+    /// `born_ns` (0: unknown).
+    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> Reach;
     /// Makes the fork probe send `signal` to members of `tag` that fork.
     fn condemn(&self, tag: u64, signal: i32);
     /// Ends the condemnation.
     fn release(&self, tag: u64);
+    /// Keeps the condemnation until no member of `tag` is left alive (or,
+    /// for `SIGSTOP`, running): containment could not verify that.
+    fn hold(&self, _tag: u64, _signal: i32) {}
     /// Processes that carry `tag` now.
     fn tagged(&self, tag: u64) -> Vec<u32>;
-    /// Signals `tgid` if it still carries `tag`. True when sent.
-    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool;
+    /// Signals `tgid` if it still carries `tag`.
+    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> Reach;
     /// Why `tgid` must not be signalled, judged now; `None` when it may be.
     fn protected(&self, tgid: u32) -> Option<&'static str>;
     /// Takes `tgid`'s tag away (it became something protected).
@@ -113,6 +129,14 @@ pub struct Outcome {
     /// The fork probe had condemned the subtree already, on its budget,
     /// before the agent acted.
     pub condemned_by_kernel: bool,
+    /// Members whose state or signal failed for a reason other than being
+    /// gone (out of descriptors, say): each one keeps `contained` false.
+    pub errors: usize,
+    /// The first such error.
+    pub error: Option<String>,
+    /// The kernel's condemnation is kept after the action: not every member
+    /// was verified dead (or stopped); it is released once they are.
+    pub condemnation_held: bool,
 }
 
 /// Signals every member of the subtree tagged `tag` until none is left
@@ -128,6 +152,8 @@ pub fn contain(
     let mut signalled = BTreeSet::new();
     let mut spared = BTreeSet::new();
     let condemned_by_kernel = sys.is_condemned(tag);
+    let mut errors = BTreeSet::new();
+    let mut error = None;
     if kind == ActionKind::Log {
         return Outcome {
             signalled: 0,
@@ -138,17 +164,23 @@ pub fn contain(
             contained: false,
             spared: 0,
             condemned_by_kernel,
+            errors: 0,
+            error: None,
+            condemnation_held: false,
         };
     }
     for m in members {
-        sys.tag(m.tgid, m.born_ns, tag);
+        if let Reach::Failed(why) = sys.tag(m.tgid, m.born_ns, tag) {
+            errors.insert(m.tgid);
+            error.get_or_insert(format!("tagging {}: {why}", m.tgid));
+        }
     }
     // Kill condemns with SIGKILL from the first instant: a member that forks
     // dies at that moment, so the subtree only shrinks. (Stopping first, as
     // a freezer would, lets every fork of a not-yet-stopped member leave a
     // new running child behind: measured, it let a bash bomb reach pids.max.)
+    let signal = kind.signal();
     {
-        let signal = kind.signal();
         sys.condemn(tag, signal);
         let pass_deadline = started + deadline;
         // A member killed by the fork probe leaves its newborn child behind
@@ -192,8 +224,15 @@ pub fn contain(
                     }
                     continue;
                 }
-                if sys.signal_tagged(tgid, tag, signal) {
-                    signalled.insert(tgid);
+                match sys.signal_tagged(tgid, tag, signal) {
+                    Reach::Done => {
+                        signalled.insert(tgid);
+                    }
+                    Reach::NotOurs => {}
+                    Reach::Failed(why) => {
+                        errors.insert(tgid);
+                        error.get_or_insert(format!("signalling {tgid}: {why}"));
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -211,24 +250,48 @@ pub fn contain(
         }
     }
     sys.unbudget(tag);
-    sys.release(tag);
+    // Verified from the kernel's own view: the tags left (the exit probe
+    // removes a member's at its death) and /proc for each one; a member
+    // that could not be tagged is an error already.
     let states: Vec<ProcState> = signalled.iter().map(|&t| sys.state(t)).collect();
     let died = states
         .iter()
         .filter(|s| matches!(s, ProcState::Gone | ProcState::Zombie))
         .count();
     let zombies = states.iter().filter(|s| **s == ProcState::Zombie).count();
-    let running = sys
+    let mut left = BTreeSet::new();
+    let candidates: BTreeSet<u32> = sys
         .tagged(tag)
         .into_iter()
+        .chain(signalled.iter().copied())
         .filter(|t| !spared.contains(t))
-        .filter(|&t| sys.state(t) == ProcState::Running)
-        .count()
-        + states.iter().filter(|s| **s == ProcState::Running).count();
-    let contained = match kind {
-        ActionKind::Kill => died == signalled.len() && running == 0,
-        _ => running == 0,
-    };
+        .collect();
+    for t in candidates {
+        match sys.state(t) {
+            ProcState::Running => {
+                left.insert(t);
+            }
+            ProcState::Stopped if kind == ActionKind::Kill => {
+                left.insert(t);
+            }
+            ProcState::Unknown => {
+                if errors.insert(t) {
+                    error.get_or_insert(format!("reading /proc/{t}: not readable now"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let running = left.len();
+    let contained = running == 0 && errors.is_empty();
+    // The condemnation ends only once its members are verified gone (or
+    // stopped): until then a member that forks is still signalled.
+    let held = !contained;
+    if held {
+        sys.hold(tag, signal);
+    } else {
+        sys.release(tag);
+    }
     Outcome {
         signalled: signalled.len(),
         died,
@@ -238,6 +301,9 @@ pub fn contain(
         contained,
         spared: spared.len(),
         condemned_by_kernel,
+        errors: errors.len(),
+        error,
+        condemnation_held: held,
     }
 }
 
@@ -251,20 +317,33 @@ pub struct LiveSystem {
     scope: Mutex<crate::kernel_scope::ScopeMaps>,
     protection: crate::protect::Protection,
     hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
+    reserve: Mutex<FdReserve>,
+    /// Condemnations kept after their action: (tag, signal).
+    held: Mutex<Vec<(u64, i32)>>,
 }
 
 struct Pidfd(i32);
 
 impl Pidfd {
-    fn open(tgid: u32) -> Option<Pidfd> {
+    /// `Ok(None)` when no such process exists; `Err` for anything else
+    /// (out of descriptors: the process is not gone for that).
+    fn open(tgid: u32) -> std::io::Result<Option<Pidfd>> {
         // SAFETY: pidfd_open takes a pid and flags; it returns a new fd we own.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
-        (fd >= 0).then_some(Pidfd(fd as i32))
+        if fd >= 0 {
+            return Ok(Some(Pidfd(fd as i32)));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
     }
 
-    fn send(&self, signal: i32) -> bool {
+    fn send(&self, signal: i32) -> Reach {
         // SAFETY: the fd is a pidfd we own; a null siginfo is allowed.
-        unsafe {
+        let sent = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.0,
@@ -272,8 +351,94 @@ impl Pidfd {
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             ) == 0
+        };
+        if sent {
+            return Reach::Done;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Reach::NotOurs
+        } else {
+            Reach::Failed(err.to_string())
         }
     }
+}
+
+/// Descriptors kept open for enforcement alone: when a descriptor cannot
+/// be had (EMFILE, ENFILE: someone holds the rest), containment closes
+/// these and tries again, so that opening a pidfd or reading /proc never
+/// fails for want of one; they are opened again after the action.
+struct FdReserve {
+    fds: Vec<i32>,
+}
+
+/// Descriptors in the reserve.
+const FD_RESERVE: usize = 32;
+
+impl FdReserve {
+    fn new() -> Self {
+        let mut reserve = Self { fds: Vec::new() };
+        reserve.fill();
+        reserve
+    }
+
+    fn fill(&mut self) {
+        while self.fds.len() < FD_RESERVE {
+            // SAFETY: opens /dev/null read-only; the fd is ours to close.
+            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                break;
+            }
+            self.fds.push(fd);
+        }
+    }
+
+    /// Frees the reserve; true when there was something to free.
+    fn spend(&mut self) -> bool {
+        let had = !self.fds.is_empty();
+        for fd in self.fds.drain(..) {
+            // SAFETY: closes an fd this struct opened, once.
+            unsafe { libc::close(fd) };
+        }
+        had
+    }
+}
+
+impl Drop for FdReserve {
+    fn drop(&mut self) {
+        self.spend();
+    }
+}
+
+/// Whether an error is the want of a descriptor.
+fn out_of_fds(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (a
+/// service gets 1024 by default; the metrics server and /proc reads under
+/// a bomb want more). Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 impl Drop for Pidfd {
@@ -283,9 +448,10 @@ impl Drop for Pidfd {
     }
 }
 
-/// (state char, start time in clock ticks) of /proc/TGID/stat.
-fn proc_stat(tgid: u32) -> Option<(char, u64)> {
-    crate::procfs::stat(tgid).map(|s| (s.state, s.start_ticks))
+/// (state char, start time in clock ticks) of /proc/TGID/stat; `Ok(None)`
+/// when the process is gone.
+fn proc_stat(tgid: u32) -> std::io::Result<Option<(char, u64)>> {
+    crate::procfs::stat_checked(tgid).map(|s| s.map(|s| (s.state, s.start_ticks)))
 }
 
 /// A poisoned lock only means another thread panicked mid-call; the map
@@ -294,26 +460,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl LiveSystem {
+    /// `op`, tried once more with the descriptor reserve freed when it
+    /// fails for want of a descriptor.
+    fn with_fds<T>(&self, op: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+        match op() {
+            Err(err) if out_of_fds(&err) && lock(&self.reserve).spend() => {
+                tracing::warn!("out of descriptors while containing: using the reserve");
+                op()
+            }
+            other => other,
+        }
+    }
+}
+
 impl System for LiveSystem {
-    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> bool {
-        let Some(_pidfd) = Pidfd::open(tgid) else {
-            return false;
+    fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> Reach {
+        let _pidfd = match self.with_fds(|| Pidfd::open(tgid)) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Reach::NotOurs,
+            Err(err) => return Reach::Failed(format!("pidfd_open: {err}")),
         };
         // With the pidfd held, the pid cannot be reused; check it is the
         // process we mean (fork time and /proc's start time agree to a tick).
-        let Some((state, start_ticks)) = proc_stat(tgid) else {
-            return false;
+        let (state, start_ticks) = match self.with_fds(|| proc_stat(tgid)) {
+            Ok(Some(stat)) => stat,
+            Ok(None) => return Reach::NotOurs,
+            Err(err) => return Reach::Failed(format!("reading /proc/{tgid}/stat: {err}")),
         };
         if state == 'Z' {
-            return false;
+            return Reach::NotOurs;
         }
         if born_ns != 0 {
             let born_ticks = born_ns / (1_000_000_000 / crate::procfs::clock_ticks_per_sec());
             if born_ticks.abs_diff(start_ticks) > 1 {
-                return false;
+                return Reach::NotOurs;
             }
         }
-        lock(&self.lineage).insert(tgid, tag, 0).is_ok()
+        match lock(&self.lineage).insert(tgid, tag, 0) {
+            Ok(()) => Reach::Done,
+            Err(err) => Reach::Failed(format!("LINEAGE: {err}")),
+        }
     }
 
     fn condemn(&self, tag: u64, signal: i32) {
@@ -335,16 +522,22 @@ impl System for LiveSystem {
             .collect()
     }
 
-    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool {
-        let Some(pidfd) = Pidfd::open(tgid) else {
-            return false;
+    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> Reach {
+        let pidfd = match self.with_fds(|| Pidfd::open(tgid)) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Reach::NotOurs,
+            Err(err) => return Reach::Failed(format!("pidfd_open: {err}")),
         };
         // The tag is removed when a process exits, before its pid can be
         // reused; checked with the pidfd held, it proves the identity.
         if lock(&self.lineage).get(&tgid, 0).ok() != Some(tag) {
-            return false;
+            return Reach::NotOurs;
         }
         pidfd.send(signal)
+    }
+
+    fn hold(&self, tag: u64, signal: i32) {
+        lock(&self.held).push((tag, signal));
     }
 
     fn protected(&self, tgid: u32) -> Option<&'static str> {
@@ -412,11 +605,12 @@ impl System for LiveSystem {
     }
 
     fn state(&self, tgid: u32) -> ProcState {
-        match proc_stat(tgid) {
-            None => ProcState::Gone,
-            Some(('Z' | 'X', _)) => ProcState::Zombie,
-            Some(('T' | 't', _)) => ProcState::Stopped,
-            Some(_) => ProcState::Running,
+        match self.with_fds(|| proc_stat(tgid)) {
+            Ok(None) => ProcState::Gone,
+            Ok(Some(('Z' | 'X', _))) => ProcState::Zombie,
+            Ok(Some(('T' | 't', _))) => ProcState::Stopped,
+            Ok(Some(_)) => ProcState::Running,
+            Err(_) => ProcState::Unknown,
         }
     }
 }
@@ -451,7 +645,34 @@ impl LiveSystem {
             scope: Mutex::new(maps.scope),
             protection,
             hierarchies,
+            reserve: Mutex::new(FdReserve::new()),
+            held: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Opens the descriptor reserve again (after an action spent it), and
+    /// releases the condemnations held until their members were gone (or
+    /// stopped, for SIGSTOP). Returns the tags released.
+    pub fn settle(&self) -> Vec<u64> {
+        lock(&self.reserve).fill();
+        let held: Vec<(u64, i32)> = std::mem::take(&mut *lock(&self.held));
+        let mut released = Vec::new();
+        for (tag, signal) in held {
+            let alive = self.tagged(tag).into_iter().any(|t| {
+                matches!(
+                    (signal, self.state(t)),
+                    (_, ProcState::Running | ProcState::Unknown)
+                        | (libc::SIGKILL, ProcState::Stopped)
+                )
+            });
+            if alive {
+                lock(&self.held).push((tag, signal));
+            } else {
+                self.release(tag);
+                released.push(tag);
+            }
+        }
+        released
     }
 
     /// Looks for the trusted executables again (an upgrade installs a new

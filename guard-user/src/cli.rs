@@ -542,7 +542,7 @@ mod tests {
             &["--crashloop-lifetime", "0"],
             &["--blocked-threshold", "inf"],
             &["--protect", "0"],
-            &["--protect", "/etc/hostname"],
+            &["--protect", "/proc/version"],
             &["--protect", "/no/such/cgroup"],
             &["--protect", ""],
         ] {

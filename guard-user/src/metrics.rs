@@ -8,7 +8,6 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
-use anyhow::{Context as _, Result};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -257,54 +256,105 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a task of its own; returns the
-/// address bound (the port chosen when `addr`'s is 0).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
-    let bound = listener.local_addr()?;
+/// Connections served at once; more wait in the kernel's accept queue,
+/// holding none of guard's descriptors. Scrapers make one at a time.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest a client may take to send its request headers.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest one connection may live, whatever it does (a slow reader, a
+/// request at a byte a second, a keep-alive left idle).
+pub const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a port that could not be bound is tried again.
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `addr` from a task of its own, bounded: at
+/// most [`MAX_CONNECTIONS`] at once, each for at most [`CONNECTION_LIMIT`]
+/// and its headers within [`HEADER_TIMEOUT`]. Enforcement never depends on
+/// it. Returns the address bound now (the port chosen when `addr`'s is 0),
+/// or `None` when it cannot be bound yet: it is said, and tried again every
+/// [`BIND_RETRY`] (a port squatted at start must not keep guard from
+/// running, nor from serving later).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> Option<SocketAddr> {
+    let (listener, bound) = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().ok();
+            (Some(listener), bound)
+        }
+        Err(err) => {
+            tracing::warn!(
+                "--metrics {addr}: cannot listen there ({err}); guard runs on and tries again \
+                 every {} s",
+                BIND_RETRY.as_secs()
+            );
+            (None, None)
+        }
+    };
     tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // Out of descriptors, say: not a busy loop meanwhile.
-                    tracing::debug!("metrics: accept: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
+        let listener = match listener {
+            Some(l) => l,
+            None => loop {
+                tokio::time::sleep(BIND_RETRY).await;
+                if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                    tracing::info!("--metrics {addr}: listening now");
+                    break l;
                 }
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let (status, body) = if req.uri().path() == "/metrics" {
-                            let text = metrics.lock().map(|m| m.encode()).unwrap_or_default();
-                            (200, text)
-                        } else {
-                            (404, "guard serves /metrics only\n".to_owned())
-                        };
-                        Response::builder()
-                            .status(status)
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
-                if let Err(err) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!("metrics connection: {err}");
+            },
+        };
+        accept_loop(listener, metrics).await;
+    });
+    bound
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Metrics>>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // A slot first: past the cap, clients wait in the kernel's queue.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of descriptors, say: not a busy loop meanwhile.
+                tracing::debug!("metrics: accept: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        let text = metrics.lock().map(|m| m.encode()).unwrap_or_default();
+                        (200, text)
+                    } else {
+                        (404, "guard serves /metrics only\n".to_owned())
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(body)))
                 }
             });
-        }
-    });
-    Ok(bound)
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 << 10)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIMIT, connection).await {
+                Ok(Err(err)) => tracing::debug!("metrics connection: {err}"),
+                Err(_) => tracing::debug!("metrics connection closed after {CONNECTION_LIMIT:?}"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,23 @@ pub fn stat(tgid: u32) -> Option<Stat> {
     stat_in(Path::new("/proc"), tgid)
 }
 
+/// /proc/TGID/stat, telling a process that is gone (`Ok(None)`) from one
+/// that could not be read (`Err`: out of descriptors or memory), which
+/// must never be taken for gone.
+pub fn stat_checked(tgid: u32) -> std::io::Result<Option<Stat>> {
+    match std::fs::read_to_string(format!("/proc/{tgid}/stat")) {
+        Ok(text) => Ok(parse_stat(&text)),
+        // ESRCH: the process died between open and read.
+        Err(err)
+            if err.kind() == std::io::ErrorKind::NotFound
+                || err.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// The unit of /proc's process times (USER_HZ).
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf reads a constant.

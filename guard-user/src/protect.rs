@@ -124,7 +124,12 @@ pub struct Protection {
 
 impl Default for Protection {
     fn default() -> Self {
-        Self::new(HashSet::new(), Vec::new(), Scope::default(), TrustedExes::default())
+        Self::new(
+            HashSet::new(),
+            Vec::new(),
+            Scope::default(),
+            TrustedExes::default(),
+        )
     }
 }
 
@@ -276,7 +281,10 @@ impl Protection {
     pub fn impostor(&self, node: &LineageNode) -> Option<String> {
         let comm = node.comm.to_string();
         let (names, _) = trusted_names(&self.listed);
-        if !names.iter().any(|n| n.as_bytes()[..n.len().min(15)] == *comm.as_bytes()) {
+        if !names
+            .iter()
+            .any(|n| n.as_bytes()[..n.len().min(15)] == *comm.as_bytes())
+        {
             return None;
         }
         if self.why(node).is_some() {
@@ -317,7 +325,11 @@ mod tests {
     /// the trusted postgres (inode 8).
     fn fake_host(listed: Vec<Protected>, scope: Scope) -> Protection {
         use std::collections::BTreeMap;
-        let id = |ino| ExeId { ino, dev: 1, reserved: 0 };
+        let id = |ino| ExeId {
+            ino,
+            dev: 1,
+            reserved: 0,
+        };
         let trusted = TrustedExes::new(BTreeMap::from([
             (
                 id(7),
@@ -377,7 +389,10 @@ mod tests {
         // bash named sshd is an ordinary process, and says why.
         let fake = node(502, "sshd", cg, false);
         assert_eq!(p.why(&fake), None);
-        assert!(p.impostor(&fake).is_some_and(|w| w.contains("not a trusted sshd")));
+        assert!(
+            p.impostor(&fake)
+                .is_some_and(|w| w.contains("not a trusted sshd"))
+        );
         // The real one is spared, and no impostor; an unrelated name neither.
         assert!(p.impostor(&node(501, "sshd", cg, false)).is_none());
         assert!(p.impostor(&node(503, "bash", cg, false)).is_none());
@@ -416,6 +431,8 @@ mod tests {
         assert!(parse_protected("bin/sshd").is_err());
         let tmp = std::env::temp_dir().join(format!("guard-protect-{}", std::process::id()));
         std::fs::write(&tmp, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
         let err = parse_protected(tmp.to_str().expect("utf8")).expect_err("under /tmp");
         let _ = std::fs::remove_file(&tmp);
         assert!(err.contains("writable by anyone"), "{err}");

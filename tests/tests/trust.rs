@@ -69,3 +69,146 @@ fn a_bomb_named_sshd_is_not_spared() {
     assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
     drop(agent.stop());
 }
+
+/// A port free now on the loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Descriptors the process `pid` holds.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Sets this process's soft descriptor limit (the agent inherits it);
+/// returns the old limits.
+fn set_soft_nofile(soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write structs we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut old);
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const new);
+    }
+    old
+}
+
+/// The user holds 1,100 idle connections to the metrics port of an agent
+/// started with a service's default soft limit (1024): the agent still
+/// contains a bomb before pids.max with a verified outcome, holds few
+/// descriptors, closes an idle connection on its own, and still serves a
+/// scrape once the flood is gone.
+#[test]
+fn idle_connections_to_the_metrics_port_neither_blind_nor_bloat_guard() {
+    let user = Unprivileged::new("fd-flood");
+    let cg = TestCgroup::new("trust-fds", 1000, 512 << 20);
+    let port = free_port();
+    let old = set_soft_nofile(1024);
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope(&cg),
+        "--fork-action",
+        "kill",
+        "--events",
+        "none",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    // SAFETY: restores this process's limits, read above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const old) };
+    let rss_before = rss_kib(agent.pid());
+    // 1,100 connections started at once (non-blocking): what guard does
+    // not accept waits in the kernel's queue, or is refused there.
+    let flood = format!(
+        "import socket, time\n\
+         held = []\n\
+         for i in range(1100):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.setblocking(False)\n\
+         \x20   s.connect_ex(('127.0.0.1', {port}))\n\
+         \x20   held.append(s)\n\
+         time.sleep(3)\n\
+         print(len(held), flush=True)\n\
+         time.sleep(120)\n"
+    );
+    let mut flooder = user
+        .command("/usr/bin/python3")
+        .args(["-c", &flood])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 as uid 65534");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flooder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the flood's count");
+    assert_eq!(line.trim(), "1100", "the flood did not start");
+    let agent_fds = fd_count(agent.pid());
+    assert!(
+        agent_fds < 200,
+        "the agent holds {agent_fds} descriptors under the flood"
+    );
+    // A bomb now: contained before pids.max, with nothing unverified.
+    let _ = cg.spawn_bash(BOMB).wait();
+    let action = agent.wait_for(Duration::from_secs(20), "a containing action", |r| {
+        r["kind"] == "action" && r["outcome"]["contained"] == true
+    });
+    assert_eq!(action["outcome"]["errors"], 0, "{action}");
+    cg.wait_until_gone("bash", Duration::from_secs(10));
+    assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
+    // An idle connection of guard's own is closed by guard.
+    let mut idle = TcpStream::connect(("127.0.0.1", port));
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+    if let Ok(idle) = idle.as_mut() {
+        idle.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = idle.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "guard answered a request never sent");
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "an idle connection stayed open {:?}",
+            started.elapsed()
+        );
+    }
+    // And a scrape is served.
+    let mut scrape = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut response = String::new();
+    let _ = scrape.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let rss_after = rss_kib(agent.pid());
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "the agent grew from {rss_before} to {rss_after} KiB"
+    );
+    drop(agent.stop());
+}
+
+/// VmRSS of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -18,6 +18,9 @@ struct BombState {
     condemned: HashMap<u64, i32>,
     next_pid: u32,
     log: Vec<(u32, i32)>,
+    /// Members /proc cannot be read for (out of descriptors).
+    unreadable: std::collections::HashSet<u32>,
+    held: Vec<u64>,
 }
 
 impl Bomb {
@@ -52,13 +55,17 @@ impl BombState {
 }
 
 impl System for Bomb {
-    fn tag(&self, tgid: u32, _born: u64, tag: u64) -> bool {
-        match self.st().procs.get_mut(&tgid) {
+    fn tag(&self, tgid: u32, _born: u64, tag: u64) -> Reach {
+        let mut st = self.st();
+        if st.unreadable.contains(&tgid) {
+            return Reach::Failed("Too many open files (os error 24)".into());
+        }
+        match st.procs.get_mut(&tgid) {
             Some(p) if p.0 != ProcState::Gone => {
                 p.1 = Some(tag);
-                true
+                Reach::Done
             }
-            _ => false,
+            _ => Reach::NotOurs,
         }
     }
     fn condemn(&self, tag: u64, signal: i32) {
@@ -90,14 +97,17 @@ impl System for Bomb {
             .map(|(&t, _)| t)
             .collect()
     }
-    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> bool {
+    fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> Reach {
         let mut st = self.st();
         if st.procs.get(&tgid).and_then(|p| p.1) != Some(tag) {
-            return false;
+            return Reach::NotOurs;
         }
         st.log.push((tgid, signal));
         st.apply(tgid, signal);
-        true
+        Reach::Done
+    }
+    fn hold(&self, tag: u64, _signal: i32) {
+        self.st().held.push(tag);
     }
     fn protected(&self, tgid: u32) -> Option<&'static str> {
         let mut st = self.st();
@@ -115,6 +125,9 @@ impl System for Bomb {
         }
     }
     fn state(&self, tgid: u32) -> ProcState {
+        if self.inner.borrow().unreadable.contains(&tgid) {
+            return ProcState::Unknown;
+        }
         self.inner
             .borrow()
             .procs
@@ -249,4 +262,45 @@ fn stop_leaves_everyone_stopped_and_log_does_nothing() {
     );
     assert_eq!(out.signalled, 0);
     assert!(quiet.inner.borrow().log.is_empty() && quiet.inner.borrow().condemned.is_empty());
+}
+
+#[test]
+fn an_unreadable_member_is_an_error_never_gone_and_the_condemnation_is_held() {
+    // 51's /proc and pidfd fail with EMFILE: it is running for all guard
+    // knows, so the subtree is not contained, and the kernel keeps the
+    // condemnation.
+    let sys = Bomb::with(&[50, 51]);
+    sys.st().unreadable.insert(51);
+    let out = contain(
+        &sys,
+        11,
+        &members(&[50, 51]),
+        ActionKind::Kill,
+        Duration::from_millis(200),
+    );
+    assert!(!out.contained, "{out:?}");
+    assert_eq!(out.errors, 1, "{out:?}");
+    assert!(
+        out.error
+            .as_deref()
+            .is_some_and(|e| e.contains("tagging 51")),
+        "{out:?}"
+    );
+    assert!(out.condemnation_held);
+    assert_eq!(sys.inner.borrow().held, vec![11]);
+    assert!(
+        sys.inner.borrow().condemned.contains_key(&11),
+        "not released"
+    );
+    // Once readable and dead, a second pass verifies it and releases.
+    sys.st().unreadable.clear();
+    let out = contain(
+        &sys,
+        11,
+        &members(&[51]),
+        ActionKind::Kill,
+        Duration::from_millis(200),
+    );
+    assert!(out.contained && out.errors == 0, "{out:?}");
+    assert!(!sys.inner.borrow().condemned.contains_key(&11));
 }

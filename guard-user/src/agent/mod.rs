@@ -40,6 +40,7 @@ use crate::{
         memory::{MemoryDetector, MemoryRules},
         switches::{Detector, Ignore},
     },
+    identity::TrustedExes,
     kernel_scope,
     kernel_scope::BudgetLimits,
     loader::{self, LoadOptions},
@@ -47,7 +48,6 @@ use crate::{
     pipeline::{ActionRequest, Pipeline, Settings},
     policy::ActionKind,
     proctable::{ProcessTable, default_proc_root},
-    identity::TrustedExes,
     protect::Protection,
     scope::Scope,
     source::{self, BlockedMaps, KernelDrops, SourceStats},
@@ -169,6 +169,8 @@ pub async fn run(args: Args) -> Result<Ending> {
     } else {
         policies.strongest_fork_action(args.fork_action)
     };
+    let fds = crate::act::raise_fd_limit();
+    tracing::debug!("descriptor limit {fds}");
     let guard_chain = Protection::own_chain();
     let trusted = trusted_executables(&args.protect)?;
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
@@ -453,8 +455,9 @@ pub async fn run(args: Args) -> Result<Ending> {
     let metrics = match args.metrics {
         Some(addr) => {
             let shared = Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::default()));
-            let bound = crate::metrics::serve(addr, shared.clone()).await?;
-            tracing::info!("metrics at http://{bound}/metrics");
+            if let Some(bound) = crate::metrics::serve(addr, shared.clone()).await {
+                tracing::info!("metrics at http://{bound}/metrics");
+            }
             Some(shared)
         }
         None => None,
@@ -553,6 +556,9 @@ pub async fn run(args: Args) -> Result<Ending> {
                     }
                 }
                 pipe.sweep_if_caught_up(WallClock::boot_ns_now());
+                for tag in system.settle() {
+                    tracing::info!("subtree {tag}: every member verified gone; condemnation released");
+                }
             }
             _ = sample.tick() => {
                 follow_scope(&mut scope_watch, &system);

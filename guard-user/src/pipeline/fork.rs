@@ -16,7 +16,7 @@ impl<W: Write> Pipeline<W> {
             // killed by the fork probe, say): it is followed all the same,
             // so that its exit is not taken for a crash.
             if let Some(system) = &self.system {
-                system.tag(m.tgid, m.born_ns, tag);
+                let _ = system.tag(m.tgid, m.born_ns, tag);
             }
             if let Some(node) = self.table.get(m.tgid).map(|p| p.node) {
                 self.tagged.insert(node, (tag, WallClock::boot_ns_now()));
@@ -46,7 +46,7 @@ impl<W: Write> Pipeline<W> {
         }
         self.tagged.insert(child, (tag, WallClock::boot_ns_now()));
         if let Some(system) = &self.system {
-            system.tag(tgid, born_ns, tag);
+            let _ = system.tag(tgid, born_ns, tag);
         }
     }
 

@@ -144,7 +144,7 @@ fn still_to_contain(kind: ActionKind, state: ProcState) -> bool {
     match state {
         ProcState::Gone | ProcState::Zombie => false,
         ProcState::Stopped => kind == ActionKind::Kill,
-        ProcState::Running => true,
+        ProcState::Running | ProcState::Unknown => true,
     }
 }
 
