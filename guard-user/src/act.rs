@@ -274,10 +274,8 @@ pub fn contain(
             ProcState::Stopped if kind == ActionKind::Kill => {
                 left.insert(t);
             }
-            ProcState::Unknown => {
-                if errors.insert(t) {
-                    error.get_or_insert(format!("reading /proc/{t}: not readable now"));
-                }
+            ProcState::Unknown if errors.insert(t) => {
+                error.get_or_insert(format!("reading /proc/{t}: not readable now"));
             }
             _ => {}
         }

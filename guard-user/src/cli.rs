@@ -36,6 +36,14 @@ pub struct Args {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Read a config file, and run an --on-alert program, that is not owned
+    /// by root or that others can write (or whose directory they can):
+    /// refused without this, as sshd's StrictModes refuses such files,
+    /// since guard runs hooks as root and kills what its policies say.
+    /// Says so loudly. Command line only.
+    #[arg(long, global = true)]
+    pub insecure_config: bool,
+
     /// The config file's `[[policy]]` tables.
     #[arg(skip)]
     pub policies: Vec<crate::policy::CgroupPolicy>,

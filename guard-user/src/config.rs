@@ -51,10 +51,42 @@ pub fn locate(argv: &[OsString]) -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// Reads `path`: its keys as flags of `command`, its policies.
-pub fn load(path: &Path, command: &clap::Command) -> Result<FromFile, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+/// Whether `--insecure-config` is on `argv` (read before the file is).
+pub fn insecure(argv: &[OsString]) -> bool {
+    argv.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--insecure-config")
+}
+
+/// Reads `path`: its keys as flags of `command`, its policies. Refused
+/// unless the file and every directory above it are root's and writable by
+/// no one else (`insecure` reads it anyway, and says so): the file decides
+/// what guard kills and which commands it runs as root.
+pub fn load(path: &Path, command: &clap::Command, insecure: bool) -> Result<FromFile, String> {
+    let read_from = match crate::identity::check_root_owned(path, true) {
+        // The checked path, symlinks resolved: what was judged is what is read.
+        Ok(real) => real,
+        Err(why) if insecure => {
+            eprintln!(
+                "guard: WARNING: --insecure-config: reading {} although {why}; anyone who can \
+                 write it can make guard kill processes or run commands as root",
+                path.display()
+            );
+            path.to_owned()
+        }
+        Err(why) => {
+            return Err(format!(
+                "{}: refused, {why}. guard runs as root and its config file decides what it \
+                 kills and which commands it runs: it must be owned by root and writable by no \
+                 one else, nor may its directories be (chown root:root FILE; chmod go-w FILE), \
+                 or pass --insecure-config",
+                path.display()
+            ));
+        }
+    };
+    let text = std::fs::read_to_string(&read_from)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
     parse(&text, command)
         .map(|mut f| {
             f.path = Some(path.to_owned());
@@ -72,9 +104,10 @@ pub fn parse(text: &str, command: &clap::Command) -> Result<FromFile, String> {
             out.policies = value.try_into().map_err(|e| format!("[[policy]]: {e}"))?;
             continue;
         }
-        let known = command
-            .get_arguments()
-            .any(|a| a.get_long() == Some(key.as_str()) && key != "config" && key != "help");
+        let known = command.get_arguments().any(|a| {
+            a.get_long() == Some(key.as_str())
+                && !["config", "insecure-config", "help"].contains(&key.as_str())
+        });
         if !known {
             return Err(format!(
                 "unknown key {key:?}: keys are guard's flags without the leading -- (see guard \
@@ -132,7 +165,7 @@ pub fn render(command: &clap::Command, matches: &clap::ArgMatches, file: &FromFi
         let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
             continue;
         };
-        if matches!(long, "config" | "help" | "version") {
+        if matches!(long, "config" | "insecure-config" | "help" | "version") {
             continue;
         }
         if matches!(arg.get_action(), clap::ArgAction::Count) {

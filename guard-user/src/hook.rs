@@ -1,20 +1,30 @@
 //! `--on-alert CMD`: the operator's command, run for every alert and
 //! action (as earlyoom's `-N`, Falco's `program_output`): `sh -c CMD` with
-//! the record as one JSON line on stdin and its main fields in the
-//! environment (`GUARD_KIND`, `GUARD_DETECTOR`, `GUARD_RULE`,
-//! `GUARD_ACTION`, `GUARD_PID`, `GUARD_COMM`, `GUARD_CGROUP`).
+//! the record (with its `time`) as one JSON line on stdin and its main
+//! fields in the environment (`GUARD_KIND`, `GUARD_TIME`,
+//! `GUARD_DETECTOR`, `GUARD_RULE`, `GUARD_ACTION`, `GUARD_PID`,
+//! `GUARD_COMM`, `GUARD_CGROUP`).
 //!
 //! It never holds detection up: records are handed to a thread of its own
 //! through a bounded queue (a full queue drops the hook, counted). One
-//! command runs at a time, for at most [`HOOK_TIMEOUT`] (then it is
-//! killed), at most [`HOOK_BURST`] in a row and then one per
-//! [`HOOK_REFILL`] (the others are skipped, counted). A command that fails
-//! is said on stderr and counted, never fatal. It runs at normal priority
-//! and OOM score, not guard's.
+//! command runs at a time, for at most [`HOOK_TIMEOUT`], in a process
+//! group of its own that is killed whole at the limit (a `sleep` it left
+//! in the background included); at most [`HOOK_BURST`] in a row and then
+//! one per [`HOOK_REFILL`] (the others are skipped, counted). A record
+//! older than [`HOOK_MAX_AGE`] when its turn comes is dropped and counted
+//! (`stale`), never run late: its pid may name another process by then.
+//! A command that fails is said on stderr and counted, never fatal.
+//!
+//! The command runs as root at normal priority and OOM score, not guard's,
+//! with a minimal environment: [`HOOK_PATH`], `LANG=C.UTF-8`, `HOME=/` and
+//! the `GUARD_*` variables; nothing else of guard's. Its program, and any
+//! file its command names by absolute path, must be root's and writable by
+//! no one else ([`check_command`]), as the config file must.
 
 use std::{
     io::Write as _,
     os::unix::process::CommandExt as _,
+    path::Path,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -26,12 +36,16 @@ use std::{
 
 use serde_json::Value;
 
-/// Longest a hook may run before it is killed.
+/// Longest a hook may run before its process group is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hooks that may run back to back...
 pub const HOOK_BURST: u32 = 5;
 /// ...and then one per this.
 pub const HOOK_REFILL: Duration = Duration::from_secs(6);
+/// A record that waited longer than this for its hook is dropped.
+pub const HOOK_MAX_AGE: Duration = Duration::from_secs(60);
+/// The hooks' PATH.
+pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Records waiting for the hook thread, at most.
 const QUEUE: usize = 64;
 
@@ -42,31 +56,72 @@ pub struct HookCounts {
     pub failed: AtomicU64,
     /// Over the rate, or the queue was full.
     pub skipped: AtomicU64,
+    /// Older than [`HOOK_MAX_AGE`] when their turn came.
+    pub stale: AtomicU64,
 }
 
 /// The pipeline's end: hands records over without waiting.
 pub struct Hooks {
-    tx: mpsc::SyncSender<Value>,
+    tx: mpsc::SyncSender<(Value, u64)>,
     pub counts: Arc<HookCounts>,
+}
+
+/// Why `command` may not run as guard's hook: its program (the first word,
+/// looked up in [`HOOK_PATH`] when it has no `/`) or a file it names by
+/// absolute path is not root's or is writable by others; `Ok` otherwise.
+pub fn check_command(command: &str) -> Result<(), String> {
+    let words: Vec<&str> = command
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>'))
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '"'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut files: Vec<std::path::PathBuf> = words
+        .iter()
+        .filter(|w| w.starts_with('/') && Path::new(w).is_file())
+        .map(|w| w.into())
+        .collect();
+    if let Some(first) = words.first()
+        && !first.contains('/')
+        && let Some(found) = HOOK_PATH
+            .split(':')
+            .map(|d| Path::new(d).join(first))
+            .find(|p| p.is_file())
+    {
+        files.push(found);
+    }
+    for file in files {
+        crate::identity::check_root_owned(&file, true).map_err(|why| {
+            format!(
+                "--on-alert: refused, {why}: the hook runs as root, so what it runs must be \
+                 root's and writable by no one else (or pass --insecure-config)"
+            )
+        })?;
+    }
+    Ok(())
 }
 
 impl Hooks {
     /// Starts the hook thread for `command`.
     pub fn spawn(command: String) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<Value>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<(Value, u64)>(QUEUE);
         let counts = Arc::new(HookCounts::default());
         let shared = counts.clone();
         std::thread::Builder::new()
             .name("guard-hook".into())
             .spawn(move || {
                 let mut bucket = TokenBucket::new(HOOK_BURST, HOOK_REFILL);
-                for record in rx {
+                for (record, boot_ns) in rx {
+                    let age = crate::clock::WallClock::boot_ns_now().saturating_sub(boot_ns);
+                    if age > HOOK_MAX_AGE.as_nanos() as u64 {
+                        shared.stale.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     if !bucket.take(Instant::now()) {
                         shared.skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     shared.run.fetch_add(1, Ordering::Relaxed);
-                    if let Err(why) = run(&command, &record) {
+                    if let Err(why) = run(&command, &record, HOOK_TIMEOUT) {
                         shared.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("--on-alert hook for a {} record: {why}", record["kind"]);
                     }
@@ -75,9 +130,9 @@ impl Hooks {
         Ok(Self { tx, counts })
     }
 
-    /// Queues a hook for `record` (an alert or an action).
-    pub fn fire(&self, record: Value) {
-        if self.tx.try_send(record).is_err() {
+    /// Queues a hook for `record` (an alert or an action) made at `boot_ns`.
+    pub fn fire(&self, record: Value, boot_ns: u64) {
+        if self.tx.try_send((record, boot_ns)).is_err() {
             self.counts.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -129,6 +184,7 @@ pub fn environment(record: &Value) -> Vec<(&'static str, String)> {
     let offender = &record["offender"];
     [
         ("GUARD_KIND", text(&record["kind"])),
+        ("GUARD_TIME", text(&record["time"])),
         ("GUARD_DETECTOR", text(&record["detector"])),
         ("GUARD_RULE", text(&record["rule"])),
         ("GUARD_ACTION", text(&record["action"])),
@@ -152,11 +208,17 @@ pub fn environment(record: &Value) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-fn run(command: &str, record: &Value) -> Result<(), String> {
+fn run(command: &str, record: &Value, timeout: Duration) -> Result<(), String> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/")
         .envs(environment(record))
+        .current_dir("/")
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -184,25 +246,41 @@ fn run(command: &str, record: &Value) -> Result<(), String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    // The group's id is the shell's pid (process_group(0)).
+    let group = child.id() as libc::pid_t;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is no failure.
         let _ = writeln!(stdin, "{record}");
     }
-    let deadline = Instant::now() + HOOK_TIMEOUT;
+    let deadline = Instant::now() + timeout;
+    let kill_group = || {
+        // SAFETY: signals the hook's own process group, made for it above.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
     loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("`{command}` exited with {status}")),
+            Ok(Some(status)) => {
+                // What it left behind in its group goes with it.
+                kill_group();
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("`{command}` exited with {status}"))
+                };
+            }
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
+                kill_group();
                 let _ = child.wait();
                 return Err(format!(
-                    "`{command}` ran longer than {} s and was killed",
-                    HOOK_TIMEOUT.as_secs()
+                    "`{command}` ran longer than {} s; its process group was killed",
+                    timeout.as_secs()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for `{command}`: {e}")),
+            Err(e) => {
+                kill_group();
+                return Err(format!("waiting for `{command}`: {e}"));
+            }
         }
     }
 }
@@ -223,6 +301,49 @@ mod tests {
         // A long quiet refills to the burst, not beyond.
         let later = t0 + Duration::from_secs(600);
         assert_eq!((0..5).filter(|_| b.take(later)).count(), 3);
+    }
+
+    #[test]
+    fn a_hook_and_everything_it_started_end_at_the_limit() {
+        let marker = format!("guard-hook-test-{}", std::process::id());
+        let record = serde_json::json!({"kind": "alert", "time": "2026-01-01T00:00:00Z"});
+        // The shell leaves a sleep in the background, and waits on another.
+        let command = format!("exec -a {marker} sleep 300 & sleep 300");
+        let started = Instant::now();
+        let err = run(&command, &record, Duration::from_millis(300)).expect_err("killed");
+        assert!(err.contains("process group was killed"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(200));
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .expect("pgrep");
+        assert!(left.stdout.is_empty(), "left running: {:?}", left.stdout);
+    }
+
+    #[test]
+    fn a_hook_sees_only_its_own_environment() {
+        let dir = std::env::temp_dir().join(format!("guard-hook-env-{}", std::process::id()));
+        let record = serde_json::json!({"kind": "alert", "time": "2026-01-01T00:00:00Z"});
+        // SAFETY: a variable only this test reads; set before the hook runs.
+        unsafe { std::env::set_var("GUARD_TEST_SECRET", "1") };
+        run(&format!("env > {}", dir.display()), &record, HOOK_TIMEOUT).expect("env");
+        let env = std::fs::read_to_string(&dir).expect("env output");
+        let _ = std::fs::remove_file(&dir);
+        assert!(!env.contains("GUARD_TEST_SECRET"), "{env}");
+        assert!(env.contains(&format!("PATH={HOOK_PATH}")), "{env}");
+        assert!(env.contains("GUARD_TIME=2026-01-01T00:00:00Z"), "{env}");
+    }
+
+    #[test]
+    fn hook_programs_must_be_roots() {
+        assert!(check_command("logger -t guard").is_ok());
+        assert!(check_command("/usr/bin/logger -t guard").is_ok());
+        let script = std::env::temp_dir().join(format!("guard-hook-{}.sh", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\n").expect("write");
+        let err = check_command(&format!("sh {}", script.display())).expect_err("in /tmp");
+        let _ = std::fs::remove_file(&script);
+        assert!(err.contains("writable by anyone"), "{err}");
     }
 
     #[test]

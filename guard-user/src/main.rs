@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     // The config file's keys are flags placed before the command line's.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let file = match guard::config::locate(&argv).and_then(|path| match path {
-        Some(path) => guard::config::load(&path, &Args::command()),
+        Some(path) => guard::config::load(&path, &Args::command(), guard::config::insecure(&argv)),
         None => Ok(guard::config::FromFile::default()),
     }) {
         Ok(file) => file,

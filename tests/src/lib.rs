@@ -247,3 +247,26 @@ impl Drop for Unprivileged {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A directory only root can write, for files guard must trust (a config,
+/// a hook's script): under /run, mode 0700; removed on drop.
+pub struct RootDir {
+    pub path: PathBuf,
+}
+
+impl RootDir {
+    pub fn new(name: &str) -> Self {
+        let path = Path::new("/run").join(format!("guard-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for RootDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -204,7 +204,9 @@ fn the_example_config_documents_every_key_and_loads() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let path = std::env::temp_dir().join(format!("guard-test-example-{}.toml", std::process::id()));
+    // Where only root can write: guard refuses a config others could.
+    let dir = guard_tests::RootDir::new("example");
+    let path = dir.path.join("guard.toml");
     std::fs::write(&path, &uncommented).expect("write");
     let out = std::process::Command::new(guard_tests::guard_bin())
         .arg("--config")

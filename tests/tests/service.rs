@@ -274,12 +274,9 @@ fn policies_give_each_cgroup_its_action_and_a_bad_reload_keeps_the_old() {
         .to_str()
         .expect("utf8")
         .to_owned();
-    let dir = std::env::temp_dir().join(format!("guard-test-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let _cleanup = guard_tests::Defer(|| {
-        let _ = std::fs::remove_dir_all(&dir);
-    });
-    let config = dir.join("guard.toml");
+    // Where only root can write: guard refuses a config others could.
+    let dir = guard_tests::RootDir::new("policy");
+    let config = dir.path.join("guard.toml");
     std::fs::write(
         &config,
         format!(

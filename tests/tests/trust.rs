@@ -212,3 +212,184 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// `guard --config FILE config`: its exit status and stderr.
+fn read_config(file: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(guard_bin())
+        .arg("--config")
+        .arg(file)
+        .args(extra)
+        .arg("config")
+        .output()
+        .expect("guard config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config file the user wrote (its hook would run as root), or one root
+/// owns but others may write, or one in a directory others may write, is
+/// refused with the reason; `--insecure-config` reads it, loudly.
+#[test]
+fn a_config_file_others_can_write_is_refused() {
+    let user = Unprivileged::new("config");
+    user.sh("printf 'on-alert = \"cp /bin/sh /tmp/rootshell; chmod u+s /tmp/rootshell\"\\n' > guard.toml");
+    let planted = user.dir.join("guard.toml");
+    let (ok, stderr) = read_config(&planted, &[]);
+    assert!(!ok, "a user's config was read");
+    assert!(
+        stderr.contains("refused") && stderr.contains("owned by uid 65534"),
+        "{stderr}"
+    );
+    // Root's file, but writable by its group.
+    let root = guard_tests::RootDir::new("config");
+    let file = root.path.join("guard.toml");
+    std::fs::write(&file, "json = true\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    let (ok, stderr) = read_config(&file, &[]);
+    assert!(!ok && stderr.contains("writable by its group"), "{stderr}");
+    // Root's file with the right mode, in a directory anyone may write.
+    let open_dir = root.path.join("open");
+    std::fs::create_dir(&open_dir).expect("mkdir");
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let inside = open_dir.join("guard.toml");
+    std::fs::write(&inside, "json = true\n").expect("write");
+    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (ok, stderr) = read_config(&inside, &[]);
+    assert!(!ok && stderr.contains("writable by anyone"), "{stderr}");
+    // The right file, in the right place, is read.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (ok, stderr) = read_config(&file, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::metadata(&file).expect("stat").uid(), 0);
+    // --insecure-config reads the user's, and says so.
+    let (ok, stderr) = read_config(&planted, &["--insecure-config"]);
+    assert!(ok && stderr.contains("WARNING"), "{stderr}");
+    // A hook program the user can write is refused at start.
+    user.sh("printf '#!/bin/sh\\n' > hook.sh && chmod 755 hook.sh");
+    // Bounded by timeout(1): were the hook accepted, the agent would run on.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(guard_bin())
+        .args(["--dry-run", "--cgroup", "/sys/fs/cgroup/pids", "--on-alert"])
+        .arg(format!("/bin/sh {}", user.dir.join("hook.sh").display()))
+        .output()
+        .expect("guard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--on-alert: refused"), "{stderr}");
+}
+
+/// `--output` never follows a link the user planted, creates its file
+/// 0600, and survives a full disk: the lines it could not write are
+/// counted, none is cut in half, and writing resumes once there is room.
+#[test]
+fn the_output_file_resists_planted_links_and_a_full_disk() {
+    // A planted link to a root-only file: refused at start, file intact.
+    let user = Unprivileged::new("output");
+    let root = guard_tests::RootDir::new("output");
+    let secret = root.path.join("secret");
+    std::fs::write(&secret, "root only\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    user.sh(&format!("ln -s {} guard.log", secret.display()));
+    let cg = TestCgroup::new("trust-enospc", 64, 128 << 20);
+    // Bounded by timeout(1): a guard that accepted the link would run on.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(guard_bin())
+        .args(["--json", "--events", "none", "--cgroup"])
+        .arg(cg.pids_dir())
+        .arg("--output")
+        .arg(user.dir.join("guard.log"))
+        .output()
+        .expect("guard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "guard ran with a planted link");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("read"),
+        "root only\n",
+        "guard wrote through the user's link"
+    );
+
+    // A 256 KiB tmpfs, filled up while guard writes to it.
+    let mount = root.path.join("small");
+    std::fs::create_dir(&mount).expect("mkdir");
+    let (status, _) = guard_tests::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "guard-test"])
+            .arg(&mount),
+    );
+    assert!(status.success(), "mounting a tmpfs");
+    let _unmount = guard_tests::Defer(|| {
+        let _ = Command::new("umount").arg(&mount).output();
+    });
+    let log = mount.join("guard.json");
+    let mut agent = Command::new(guard_bin())
+        .args(["--json", "--events", "exit", "--cgroup"])
+        .arg(cg.pids_dir())
+        .arg("--output")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guard");
+    let pid = agent.id() as i32;
+    let _kill = guard_tests::Defer(move || {
+        // SAFETY: signals our own child, if it is still there.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let lines = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines(&log).contains("\"kind\":\"start\"") {
+        assert!(Instant::now() < deadline, "no start record");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::metadata(&log).expect("stat").permissions().mode() & 0o777,
+        0o600
+    );
+    // Fill the rest of the file system.
+    let filler = mount.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let exits = |n: u32, code: u32| {
+        let (status, _) = guard_tests::run(cg.command("/bin/sh").args([
+            "-c",
+            &format!("for i in $(seq {n}); do sh -c 'exit {code}'; done; true"),
+        ]));
+        assert!(status.success());
+    };
+    exits(200, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    // Room again: the next lines go out.
+    std::fs::remove_file(&filler).expect("rm filler");
+    exits(20, 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines(&log).contains("\"exit_code\":4") {
+        assert!(Instant::now() < deadline, "writing did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = agent.wait().expect("wait");
+    assert!(status.success(), "guard ended with {status}");
+    let text = lines(&log);
+    assert!(text.ends_with('\n'), "a cut-off last line");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a partial line {l:?}: {e}")))
+        .collect();
+    let summary = records
+        .iter()
+        .find(|r| r["kind"] == "summary")
+        .expect("a summary");
+    let failed = summary["output_write_failed"].as_u64().expect("counted");
+    let written = records.iter().filter(|r| r["exit_code"] == 3).count() as u64;
+    assert!(failed > 0, "nothing was lost? {summary}");
+    assert!(written < 200, "{written} of 200 written on a full disk?");
+    drop(cg);
+}

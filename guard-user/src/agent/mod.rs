@@ -77,10 +77,11 @@ const TRUSTED_RESCAN: Duration = Duration::from_secs(60);
 fn reload_config(
     path: &std::path::Path,
     flags: &[std::ffi::OsString],
+    insecure: bool,
     pipe: &mut Pipeline<ThreadedStdout>,
 ) {
     use clap::CommandFactory as _;
-    let file = match crate::config::load(path, &Args::command()) {
+    let file = match crate::config::load(path, &Args::command(), insecure) {
         Ok(file) => file,
         Err(err) => {
             tracing::warn!("SIGHUP: keeping the running configuration: {err}");
@@ -169,6 +170,15 @@ pub async fn run(args: Args) -> Result<Ending> {
     } else {
         policies.strongest_fork_action(args.fork_action)
     };
+    if let Some(command) = &args.on_alert {
+        match crate::hook::check_command(command) {
+            Ok(()) => {}
+            Err(why) if args.insecure_config => {
+                tracing::warn!("--insecure-config: running the hook although {why}");
+            }
+            Err(why) => bail!(why),
+        }
+    }
     let fds = crate::act::raise_fd_limit();
     tracing::debug!("descriptor limit {fds}");
     let guard_chain = Protection::own_chain();
@@ -313,12 +323,14 @@ pub async fn run(args: Args) -> Result<Ending> {
         Format::Text { color }
     };
     let mut reopen_output = None;
+    let mut output_failed = None;
     let stdout = match &args.output {
         Some(path) => {
             let file = crate::output::ReopeningFile::open(path).with_context(|| {
                 format!("--output {}: cannot open it for appending", path.display())
             })?;
             reopen_output = Some(file.reopen_flag());
+            output_failed = Some(file.failed_lines());
             ThreadedStdout::spawn_to(file)
         }
         None => ThreadedStdout::spawn(),
@@ -541,7 +553,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                     tracing::info!("SIGHUP: opening the output file again at its next write");
                 }
                 if let Some((path, flags)) = &args.config_file {
-                    reload_config(path, flags, &mut pipe);
+                    reload_config(path, flags, args.insecure_config, &mut pipe);
                 }
                 system.refresh_trusted();
             }
@@ -687,6 +699,10 @@ pub async fn run(args: Args) -> Result<Ending> {
                 json!(stats.undecodable.load(Ordering::Relaxed)),
             ),
             ("output_dropped", json!(pipe.out.dropped)),
+            (
+                "output_write_failed",
+                json!(output_failed.map_or(0, |n| n.load(Ordering::Relaxed))),
+            ),
             ("records_dropped", json!(pipe.out.records_dropped)),
             ("output_shed", json!(pipe.out.shed)),
             (
@@ -695,6 +711,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                     "run": c.run.load(Ordering::Relaxed),
                     "failed": c.failed.load(Ordering::Relaxed),
                     "skipped": c.skipped.load(Ordering::Relaxed),
+                    "stale": c.stale.load(Ordering::Relaxed),
                 }))),
             ),
             ("unread_at_exit", json!(unread)),

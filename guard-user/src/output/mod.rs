@@ -308,22 +308,24 @@ impl<W: Write> Output<W> {
     /// JSON as given, or `kind: k=v ...` in text.
     pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
         self.tally.count(kind, fields);
+        let now = WallClock::boot_ns_now();
         if let Some(hooks) = &self.hooks
             && matches!(kind, "alert" | "action")
         {
             let mut record = serde_json::Map::new();
             record.insert("kind".into(), kind.into());
+            record.insert("time".into(), self.time_rfc3339(now).into());
+            record.insert("boot_ns".into(), now.into());
             for (k, v) in fields {
                 record.insert((*k).to_owned(), v.clone());
             }
-            hooks.fire(record.into());
+            hooks.fire(record.into(), now);
         }
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;
             return Ok(());
         }
         self.line.clear();
-        let now = WallClock::boot_ns_now();
         match self.format {
             Format::Json => {
                 let time = self.time_rfc3339(now);

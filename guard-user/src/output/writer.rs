@@ -15,7 +15,7 @@ use std::{
     io::{self, Write},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -42,10 +42,21 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// `--output FILE`: appends to a file, opened again (at the same path) on
 /// the next write after [`ReopeningFile::reopen_flag`] is set: logrotate
 /// moves the file away and sends SIGHUP.
+///
+/// Opened as root, so with care: never through a symlink (`O_NOFOLLOW`: a
+/// user's planted link must not make guard append to a file of root's),
+/// only a regular file, created 0600 (command lines can hold secrets). A
+/// write that fails (ENOSPC) loses its lines, counted in
+/// [`ReopeningFile::failed_lines`], never a partial line (the file is cut
+/// back to where it was) and never the writer: the next chunk is tried
+/// again, and SIGHUP opens the file anew.
 pub struct ReopeningFile {
     path: std::path::PathBuf,
     file: std::fs::File,
     reopen: Arc<AtomicBool>,
+    failed_lines: Arc<AtomicU64>,
+    /// A write failed: say it once until one succeeds again.
+    failing: bool,
 }
 
 impl ReopeningFile {
@@ -54,23 +65,60 @@ impl ReopeningFile {
             path: path.to_owned(),
             file: Self::open_file(path)?,
             reopen: Arc::new(AtomicBool::new(false)),
+            failed_lines: Arc::new(AtomicU64::new(0)),
+            failing: false,
         })
     }
 
     fn open_file(path: &std::path::Path) -> io::Result<std::fs::File> {
-        std::fs::OpenOptions::new()
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io::Error::new(
+                        e.kind(),
+                        format!("{} is a symbolic link; guard writes only to a regular file it can open without following one", path.display()),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        let kind = file.metadata()?.file_type();
+        if !kind.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a regular file ({}); give a file's path",
+                    path.display(),
+                    if kind.is_fifo() {
+                        "a FIFO"
+                    } else {
+                        "a device, socket or directory"
+                    }
+                ),
+            ));
+        }
+        Ok(file)
     }
 
     /// Set it to have the file opened again before the next write.
     pub fn reopen_flag(&self) -> Arc<AtomicBool> {
         self.reopen.clone()
     }
+
+    /// Lines lost to writes that failed.
+    pub fn failed_lines(&self) -> Arc<AtomicU64> {
+        self.failed_lines.clone()
+    }
 }
 
 impl Write for ReopeningFile {
+    /// Writes all of `data` (whole lines) or none of it.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.reopen.swap(false, Ordering::Relaxed) {
             match Self::open_file(&self.path) {
@@ -82,11 +130,37 @@ impl Write for ReopeningFile {
                 ),
             }
         }
-        self.file.write(data)
+        let before = self.file.metadata().map(|m| m.len()).ok();
+        match self.file.write_all(data) {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("writing {} again", self.path.display());
+                }
+            }
+            Err(err) => {
+                // No partial line: cut the file back to where it was.
+                if let Some(len) = before {
+                    let _ = self.file.set_len(len);
+                }
+                let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.failed_lines.fetch_add(lines.max(1), Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        "writing {}: {err}; its lines are dropped and counted until a write \
+                         succeeds again (SIGHUP opens the file anew)",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        // Every write went to the kernel already; a failed one was counted.
+        Ok(())
     }
 }
 
@@ -266,6 +340,36 @@ mod tests {
         }
         let err = out.write_all(b"more\n").expect_err("broken");
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn an_output_file_is_never_a_symlink_and_is_private() {
+        let dir = std::env::temp_dir().join(format!("guard-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let target = dir.join("target");
+        std::fs::write(&target, "root's\n").expect("write");
+        let link = dir.join("guard.log");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = ReopeningFile::open(&link)
+            .err()
+            .expect("a symlink is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = ReopeningFile::open(std::path::Path::new("/dev/null"))
+            .err()
+            .expect("a device is refused");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let fresh = dir.join("fresh.log");
+        let mut file = ReopeningFile::open(&fresh).expect("open");
+        file.write_all(b"one\n").expect("write");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&fresh)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "root's\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
