@@ -393,3 +393,71 @@ fn the_output_file_resists_planted_links_and_a_full_disk() {
     assert!(written < 200, "{written} of 200 written on a full disk?");
     drop(cg);
 }
+
+/// A root subreaper (as a CI runner is) whose unprivileged job leaves
+/// orphans that fail: it restarted nothing, so it is never stopped, under
+/// `--crashloop-action stop`.
+#[test]
+fn a_subreaper_that_adopts_failing_orphans_is_never_stopped() {
+    let cg = TestCgroup::new("trust-subreaper", 128, 256 << 20);
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope(&cg),
+        "--crashloop",
+        "5/60",
+        "--crashloop-action",
+        "stop",
+        "--events",
+        "none",
+    ]);
+    let reaper = "import ctypes, os, subprocess, time\n\
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n\
+        job = subprocess.Popen(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', \
+        '/bin/sh', '-c', \"for i in $(seq 12); do (sh -c 'sleep 0.05; exit 3' &); sleep 0.1; done\"])\n\
+        job.wait()\n\
+        end = time.time() + 3\n\
+        while time.time() < end:\n\
+        \x20   try:\n\
+        \x20       pid, _ = os.waitpid(-1, os.WNOHANG)\n\
+        \x20   except ChildProcessError:\n\
+        \x20       break\n\
+        \x20   if pid == 0:\n\
+        \x20       time.sleep(0.05)\n\
+        print('done', flush=True)\n";
+    let mut child = cg
+        .command("/usr/bin/python3")
+        .args(["-c", reaper])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stopped = false;
+    while child.try_wait().expect("wait").is_none() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        {
+            stopped = true;
+            // SAFETY: resumes our own child so that the test can end.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subreaper did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    if stopped {
+        cg.kill_all();
+        panic!("the subreaper was stopped");
+    }
+    let records = agent.stop();
+    let actions: Vec<_> = records
+        .of_kind("action")
+        .filter(|r| r["detector"] == "crashloop")
+        .collect();
+    assert!(actions.is_empty(), "{actions:?}");
+    cg.kill_all();
+}

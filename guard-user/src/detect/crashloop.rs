@@ -95,7 +95,8 @@ pub struct LoopKey {
     /// Its arguments at exec, when known.
     pub args: Option<Arc<[String]>>,
     pub cgroup: Option<Arc<str>>,
-    /// The parent that restarts it.
+    /// The process that started it (its fork-time parent): the one that
+    /// restarts it, when it is restarted.
     pub supervisor: u32,
 }
 
@@ -109,6 +110,10 @@ pub struct ExitInfo {
     pub lifetime_ns: Option<u64>,
     /// The OOM killer chose it (its SIGKILL is then a crash).
     pub oom_killed: bool,
+    /// It died an orphan: its parent at death was not the process that
+    /// started it (a subreaper or init had adopted it), so nobody who is
+    /// there restarted it.
+    pub orphaned: bool,
 }
 
 /// Programs whose exit status 1 is an answer, not a failure.
@@ -169,6 +174,8 @@ pub struct CrashLoop {
     /// Recent failures, oldest first.
     pub statuses: Vec<ExitStatus>,
     pub last_pid: u32,
+    /// The last crash died an orphan (see `ExitInfo::orphaned`).
+    pub orphaned: bool,
 }
 
 #[derive(Default)]
@@ -237,6 +244,7 @@ impl CrashLoopDetector {
             per_minute: (count - 1) as f64 * 60.0 * NS as f64 / span as f64,
             statuses: history.crashes.iter().map(|&(_, s)| s).collect(),
             last_pid: exit.pid,
+            orphaned: exit.orphaned,
         })
     }
 
@@ -283,6 +291,7 @@ mod tests {
             status,
             lifetime_ns: Some(lifetime_ms * MS),
             oom_killed: false,
+            orphaned: false,
         }
     }
 
@@ -431,6 +440,7 @@ mod tests {
             .filter_map(|i| {
                 let oom_kill = ExitInfo {
                     oom_killed: true,
+                    orphaned: false,
                     ..exit(5, signaled(libc::SIGKILL), 10)
                 };
                 d.exit(i * MS, oom_kill)

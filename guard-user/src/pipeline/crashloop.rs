@@ -4,8 +4,17 @@ use super::*;
 
 impl<W: Write> Pipeline<W> {
     /// Why the supervisor of a crash loop must not be stopped; `None` when
-    /// it may be (see `--crashloop-action`).
-    pub(super) fn supervisor_spared(&self, supervisor: u32) -> Option<&'static str> {
+    /// it may be (see `--crashloop-action`): only the live process that
+    /// started the crashing program again and again, never one that only
+    /// adopted orphans (a subreaper, init).
+    pub(super) fn supervisor_spared(&self, l: &CrashLoop) -> Option<&'static str> {
+        if l.orphaned {
+            return Some(
+                "the program died an orphan: its parent then only adopted it (inheriting \
+                 orphans is not restarting)",
+            );
+        }
+        let supervisor = l.key.supervisor;
         let Some(p) = self.table.get(supervisor) else {
             return Some("the supervisor is unknown");
         };
@@ -34,7 +43,7 @@ impl<W: Write> Pipeline<W> {
             .action(Detector::Crashloop, l.key.cgroup.as_deref())
         {
             ActionKind::Log => (ActionKind::Log, None),
-            kind => match self.supervisor_spared(l.key.supervisor) {
+            kind => match self.supervisor_spared(l) {
                 Some(why) => (ActionKind::Log, Some(why)),
                 None => (kind, None),
             },

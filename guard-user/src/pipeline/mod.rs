@@ -317,15 +317,21 @@ impl<W: Write> Pipeline<W> {
                 .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
             _ => None,
         };
-        // The command of a process about to be removed, for the crash-loop
-        // rule.
-        let (exe, args) = match event {
-            Event::Exit(e) if e.group_dead => self
-                .table
-                .get(e.tgid)
-                .and_then(|p| self.table.lineage().get(p.node))
-                .map_or((None, None), |n| (n.exe.clone(), n.cmdline.clone())),
-            _ => (None, None),
+        // The command of a process about to be removed, and the process that
+        // started it (its fork-time parent), for the crash-loop rule.
+        let (exe, args, forker) = match event {
+            Event::Exit(e) if e.group_dead => {
+                let lineage = self.table.lineage();
+                let node = self.table.get(e.tgid).and_then(|p| lineage.get(p.node));
+                let forker = node
+                    .and_then(|n| n.parent)
+                    .and_then(|id| lineage.get(id))
+                    .map(|n| n.tgid);
+                node.map_or((None, None, forker), |n| {
+                    (n.exe.clone(), n.cmdline.clone(), forker)
+                })
+            }
+            _ => (None, None, None),
         };
         let subject = self.table.apply(event);
         if let (Event::Exit(e), Some(p)) = (event, &subject)
@@ -342,13 +348,16 @@ impl<W: Write> Pipeline<W> {
                     program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
                     args,
                     cgroup: p.cgroup(self.primary).cloned(),
-                    supervisor: e.ppid,
+                    // Keyed by who started it: orphans a subreaper adopted
+                    // were started by others, and are no loop of its own.
+                    supervisor: forker.unwrap_or(e.ppid),
                 },
                 pid: e.tgid,
                 status: e.status,
                 lifetime_ns: (p.start_boot_ns > 0)
                     .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
                 oom_killed: self.oom_victims.remove(&e.tgid),
+                orphaned: forker.is_some_and(|f| f != e.ppid),
             };
             if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
                 self.crash_loop_alert(&crash_loop)?;
