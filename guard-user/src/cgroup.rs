@@ -63,6 +63,84 @@ pub struct Hierarchies {
     pub primary: usize,
 }
 
+/// Cgroup paths are kept as `str`, but a cgroup's name can hold any byte
+/// (a delegated subtree is named by its user): each byte that is not UTF-8
+/// is kept as the private-use character U+10FF00 + byte, so that nothing is
+/// lost. [`path_bytes`] and [`fs_path`] give the real path back for the
+/// file system; output writes such a name lossily with a `_hex` twin
+/// (JSON, metrics) or escaped as `\xNN` (text).
+pub fn path_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for &b in chunk.invalid() {
+            out.push(raw_char(b));
+        }
+    }
+    out
+}
+
+const RAW_BASE: u32 = 0x10_FF00;
+
+fn raw_char(b: u8) -> char {
+    char::from_u32(RAW_BASE + u32::from(b)).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// The byte a character of [`path_text`] stands for, when it stands for one.
+pub fn raw_byte(c: char) -> Option<u8> {
+    u32::from(c)
+        .checked_sub(RAW_BASE)
+        .and_then(|b| u8::try_from(b).ok())
+}
+
+/// Whether `text` holds bytes that are not UTF-8 (see [`path_text`]).
+pub fn has_raw(text: &str) -> bool {
+    text.chars().any(|c| raw_byte(c).is_some())
+}
+
+/// The real bytes of a [`path_text`] string.
+pub fn path_bytes(text: &str) -> Vec<u8> {
+    if !has_raw(text) {
+        return text.as_bytes().to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match raw_byte(c) {
+            Some(b) => out.push(b),
+            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    out
+}
+
+/// A [`path_text`] string as the path it names on the file system.
+pub fn fs_path(text: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    std::ffi::OsString::from_vec(path_bytes(text)).into()
+}
+
+/// `text` for a reader: each byte that is not UTF-8 as U+FFFD.
+pub fn lossy(text: &str) -> std::borrow::Cow<'_, str> {
+    if !has_raw(text) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if raw_byte(c).is_some() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// /proc/PID/cgroup (or any file of paths), losslessly (see [`path_text`]).
+pub fn read_paths(path: &std::path::Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| path_text(&b))
+}
+
 /// A process's cgroup directory in each hierarchy (index = position in
 /// [`Hierarchies::list`]); shared between parent and child until one moves.
 pub type CgroupSet = Arc<[Option<Arc<str>>]>;
@@ -73,8 +151,8 @@ impl Hierarchies {
     pub fn discover() -> Result<Self> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .context("reading /proc/self/mountinfo")?;
-        let own =
-            std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+        let own = read_paths(std::path::Path::new("/proc/self/cgroup"))
+            .context("reading /proc/self/cgroup")?;
         Self::parse(&mountinfo, &own)
     }
 
@@ -162,7 +240,12 @@ impl Hierarchies {
                     self.describe()
                 )
             })?;
-        Ok((best.0, canonical.to_string_lossy().into_owned()))
+        Ok((
+            best.0,
+            path_text(std::os::unix::ffi::OsStrExt::as_bytes(
+                canonical.as_os_str(),
+            )),
+        ))
     }
 
     /// "cgroup hierarchies here: /sys/fs/cgroup/pids (pids), ...".
@@ -272,6 +355,25 @@ impl Interner {
         let a: Arc<str> = Arc::from(s);
         self.0.insert(s.into(), a.clone());
         a
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_not_utf8_survive_the_round_trip() {
+        let raw = b"/sys/fs/cgroup/pids/job-\xff\xfe-\xc3(";
+        let text = path_text(raw);
+        assert!(has_raw(&text));
+        assert_eq!(path_bytes(&text), raw);
+        assert_eq!(
+            lossy(&text),
+            "/sys/fs/cgroup/pids/job-\u{fffd}\u{fffd}-\u{fffd}("
+        );
+        assert_eq!(path_text(b"/plain/caf\xc3\xa9"), "/plain/café");
+        assert!(!has_raw("/plain/café"));
     }
 }
 

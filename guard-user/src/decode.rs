@@ -427,10 +427,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::CgroupAttach => {
             let r: CgroupAttachEvent = read(bytes)?;
             let (path, _) = string(&r.path, r.path_len);
-            // A cgroup path is used as a directory name in text: one that
-            // is not UTF-8 is kept lossily (cgroup names are chosen by
-            // root, unlike comms and filenames).
-            let path = String::from_utf8_lossy(&path).into_owned();
+            // Kept losslessly: a delegated cgroup is named by its user.
+            let path = crate::cgroup::path_text(&path);
             Event::CgroupAttach(CgroupAttach {
                 boot_ns,
                 pid: r.pid,

@@ -245,6 +245,7 @@ mod tests {
         let file = dir.join("guard.toml");
         std::fs::write(&file, "").expect("write");
         let err = check_root_owned(&file, true).expect_err("under /tmp");
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(err.contains("writable by anyone"), "{err}");
     }
 
@@ -276,6 +277,7 @@ mod tests {
         assert!(found.found.is_empty());
         // Named by path, it resolves to sleep, whose name it then carries.
         let by_path = scan(Path::new("/"), &[], &[link]);
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(by_path.found.values().all(|e| e.name == "sleep"));
     }
 

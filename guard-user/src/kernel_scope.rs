@@ -145,7 +145,7 @@ fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
     for p in inputs.protect {
         if let Protected::Cgroup(dir) = p {
             let (index, dir) = h
-                .resolve_dir(std::path::Path::new(dir))
+                .resolve_dir(&crate::cgroup::fs_path(dir))
                 .map_err(|e| format!("--protect {dir}: {e:#}"))?;
             cgroups.push((index, dir, SCOPE_PROTECTED));
         }
@@ -210,7 +210,8 @@ impl KernelScope {
         self.cgroups
             .iter()
             .map(|(dir, verdict)| {
-                let meta = std::fs::metadata(dir).with_context(|| format!("reading {dir}"))?;
+                let meta = std::fs::metadata(crate::cgroup::fs_path(dir))
+                    .with_context(|| format!("reading {dir}"))?;
                 Ok((meta.ino(), *verdict))
             })
             .collect()
@@ -331,7 +332,9 @@ pub fn matching_cgroups(
 
 /// The inode number of `dir` (its kernfs id), `None` when it is gone.
 pub fn cgroup_dir_id(dir: &str) -> Option<u64> {
-    std::fs::metadata(dir).ok().map(|m| m.ino())
+    std::fs::metadata(crate::cgroup::fs_path(dir))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The fork probe's `SCOPE` map and its per-cgroup verdict cache.

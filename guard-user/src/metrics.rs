@@ -61,9 +61,36 @@ struct ActionLabels {
     outcome: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A cgroup's label: its path, and when the path is not UTF-8 (lossy in
+/// `cgroup`) its exact bytes in `cgroup_hex`, so that no cgroup vanishes
+/// from the metrics or is confused with another.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CgroupLabel {
     cgroup: String,
+    cgroup_hex: Option<String>,
+}
+
+impl CgroupLabel {
+    fn new(path: &str) -> Self {
+        Self {
+            cgroup: crate::cgroup::lossy(path).into_owned(),
+            cgroup_hex: crate::cgroup::has_raw(path)
+                .then(|| crate::output::text::hex_of(&crate::cgroup::path_bytes(path))),
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for CgroupLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut labels = vec![("cgroup", self.cgroup.as_str())];
+        if let Some(hex) = &self.cgroup_hex {
+            labels.push(("cgroup_hex", hex));
+        }
+        labels.as_slice().encode(encoder)
+    }
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -217,9 +244,7 @@ impl Metrics {
         self.pids_eta.clear();
         self.memory_eta.clear();
         for (cgroup, current, limit, eta) in &s.pids {
-            let label = CgroupLabel {
-                cgroup: cgroup.clone(),
-            };
+            let label = CgroupLabel::new(cgroup);
             self.pids_current
                 .get_or_create(&label)
                 .set(as_i64(*current));
@@ -231,9 +256,7 @@ impl Metrics {
             }
         }
         for (pool, usage, limit, eta) in &s.memory {
-            let label = CgroupLabel {
-                cgroup: pool.clone(),
-            };
+            let label = CgroupLabel::new(pool);
             self.memory_usage.get_or_create(&label).set(as_i64(*usage));
             self.memory_limit.get_or_create(&label).set(as_i64(*limit));
             if let Some(eta) = eta {

@@ -229,7 +229,9 @@ impl V2Ids {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            let text = interner.intern(&dir.to_string_lossy());
+            let text = interner.intern(&crate::cgroup::path_text(
+                std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()),
+            ));
             let ino = std::os::unix::fs::MetadataExt::ino(&meta);
             self.by_id.insert(ino, text.clone());
             self.by_dir.insert(text, ino);
@@ -385,7 +387,7 @@ impl ProcessTable {
         if parsed.state == 'Z' || parsed.state == 'X' {
             return None;
         }
-        let cgroups = match std::fs::read_to_string(dir.join("cgroup")) {
+        let cgroups = match crate::cgroup::read_paths(&dir.join("cgroup")) {
             Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
             Err(_) => self.empty_set(),
         };
@@ -421,8 +423,8 @@ impl ProcessTable {
                 }
                 let mut cgroups = match self.procs.get(&f.parent_tgid) {
                     Some(parent) => parent.cgroups.clone(),
-                    None => match std::fs::read_to_string(
-                        self.proc_root.join(format!("{}/cgroup", f.child_tgid)),
+                    None => match crate::cgroup::read_paths(
+                        &self.proc_root.join(format!("{}/cgroup", f.child_tgid)),
                     ) {
                         Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
                         Err(_) => self.empty_set(),

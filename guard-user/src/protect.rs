@@ -216,7 +216,9 @@ impl Protection {
                 .iter()
                 .any(|p| matches!(p, Protected::Cgroup(_)));
         let cgroups = if needs_cgroups {
-            let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).unwrap_or_default();
+            let text =
+                crate::cgroup::read_paths(std::path::Path::new(&format!("/proc/{tgid}/cgroup")))
+                    .unwrap_or_default();
             hierarchies.set_from_proc(&text, &mut Interner::default())
         } else {
             Arc::from(Vec::new())

@@ -400,7 +400,7 @@ fn the_output_file_resists_planted_links_and_a_full_disk() {
 #[test]
 fn a_subreaper_that_adopts_failing_orphans_is_never_stopped() {
     let cg = TestCgroup::new("trust-subreaper", 128, 256 << 20);
-    let mut agent = Agent::start(&[
+    let agent = Agent::start(&[
         "--cgroup",
         &scope(&cg),
         "--crashloop",
@@ -460,4 +460,156 @@ fn a_subreaper_that_adopts_failing_orphans_is_never_stopped() {
         .collect();
     assert!(actions.is_empty(), "{actions:?}");
     cg.kill_all();
+}
+
+/// A bomb run by the user under a name full of terminal controls (C1 CSI,
+/// a bidi override), in a cgroup whose name is not UTF-8: text lines carry
+/// no control character and no invalid byte, only escapes; JSON records
+/// carry the exact cgroup beside the lossy one as `cgroup_hex`; the metrics
+/// keep the cgroup, with its `cgroup_hex`.
+#[test]
+fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    let user = Unprivileged::new("names");
+    let cg = TestCgroup::new("trust-names", 1000, 512 << 20);
+    let raw_name: &[u8] = b"job-\xff\x9b";
+    let child = cg.pids_dir().join(std::ffi::OsStr::from_bytes(raw_name));
+    std::fs::create_dir(&child).expect("mkdir a cgroup that is not UTF-8");
+    std::fs::write(child.join("pids.max"), "500").expect("pids.max");
+    let child_for_cleanup = child.clone();
+    let _cleanup = guard_tests::Defer(move || {
+        for _ in 0..100 {
+            let procs =
+                std::fs::read_to_string(child_for_cleanup.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                break;
+            }
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: kills the test's own processes in its cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir(&child_for_cleanup);
+    });
+    let port = free_port();
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope(&cg),
+        "--fork-action",
+        "kill",
+        "--events",
+        "none",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    // A second agent, in text, watching the same cgroup (log only).
+    let mut text_agent = Command::new(guard_bin())
+        .args(["--color", "never", "--events", "fork,exec", "--cgroup"])
+        .arg(cg.pids_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("guard in text");
+    let text_pid = text_agent.id() as i32;
+    let _stop_text = guard_tests::Defer(move || {
+        // SAFETY: signals our own child, if it is still there.
+        unsafe { libc::kill(text_pid, libc::SIGKILL) };
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let hostile = "x\u{9b}2J\u{202e}yz";
+    user.sh(&format!("ln -s /bin/bash '{hostile}'"));
+    let procs = {
+        let mut p = child.join("cgroup.procs").into_os_string().into_vec();
+        p.push(0);
+        p
+    };
+    let mut bomb = Command::new("setpriv");
+    bomb.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(user.dir.join(hostile))
+    .args(["-c", BOMB])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    join_at_exec(&mut bomb, procs.clone());
+    // A member that stays, so the cgroup stays populated for the metrics.
+    let mut stay = Command::new("/bin/sleep");
+    stay.arg("60");
+    join_at_exec(&mut stay, procs);
+    let mut stay = stay.spawn().expect("sleep");
+    let _ = bomb.spawn().expect("the bomb").wait();
+    let alert = agent.wait_for(Duration::from_secs(20), "an alert", |r| {
+        r["kind"] == "alert" && r["detector"] == "fork"
+    });
+    let exact: String = child
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(alert["offender"]["cgroup_hex"], exact.as_str(), "{alert}");
+    assert!(
+        alert["offender"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("job-\u{fffd}\u{fffd}")),
+        "{alert}"
+    );
+    assert_eq!(alert["offender"]["comm"], hostile, "{alert}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let mut scrape = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut metrics = String::new();
+    let _ = scrape.read_to_string(&mut metrics);
+    assert!(
+        metrics.contains(&format!("cgroup_hex=\"{exact}\"")),
+        "the cgroup vanished from the metrics:\n{metrics}"
+    );
+    drop(agent.stop());
+    let _ = stay.kill();
+    let _ = stay.wait();
+    // SAFETY: stops our own child.
+    unsafe { libc::kill(text_pid, libc::SIGTERM) };
+    let mut text = String::new();
+    let _ = text_agent
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text);
+    let _ = text_agent.wait();
+    let hazards: Vec<char> = text
+        .chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+                || c == '\u{fffd}'
+        })
+        .collect();
+    assert!(hazards.is_empty(), "raw {hazards:?} in text:\n{text}");
+    assert!(text.contains("job-\\xff\\x9b"), "{text}");
+    assert!(text.contains("x\\u{009b}2J\\u{202e}yz"), "{text}");
+}
+
+/// Has `cmd` join the cgroup whose `cgroup.procs` path (NUL-terminated) is
+/// `procs` before it execs.
+fn join_at_exec(cmd: &mut Command, procs: Vec<u8>) {
+    // SAFETY: open, write and close only, on memory made before fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            let fd = libc::open(procs.as_ptr().cast(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            Ok(())
+        });
+    }
 }

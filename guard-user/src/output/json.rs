@@ -28,8 +28,16 @@ impl<'b> JsonObject<'b> {
         self.buf.extend_from_slice(b"\":");
     }
 
+    /// A string; one holding bytes that are not UTF-8 (a cgroup path, see
+    /// `cgroup::path_text`) is written lossily, its exact bytes beside it
+    /// as `<key>_hex`.
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
+        if crate::cgroup::has_raw(value) {
+            let _ = serde_json::to_writer(&mut *self.buf, &crate::cgroup::lossy(value));
+            let hex = crate::output::text::hex_of(&crate::cgroup::path_bytes(value));
+            return self.str(&format!("{key}_hex"), &hex);
+        }
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *self.buf, value);
         self

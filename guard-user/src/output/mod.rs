@@ -307,6 +307,20 @@ impl<W: Write> Output<W> {
     /// A record that is not a kernel event (`start`, `lost`, `summary`):
     /// JSON as given, or `kind: k=v ...` in text.
     pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+        // Text escapes names that are not UTF-8 itself (`\xNN`); JSON and
+        // hooks get them lossy with a `_hex` twin.
+        let text_fields = fields;
+        let (owned, borrowed);
+        let fields = if fields.iter().any(|(_, v)| holds_raw(v)) {
+            owned = twin_raw(fields);
+            borrowed = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect::<Vec<_>>();
+            borrowed.as_slice()
+        } else {
+            fields
+        };
         self.tally.count(kind, fields);
         let now = WallClock::boot_ns_now();
         if let Some(hooks) = &self.hooks
@@ -338,12 +352,12 @@ impl<W: Write> Output<W> {
             }
             Format::Text { .. } => {
                 let _ = write!(self.line, "# {kind}:");
-                for (k, v) in fields {
+                for (k, v) in text_fields {
                     let _ = match v {
                         serde_json::Value::String(s) => {
                             write!(self.line, " {k}={}", Escaped(s.as_bytes()))
                         }
-                        other => write!(self.line, " {k}={other}"),
+                        other => write!(self.line, " {k}={}", text::nested_json(other)),
                     };
                 }
                 self.line.push(b'\n');
@@ -632,3 +646,61 @@ pub fn human_duration(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a record's value holds a name that is not UTF-8 (see
+/// `cgroup::path_text`), at any depth.
+fn holds_raw(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => crate::cgroup::has_raw(s),
+        serde_json::Value::Array(items) => items.iter().any(holds_raw),
+        serde_json::Value::Object(map) => map.values().any(holds_raw),
+        _ => false,
+    }
+}
+
+/// A record's fields with each name that is not UTF-8 made lossy and its
+/// exact bytes beside it as `<key>_hex` (in nested objects too), so that
+/// JSON, text, hooks and metrics all see one form.
+fn twin_raw(fields: &[(&str, serde_json::Value)]) -> Vec<(String, serde_json::Value)> {
+    fn fix(value: &mut serde_json::Value) -> Option<String> {
+        match value {
+            serde_json::Value::String(s) if crate::cgroup::has_raw(s) => {
+                let hex = text::hex_of(&crate::cgroup::path_bytes(s));
+                *s = crate::cgroup::lossy(s).into_owned();
+                Some(hex)
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|v| {
+                    fix(v);
+                });
+                None
+            }
+            serde_json::Value::Object(map) => {
+                let mut twins = Vec::new();
+                for (k, v) in map.iter_mut() {
+                    if let Some(hex) = fix(v) {
+                        twins.push((format!("{k}_hex"), hex));
+                    }
+                }
+                for (k, hex) in twins {
+                    map.insert(k, hex.into());
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(fields.len() + 1);
+    let mut twins = Vec::new();
+    for (k, v) in fields {
+        let mut v = v.clone();
+        if let Some(hex) = fix(&mut v) {
+            twins.push((*k, hex));
+        }
+        out.push(((*k).to_owned(), v));
+    }
+    for (k, hex) in twins {
+        out.push((format!("{k}_hex"), hex.into()));
+    }
+    out
+}

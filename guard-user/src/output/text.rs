@@ -30,6 +30,8 @@ impl fmt::Display for Escaped<'_> {
             for c in chunk.valid().chars() {
                 if c == '\\' {
                     out.push_str("\\\\");
+                } else if let Some(b) = crate::cgroup::raw_byte(c) {
+                    let _ = write!(out, "\\x{b:02x}");
                 } else if needs_escape(c) {
                     match u8::try_from(u32::from(c)) {
                         Ok(b) if b < 0x80 => {
@@ -56,7 +58,30 @@ impl fmt::Display for Escaped<'_> {
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
+        || crate::cgroup::raw_byte(c).is_some()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A JSON value's text (a record's nested object) made safe for a
+/// terminal: JSON escapes C0 controls itself, and here C1 controls and
+/// bidirectional formatting characters become `\uNNNN` escapes (still
+/// JSON), bytes that are not UTF-8 `\xNN`.
+pub fn nested_json(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if !text.chars().any(|c| c != '\\' && needs_escape(c)) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if let Some(b) = crate::cgroup::raw_byte(c) {
+            let _ = write!(out, "\\x{b:02x}");
+        } else if c != '\\' && needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The bytes of a name that is not UTF-8, in lowercase hex; `None` when it
@@ -105,6 +130,19 @@ mod tests {
             "C:\\\\x41",
             "a literal \\x is not an escape"
         );
+    }
+
+    #[test]
+    fn nested_records_are_escaped_too() {
+        let offender = serde_json::json!({"comm": "a\u{9b}2J\u{202e}b", "cgroup": "/x/\u{10ffff}"});
+        let text = nested_json(&offender);
+        assert!(!text.chars().any(|c| c.is_control()), "{text}");
+        assert!(text.contains("a\\u009b2J\\u202eb"), "{text}");
+        assert!(text.contains("/x/\\xff"), "{text}");
+        // Still JSON, for what is not a raw byte.
+        let plain = serde_json::json!({"comm": "a\u{9b}"});
+        let back: serde_json::Value = serde_json::from_str(&nested_json(&plain)).expect("json");
+        assert_eq!(back, plain);
     }
 
     #[test]

@@ -22,10 +22,12 @@ impl<W: Write> Pipeline<W> {
             return pool.clone();
         }
         let mount = self.table.hierarchies().list.get(index)?.mount.clone();
-        let mut at = std::path::PathBuf::from(&*dir);
+        let mut at = crate::cgroup::fs_path(&dir);
         let pool = loop {
-            if observe::memory_limit(&at.to_string_lossy()).is_some() {
-                break Some(PoolKey::from(at.to_string_lossy().as_ref()));
+            let text =
+                crate::cgroup::path_text(std::os::unix::ffi::OsStrExt::as_bytes(at.as_os_str()));
+            if observe::memory_limit(&text).is_some() {
+                break Some(PoolKey::from(text.as_str()));
             }
             if at == mount || !at.pop() {
                 break None;
@@ -196,7 +198,7 @@ impl<W: Write> Pipeline<W> {
                     let growing = before.is_some_and(|b| usage.unreclaimable > b);
                     self.keep_baseline(now, &pool, growing);
                 }
-                None if !std::path::Path::new(&*pool).exists() => {
+                None if !crate::cgroup::fs_path(&pool).exists() => {
                     // Removed: forget it, and the directories that led to it.
                     self.detectors.memory.remove_pool(&pool);
                     self.baselines.remove(&pool);
