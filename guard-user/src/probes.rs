@@ -206,12 +206,24 @@ pub fn unsupported_reason(
                 .join(category)
                 .join(name)
                 .join("format");
-            (!format.exists()).then(|| {
-                format!(
+            let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+            match std::fs::metadata(&format) {
+                Ok(_) => None,
+                // Non-root cannot search tracefs: not knowing is not absent.
+                Err(e)
+                    if denied(&e)
+                        || std::fs::read_dir(tracefs.join("events")).is_err_and(|e| denied(&e)) =>
+                {
+                    Some(format!(
+                        "{} cannot be read by this user (permission denied): run as root to know",
+                        format.display()
+                    ))
+                }
+                Err(_) => Some(format!(
                     "this kernel has no such tracepoint ({} is missing)",
                     format.display()
-                )
-            })
+                )),
+            }
         }
     }
 }

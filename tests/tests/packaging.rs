@@ -178,7 +178,7 @@ fn the_example_config_documents_every_key_and_loads() {
                 .or_else(|| l.strip_prefix("  -v, --"))?;
             Some(name.split([' ', '<', '.', '[']).next().unwrap_or(name))
         })
-        .filter(|f| !["help", "version", "config", "verbose"].contains(f))
+        .filter(|f| !["help", "version", "config", "insecure-config", "verbose"].contains(f))
         .collect();
     assert!(flags.len() > 30, "{flags:?}");
     for flag in &flags {

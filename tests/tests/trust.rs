@@ -167,10 +167,11 @@ fn idle_connections_to_the_metrics_port_neither_blind_nor_bloat_guard() {
     assert_eq!(action["outcome"]["errors"], 0, "{action}");
     cg.wait_until_gone("bash", Duration::from_secs(10));
     assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
-    // An idle connection of guard's own is closed by guard.
-    let mut idle = TcpStream::connect(("127.0.0.1", port));
+    // Once the flood is gone, an idle connection is closed by guard.
     let _ = flooder.kill();
     let _ = flooder.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut idle = TcpStream::connect(("127.0.0.1", port));
     if let Ok(idle) = idle.as_mut() {
         idle.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
@@ -612,4 +613,89 @@ fn join_at_exec(cmd: &mut Command, procs: Vec<u8>) {
             Ok(())
         });
     }
+}
+
+/// `guard check` run by the user says what it cannot know, not that the
+/// kernel lacks it.
+#[test]
+fn guard_check_as_a_user_tells_denied_from_absent() {
+    let user = Unprivileged::new("check");
+    let out = user
+        .command(guard_bin().to_str().expect("utf8"))
+        .arg("check")
+        .output()
+        .expect("guard check as uid 65534");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{table}");
+    assert!(!table.contains("no such tracepoint"), "{table}");
+    assert!(
+        table.contains("permission denied") || !table.contains("mark_victim"),
+        "{table}"
+    );
+}
+
+/// A user squatting the metrics port before guard starts neither keeps
+/// guard from starting nor from serving once the port is free.
+#[test]
+fn a_squatted_metrics_port_is_retried_not_fatal() {
+    let user = Unprivileged::new("squat");
+    let cg = TestCgroup::new("trust-squat", 64, 128 << 20);
+    let port = free_port();
+    let mut squatter = user
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
+                 s.listen(1)\nprint('ok', flush=True)\ntime.sleep(60)\n"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("bound");
+    let agent = Agent::start(&[
+        "--cgroup",
+        &scope(&cg),
+        "--events",
+        "none",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        std::fs::metadata(format!("/proc/{}", agent.pid())).is_ok(),
+        "guard exited: {}",
+        agent.stderr()
+    );
+    assert!(
+        agent.stderr().contains("cannot listen there"),
+        "{}",
+        agent.stderr()
+    );
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    // Bound within a retry or two.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let response = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                break r;
+            }
+        }
+        assert!(Instant::now() < deadline, "metrics never served");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(response.contains("guard_"), "{response}");
+    drop(agent.stop());
 }
