@@ -266,14 +266,18 @@ pub struct Args {
     #[arg(help_heading = "Blocked tasks", long, value_name = "TASKS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub blocked_storm: u32,
 
-    /// Never signal this: a pid, a comm (e.g. postgres, at most 15 bytes),
-    /// or an existing cgroup directory (and everything below it), given as
-    /// an absolute path. Repeatable. PID 1, kernel
+    /// Never signal this: a pid; an existing cgroup directory (and
+    /// everything below it); a program, by the absolute path of its
+    /// executable or by a name found in root's directories (/usr/bin,
+    /// /usr/sbin...), whose file must be root's and writable by no one else.
+    /// Programs are known by their executable's inode, never by comm: a
+    /// symlink named postgres is not postgres. Repeatable. PID 1, kernel
     /// threads, guard and its ancestors, service managers and session
-    /// daemons by comm (systemd, sshd, supervisord, runsv, container shims,
-    /// dockerd...), and everything outside --cgroup are always protected: an
-    /// explosion under one of them is pinned on the child that started it.
-    #[arg(help_heading = "Scope and protection", long, value_name = "PID|COMM|CGROUP", value_parser = crate::protect::parse_protected)]
+    /// daemons (systemd, sshd, supervisord, runsv, container shims,
+    /// dockerd..., by their executables likewise), and everything outside
+    /// --cgroup are always protected: an explosion under one of them is
+    /// pinned on the child that started it.
+    #[arg(help_heading = "Scope and protection", long, value_name = "PID|CGROUP|PROGRAM", value_parser = crate::protect::parse_protected)]
     pub protect: Vec<crate::protect::Protected>,
 
     /// Print the actions guard would take (as `action` records with

@@ -176,14 +176,20 @@ fn the_supervisor_of_a_crash_loop_is_stopped_on_request() {
 fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
     let cg = TestCgroup::new("crashmgr", 64, 256 << 20);
     let scope = scope_of(&cg);
-    let dir = std::env::temp_dir().join(format!("guard-test-runsv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let _cleanup = guard_tests::Defer(|| {
-        let _ = std::fs::remove_dir_all(&dir);
-    });
-    let runsv = dir.join("runsv");
+    // A service manager is known by its executable, a root-owned file in
+    // root's directories (here one `--protect` names by path), never by
+    // its name: a copy of sh called runsv in /tmp is no service manager.
+    let root = guard_tests::RootDir::new("runsv");
+    let runsv = root.path.join("runsv");
     std::fs::copy("/bin/sh", &runsv).expect("copy sh");
-    let mut agent = Agent::start(&["--cgroup", &scope, "--crashloop-action", "stop"]);
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--crashloop-action",
+        "stop",
+        "--protect",
+        runsv.to_str().expect("utf8"),
+    ]);
     let mut sup = supervisor_as(&cg, &runsv, 8, "fail 3 50");
     let alert = agent.wait_for(Duration::from_secs(20), "the alert", |r| {
         r["kind"] == "alert" && r["detector"] == "crashloop"
@@ -199,6 +205,40 @@ fn a_service_manager_supervising_a_crash_loop_is_not_stopped() {
         "{alert}"
     );
     assert!(stopped.of_kind("action").next().is_none());
+}
+
+/// The same loop under a copy of sh that only calls itself runsv, where
+/// anyone could have put it: an ordinary restart loop, stopped.
+#[test]
+fn a_supervisor_named_like_a_service_manager_is_stopped() {
+    let cg = TestCgroup::new("crashfake", 64, 256 << 20);
+    let scope = scope_of(&cg);
+    let dir = std::env::temp_dir().join(format!("guard-test-runsv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let runsv = dir.join("runsv");
+    std::fs::copy("/bin/sh", &runsv).expect("copy sh");
+    let mut agent = Agent::start(&["--cgroup", &scope, "--crashloop-action", "stop"]);
+    let mut sup = supervisor_as(&cg, &runsv, 30, "fail 3 50");
+    let action = agent.wait_for(Duration::from_secs(20), "the stop", |r| {
+        r["kind"] == "action" && r["detector"] == "crashloop"
+    });
+    // SAFETY: resumes our own child so that it can be ended.
+    unsafe { libc::kill(sup.id() as i32, libc::SIGCONT) };
+    let _ = sup.kill();
+    let _ = sup.wait();
+    drop(agent.stop());
+    assert_eq!(action["action"], "stop", "{action}");
+    assert_eq!(action["offender"]["comm"], "runsv", "{action}");
+    assert!(
+        action["offender"]["not_spared_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("not a trusted runsv")),
+        "{action}"
+    );
+    assert_eq!(action["outcome"]["contained"], true, "{action}");
 }
 
 /// A script whose utilities answer with their exit status (grep finds
