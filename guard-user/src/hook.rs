@@ -336,6 +336,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_waited_too_long_is_dropped_not_run() {
+        let hooks = Hooks::spawn("exit 0".into()).expect("spawn");
+        let now = crate::clock::WallClock::boot_ns_now();
+        let record = serde_json::json!({"kind": "alert"});
+        hooks.fire(
+            record.clone(),
+            now.saturating_sub(2 * HOOK_MAX_AGE.as_nanos() as u64),
+        );
+        hooks.fire(record, now);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hooks.counts.run.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(hooks.counts.stale.load(Ordering::Relaxed), 1);
+        assert_eq!(hooks.counts.run.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn hook_programs_must_be_roots() {
         assert!(check_command("logger -t guard").is_ok());
         assert!(check_command("/usr/bin/logger -t guard").is_ok());

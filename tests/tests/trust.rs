@@ -699,3 +699,44 @@ fn a_squatted_metrics_port_is_retried_not_fatal() {
     assert!(response.contains("guard_"), "{response}");
     drop(agent.stop());
 }
+
+/// A hook that leaves a process behind in the background: the process
+/// group goes with the hook, and nothing it started outlives it.
+#[test]
+fn nothing_a_hook_starts_outlives_it() {
+    let cg = TestCgroup::new("trust-hook", 1000, 512 << 20);
+    let marker = format!("1000.{}", std::process::id());
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope(&cg),
+        "--fork-action",
+        "kill",
+        "--events",
+        "none",
+        "--on-alert",
+        &format!("sleep {marker} & exit 0"),
+    ]);
+    let _ = cg.spawn_bash(BOMB).wait();
+    agent.wait_for(Duration::from_secs(20), "the bomb's action", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    cg.wait_until_gone("bash", Duration::from_secs(20));
+    // The hooks for the alert and the action have run by the summary.
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped = agent.stop();
+    let hooks = &stopped.summary()["hooks"];
+    assert!(hooks["run"].as_u64().is_some_and(|n| n >= 1), "{hooks}");
+    let left = Command::new("pgrep")
+        .args(["-f", &format!("sleep {marker}")])
+        .output()
+        .expect("pgrep");
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    for pid in left
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: cleans up what the hook left, so the test leaves nothing.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(left.trim().is_empty(), "the hook left {left} running");
+}
