@@ -137,7 +137,15 @@ pub fn scan(root: &Path, names: &[&str], paths: &[PathBuf]) -> Scan {
                 continue;
             };
             let path = real.join(&file_name);
-            if let Some((id, path)) = trusted_file(&path) {
+            // A link's target must bear a wanted name too: `init` linked
+            // to a multi-call busybox would make every busybox applet (a
+            // shell running a bomb) a service manager. `/sbin/init` linked
+            // to systemd is systemd.
+            let target_wanted = |p: &Path| {
+                p.file_name()
+                    .is_some_and(|n| wanted.contains(&comm(&n.to_string_lossy())))
+            };
+            if let Some((id, path)) = trusted_file(&path).filter(|(_, p)| target_wanted(p)) {
                 seen_names[i] = true;
                 out.found.insert(
                     id,
@@ -279,6 +287,31 @@ mod tests {
         let by_path = scan(Path::new("/"), &[], &[link]);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(by_path.found.values().all(|e| e.name == "sleep"));
+    }
+
+    #[test]
+    fn a_name_linked_to_a_multi_call_binary_is_not_trusted() {
+        // Under /run, root's: trusted directories, as on a busybox system
+        // whose /bin/init links to /bin/busybox.
+        let root = Path::new("/run").join(format!("guard-identity-{}", std::process::id()));
+        let bin = root.join("bin");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        std::fs::copy("/bin/true", bin.join("busybox")).expect("copy");
+        std::fs::copy("/bin/true", bin.join("systemd")).expect("copy");
+        std::os::unix::fs::symlink("busybox", bin.join("init")).expect("link");
+        std::os::unix::fs::symlink("systemd", bin.join("sshd")).expect("link");
+        let found = scan(&root, &["init", "systemd", "sshd"], &[]);
+        let _ = std::fs::remove_dir_all(&root);
+        let names: Vec<&str> = found.found.values().map(|e| e.name.as_str()).collect();
+        // systemd is found (by itself or through the sshd link), busybox
+        // never: no wanted name is its own.
+        assert!(
+            found.found.values().all(|e| e.path.ends_with("systemd")),
+            "{found:?}"
+        );
+        assert!(!names.contains(&"init"), "{names:?}");
+        assert!(found.missing.contains(&"init".to_owned()), "{found:?}");
     }
 
     fn tempdir() -> PathBuf {

@@ -78,6 +78,33 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// GET /metrics on `port`: the whole response, or what came of it.
+fn scrape(port: u16) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+}
+
+/// An agent that kills bombs in `cg`, alerts only, metrics on `port`.
+fn killing_agent_with_metrics(cg: &TestCgroup, port: u16) -> Agent {
+    Agent::start(&[
+        "--cgroup",
+        &scope(cg),
+        "--fork-action",
+        "kill",
+        "--events",
+        "none",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ])
+}
+
 /// Descriptors the process `pid` holds.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -113,16 +140,7 @@ fn idle_connections_to_the_metrics_port_neither_blind_nor_bloat_guard() {
     let cg = TestCgroup::new("trust-fds", 1000, 512 << 20);
     let port = free_port();
     let old = set_soft_nofile(1024);
-    let mut agent = Agent::start(&[
-        "--cgroup",
-        &scope(&cg),
-        "--fork-action",
-        "kill",
-        "--events",
-        "none",
-        "--metrics",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    let mut agent = killing_agent_with_metrics(&cg, port);
     // SAFETY: restores this process's limits, read above.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const old) };
     let rss_before = rss_kib(agent.pid());
@@ -186,13 +204,7 @@ fn idle_connections_to_the_metrics_port_neither_blind_nor_bloat_guard() {
         );
     }
     // And a scrape is served.
-    let mut scrape = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    scrape
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut response = String::new();
-    let _ = scrape.read_to_string(&mut response);
+    let response = scrape(port);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let rss_after = rss_kib(agent.pid());
     assert!(
@@ -494,16 +506,7 @@ fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
         let _ = std::fs::remove_dir(&child_for_cleanup);
     });
     let port = free_port();
-    let mut agent = Agent::start(&[
-        "--cgroup",
-        &scope(&cg),
-        "--fork-action",
-        "kill",
-        "--events",
-        "none",
-        "--metrics",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    let mut agent = killing_agent_with_metrics(&cg, port);
     // A second agent, in text, watching the same cgroup (log only).
     let mut text_agent = Command::new(guard_bin())
         .args(["--color", "never", "--events", "fork,exec", "--cgroup"])
@@ -562,13 +565,7 @@ fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
     );
     assert_eq!(alert["offender"]["comm"], hostile, "{alert}");
     std::thread::sleep(Duration::from_millis(2200));
-    let mut scrape = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    scrape
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut metrics = String::new();
-    let _ = scrape.read_to_string(&mut metrics);
+    let metrics = scrape(port);
     assert!(
         metrics.contains(&format!("cgroup_hex=\"{exact}\"")),
         "the cgroup vanished from the metrics:\n{metrics}"
@@ -683,15 +680,9 @@ fn a_squatted_metrics_port_is_retried_not_fatal() {
     // Bound within a retry or two.
     let deadline = Instant::now() + Duration::from_secs(15);
     let response = loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if r.starts_with("HTTP/1.1 200") {
-                break r;
-            }
+        let r = scrape(port);
+        if r.starts_with("HTTP/1.1 200") {
+            break r;
         }
         assert!(Instant::now() < deadline, "metrics never served");
         std::thread::sleep(Duration::from_millis(250));
