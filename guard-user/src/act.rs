@@ -214,9 +214,13 @@ pub fn contain(
                 // made a member something protected since it was tagged.
                 if let Some(why) = sys.protected(tgid) {
                     // Protection is judged from /proc: a member that died
-                    // meanwhile reads as outside the scope. It is no one
-                    // to spare, and nothing to say.
-                    if matches!(sys.state(tgid), ProcState::Gone | ProcState::Zombie) {
+                    // meanwhile, or is exiting (past cgroup_exit its cgroup
+                    // reads as the root, outside the scope; the exit probe
+                    // took its tag before that), is no one to spare, and
+                    // nothing to say.
+                    if matches!(sys.state(tgid), ProcState::Gone | ProcState::Zombie)
+                        || sys.tag_of(tgid) != Some(tag)
+                    {
                         continue;
                     }
                     if spared.insert(tgid) {

@@ -106,6 +106,9 @@ impl System for Bomb {
         st.apply(tgid, signal);
         Reach::Done
     }
+    fn tag_of(&self, tgid: u32) -> Option<u64> {
+        self.inner.borrow().procs.get(&tgid).and_then(|p| p.1)
+    }
     fn hold(&self, tag: u64, _signal: i32) {
         self.st().held.push(tag);
     }
