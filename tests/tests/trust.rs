@@ -105,6 +105,25 @@ fn killing_agent_with_metrics(cg: &TestCgroup, port: u16) -> Agent {
     ])
 }
 
+/// Starts `python3 -c script` as the user; returns it and the first line
+/// it printed (its sign that it is ready).
+fn python_as_user(user: &Unprivileged, script: &str) -> (std::process::Child, String) {
+    let mut child = user
+        .command("/usr/bin/python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 as uid 65534");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("python3's first line");
+    (child, line)
+}
+
 /// Descriptors the process `pid` holds.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -158,19 +177,7 @@ fn idle_connections_to_the_metrics_port_neither_blind_nor_bloat_guard() {
          print(len(held), flush=True)\n\
          time.sleep(120)\n"
     );
-    let mut flooder = user
-        .command("/usr/bin/python3")
-        .args(["-c", &flood])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 as uid 65534");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flooder.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("the flood's count");
+    let (mut flooder, line) = python_as_user(&user, &flood);
     assert_eq!(line.trim(), "1100", "the flood did not start");
     let agent_fds = fd_count(agent.pid());
     assert!(
@@ -638,24 +645,14 @@ fn a_squatted_metrics_port_is_retried_not_fatal() {
     let user = Unprivileged::new("squat");
     let cg = TestCgroup::new("trust-squat", 64, 128 << 20);
     let port = free_port();
-    let mut squatter = user
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!(
-                "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
-                 s.listen(1)\nprint('ok', flush=True)\ntime.sleep(60)\n"
-            ),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(squatter.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("bound");
+    let (mut squatter, bound) = python_as_user(
+        &user,
+        &format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
+             s.listen(1)\nprint('ok', flush=True)\ntime.sleep(60)\n"
+        ),
+    );
+    assert_eq!(bound.trim(), "ok", "the squatter did not bind");
     let agent = Agent::start(&[
         "--cgroup",
         &scope(&cg),
