@@ -680,8 +680,7 @@ impl LiveSystem {
     /// Looks for the trusted executables again (an upgrade installs a new
     /// inode) and hands the new ones to the fork probe.
     pub fn refresh_trusted(&self) {
-        let (names, paths) = crate::protect::trusted_names(self.protection.listed());
-        let scan = crate::identity::scan(std::path::Path::new("/"), &names, &paths);
+        let scan = crate::protect::scan_trusted(self.protection.listed());
         let added = self.protection.trusted().extend(scan.found);
         let mut exes = lock(&self.protected_exes);
         for id in added {

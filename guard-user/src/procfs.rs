@@ -109,6 +109,12 @@ pub fn clock_ticks_per_sec() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
+/// Whether `flags` (`task_struct.flags`) mark a task in `do_exit`
+/// (`PF_EXITING`).
+pub fn is_exiting(flags: u64) -> bool {
+    flags & 0x4 != 0
+}
+
 /// Whether `flags` (`task_struct.flags`, from /proc or a probe) mark a
 /// kernel thread.
 pub fn is_kernel_thread(flags: u64) -> bool {

@@ -158,6 +158,13 @@ pub fn trusted_names(listed: &[Protected]) -> (Vec<&str>, Vec<PathBuf>) {
     (names, paths)
 }
 
+/// Looks on this host for the executables `trusted_names` gives (see
+/// `identity::scan`): at start, and again now and then.
+pub fn scan_trusted(listed: &[Protected]) -> crate::identity::Scan {
+    let (names, paths) = trusted_names(listed);
+    crate::identity::scan(std::path::Path::new("/"), &names, &paths)
+}
+
 impl Protection {
     pub fn new(
         guard_chain: HashSet<u32>,
@@ -208,13 +215,14 @@ impl Protection {
     /// it inherited in the kernel does not know about `--protect`. `None`
     /// also when it is gone (nothing to signal).
     pub fn why_now(&self, tgid: u32, hierarchies: &Hierarchies) -> Option<&'static str> {
-        let stat = crate::procfs::stat(tgid)?;
-        let (comm, flags) = (stat.comm.as_str(), stat.flags);
         let needs_cgroups = !self.scope.cgroups.is_empty()
             || self
                 .listed
                 .iter()
                 .any(|p| matches!(p, Protected::Cgroup(_)));
+        // The cgroups first, then stat: a task that has begun to exit shows
+        // "/" for its v1 cgroups (outside any scope), and PF_EXITING, set
+        // before that and never cleared, says so in the stat read after.
         let cgroups = if needs_cgroups {
             let text =
                 crate::cgroup::read_paths(std::path::Path::new(&format!("/proc/{tgid}/cgroup")))
@@ -223,6 +231,12 @@ impl Protection {
         } else {
             Arc::from(Vec::new())
         };
+        let stat = crate::procfs::stat(tgid)?;
+        if crate::procfs::is_exiting(stat.flags) {
+            // Dying already: nobody to spare, nothing to signal.
+            return None;
+        }
+        let (comm, flags) = (stat.comm.as_str(), stat.flags);
         let node = LineageNode {
             tgid,
             parent: None,

@@ -111,6 +111,15 @@ impl<F: FnMut()> Drop for Defer<F> {
     }
 }
 
+/// SIGKILLs the process `pid` (a child of the test's own) on drop, if it
+/// is still there: a test that fails leaves no agent running.
+pub fn kill_on_drop(pid: u32) -> Defer<impl FnMut()> {
+    Defer(move || {
+        // SAFETY: signals the test's own child; kill has no memory effects.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    })
+}
+
 /// u64 field of a record, panicking with the record when missing.
 pub fn num(record: &Value, field: &str) -> u64 {
     record[field]

@@ -222,10 +222,7 @@ fn under_a_service_manager_it_says_ready_pings_the_watchdog_and_says_stopping() 
         .spawn()
         .expect("spawn guard");
     let pid = child.id() as i32;
-    let _kill = guard_tests::Defer(move || {
-        // SAFETY: signals our own child, if it is still there.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
+    let _kill = guard_tests::kill_on_drop(child.id());
     let mut buf = [0u8; 512];
     let mut next = || {
         let n = manager.recv(&mut buf).expect("a notification within 30 s");

@@ -218,10 +218,7 @@ fn output_goes_to_a_file_opened_again_on_sighup() {
         .spawn()
         .expect("spawn guard");
     let pid = child.id() as i32;
-    let _kill = guard_tests::Defer(move || {
-        // SAFETY: signals our own child, if it is still there.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
+    let _kill = guard_tests::kill_on_drop(child.id());
     let exits_in = |path: &std::path::Path, code: u64| {
         std::fs::read_to_string(path)
             .unwrap_or_default()

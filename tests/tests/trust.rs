@@ -64,7 +64,12 @@ fn a_bomb_named_sshd_is_not_spared() {
             .is_some_and(|w| w.contains("not a trusted sshd")),
         "{action}"
     );
-    assert_eq!(action["outcome"]["spared"], 0, "{action}");
+    assert_eq!(
+        action["outcome"]["spared"],
+        0,
+        "{action}\n{}",
+        agent.stderr()
+    );
     cg.wait_until_gone("sshd", Duration::from_secs(10));
     assert_eq!(cg.pids_refused(), 0, "the bomb reached pids.max");
     drop(agent.stop());
@@ -356,10 +361,7 @@ fn the_output_file_resists_planted_links_and_a_full_disk() {
         .spawn()
         .expect("guard");
     let pid = agent.id() as i32;
-    let _kill = guard_tests::Defer(move || {
-        // SAFETY: signals our own child, if it is still there.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
+    let _kill = guard_tests::kill_on_drop(agent.id());
     let lines = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !lines(&log).contains("\"kind\":\"start\"") {
@@ -523,10 +525,7 @@ fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
         .spawn()
         .expect("guard in text");
     let text_pid = text_agent.id() as i32;
-    let _stop_text = guard_tests::Defer(move || {
-        // SAFETY: signals our own child, if it is still there.
-        unsafe { libc::kill(text_pid, libc::SIGKILL) };
-    });
+    let _stop_text = guard_tests::kill_on_drop(text_agent.id());
     std::thread::sleep(Duration::from_secs(3));
     let hostile = "x\u{9b}2J\u{202e}yz";
     user.sh(&format!("ln -s /bin/bash '{hostile}'"));

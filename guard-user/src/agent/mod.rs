@@ -128,8 +128,7 @@ const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 /// inode; an error when a `--protect`ed name or path is no trusted
 /// executable (protecting it by name would protect anything so named).
 fn trusted_executables(protect: &[crate::protect::Protected]) -> Result<TrustedExes> {
-    let (names, paths) = crate::protect::trusted_names(protect);
-    let scan = crate::identity::scan(std::path::Path::new("/"), &names, &paths);
+    let scan = crate::protect::scan_trusted(protect);
     let asked: Vec<&String> = scan
         .missing
         .iter()
