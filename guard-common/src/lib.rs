@@ -22,8 +22,12 @@ pub const PATH_LEN: usize = 256;
 /// value (slot 0 is unused).
 pub const KIND_SLOTS: u32 = 16;
 
+#[cfg(feature = "user")]
+extern crate std;
+
 mod config;
 mod events;
+pub mod fork_rule;
 mod maps;
 
 pub use config::*;

@@ -110,7 +110,7 @@ pub struct Member {
     pub born_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Outcome {
     /// Distinct processes signalled.
     pub signalled: usize,

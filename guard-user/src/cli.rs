@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
-use guard_common::EventKind;
+use guard_common::{EventKind, fork_rule};
 
 use crate::policy::ActionKind;
 
@@ -144,14 +144,14 @@ pub struct Args {
     /// Explosion rule: births per second (averaged over --fork-window-ms) a
     /// cgroup must sustain (10 to 100000: slower growth is the trend
     /// rule's)...
-    #[arg(help_heading = "Fork guard", long, value_name = "PER_SEC", default_value_t = 100.0, value_parser = number_in(10.0, 100_000.0, "births per second"))]
+    #[arg(help_heading = "Fork guard", long, value_name = "PER_SEC", default_value_t = fork_rule::DEFAULT_RATE, value_parser = number_in(10.0, 100_000.0, "births per second"))]
     pub fork_rate: f64,
 
     /// ...while its live process count grows by at least this much from its
     /// lowest point in the window. Short-lived bursts (a build, a test
     /// runner) do not grow it; a worker pool starting once has too few
     /// births (8 to 100000).
-    #[arg(help_heading = "Fork guard", long, value_name = "PROCESSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=100_000))]
+    #[arg(help_heading = "Fork guard", long, value_name = "PROCESSES", default_value_t = fork_rule::DEFAULT_GROWTH, value_parser = clap::value_parser!(u32).range(8..=100_000))]
     pub fork_growth: u32,
 
     /// ...half of them self-copies, this many generations deep in copies
@@ -160,17 +160,17 @@ pub struct Args {
     /// 64). A bomb replicates
     /// itself; a wide build (make -j, xargs -P, cargo, a test runner's
     /// workers) forks children that exec compilers and tools, 1 deep.
-    #[arg(help_heading = "Fork guard", long, value_name = "GENERATIONS", default_value_t = crate::detect::fork::DEFAULT_DEPTH, value_parser = clap::value_parser!(u32).range(2..=64))]
+    #[arg(help_heading = "Fork guard", long, value_name = "GENERATIONS", default_value_t = fork_rule::DEFAULT_DEPTH, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub fork_depth: u32,
 
     /// The explosion rule's sliding window (10 to 60000).
-    #[arg(help_heading = "Fork guard", long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(help_heading = "Fork guard", long, value_name = "MS", default_value_t = fork_rule::DEFAULT_WINDOW_MS, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub fork_window_ms: u64,
 
     /// Trend rule: alert when a cgroup's pids.current, at its growth rate
     /// over the last 20 s, would reach pids.max within this many seconds
     /// (cgroups without a limit count toward the host's pid_max); 1 to 3600.
-    #[arg(help_heading = "Fork guard", long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(help_heading = "Fork guard", long, value_name = "SECS", default_value_t = fork_rule::DEFAULT_HORIZON_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pids_horizon: u64,
 
     /// Crash-loop rule: alert when the same command (program and
@@ -180,7 +180,7 @@ pub struct Args {
     /// exit 1 of grep, test, diff, false and other status utilities), a
     /// fault signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS,
     /// SIGTRAP) or the OOM killer; a kill by anyone else is none.
-    #[arg(help_heading = "Crash loops", long, value_name = "N/SECS|off", default_value = "5/60", value_parser = crate::detect::crashloop::parse_setting)]
+    #[arg(help_heading = "Crash loops", long, value_name = "N/SECS|off", default_value_t = crate::detect::crashloop::CrashLoopSetting::DEFAULT, value_parser = crate::detect::crashloop::parse_setting)]
     pub crashloop: crate::detect::crashloop::CrashLoopSetting,
 
     /// Never count exits of a program whose path matches REGEX
@@ -198,7 +198,7 @@ pub struct Args {
 
     /// A process that lived longer than this before failing did not crash on
     /// start and does not count toward a crash loop (1 to 3600).
-    #[arg(help_heading = "Crash loops", long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(help_heading = "Crash loops", long, value_name = "SECS", default_value_t = crate::detect::crashloop::DEFAULT_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub crashloop_lifetime: u64,
 
     /// Leak rule: alert when a cgroup's task count (pids.current) keeps
@@ -331,6 +331,35 @@ pub struct Args {
 }
 
 impl Args {
+    /// The fork rules the flags give.
+    pub fn fork_rules(&self) -> crate::detect::fork::ForkRules {
+        crate::detect::fork::ForkRules {
+            window_ns: self.fork_window_ms * 1_000_000,
+            rate: self.fork_rate,
+            growth: self.fork_growth,
+            depth: self.fork_depth,
+            horizon_ns: self.pids_horizon * 1_000_000_000,
+        }
+    }
+
+    /// The crash-loop rules the flags give (`None`: `--crashloop off`).
+    pub fn crashloop_rules(&self) -> Option<crate::detect::crashloop::CrashLoopRules> {
+        let (count, secs) = self.crashloop.0?;
+        Some(crate::detect::crashloop::CrashLoopRules {
+            count,
+            window_ns: secs * 1_000_000_000,
+            max_lifetime_ns: self.crashloop_lifetime * 1_000_000_000,
+        })
+    }
+
+    /// The leak rules the flags give.
+    pub fn leak_rules(&self) -> crate::detect::leak::LeakRules {
+        crate::detect::leak::LeakRules {
+            window_ns: self.leak_window * 1_000_000_000,
+            growth: self.leak_growth,
+        }
+    }
+
     /// Whether `detector` runs (`--off`, `--crashloop off`).
     pub fn runs(&self, detector: crate::detect::switches::Detector) -> bool {
         use crate::detect::switches::Detector;
@@ -397,6 +426,13 @@ pub enum Command {
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
+    /// Write the JSON Schema of the records `--json` writes (generated from
+    /// their types; the repository keeps it as schema/guard.schema.json).
+    Schema {
+        /// Write the Markdown field reference instead (docs/schema-fields.md).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// A set of event kinds.
@@ -502,6 +538,20 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+
+    /// Defaults live once: the flags' defaults are the rules' `Default`s
+    /// (which take theirs from `guard_common::fork_rule` and the detectors'
+    /// constants; the config file's keys are the flags).
+    #[test]
+    fn the_flags_default_to_the_rules_defaults() {
+        let args = Args::try_parse_from(["guard"]).expect("no flags");
+        assert_eq!(args.fork_rules(), crate::detect::fork::ForkRules::default());
+        assert_eq!(
+            args.crashloop_rules(),
+            Some(crate::detect::crashloop::CrashLoopRules::default())
+        );
+        assert_eq!(args.leak_rules(), crate::detect::leak::LeakRules::default());
+    }
 
     #[test]
     fn flags_are_consistent() {

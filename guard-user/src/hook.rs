@@ -36,6 +36,8 @@ use std::{
 
 use serde_json::Value;
 
+use crate::output::record::HookSubject;
+
 /// Longest a hook may run before its process group is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hooks that may run back to back...
@@ -62,7 +64,7 @@ pub struct HookCounts {
 
 /// The pipeline's end: hands records over without waiting.
 pub struct Hooks {
-    tx: mpsc::SyncSender<(Value, u64)>,
+    tx: mpsc::SyncSender<(Value, Env, u64)>,
     pub counts: Arc<HookCounts>,
 }
 
@@ -103,14 +105,14 @@ pub fn check_command(command: &str) -> Result<(), String> {
 impl Hooks {
     /// Starts the hook thread for `command`.
     pub fn spawn(command: String) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<(Value, u64)>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<(Value, Env, u64)>(QUEUE);
         let counts = Arc::new(HookCounts::default());
         let shared = counts.clone();
         std::thread::Builder::new()
             .name("guard-hook".into())
             .spawn(move || {
                 let mut bucket = TokenBucket::new(HOOK_BURST, HOOK_REFILL);
-                for (record, boot_ns) in rx {
+                for (record, env, boot_ns) in rx {
                     let age = crate::clock::WallClock::boot_ns_now().saturating_sub(boot_ns);
                     if age > HOOK_MAX_AGE.as_nanos() as u64 {
                         shared.stale.fetch_add(1, Ordering::Relaxed);
@@ -121,7 +123,7 @@ impl Hooks {
                         continue;
                     }
                     shared.run.fetch_add(1, Ordering::Relaxed);
-                    if let Err(why) = run(&command, &record, HOOK_TIMEOUT) {
+                    if let Err(why) = run(&command, &record, &env, HOOK_TIMEOUT) {
                         shared.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("--on-alert hook for a {} record: {why}", record["kind"]);
                     }
@@ -130,9 +132,10 @@ impl Hooks {
         Ok(Self { tx, counts })
     }
 
-    /// Queues a hook for `record` (an alert or an action) made at `boot_ns`.
-    pub fn fire(&self, record: Value, boot_ns: u64) {
-        if self.tx.try_send((record, boot_ns)).is_err() {
+    /// Queues a hook for `record` (an alert or an action) made at `boot_ns`,
+    /// with its environment.
+    pub fn fire(&self, record: Value, env: Env, boot_ns: u64) {
+        if self.tx.try_send((record, env, boot_ns)).is_err() {
             self.counts.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -174,33 +177,34 @@ impl TokenBucket {
     }
 }
 
-/// The environment a hook gets from its record.
-pub fn environment(record: &Value) -> Vec<(&'static str, String)> {
-    let text = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let offender = &record["offender"];
+/// The environment a hook gets from its record: its kind and time, and
+/// what the record's type says of it (its offender's pid, comm and cgroup,
+/// else the record's cgroup). Names that are not UTF-8 come lossy, as in
+/// the record's JSON.
+pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
     [
-        ("GUARD_KIND", text(&record["kind"])),
-        ("GUARD_TIME", text(&record["time"])),
-        ("GUARD_DETECTOR", text(&record["detector"])),
-        ("GUARD_RULE", text(&record["rule"])),
-        ("GUARD_ACTION", text(&record["action"])),
+        ("GUARD_KIND", Some(kind.to_owned())),
+        ("GUARD_TIME", Some(time.to_owned())),
         (
-            "GUARD_PID",
-            text(&offender["pid"]).or_else(|| text(&record["pid"])),
+            "GUARD_DETECTOR",
+            subject.detector.map(|d| d.name().to_owned()),
         ),
+        ("GUARD_RULE", subject.rule.map(|r| r.name().to_owned())),
+        ("GUARD_ACTION", subject.action.map(|a| a.name().to_owned())),
+        ("GUARD_PID", subject.pid.map(|p| p.to_string())),
         (
             "GUARD_COMM",
-            text(&offender["comm"]).or_else(|| text(&record["comm"])),
+            subject
+                .comm
+                .as_deref()
+                .map(|c| crate::cgroup::lossy(c).into_owned()),
         ),
         (
             "GUARD_CGROUP",
-            text(&offender["cgroup"])
-                .or_else(|| text(&record["cgroup"]))
-                .or_else(|| text(&record["pool"])),
+            subject
+                .cgroup
+                .as_deref()
+                .map(|c| crate::cgroup::lossy(c).into_owned()),
         ),
     ]
     .into_iter()
@@ -208,7 +212,10 @@ pub fn environment(record: &Value) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-fn run(command: &str, record: &Value, timeout: Duration) -> Result<(), String> {
+/// A hook's environment variables.
+pub type Env = Vec<(&'static str, String)>;
+
+fn run(command: &str, record: &Value, env: &Env, timeout: Duration) -> Result<(), String> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
@@ -216,7 +223,7 @@ fn run(command: &str, record: &Value, timeout: Duration) -> Result<(), String> {
         .env("PATH", HOOK_PATH)
         .env("LANG", "C.UTF-8")
         .env("HOME", "/")
-        .envs(environment(record))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
         .process_group(0)
         .stdin(Stdio::piped())
@@ -310,7 +317,8 @@ mod tests {
         // The shell leaves a sleep in the background, and waits on another.
         let command = format!("exec -a {marker} sleep 300 & sleep 300");
         let started = Instant::now();
-        let err = run(&command, &record, Duration::from_millis(300)).expect_err("killed");
+        let err =
+            run(&command, &record, &Env::new(), Duration::from_millis(300)).expect_err("killed");
         assert!(err.contains("process group was killed"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(200));
@@ -327,7 +335,14 @@ mod tests {
         let record = serde_json::json!({"kind": "alert", "time": "2026-01-01T00:00:00Z"});
         // SAFETY: a variable only this test reads; set before the hook runs.
         unsafe { std::env::set_var("GUARD_TEST_SECRET", "1") };
-        run(&format!("env > {}", dir.display()), &record, HOOK_TIMEOUT).expect("env");
+        let env = environment("alert", "2026-01-01T00:00:00Z", &HookSubject::default());
+        run(
+            &format!("env > {}", dir.display()),
+            &record,
+            &env,
+            HOOK_TIMEOUT,
+        )
+        .expect("env");
         let env = std::fs::read_to_string(&dir).expect("env output");
         let _ = std::fs::remove_file(&dir);
         assert!(!env.contains("GUARD_TEST_SECRET"), "{env}");
@@ -342,9 +357,10 @@ mod tests {
         let record = serde_json::json!({"kind": "alert"});
         hooks.fire(
             record.clone(),
+            Env::new(),
             now.saturating_sub(2 * HOOK_MAX_AGE.as_nanos() as u64),
         );
-        hooks.fire(record, now);
+        hooks.fire(record, Env::new(), now);
         let deadline = Instant::now() + Duration::from_secs(10);
         while hooks.counts.run.load(Ordering::Relaxed) < 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -366,11 +382,16 @@ mod tests {
 
     #[test]
     fn the_environment_names_the_record_and_its_offender() {
-        let record = serde_json::json!({
-            "kind": "action", "detector": "fork", "rule": "explosion", "action": "kill",
-            "offender": {"pid": 4242, "comm": "bash", "cgroup": "/sys/fs/cgroup/ci"}
-        });
-        let env = environment(&record);
+        use crate::{detect::switches::Detector, output::record::Rule, policy::ActionKind};
+        let subject = HookSubject {
+            detector: Some(Detector::Fork),
+            rule: Some(Rule::Explosion),
+            action: Some(ActionKind::Kill),
+            pid: Some(4242),
+            comm: Some("bash".into()),
+            cgroup: Some("/sys/fs/cgroup/ci".into()),
+        };
+        let env = environment("action", "2026-01-01T00:00:00Z", &subject);
         for pair in [
             ("GUARD_KIND", "action"),
             ("GUARD_DETECTOR", "fork"),

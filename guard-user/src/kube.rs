@@ -13,7 +13,7 @@
 //! A pod without `burstable` or `besteffort` in its path is `Guaranteed`.
 
 /// A pod's QoS class, as kubelet names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub enum Qos {
     Guaranteed,
     Burstable,

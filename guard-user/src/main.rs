@@ -73,6 +73,15 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Args::command(), "guard", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Schema { markdown }) => {
+            let text = if markdown {
+                guard::output::schema::markdown()
+            } else {
+                guard::output::schema::text()
+            };
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Some(Command::Man) => {
             return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -219,16 +219,16 @@ impl Metrics {
         }
         for ((detector, rule), &n) in &s.tally.alerts {
             let labels = AlertLabels {
-                detector: detector.clone(),
-                rule: rule.clone(),
+                detector: detector.name().into(),
+                rule: rule.name().into(),
             };
             advance(&self.alerts.get_or_create(&labels), n);
         }
         for ((detector, action, outcome), &n) in &s.tally.actions {
             let labels = ActionLabels {
-                detector: detector.clone(),
-                action: action.clone(),
-                outcome: outcome.clone(),
+                detector: detector.name().into(),
+                action: action.name().into(),
+                outcome: outcome.name().into(),
             };
             advance(&self.actions.get_or_create(&labels), n);
         }
@@ -383,6 +383,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Metri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        detect::switches::Detector,
+        output::record::{ActionResult, Rule},
+        policy::ActionKind,
+    };
 
     #[test]
     fn a_snapshot_becomes_conventional_metrics() {
@@ -397,12 +402,11 @@ mod tests {
             rss_bytes: 24 << 20,
             ..Snapshot::default()
         };
-        s.tally
-            .alerts
-            .insert(("fork".into(), "explosion".into()), 1);
-        s.tally
-            .actions
-            .insert(("fork".into(), "kill".into(), "contained".into()), 1);
+        s.tally.alerts.insert((Detector::Fork, Rule::Explosion), 1);
+        s.tally.actions.insert(
+            (Detector::Fork, ActionKind::Kill, ActionResult::Contained),
+            1,
+        );
         m.update(&s);
         // Totals that grow: counters follow; a cgroup that went: gone.
         s.seen = vec![("fork", 15)];

@@ -4,7 +4,18 @@
 
 /// What a detector's verdict leads to (`--fork-action`).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
@@ -17,6 +28,14 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Log => "log",
+            ActionKind::Stop => "stop",
+            ActionKind::Kill => "kill",
+        }
+    }
+
     /// The signal an action sends: SIGSTOP for `stop`, SIGKILL for `kill`
     /// (and for `log`, which sends none).
     pub fn signal(self) -> i32 {

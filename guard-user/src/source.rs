@@ -275,12 +275,11 @@ impl KernelDrops {
     }
 
     /// `{"fork": 3, ...}` of the non-zero counts in `counts`.
-    pub fn by_kind(counts: &[u64; KIND_SLOTS as usize]) -> serde_json::Value {
-        let map: serde_json::Map<String, serde_json::Value> = EventKind::ALL
+    pub fn by_kind(counts: &[u64; KIND_SLOTS as usize]) -> std::collections::BTreeMap<String, u64> {
+        EventKind::ALL
             .iter()
             .filter(|k| counts[**k as usize] > 0)
-            .map(|k| (k.name().to_owned(), counts[*k as usize].into()))
-            .collect();
-        map.into()
+            .map(|k| (k.name().to_owned(), counts[*k as usize]))
+            .collect()
     }
 }

@@ -58,7 +58,15 @@ fn the_schema_has_one_entry_per_kind_and_refuses_what_is_not_a_record() {
         "action",
         "resolved",
     ] {
-        assert_eq!(defs[kind]["properties"]["kind"]["const"], kind, "{kind}");
+        // One object, or one per form the kind takes (an alert per rule).
+        let forms = match defs[kind]["anyOf"].as_array() {
+            Some(forms) => forms.clone(),
+            None => vec![defs[kind].clone()],
+        };
+        for form in forms {
+            assert_eq!(form["properties"]["kind"]["const"], kind, "{kind}");
+            assert_eq!(form["additionalProperties"], false, "{kind}");
+        }
     }
     // Drift is caught: an unknown kind, a missing field, a stray field.
     let exit: Value = serde_json::from_str(

@@ -59,6 +59,10 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Write schema/guard.schema.json and docs/schema-fields.md from the
+    /// record types (`guard schema`). A unit test fails while either is
+    /// not what the types give, so `cargo xtask test` catches drift.
+    Schema,
     /// Set up and build the static agent (musl, the eBPF object embedded)
     /// into target/dist/, with its SHA-256, shell completions (bash, zsh,
     /// fish) and man page.
@@ -115,6 +119,11 @@ fn main() -> Result<()> {
             setup_vm()?;
             vm::vm_test(&workspace(), None, None)
         }
+        Cmd::Schema => {
+            setup()?;
+            build()?;
+            schema()
+        }
         Cmd::Dist => {
             setup()?;
             vm::dist(&workspace()).map(|_| ())
@@ -154,6 +163,30 @@ fn require_root(why: &str) -> Result<()> {
 }
 
 /// Runs a command, echoing it, failing with its status.
+/// Writes the generated schema and field reference into the repository.
+fn schema() -> Result<()> {
+    let guard = workspace().join("target/release/guard");
+    for (args, file) in [
+        (&["schema"][..], "schema/guard.schema.json"),
+        (&["schema", "--markdown"][..], "docs/schema-fields.md"),
+    ] {
+        let out = Command::new(&guard)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} {}", guard.display(), args.join(" ")))?;
+        ensure!(
+            out.status.success(),
+            "guard {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(workspace().join(file), &out.stdout)
+            .with_context(|| format!("writing {file}"))?;
+        eprintln!("xtask: wrote {file}");
+    }
+    Ok(())
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {}", show(cmd));
     let status = cmd

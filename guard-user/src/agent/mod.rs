@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -35,8 +34,8 @@ use crate::{
         Detectors,
         blocked::{BlockedDetector, BlockedRules},
         crashloop::{CrashLoopDetector, CrashLoopRules},
-        fork::{ForkDetector, ForkRules},
-        leak::{LeakDetector, LeakRules},
+        fork::ForkDetector,
+        leak::LeakDetector,
         memory::{MemoryDetector, MemoryRules},
         switches::{Detector, Ignore},
     },
@@ -44,7 +43,7 @@ use crate::{
     kernel_scope,
     kernel_scope::BudgetLimits,
     loader::{self, LoadOptions},
-    output::{Format, Output, ThreadedStdout},
+    output::{Format, Output, ThreadedStdout, record},
     pipeline::{ActionRequest, Pipeline, Settings},
     policy::ActionKind,
     proctable::{ProcessTable, default_proc_root},
@@ -150,13 +149,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut hierarchies = Hierarchies::discover()?;
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
-    let rules = ForkRules {
-        window_ns: args.fork_window_ms * 1_000_000,
-        rate: args.fork_rate,
-        growth: args.fork_growth,
-        depth: args.fork_depth,
-        horizon_ns: args.pids_horizon * 1_000_000_000,
-    };
+    let rules = args.fork_rules();
     let ignore_rules = args.ignore_rules();
     let policies = crate::policy::Policies::new(args.policies.clone())
         .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
@@ -371,13 +364,13 @@ pub async fn run(args: Args) -> Result<Ending> {
     };
     let processes = table.len();
     let shared: Arc<dyn System + Send + Sync> = system.clone();
-    let (crash_count, crash_secs) = args.crashloop.0.unwrap_or((u32::MAX, 1));
     let crashloops = CrashLoopDetector::new(
-        CrashLoopRules {
-            count: crash_count,
-            window_ns: crash_secs * 1_000_000_000,
-            max_lifetime_ns: args.crashloop_lifetime * 1_000_000_000,
-        },
+        // Off: a count never met (the detector is also switched off).
+        args.crashloop_rules().unwrap_or(CrashLoopRules {
+            count: u32::MAX,
+            window_ns: 1_000_000_000,
+            max_lifetime_ns: 0,
+        }),
         Ignore::for_detector(&ignore_rules, Detector::Crashloop),
     );
     let mut pipe = Pipeline::new(
@@ -398,10 +391,7 @@ pub async fn run(args: Args) -> Result<Ending> {
                 window_ns: MEMORY_WINDOW.as_nanos() as u64,
                 sustain_ns: MEMORY_WINDOW.as_nanos() as u64,
             }),
-            leak: LeakDetector::new(LeakRules {
-                window_ns: args.leak_window * 1_000_000_000,
-                growth: args.leak_growth,
-            }),
+            leak: LeakDetector::new(args.leak_rules()),
         },
         out,
         Some(shared),
@@ -422,46 +412,32 @@ pub async fn run(args: Args) -> Result<Ending> {
         report.attached.len(),
         hierarchies.primary().mount.display()
     );
-    let start = pipe.out.record(
-        "start",
-        &[
-            ("version", json!(env!("CARGO_PKG_VERSION"))),
-            ("pid", json!(std::process::id())),
-            ("probes", json!(report.attached)),
-            (
-                "skipped",
-                json!(
-                    report
-                        .skipped
-                        .iter()
-                        .map(|(p, why)| json!({"probe": p, "reason": why}))
-                        .collect::<Vec<_>>()
-                ),
-            ),
-            ("cgroup_hierarchy", json!(hierarchies.primary().mount)),
-            (
-                "scope",
-                json!(scope.cgroups.iter().map(|(_, d)| d).collect::<Vec<_>>()),
-            ),
-            ("processes", json!(processes)),
-            ("fork_action", json!(fork_action)),
-            ("mem_action", json!(args.mem_action)),
-            (
-                "off",
-                json!(
-                    Detector::ALL
-                        .into_iter()
-                        .filter(|&d| !args.runs(d))
-                        .map(Detector::name)
-                        .collect::<Vec<_>>()
-                ),
-            ),
-            ("dry_run", json!(args.dry_run)),
-            ("memory_locked", json!(hardening.memory_locked)),
-            ("rss_bytes", json!(crate::procfs::own_usage().rss_bytes)),
-            ("oom_score_adj", json!(hardening.oom_score_adj)),
-        ],
-    );
+    let start = pipe.out.record(&record::Start {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        probes: report.attached.clone(),
+        skipped: report
+            .skipped
+            .iter()
+            .map(|(probe, reason)| record::Skipped {
+                probe: probe.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        cgroup_hierarchy: hierarchies.primary().mount.display().to_string(),
+        scope: scope.cgroups.iter().map(|(_, d)| d.to_string()).collect(),
+        processes: processes as u64,
+        fork_action,
+        mem_action: args.mem_action,
+        off: Detector::ALL
+            .into_iter()
+            .filter(|&d| !args.runs(d))
+            .collect(),
+        dry_run: args.dry_run,
+        memory_locked: hardening.memory_locked,
+        rss_bytes: crate::procfs::own_usage().rss_bytes,
+        oom_score_adj: hardening.oom_score_adj,
+    });
     start.and_then(|()| pipe.out.flush())?;
     let metrics = match args.metrics {
         Some(addr) => {
@@ -678,44 +654,33 @@ pub async fn run(args: Args) -> Result<Ending> {
     let kernel = KernelDrops::read(&drops)?;
     let queue_full = stats.queue_full.load(Ordering::Relaxed);
     let own = crate::procfs::own_usage();
-    let summary = pipe.out.record(
-        "summary",
-        &[
-            ("seen", json!(pipe.seen_by_kind())),
-            ("rss_bytes", json!(own.rss_bytes)),
-            ("cpu_seconds", json!(own.cpu_seconds)),
-            ("shown", json!(pipe.counters.shown)),
-            ("lost", json!(kernel.total() + queue_full)),
-            ("lost_ring_full", KernelDrops::by_kind(&kernel.ring_full)),
-            (
-                "lost_read_failed",
-                KernelDrops::by_kind(&kernel.read_failed),
-            ),
-            ("lost_queue_full", json!(queue_full)),
-            ("blocked_untracked", json!(kernel.tracking_full)),
-            (
-                "undecodable",
-                json!(stats.undecodable.load(Ordering::Relaxed)),
-            ),
-            ("output_dropped", json!(pipe.out.dropped)),
-            (
-                "output_write_failed",
-                json!(output_failed.map_or(0, |n| n.load(Ordering::Relaxed))),
-            ),
-            ("records_dropped", json!(pipe.out.records_dropped)),
-            ("output_shed", json!(pipe.out.shed)),
-            (
-                "hooks",
-                json!(pipe.out.hook_counts().map(|c| json!({
-                    "run": c.run.load(Ordering::Relaxed),
-                    "failed": c.failed.load(Ordering::Relaxed),
-                    "skipped": c.skipped.load(Ordering::Relaxed),
-                    "stale": c.stale.load(Ordering::Relaxed),
-                }))),
-            ),
-            ("unread_at_exit", json!(unread)),
-        ],
-    );
+    let summary = pipe.out.record(&record::Summary {
+        seen: pipe
+            .seen_by_kind()
+            .into_iter()
+            .map(|(kind, n)| (kind.to_owned(), n))
+            .collect(),
+        rss_bytes: own.rss_bytes,
+        cpu_seconds: own.cpu_seconds,
+        shown: pipe.counters.shown,
+        lost: kernel.total() + queue_full,
+        lost_ring_full: KernelDrops::by_kind(&kernel.ring_full),
+        lost_read_failed: KernelDrops::by_kind(&kernel.read_failed),
+        lost_queue_full: queue_full,
+        blocked_untracked: kernel.tracking_full,
+        undecodable: stats.undecodable.load(Ordering::Relaxed),
+        output_dropped: pipe.out.dropped,
+        output_write_failed: output_failed.map_or(0, |n| n.load(Ordering::Relaxed)),
+        records_dropped: pipe.out.records_dropped,
+        output_shed: pipe.out.shed,
+        hooks: pipe.out.hook_counts().map(|c| record::HookTally {
+            run: c.run.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+        }),
+        unread_at_exit: unread,
+    });
     summary.and_then(|()| pipe.out.flush())?;
     if pipe.out.dropped + pipe.out.records_dropped > 0 {
         tracing::warn!(

@@ -38,15 +38,12 @@ pub(super) fn report_losses(
          agent's queue (raise --queue)",
         delta.total()
     );
-    pipe.out.record(
-        "lost",
-        &[
-            ("ring_full", KernelDrops::by_kind(&delta.ring_full)),
-            ("read_failed", KernelDrops::by_kind(&delta.read_failed)),
-            ("queue_full", json!(queue_delta)),
-            ("blocked_untracked", json!(delta.tracking_full)),
-        ],
-    )?;
+    pipe.out.record(&crate::output::record::Lost {
+        ring_full: KernelDrops::by_kind(&delta.ring_full),
+        read_failed: KernelDrops::by_kind(&delta.read_failed),
+        queue_full: queue_delta,
+        blocked_untracked: delta.tracking_full,
+    })?;
     pipe.out.flush()
 }
 

@@ -44,12 +44,18 @@ pub struct CrashLoopRules {
     pub max_lifetime_ns: u64,
 }
 
+/// `--crashloop`, by default: 5 crashes within 60 s.
+pub const DEFAULT_COUNT: u32 = 5;
+pub const DEFAULT_WINDOW_SECS: u64 = 60;
+/// `--crashloop-lifetime`, by default.
+pub const DEFAULT_LIFETIME_SECS: u64 = 30;
+
 impl Default for CrashLoopRules {
     fn default() -> Self {
         Self {
-            count: 5,
-            window_ns: 60 * NS,
-            max_lifetime_ns: 30 * NS,
+            count: DEFAULT_COUNT,
+            window_ns: DEFAULT_WINDOW_SECS * NS,
+            max_lifetime_ns: DEFAULT_LIFETIME_SECS * NS,
         }
     }
 }
@@ -57,6 +63,20 @@ impl Default for CrashLoopRules {
 /// `--crashloop`: `N/SECS`, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrashLoopSetting(pub Option<(u32, u64)>);
+
+impl CrashLoopSetting {
+    pub const DEFAULT: Self = Self(Some((DEFAULT_COUNT, DEFAULT_WINDOW_SECS)));
+}
+
+/// As `--crashloop` takes it (`N/SECS` or `off`).
+impl std::fmt::Display for CrashLoopSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((count, secs)) => write!(f, "{count}/{secs}"),
+            None => f.write_str("off"),
+        }
+    }
+}
 
 /// Parses `N/SECS` (e.g. `5/60`) or `off`.
 pub fn parse_setting(text: &str) -> Result<CrashLoopSetting, String> {

@@ -26,6 +26,8 @@ use std::{
     sync::Arc,
 };
 
+use guard_common::fork_rule;
+
 use crate::proctable::{Lineage, LineageNode, NodeId};
 
 const NS: u64 = 1_000_000_000;
@@ -48,31 +50,25 @@ pub struct ForkRules {
     pub horizon_ns: u64,
 }
 
-/// The explosion rule's self-replication depth, by default. A bomb is a
-/// program whose copies fork copies: a bash bomb is 4 deep after 30
-/// births, a Python `os.fork()` loop after 4 rounds. Ordinary work forks
-/// children that exec something else (make → sh → cc, xargs → task,
-/// pytest → python worker), 1 deep, or 2 to 3 in nested subshells and
-/// pools of pools.
-pub const DEFAULT_DEPTH: u32 = 4;
+/// The explosion rule's self-replication depth, by default (see
+/// `guard_common::fork_rule`).
+pub const DEFAULT_DEPTH: u32 = fork_rule::DEFAULT_DEPTH;
 
 impl ForkRules {
     /// Births the window must hold: the rate times the window.
     pub fn min_births(&self) -> usize {
-        (self.rate * self.window_ns as f64 / NS as f64)
-            .ceil()
-            .max(1.0) as usize
+        fork_rule::min_births(self.rate, self.window_ns) as usize
     }
 }
 
 impl Default for ForkRules {
     fn default() -> Self {
         Self {
-            window_ns: NS,
-            rate: 100.0,
-            growth: 32,
-            depth: DEFAULT_DEPTH,
-            horizon_ns: 30 * NS,
+            window_ns: fork_rule::DEFAULT_WINDOW_MS * 1_000_000,
+            rate: fork_rule::DEFAULT_RATE,
+            growth: fork_rule::DEFAULT_GROWTH,
+            depth: fork_rule::DEFAULT_DEPTH,
+            horizon_ns: fork_rule::DEFAULT_HORIZON_SECS * NS,
         }
     }
 }
@@ -345,7 +341,7 @@ impl ForkDetector {
     pub fn birth(&mut self, now: u64, cgroup: &CgroupKey, node: NodeId, depth: u32) {
         let p = self.populations.entry(cgroup.clone()).or_default();
         p.live += 1;
-        let deep = depth >= self.rules.depth;
+        let deep = fork_rule::self_copy(depth, self.rules.depth);
         p.births.push_back((now, node, deep));
         p.deep += usize::from(deep);
         if p.recent.len() == RECENT_BIRTHS {
@@ -478,11 +474,15 @@ impl ForkDetector {
                 .last_alert
                 .is_none_or(|t| now.saturating_sub(t) >= rules.window_ns);
             let deep_births = p.deep_births();
-            // Births, half of them self-copies, and growth.
-            if p.births.len() >= min_births
-                && 2 * deep_births >= min_births
-                && growth >= rules.growth
-                && quiet
+            // Births, half of them self-copies, and growth: the rule as
+            // `guard_common::fork_rule` states it for the fork probe too.
+            if fork_rule::explodes(
+                p.births.len() as u64,
+                deep_births as u64,
+                i64::from(growth),
+                min_births as u64,
+                rules.growth,
+            ) && quiet
             {
                 p.last_alert = Some(now);
                 let span = p

@@ -3,7 +3,10 @@
 //! has `kind`, `time` (RFC 3339, UTC, nanoseconds) and `boot_ns`
 //! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
 
+pub mod events;
 mod json;
+pub mod record;
+pub mod schema;
 pub mod text;
 mod writer;
 
@@ -17,13 +20,18 @@ use std::{
 
 use guard_common::EventKind;
 
+use self::record::{ActionResult, Counted, HookSubject, Record, Rule};
 use self::text::Escaped;
 pub use self::{
     json::JsonObject,
     writer::{EVENT_BACKLOG, RECORD_BACKLOG, ReopeningFile, ThreadedStdout},
 };
 pub use crate::clock::WallClock;
-use crate::decode::{Comm, Event, ExitStatus};
+use crate::{
+    decode::{Comm, Event, ExitStatus},
+    detect::switches::Detector,
+    policy::ActionKind,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -90,52 +98,29 @@ pub fn signal_name(signal: i32) -> &'static str {
         .unwrap_or("SIGRT")
 }
 
-/// Writes records to `W` in one format.
 /// Alerts and actions counted by their labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     /// (detector, rule) → alerts.
-    pub alerts: std::collections::BTreeMap<(String, String), u64>,
-    /// (detector, action, outcome: contained, not_contained or dry_run) →
-    /// actions.
-    pub actions: std::collections::BTreeMap<(String, String, String), u64>,
+    pub alerts: std::collections::BTreeMap<(Detector, Rule), u64>,
+    /// (detector, action, how it ended) → actions.
+    pub actions: std::collections::BTreeMap<(Detector, ActionKind, ActionResult), u64>,
 }
 
 impl Tally {
-    fn count(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) {
-        let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
-        let text = |name: &str| {
-            field(name)
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        match kind {
-            "alert" => {
-                *self
-                    .alerts
-                    .entry((text("detector"), text("rule")))
-                    .or_default() += 1;
+    fn count(&mut self, counted: Counted) {
+        match counted {
+            Counted::Alert(detector, rule) => {
+                *self.alerts.entry((detector, rule)).or_default() += 1;
             }
-            "action" => {
-                let outcome = if field("dry_run").and_then(serde_json::Value::as_bool) == Some(true)
-                {
-                    "dry_run"
-                } else if field("outcome").is_some_and(|o| o["contained"] == true) {
-                    "contained"
-                } else {
-                    "not_contained"
-                };
-                *self
-                    .actions
-                    .entry((text("detector"), text("action"), outcome.to_owned()))
-                    .or_default() += 1;
+            Counted::Action(detector, action, result) => {
+                *self.actions.entry((detector, action, result)).or_default() += 1;
             }
-            _ => {}
         }
     }
 }
 
+/// Writes records to `W` in one format.
 pub struct Output<W: Write> {
     out: W,
     format: Format,
@@ -304,36 +289,55 @@ impl<W: Write> Output<W> {
         self.settle(result)
     }
 
-    /// A record that is not a kernel event (`start`, `lost`, `summary`):
-    /// JSON as given, or `kind: k=v ...` in text.
-    pub fn record(&mut self, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+    /// A record that is not a kernel event (see `record`): JSON in the
+    /// type's field order, or `# kind: k=v ...` in text. Alerts and actions
+    /// are counted and handed to the hooks.
+    pub fn record<R: Record>(&mut self, record: &R) -> io::Result<()> {
+        let fields = match serde_json::to_value(record) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(other) => {
+                return Err(io::Error::other(format!(
+                    "a {} record is not an object: {other}",
+                    R::KIND.name()
+                )));
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        if let Some(counted) = record.counted() {
+            self.tally.count(counted);
+        }
+        let hook = record.hook();
+        self.write_record(R::KIND.name(), fields, hook)
+    }
+
+    fn write_record(
+        &mut self,
+        kind: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+        hook: Option<HookSubject>,
+    ) -> io::Result<()> {
         // Text escapes names that are not UTF-8 itself (`\xNN`); JSON and
         // hooks get them lossy with a `_hex` twin.
-        let text_fields = fields;
-        let (owned, borrowed);
-        let fields = if fields.iter().any(|(_, v)| holds_raw(v)) {
-            owned = twin_raw(fields);
-            borrowed = owned
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect::<Vec<_>>();
-            borrowed.as_slice()
+        let text_fields: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
+        let twinned;
+        let fields = if text_fields.iter().any(|(_, v)| holds_raw(v)) {
+            twinned = twin_raw(&text_fields);
+            twinned.as_slice()
         } else {
-            fields
+            text_fields.as_slice()
         };
-        self.tally.count(kind, fields);
         let now = WallClock::boot_ns_now();
-        if let Some(hooks) = &self.hooks
-            && matches!(kind, "alert" | "action")
-        {
+        if let (Some(hooks), Some(subject)) = (&self.hooks, hook) {
+            let time = self.time_rfc3339(now);
             let mut record = serde_json::Map::new();
             record.insert("kind".into(), kind.into());
-            record.insert("time".into(), self.time_rfc3339(now).into());
+            record.insert("time".into(), time.clone().into());
             record.insert("boot_ns".into(), now.into());
             for (k, v) in fields {
-                record.insert((*k).to_owned(), v.clone());
+                record.insert(k.clone(), v.clone());
             }
-            hooks.fire(record.into(), now);
+            let env = crate::hook::environment(kind, &time, &subject);
+            hooks.fire(record.into(), env, now);
         }
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;
@@ -352,7 +356,7 @@ impl<W: Write> Output<W> {
             }
             Format::Text { .. } => {
                 let _ = write!(self.line, "# {kind}:");
-                for (k, v) in text_fields {
+                for (k, v) in &text_fields {
                     let _ = match v {
                         serde_json::Value::String(s) => {
                             write!(self.line, " {k}={}", Escaped(s.as_bytes()))
@@ -661,7 +665,7 @@ fn holds_raw(value: &serde_json::Value) -> bool {
 /// A record's fields with each name that is not UTF-8 made lossy and its
 /// exact bytes beside it as `<key>_hex` (in nested objects too), so that
 /// JSON, text, hooks and metrics all see one form.
-fn twin_raw(fields: &[(&str, serde_json::Value)]) -> Vec<(String, serde_json::Value)> {
+fn twin_raw(fields: &[(String, serde_json::Value)]) -> Vec<(String, serde_json::Value)> {
     fn fix(value: &mut serde_json::Value) -> Option<String> {
         match value {
             serde_json::Value::String(s) if crate::cgroup::has_raw(s) => {
@@ -695,9 +699,9 @@ fn twin_raw(fields: &[(&str, serde_json::Value)]) -> Vec<(String, serde_json::Va
     for (k, v) in fields {
         let mut v = v.clone();
         if let Some(hex) = fix(&mut v) {
-            twins.push((*k, hex));
+            twins.push((k.as_str(), hex));
         }
-        out.push(((*k).to_owned(), v));
+        out.push((k.clone(), v));
     }
     for (k, hex) in twins {
         out.push((format!("{k}_hex"), hex.into()));

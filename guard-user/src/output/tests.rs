@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     decode::{Exit, Fork, OomKill},
-    output::text::hex_of,
+    output::{record, text::hex_of},
 };
 
 fn clock() -> WallClock {
@@ -19,6 +19,28 @@ fn exit(status: ExitStatus) -> Event {
         group_dead: true,
         kernel_thread: false,
         comm: Comm::from_str_lossy("crashy"),
+    })
+}
+
+/// A crash-loop alert about `program`.
+fn crash_alert(program: &str) -> record::Alert {
+    record::Alert::CrashLoop(record::CrashLoopAlert {
+        detector: crate::detect::switches::Detector::Crashloop,
+        rule: record::Rule::CrashLoop,
+        program: program.to_owned(),
+        cgroup: None,
+        unit: None,
+        supervisor: record::Supervisor {
+            comm: Some("sh".into()),
+            pid: 1,
+        },
+        crashes: 5,
+        window_secs: 60,
+        per_minute: 5.0,
+        statuses: vec!["exit 1".into()],
+        last_pid: 2,
+        action: crate::policy::ActionKind::Log,
+        not_stopped_because: None,
     })
 }
 
@@ -126,11 +148,8 @@ fn text_escapes_every_control_byte_and_stays_on_one_line() {
         ..ctx()
     };
     out.event(&hostile_exec(), &ctx).expect("write");
-    out.record(
-        "alert",
-        &[("program", serde_json::json!("/x\n# summary\x07"))],
-    )
-    .expect("write");
+    out.record(&crash_alert("/x\n# summary\x07"))
+        .expect("write");
     let text = out.into_inner();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
     assert_eq!(lines.len(), 4, "header, event, alert, and the last newline");
@@ -228,8 +247,7 @@ fn events_are_dropped_and_counted_while_output_is_backlogged() {
     let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("write");
-    out.record("alert", &[("detector", serde_json::json!("fork"))])
-        .expect("write");
+    out.record(&crash_alert("/bin/false")).expect("write");
     assert_eq!(out.dropped, 1);
     backlog.store(0, Ordering::Relaxed);
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
@@ -253,8 +271,7 @@ fn past_the_ceiling_records_are_dropped_and_counted_too() {
     let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("write");
-    out.record("alert", &[("detector", serde_json::json!("fork"))])
-        .expect("write");
+    out.record(&crash_alert("/bin/false")).expect("write");
     assert_eq!((out.dropped, out.records_dropped), (1, 1));
     backlog.store(0, Ordering::Relaxed);
     out.settle(Err(io::ErrorKind::BrokenPipe.into()))
@@ -263,7 +280,8 @@ fn past_the_ceiling_records_are_dropped_and_counted_too() {
         out.failure().map(io::Error::kind),
         Some(io::ErrorKind::BrokenPipe)
     );
-    out.record("action", &[]).expect("counted, not an error");
+    out.record(&crash_alert("/bin/false"))
+        .expect("counted, not an error");
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("counted, not an error");
     out.flush().expect("nothing to flush");
@@ -274,19 +292,34 @@ fn past_the_ceiling_records_are_dropped_and_counted_too() {
 #[test]
 fn records_in_both_formats() {
     let mut out = Output::new(Vec::new(), Format::Json, clock());
-    out.record("summary", &[("lost", serde_json::json!(0))])
-        .expect("write");
+    let lost = record::Lost {
+        ring_full: [("fork".to_owned(), 3)].into(),
+        read_failed: Default::default(),
+        queue_full: 0,
+        blocked_untracked: 0,
+    };
+    out.record(&lost).expect("write");
     let v: serde_json::Value = serde_json::from_slice(&out.into_inner()).expect("json");
     assert_eq!(
-        (v["kind"].as_str(), v["lost"].as_u64()),
-        (Some("summary"), Some(0))
+        (v["kind"].as_str(), v["ring_full"]["fork"].as_u64()),
+        (Some("lost"), Some(3))
     );
     let mut out = Output::new(Vec::new(), Format::Text { color: false }, clock());
-    out.record("summary", &[("lost", serde_json::json!(0))])
-        .expect("write");
+    out.record(&lost).expect("write");
     assert_eq!(
         String::from_utf8(out.into_inner()).expect("utf8"),
-        "# summary: lost=0\n"
+        "# lost: ring_full={\"fork\":3} read_failed={} queue_full=0 blocked_untracked=0\n"
+    );
+    // Alerts and actions are counted by their typed labels.
+    let mut out = Output::new(Vec::new(), Format::Json, clock());
+    out.record(&crash_alert("/bin/false")).expect("write");
+    out.record(&crash_alert("/bin/false")).expect("write");
+    assert_eq!(
+        out.tally.alerts.get(&(
+            crate::detect::switches::Detector::Crashloop,
+            record::Rule::CrashLoop
+        )),
+        Some(&2)
     );
 }
 
@@ -310,4 +343,313 @@ fn json_names_the_pod_of_a_kubepods_cgroup() {
     assert_eq!(v["qos"], "BestEffort");
     let v = json_line(&exit(ExitStatus::Exited(0)), &ctx());
     assert!(v.get("pod_uid").is_none(), "{v}");
+}
+
+mod schema_checks {
+    //! The generated schema against what the writers write: the event fast
+    //! path for every kind (with and without context, in a pod, with names
+    //! that are not UTF-8), and a record of every type.
+
+    use super::*;
+    use crate::{
+        decode::{CgroupAttach, Condemned, HungTask, ReclaimStall, Rss, Unblocked},
+        output::{
+            record::{self, Alert, Blame, Offender, Process, Rule},
+            schema,
+        },
+        policy::ActionKind,
+    };
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::validator_for(&schema::document()).expect("the generated schema compiles")
+    }
+
+    fn check(validator: &jsonschema::Validator, what: &str, value: &serde_json::Value) {
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .take(3)
+            .collect();
+        assert!(errors.is_empty(), "{what}: {value}\n{errors:#?}");
+    }
+
+    const POD: &str = "/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/\
+        kubepods-burstable-pod0a1b2c3d_0000_4000_8000_123456789abc.slice/\
+        cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+
+    fn every_event() -> Vec<Event> {
+        let comm = Comm::new(*b"w\xffrker\0\0\0\0\0\0\0\0\0\0");
+        vec![
+            Event::Fork(Fork {
+                boot_ns: 1,
+                parent_pid: 1,
+                parent_tgid: 1,
+                child_pid: 2,
+                child_tgid: 2,
+                child_ppid: 1,
+                kernel_thread: false,
+                child_cgroup_id: 0,
+                parent_comm: comm,
+                child_comm: comm,
+            }),
+            hostile_exec(),
+            exit(ExitStatus::Exited(3)),
+            exit(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: true,
+            }),
+            Event::OomKill(OomKill {
+                boot_ns: 1,
+                pid: 5,
+                comm: None,
+                uid: Some(0),
+                trigger_pid: 6,
+                trigger_tgid: 6,
+                total_vm_kb: Some(1),
+                anon_rss_kb: None,
+                file_rss_kb: Some(2),
+                shmem_rss_kb: None,
+                pgtables_kb: Some(3),
+                oom_score_adj: Some(-1000),
+            }),
+            Event::HungTask(HungTask {
+                boot_ns: 1,
+                pid: 7,
+                tgid: 7,
+                comm,
+            }),
+            Event::CgroupAttach(CgroupAttach {
+                boot_ns: 1,
+                pid: 8,
+                tgid: 8,
+                ppid: 1,
+                comm,
+                kernel_thread: false,
+                start_ns: 0,
+                hierarchy_id: 3,
+                path: crate::cgroup::path_text(b"/moved/\xfe"),
+            }),
+            Event::Unblocked(Unblocked {
+                boot_ns: 1,
+                pid: 9,
+                tgid: 9,
+                killable: true,
+                since_ns: 1,
+                blocked_ns: 2,
+                comm,
+            }),
+            Event::Rss(Rss {
+                boot_ns: 1,
+                pid: 10,
+                tgid: 10,
+                step: 4,
+                previous_step: None,
+                file_bytes: 1,
+                anon_bytes: 2,
+                shmem_bytes: 3,
+                swap_bytes: 4,
+                comm,
+            }),
+            Event::ReclaimStall(ReclaimStall {
+                boot_ns: 1,
+                pid: 11,
+                tgid: 11,
+                stall_ns: 5_000_000,
+                nr_reclaimed: 7,
+                comm,
+            }),
+            Event::Condemned(Condemned {
+                boot_ns: 1,
+                tag: 77,
+                root_tgid: None,
+                births: 300,
+                growth: 120,
+                window_ns: 1_000_000_000,
+                forker_tgid: 12,
+                signal: 9,
+                deep_births: 250,
+            }),
+        ]
+    }
+
+    #[test]
+    fn the_event_writer_writes_what_the_event_types_describe() {
+        let validator = validator();
+        let raw = crate::cgroup::path_text(b"/sys/fs/cgroup/pids/\xff\xfe");
+        let contexts = [
+            ctx(),
+            Context::default(),
+            Context {
+                cgroup: Some(POD),
+                lead_ns: Some(3),
+                memory_cgroup: Some(POD),
+                ..ctx()
+            },
+            Context {
+                cgroup: Some(&raw),
+                comm: Some(Comm::new(*b"\xff\xfe\0\0\0\0\0\0\0\0\0\0\0\0\0\0")),
+                ..ctx()
+            },
+        ];
+        let mut kinds = std::collections::BTreeSet::new();
+        for event in every_event() {
+            kinds.insert(event.kind());
+            for ctx in &contexts {
+                check(&validator, "event", &json_line(&event, ctx));
+            }
+        }
+        assert_eq!(kinds.len(), EventKind::ALL.len(), "a kind is not tried");
+        // A pod's fields are there, and a raw name has its twin.
+        let pod = json_line(&every_event()[0], &contexts[2]);
+        assert_eq!(pod["qos"], "Burstable", "{pod}");
+        let twin = json_line(&every_event()[0], &contexts[3]);
+        assert_eq!(
+            twin["cgroup_hex"].as_str().map(|h| h.ends_with("fffe")),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn what_the_schema_refuses() {
+        let validator = validator();
+        let mut line = json_line(&exit(ExitStatus::Exited(1)), &ctx());
+        check(&validator, "exit", &line);
+        for (what, mutate) in [
+            (
+                "a stray field",
+                &(|v: &mut serde_json::Value| v["surprise"] = 1.into())
+                    as &dyn Fn(&mut serde_json::Value),
+            ),
+            ("a missing field", &|v: &mut serde_json::Value| {
+                v.as_object_mut().map(|o| o.remove("exit_code"));
+            }),
+            ("an unknown kind", &|v: &mut serde_json::Value| {
+                v["kind"] = "teleport".into()
+            }),
+            ("a twin that is not hex", &|v: &mut serde_json::Value| {
+                v["comm_hex"] = "zz".into()
+            }),
+        ] {
+            let mut bad = line.clone();
+            mutate(&mut bad);
+            assert!(!validator.is_valid(&bad), "{what} passed: {bad}");
+        }
+        line["comm_hex"] = "ff".into();
+        check(&validator, "a hex twin", &line);
+    }
+
+    fn process() -> Process {
+        Process {
+            alive: true,
+            cgroup: Some(crate::cgroup::path_text(b"/sys/fs/cgroup/pids/\xffci")),
+            cmdline: Some(vec!["bash".into()]),
+            comm: "bash".into(),
+            comm_hex: None,
+            exe: Some("/usr/bin/bash".into()),
+            not_spared_because: Some("not the trusted sshd".into()),
+            pid: 42,
+            subtree_size: Some(3),
+            memory_cgroup: None,
+            pod: record::PodFields::of(POD),
+            growth: Some(record::Growth {
+                growth_bytes: 1,
+                resident_bytes: 2,
+                share: Some(record::Share {
+                    baseline_secs: None,
+                    share_of_growth: 0.5,
+                }),
+            }),
+        }
+    }
+
+    fn records_of<R: record::Record>(record: &R) -> Vec<serde_json::Value> {
+        let mut out = Output::new(Vec::new(), Format::Json, clock());
+        out.record(record).expect("write");
+        String::from_utf8(out.into_inner())
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn records_of_every_type_match_the_schema_with_their_twins() {
+        let validator = validator();
+        let blame = Blame::on(Some(Offender::Known(Box::new(process()))), ActionKind::Kill);
+        let alert = Alert::Explosion(record::ExplosionAlert {
+            detector: crate::detect::switches::Detector::Fork,
+            rule: Rule::Explosion,
+            cgroup: None,
+            births: 1,
+            births_per_sec: 2.0,
+            growth: 3,
+            deep_births: 4,
+            live: None,
+            window_ms: 1000,
+            condemned_by_kernel: true,
+            blame: blame.clone(),
+        });
+        let lines = records_of(&alert);
+        check(&validator, "alert", &lines[0]);
+        assert!(
+            lines[0]["offender"]["cgroup_hex"].is_string(),
+            "the nested raw name has its twin: {}",
+            lines[0]
+        );
+        let storm = Alert::BlockedStorm(record::StormAlert {
+            detector: crate::detect::switches::Detector::Blocked,
+            rule: Rule::BlockedStorm,
+            count: 3,
+            killable: 0,
+            threshold_secs: 5.0,
+            longest_ms: 9000,
+            shared_wait: None,
+            memory_pressure: record::StormPressure {
+                psi: None,
+                reasons: vec![],
+            },
+            pids: vec![1, 2],
+            blame: Blame::nobody("nobody grew"),
+        });
+        check(&validator, "storm", &records_of(&storm)[0]);
+        let gone = record::ActionRecord::DryRun(record::ActionDryRun {
+            head: record::ActionHead {
+                detector: crate::detect::switches::Detector::Fork,
+                rule: Rule::Explosion,
+                action: ActionKind::Stop,
+                dry_run: true,
+                offender: Some(Offender::Gone {
+                    note: "gone before guard knew it".into(),
+                    pid: None,
+                }),
+            },
+            members: vec![4, 5],
+        });
+        check(&validator, "dry run", &records_of(&gone)[0]);
+        let seen = record::UnblockedSeen {
+            pid: 1,
+            since_ns: 2,
+            blocked_ms: 3,
+            killable: false,
+            approximate: true,
+        };
+        check(&validator, "unblocked, seen", &records_of(&seen)[0]);
+    }
+
+    /// The repository's copies are what the types give: after changing a
+    /// record type, run `cargo xtask schema`.
+    #[test]
+    fn the_checked_in_schema_and_field_reference_are_current() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (file, generated) in [
+            ("schema/guard.schema.json", schema::text()),
+            ("docs/schema-fields.md", schema::markdown()),
+        ] {
+            let kept = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+            assert!(
+                kept == generated,
+                "{file} is not what the record types give: run `cargo xtask schema` and commit it"
+            );
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! records, and a storm's memory runaway.
 
 use super::*;
+use crate::output::record;
 
 /// Reclaim stalls this recent count as memory pressure for a storm.
 const RECENT_RECLAIM_NS: u64 = 10_000_000_000;
@@ -38,14 +39,14 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn storm_runaway(&mut self, now: u64) -> Option<ActionRequest> {
         let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
         let mut request = self.memory_request(
-            "blocked",
-            "blocked_storm",
+            Detector::Blocked,
+            Rule::BlockedStorm,
             &pool,
             usage.unreclaimable,
             &growers,
         )?;
-        if let Some(o) = request.offender.as_object_mut() {
-            o.insert("memory_cgroup".into(), json!(&*pool));
+        if let Some(Offender::Known(o)) = &mut request.offender {
+            o.memory_cgroup = Some(pool.to_string());
         }
         Some(request)
     }
@@ -80,44 +81,31 @@ impl<W: Write> Pipeline<W> {
         for task in &changes.crossed {
             let wait = observe::task_wait(task.tgid, task.pid);
             let process = self.table.get(task.tgid);
-            self.out.record(
-                "blocked",
-                &[
-                    ("pid", json!(task.pid)),
-                    ("tgid", json!(task.tgid)),
-                    ("comm", json!(task.comm.to_string())),
-                    (
-                        "cgroup",
-                        json!(process.and_then(|p| p.cgroup(self.primary)).map(|c| &**c)),
-                    ),
-                    (
-                        "kernel_thread",
-                        json!(process.is_some_and(|p| p.kernel_thread)),
-                    ),
-                    ("since_ns", json!(task.since_ns)),
-                    (
-                        "blocked_ms",
-                        json!(now.saturating_sub(task.since_ns) / 1_000_000),
-                    ),
-                    ("killable", json!(task.killable)),
-                    ("wchan", json!(wait.wchan)),
-                    ("stack", json!(wait.frames)),
-                ],
-            )?;
+            self.out.record(&record::Blocked {
+                pid: task.pid,
+                tgid: task.tgid,
+                comm: task.comm.to_string(),
+                cgroup: process
+                    .and_then(|p| p.cgroup(self.primary))
+                    .map(|c| c.to_string()),
+                kernel_thread: process.is_some_and(|p| p.kernel_thread),
+                since_ns: task.since_ns,
+                blocked_ms: now.saturating_sub(task.since_ns) / 1_000_000,
+                killable: task.killable,
+                wchan: wait.wchan.clone(),
+                stack: wait.frames.clone(),
+            })?;
             self.detectors.blocked.report(now, task, wait);
             book.watch.push((task.task, task.since_ns));
         }
         for released in &changes.released {
-            self.out.record(
-                "unblocked",
-                &[
-                    ("pid", json!(released.pid)),
-                    ("since_ns", json!(released.since_ns)),
-                    ("blocked_ms", json!(released.blocked_ns / 1_000_000)),
-                    ("killable", json!(released.killable)),
-                    ("approximate", json!(true)),
-                ],
-            )?;
+            self.out.record(&record::UnblockedSeen {
+                pid: released.pid,
+                since_ns: released.since_ns,
+                blocked_ms: released.blocked_ns / 1_000_000,
+                killable: released.killable,
+                approximate: true,
+            })?;
             book.forget.push(released.task);
         }
         match self.detectors.blocked.check(now) {
@@ -148,61 +136,50 @@ impl<W: Write> Pipeline<W> {
                     }
                 };
                 let psi = observe::memory_pressure();
-                let mut fields = vec![
-                    ("detector", json!("blocked")),
-                    ("rule", json!("blocked_storm")),
-                    ("count", json!(count)),
-                    ("killable", json!(killable)),
-                    (
-                        "threshold_secs",
-                        json!(self.detectors.blocked.rules().threshold_ns as f64 / 1e9),
-                    ),
-                    ("longest_ms", json!(longest_ns / 1_000_000)),
-                    (
-                        "shared_wait",
-                        json!(shared.as_ref().map(|s| json!({
-                            "frames": s.frames,
-                            "tasks": s.tasks,
-                        }))),
-                    ),
-                    (
-                        "memory_pressure",
-                        json!({
-                            "psi": psi.map(|p| json!({
-                                "some_avg10": p.some_avg10,
-                                "full_avg10": p.full_avg10,
-                            })),
-                            "reasons": pressure,
-                        }),
-                    ),
-                    ("pids", json!(pids)),
-                ];
-                match runaway {
+                let (blame, request) = match runaway {
                     Some(request) => {
-                        fields.push(("offender", request.offender.clone()));
-                        fields.push(("action", json!(request.kind)));
-                        fields.push(("note", json!(note)));
-                        self.out.record("alert", &fields)?;
-                        self.queue(request)?;
+                        let mut blame = Blame::on(request.offender.clone(), request.kind);
+                        blame.note = Some(note.to_owned());
+                        (blame, Some(request))
                     }
                     None => {
-                        fields.push(("offender", Value::Null));
-                        fields.push(("action", json!("log")));
-                        fields.push(("note", json!(note)));
-                        self.out.record("alert", &fields)?;
+                        let mut blame = Blame::on(None, ActionKind::Log);
+                        blame.note = Some(note.to_owned());
+                        (blame, None)
                     }
+                };
+                self.out.record(&Alert::BlockedStorm(record::StormAlert {
+                    detector: Detector::Blocked,
+                    rule: Rule::BlockedStorm,
+                    count: count as u64,
+                    killable: killable as u64,
+                    threshold_secs: self.detectors.blocked.rules().threshold_ns as f64 / 1e9,
+                    longest_ms: longest_ns / 1_000_000,
+                    shared_wait: shared.as_ref().map(|s| record::SharedWait {
+                        frames: s.frames.clone(),
+                        tasks: s.tasks as u64,
+                    }),
+                    memory_pressure: record::StormPressure {
+                        psi: psi.map(|p| record::Psi {
+                            full_avg10: p.full_avg10,
+                            some_avg10: p.some_avg10,
+                        }),
+                        reasons: pressure,
+                    },
+                    pids,
+                    blame,
+                }))?;
+                if let Some(request) = request {
+                    self.queue(request)?;
                 }
             }
             Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
-                self.out.record(
-                    "resolved",
-                    &[
-                        ("detector", json!("blocked")),
-                        ("rule", json!("blocked_storm")),
-                        ("peak", json!(peak)),
-                        ("lasted_ms", json!(lasted_ns / 1_000_000)),
-                    ],
-                )?;
+                self.out.record(&record::Resolved {
+                    detector: Detector::Blocked,
+                    rule: Rule::BlockedStorm,
+                    peak: peak as u64,
+                    lasted_ms: lasted_ns / 1_000_000,
+                })?;
             }
             None => {}
         }

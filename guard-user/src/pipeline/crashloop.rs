@@ -1,6 +1,7 @@
 //! The crash-loop glue: alerts, and the supervisor a loop may stop.
 
 use super::*;
+use crate::output::record::{CrashLoopAlert, Supervisor};
 
 impl<W: Write> Pipeline<W> {
     /// Why the supervisor of a crash loop must not be stopped; `None` when
@@ -48,30 +49,29 @@ impl<W: Write> Pipeline<W> {
                 None => (kind, None),
             },
         };
-        self.out.record(
-            "alert",
-            &[
-                ("detector", json!("crashloop")),
-                ("rule", json!("crash_loop")),
-                ("program", json!(&*l.key.program)),
-                ("cgroup", json!(l.key.cgroup.as_deref())),
-                (
-                    "unit",
-                    json!(l.key.cgroup.as_deref().and_then(systemd_unit)),
-                ),
-                (
-                    "supervisor",
-                    json!({"pid": l.key.supervisor, "comm": supervisor}),
-                ),
-                ("crashes", json!(l.crashes)),
-                ("window_secs", json!(l.window_ns / 1_000_000_000)),
-                ("per_minute", json!((l.per_minute * 10.0).round() / 10.0)),
-                ("statuses", json!(statuses)),
-                ("last_pid", json!(l.last_pid)),
-                ("action", json!(action)),
-                ("not_stopped_because", json!(spared)),
-            ],
-        )?;
+        self.out.record(&Alert::CrashLoop(CrashLoopAlert {
+            detector: Detector::Crashloop,
+            rule: Rule::CrashLoop,
+            program: l.key.program.to_string(),
+            cgroup: l.key.cgroup.as_deref().map(str::to_owned),
+            unit: l
+                .key
+                .cgroup
+                .as_deref()
+                .and_then(systemd_unit)
+                .map(str::to_owned),
+            supervisor: Supervisor {
+                comm: supervisor,
+                pid: l.key.supervisor,
+            },
+            crashes: u64::from(l.crashes),
+            window_secs: l.window_ns / 1_000_000_000,
+            per_minute: (l.per_minute * 10.0).round() / 10.0,
+            statuses,
+            last_pid: l.last_pid,
+            action,
+            not_stopped_because: spared.map(str::to_owned),
+        }))?;
         if action == ActionKind::Log {
             return Ok(());
         }
@@ -79,8 +79,8 @@ impl<W: Write> Pipeline<W> {
             return Ok(());
         };
         let request = ActionRequest {
-            detector: "crashloop",
-            rule: "crash_loop",
+            detector: Detector::Crashloop,
+            rule: Rule::CrashLoop,
             tag: node,
             root: Some(node),
             kind: action,

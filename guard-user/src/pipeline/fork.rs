@@ -3,6 +3,7 @@
 //! readings, and the probe's condemnations turned into alerts and actions.
 
 use super::*;
+use crate::output::record::{ExplosionAlert, PidsLimitAlert};
 
 impl<W: Write> Pipeline<W> {
     /// Tags `root`'s subtree with `tag`, in the kernel and in `tagged`. Each member's
@@ -328,34 +329,31 @@ impl<W: Write> Pipeline<W> {
         });
         let offender = match root {
             Some(r) => self.describe_offender(r, members.len()),
-            None => json!({ "pid": c.root_tgid, "note": "gone before guard knew it" }),
+            None => Some(Offender::Gone {
+                note: "gone before guard knew it".into(),
+                pid: c.root_tgid,
+            }),
         };
         let cgroup = root
             .and_then(|r| self.table.lineage().get(r))
             .and_then(|n| n.cgroups.get(self.pids_index).cloned().flatten());
         let window_s = c.window_ns as f64 / 1e9;
-        self.out.record(
-            "alert",
-            &[
-                ("detector", json!("fork")),
-                ("rule", json!("explosion")),
-                ("condemned_by_kernel", json!(true)),
-                ("cgroup", json!(cgroup.as_deref())),
-                ("births", json!(c.births)),
-                (
-                    "births_per_sec",
-                    json!((c.births as f64 / window_s.max(1e-9)).round()),
-                ),
-                ("growth", json!(c.growth)),
-                ("deep_births", json!(c.deep_births)),
-                ("window_ms", json!(c.window_ns / 1_000_000)),
-                ("offender", offender.clone()),
-                ("action", json!(action)),
-            ],
-        )?;
+        self.out.record(&Alert::Explosion(ExplosionAlert {
+            detector: Detector::Fork,
+            rule: Rule::Explosion,
+            cgroup: cgroup.as_deref().map(str::to_owned),
+            births: c.births,
+            births_per_sec: (c.births as f64 / window_s.max(1e-9)).round(),
+            growth: c.growth,
+            deep_births: c.deep_births.into(),
+            live: None,
+            window_ms: c.window_ns / 1_000_000,
+            condemned_by_kernel: true,
+            blame: Blame::on(offender.clone(), action),
+        }))?;
         let request = ActionRequest {
-            detector: "fork",
-            rule: "explosion",
+            detector: Detector::Fork,
+            rule: Rule::Explosion,
             tag: c.tag,
             root,
             kind: action,
@@ -397,49 +395,9 @@ impl<W: Write> Pipeline<W> {
             if recounted && from_counts(&verdict) {
                 continue;
             }
-            let (rule, cgroup, recent, mut figures) = match &verdict {
-                ForkVerdict::Explosion {
-                    cgroup,
-                    births,
-                    births_per_sec,
-                    growth,
-                    deep_births,
-                    live,
-                    window_ns,
-                    recent,
-                } => (
-                    "explosion",
-                    cgroup.clone(),
-                    recent.clone(),
-                    vec![
-                        ("births", json!(births)),
-                        ("births_per_sec", json!(births_per_sec.round())),
-                        ("growth", json!(growth)),
-                        ("deep_births", json!(deep_births)),
-                        ("live", json!(live)),
-                        ("window_ms", json!(window_ns / 1_000_000)),
-                    ],
-                ),
-                ForkVerdict::Limit {
-                    rule,
-                    cgroup,
-                    current,
-                    limit,
-                    per_sec,
-                    eta_ns,
-                    recent,
-                } => (
-                    rule.name(),
-                    cgroup.clone(),
-                    recent.clone(),
-                    vec![
-                        ("current", json!(current)),
-                        ("limit", json!(limit)),
-                        ("per_sec", json!((per_sec * 100.0).round() / 100.0)),
-                        ("eta_secs", json!((*eta_ns as f64 / 1e8).round() / 10.0)),
-                        ("eta", json!(human_duration(*eta_ns))),
-                    ],
-                ),
+            let (cgroup, recent) = match &verdict {
+                ForkVerdict::Explosion { cgroup, recent, .. }
+                | ForkVerdict::Limit { cgroup, recent, .. } => (cgroup.clone(), recent.clone()),
             };
             if self.settings.ignore_fork.cgroup(Some(&cgroup)) {
                 continue;
@@ -452,16 +410,9 @@ impl<W: Write> Pipeline<W> {
                     .why(n)
                     .or_else(|| ignore.program(n.exe.as_deref()).then_some("ignored"))
             });
-            let mut fields = vec![
-                ("detector", json!("fork")),
-                ("rule", json!(rule)),
-                ("cgroup", json!(&*cgroup)),
-            ];
-            fields.append(&mut figures);
             let Some(offender) = offender else {
-                fields.push(("offender", Value::Null));
-                fields.push(("note", json!("no unprotected process behind the growth")));
-                self.out.record("alert", &fields)?;
+                let blame = Blame::nobody("no unprotected process behind the growth");
+                self.out.record(&fork_alert(&verdict, false, blame))?;
                 continue;
             };
             if self.acting_on(offender.node) {
@@ -475,22 +426,21 @@ impl<W: Write> Pipeline<W> {
             // agent's signals are one; and say so when the probe condemned
             // it first (its record may still be on its way).
             let probe_tag = self.probe_tag_of(offender.tgid, &members);
-            if let (Some(t), Some(system)) = (probe_tag, &self.system)
-                && system.is_condemned(t)
-            {
-                fields.push(("condemned_by_kernel", json!(true)));
-            }
+            let by_kernel = matches!(
+                (probe_tag, &self.system),
+                (Some(t), Some(system)) if system.is_condemned(t)
+            );
             let action = self.settings.action(Detector::Fork, Some(&cgroup));
-            fields.push(("offender", described.clone()));
-            fields.push(("action", json!(action)));
-            self.out.record("alert", &fields)?;
+            let blame = Blame::on(described.clone(), action);
+            let alert = fork_alert(&verdict, by_kernel, blame);
+            self.out.record(&alert)?;
             if action == ActionKind::Log || self.active.contains(&offender.node) {
                 continue;
             }
             let tag = probe_tag.unwrap_or(offender.node);
             let request = ActionRequest {
-                detector: "fork",
-                rule,
+                detector: Detector::Fork,
+                rule: alert.rule(),
                 tag,
                 root: Some(offender.node),
                 kind: action,
@@ -549,5 +499,56 @@ impl<W: Write> Pipeline<W> {
             let swept = self.table.sweep();
             tracing::debug!("dropped {swept} stale process-table entries");
         }
+    }
+}
+
+/// The alert of an agent's fork verdict.
+fn fork_alert(verdict: &ForkVerdict, condemned_by_kernel: bool, blame: Blame) -> Alert {
+    match verdict {
+        ForkVerdict::Explosion {
+            cgroup,
+            births,
+            births_per_sec,
+            growth,
+            deep_births,
+            live,
+            window_ns,
+            ..
+        } => Alert::Explosion(ExplosionAlert {
+            detector: Detector::Fork,
+            rule: Rule::Explosion,
+            cgroup: Some(cgroup.to_string()),
+            births: u64::from(*births),
+            births_per_sec: births_per_sec.round(),
+            growth: u64::from(*growth),
+            deep_births: u64::from(*deep_births),
+            live: Some(u64::from(*live)),
+            window_ms: window_ns / 1_000_000,
+            condemned_by_kernel,
+            blame,
+        }),
+        ForkVerdict::Limit {
+            rule,
+            cgroup,
+            current,
+            limit,
+            per_sec,
+            eta_ns,
+            ..
+        } => Alert::PidsLimit(PidsLimitAlert {
+            detector: Detector::Fork,
+            rule: match rule {
+                LimitRule::Trend => Rule::PidsLimitTrend,
+                LimitRule::Rush => Rule::PidsLimitRush,
+            },
+            cgroup: cgroup.to_string(),
+            current: *current,
+            limit: *limit,
+            per_sec: (per_sec * 100.0).round() / 100.0,
+            eta_secs: (*eta_ns as f64 / 1e8).round() / 10.0,
+            eta: human_duration(*eta_ns),
+            condemned_by_kernel,
+            blame,
+        }),
     }
 }

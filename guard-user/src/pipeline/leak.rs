@@ -1,6 +1,7 @@
 //! The leak rule's glue: its alert with the projections, and the action.
 
 use super::*;
+use crate::output::record::{LeakAlert, Resource};
 
 impl<W: Write> Pipeline<W> {
     /// Writes a leak alert, with its projection toward whichever limit
@@ -41,44 +42,53 @@ impl<W: Write> Pipeline<W> {
             m.limit.saturating_sub(m.unreclaimable) as f64 / (per_task * per_sec).max(1.0)
         });
         let first = match (pids_eta, memory_eta) {
-            (Some(p), Some(m)) => Some(if p <= m { "pids" } else { "memory" }),
-            (Some(_), None) => Some("pids"),
-            (None, Some(_)) => Some("memory"),
+            (Some(p), Some(m)) => Some(if p <= m {
+                Resource::Pids
+            } else {
+                Resource::Memory
+            }),
+            (Some(_), None) => Some(Resource::Pids),
+            (None, Some(_)) => Some(Resource::Memory),
             (None, None) => None,
         };
         let round = |s: Option<f64>| s.map(|s| (s * 10.0).round() / 10.0);
-        let mut fields = vec![
-            ("detector", json!("leak")),
-            ("rule", json!("leak")),
-            ("cgroup", json!(&*v.cgroup)),
-            ("tasks_now", json!(v.now)),
-            ("tasks_before", json!(v.before)),
-            ("window_secs", json!(v.window_ns / 1_000_000_000)),
-            ("per_min", json!((v.per_min * 10.0).round() / 10.0)),
-            ("pids_limit", json!(v.limit)),
-            ("pids_eta_secs", json!(round(pids_eta))),
-            ("memory_pool", json!(&*pool)),
-            ("memory_bytes", json!(memory.map(|m| m.unreclaimable))),
-            ("memory_limit_bytes", json!(memory.map(|m| m.limit))),
-            ("memory_eta_secs", json!(round(memory_eta))),
-            ("runs_out_first", json!(first)),
-        ];
+        let alert = |blame| {
+            Alert::Leak(LeakAlert {
+                detector: Detector::Leak,
+                rule: Rule::Leak,
+                cgroup: v.cgroup.to_string(),
+                tasks_now: v.now,
+                tasks_before: v.before,
+                window_secs: v.window_ns / 1_000_000_000,
+                per_min: (v.per_min * 10.0).round() / 10.0,
+                pids_limit: v.limit,
+                pids_eta_secs: round(pids_eta),
+                memory_pool: pool.to_string(),
+                memory_bytes: memory.map(|m| m.unreclaimable),
+                memory_limit_bytes: memory.map(|m| m.limit),
+                memory_eta_secs: round(memory_eta),
+                runs_out_first: first,
+                blame,
+            })
+        };
         let Some(offender) = offender else {
-            fields.push(("offender", Value::Null));
-            return self.out.record("alert", &fields);
+            return self.out.record(&alert(Blame {
+                offender: None,
+                action: None,
+                note: None,
+            }));
         };
         let members = unprotected_members(self.table.lineage(), &self.protection, offender.node);
         let described = self.describe_offender(offender.node, members.len());
-        fields.push(("offender", described.clone()));
         let action = self.settings.action(Detector::Leak, Some(&v.cgroup));
-        fields.push(("action", json!(action)));
-        self.out.record("alert", &fields)?;
+        self.out
+            .record(&alert(Blame::on(described.clone(), action)))?;
         if action == ActionKind::Log || members.is_empty() {
             return Ok(());
         }
         self.queue(ActionRequest {
-            detector: "leak",
-            rule: "leak",
+            detector: Detector::Leak,
+            rule: Rule::Leak,
             tag: offender.node,
             root: Some(offender.node),
             kind: action,

@@ -2,6 +2,7 @@
 //! baselines, host pressure, and verdicts turned into subtree actions.
 
 use super::*;
+use crate::output::record::{Growth, HostPressure, MemoryAlert, Share};
 
 /// Shortest time between two readings of one memory cgroup driven by `rss`
 /// records (a fast allocator crosses a 64 MiB step every few ms).
@@ -172,13 +173,11 @@ impl<W: Write> Pipeline<W> {
         let thrashing = rates.is_some_and(|(swapin, refault)| {
             swapin >= THRASHING_PAGES_PER_SEC && refault >= THRASHING_PAGES_PER_SEC
         });
-        self.pressure_now = (stalled || thrashing).then(|| {
-            json!({
-                "psi_full_avg10": psi.map(|p| p.full_avg10),
-                "psi_some_avg10": psi.map(|p| p.some_avg10),
-                "swapin_pages_per_sec": rates.map(|r| r.0.round()),
-                "refaults_per_sec": rates.map(|r| r.1.round()),
-            })
+        self.pressure_now = (stalled || thrashing).then(|| HostPressure {
+            psi_full_avg10: psi.map(|p| p.full_avg10),
+            psi_some_avg10: psi.map(|p| p.some_avg10),
+            refaults_per_sec: rates.map(|r| r.1.round()),
+            swapin_pages_per_sec: rates.map(|r| r.0.round()),
         });
         self.detectors
             .memory
@@ -225,8 +224,8 @@ impl<W: Write> Pipeline<W> {
     /// action of the memory detector's policy.
     pub(super) fn memory_request(
         &mut self,
-        detector: &'static str,
-        rule: &'static str,
+        detector: Detector,
+        rule: Rule,
         pool: &PoolKey,
         usage: u64,
         growers: &[Grower],
@@ -249,10 +248,13 @@ impl<W: Write> Pipeline<W> {
             (n.alive && !spared).then_some((g, n))
         })?;
         let mut described = self.describe_offender(g.node, 1);
-        if let Some(o) = described.as_object_mut() {
-            o.remove("subtree_size");
-            o.insert("growth_bytes".into(), json!(g.growth));
-            o.insert("resident_bytes".into(), json!(g.resident));
+        if let Some(Offender::Known(o)) = &mut described {
+            o.subtree_size = None;
+            o.growth = Some(Growth {
+                growth_bytes: g.growth,
+                resident_bytes: g.resident,
+                share: None,
+            });
         }
         Some(ActionRequest {
             detector,
@@ -274,8 +276,8 @@ impl<W: Write> Pipeline<W> {
     /// `detect::subtree`), as an action on all of it.
     pub(super) fn subtree_request(
         &mut self,
-        detector: &'static str,
-        rule: &'static str,
+        detector: Detector,
+        rule: Rule,
         pool: &PoolKey,
         usage: u64,
     ) -> Option<ActionRequest> {
@@ -328,27 +330,21 @@ impl<W: Write> Pipeline<W> {
         if members.is_empty() {
             return None;
         }
+        let baseline_secs = self
+            .baselines
+            .get(pool)
+            .and_then(|b| b.front())
+            .map(|(at, _)| (WallClock::boot_ns_now().saturating_sub(*at) / 1_000_000) as f64 / 1e3);
         let mut described = self.describe_offender(o.node, members.len());
-        if let Some(d) = described.as_object_mut() {
-            d.insert("growth_bytes".into(), json!(o.growth));
-            d.insert("resident_bytes".into(), json!(o.resident));
-            d.insert(
-                "share_of_growth".into(),
-                json!((o.share * 100.0).round() / 100.0),
-            );
-            d.insert(
-                "baseline_secs".into(),
-                json!(
-                    self.baselines
-                        .get(pool)
-                        .and_then(|b| b.front())
-                        .map(
-                            |(at, _)| (WallClock::boot_ns_now().saturating_sub(*at) / 1_000_000)
-                                as f64
-                                / 1e3
-                        )
-                ),
-            );
+        if let Some(Offender::Known(d)) = &mut described {
+            d.growth = Some(Growth {
+                growth_bytes: o.growth,
+                resident_bytes: o.resident,
+                share: Some(Share {
+                    baseline_secs,
+                    share_of_growth: (o.share * 100.0).round() / 100.0,
+                }),
+            });
         }
         Some(ActionRequest {
             detector,
@@ -369,60 +365,59 @@ impl<W: Write> Pipeline<W> {
         // guard acts on it, and only on a subtree that grew by a sixteenth
         // of the host's memory.
         let pressure_only = v.rule == MemoryRule::Pressure && !self.scope.cgroups.is_empty();
+        let rule = match v.rule {
+            MemoryRule::Horizon => Rule::MemoryLimitTrend,
+            MemoryRule::Headroom => Rule::MemoryHeadroom,
+            MemoryRule::Pressure => Rule::MemoryPressure,
+        };
         let request = self
             .memory_request(
-                "memory",
-                v.rule.name(),
+                Detector::Memory,
+                rule,
                 &v.pool,
                 v.usage.unreclaimable,
                 &v.growers,
             )
             .filter(|r| {
                 v.rule != MemoryRule::Pressure
-                    || (!pressure_only
-                        && r.offender["growth_bytes"]
-                            .as_u64()
-                            .is_some_and(|g| g >= v.usage.limit / 16))
+                    || (!pressure_only && offender_growth(r) >= v.usage.limit / 16)
             });
         let limit = v.usage.limit.max(1);
-        let mut fields = vec![
-            ("detector", json!("memory")),
-            ("rule", json!(v.rule.name())),
-            ("cgroup", json!(&*v.pool)),
-            ("usage_bytes", json!(v.usage.unreclaimable)),
-            ("charged_bytes", json!(v.usage.usage)),
-            ("limit_bytes", json!(v.usage.limit)),
-            (
-                "percent",
-                json!((v.usage.unreclaimable as f64 * 1000.0 / limit as f64).round() / 10.0),
-            ),
-            (
-                "mib_per_sec",
-                json!((v.bytes_per_sec / f64::from(1 << 20) * 10.0).round() / 10.0),
-            ),
-            (
-                "eta_secs",
-                json!(v.eta_ns.map(|e| (e as f64 / 1e8).round() / 10.0)),
-            ),
-        ];
-        if v.rule == MemoryRule::Pressure {
-            fields.push(("pressure", self.pressure_now.clone().unwrap_or(Value::Null)));
-        }
-        let Some(request) = request else {
-            fields.push(("offender", Value::Null));
-            fields.push((
-                "note",
-                json!(if pressure_only {
-                    "the host is under memory pressure; with --cgroup, guard does not act on it (the cause may be outside the scope)"
-                } else {
-                    "no unprotected process grew enough in this pool"
-                }),
-            ));
-            return self.out.record("alert", &fields);
+        let alert = |blame| {
+            Alert::Memory(MemoryAlert {
+                detector: Detector::Memory,
+                rule,
+                cgroup: v.pool.to_string(),
+                usage_bytes: v.usage.unreclaimable,
+                charged_bytes: v.usage.usage,
+                limit_bytes: v.usage.limit,
+                percent: (v.usage.unreclaimable as f64 * 1000.0 / limit as f64).round() / 10.0,
+                mib_per_sec: (v.bytes_per_sec / f64::from(1 << 20) * 10.0).round() / 10.0,
+                eta_secs: v.eta_ns.map(|e| (e as f64 / 1e8).round() / 10.0),
+                pressure: (v.rule == MemoryRule::Pressure).then(|| self.pressure_now.clone()),
+                blame,
+            })
         };
-        fields.push(("offender", request.offender.clone()));
-        fields.push(("action", json!(request.kind)));
-        self.out.record("alert", &fields)?;
+        let Some(request) = request else {
+            let note = if pressure_only {
+                "the host is under memory pressure; with --cgroup, guard does not act on it (the cause may be outside the scope)"
+            } else {
+                "no unprotected process grew enough in this pool"
+            };
+            return self.out.record(&alert(Blame::nobody(note)));
+        };
+        self.out
+            .record(&alert(Blame::on(request.offender.clone(), request.kind)))?;
         self.queue(request)
     }
+}
+
+/// How much a memory request's offender grew (0: unknown).
+fn offender_growth(request: &ActionRequest) -> u64 {
+    request
+        .offender
+        .as_ref()
+        .and_then(Offender::process)
+        .and_then(|p| p.growth.as_ref())
+        .map_or(0, |g| g.growth_bytes)
 }

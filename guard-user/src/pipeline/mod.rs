@@ -16,7 +16,6 @@ mod leak;
 mod memory;
 
 use guard_common::{EventKind, KIND_SLOTS};
-use serde_json::{Value, json};
 
 use crate::{
     act::{Member, Outcome, ProcState, System},
@@ -34,7 +33,13 @@ use crate::{
     },
     kernel_scope::BudgetLimits,
     observe,
-    output::{Context, Output, human_duration},
+    output::{
+        Context, Output, human_duration,
+        record::{
+            ActionDone, ActionDryRun, ActionHead, ActionRecord, Alert, Blame, Freed, HostPressure,
+            Offender, PodFields, Process, Rule,
+        },
+    },
     policy::ActionKind,
     proctable::{Lineage, NodeId, ProcessTable},
     protect::Protection,
@@ -115,8 +120,8 @@ const OOM_VICTIMS_KEPT: usize = 4096;
 /// A subtree to contain, for `agent` to run through `act::contain`.
 #[derive(Clone, Debug)]
 pub struct ActionRequest {
-    pub detector: &'static str,
-    pub rule: &'static str,
+    pub detector: Detector,
+    pub rule: Rule,
     /// The subtree's lineage tag in the kernel: the offender's lineage
     /// node, or a tag the fork probe gave it (see `guard_common::auto_tag`).
     pub tag: u64,
@@ -124,7 +129,7 @@ pub struct ActionRequest {
     /// fork probe tagged may be gone before the agent hears of it).
     pub root: Option<NodeId>,
     pub kind: ActionKind,
-    pub offender: Value,
+    pub offender: Option<Offender>,
     pub members: Vec<Member>,
     /// Memory actions: the pool and its unreclaimable bytes at the alert.
     pub pool: Option<(PoolKey, u64)>,
@@ -148,15 +153,15 @@ fn still_to_contain(kind: ActionKind, state: ProcState) -> bool {
     }
 }
 
-/// The fields every `action` record starts with.
-fn action_fields(request: &ActionRequest, dry_run: bool) -> Vec<(&'static str, Value)> {
-    vec![
-        ("detector", json!(request.detector)),
-        ("rule", json!(request.rule)),
-        ("action", json!(request.kind)),
-        ("dry_run", json!(dry_run)),
-        ("offender", request.offender.clone()),
-    ]
+/// What every `action` record starts with.
+fn action_head(request: &ActionRequest, dry_run: bool) -> ActionHead {
+    ActionHead {
+        detector: request.detector,
+        rule: request.rule,
+        action: request.kind,
+        dry_run,
+        offender: request.offender.clone(),
+    }
 }
 
 /// The live members of `root`'s subtree that may be signalled.
@@ -228,7 +233,7 @@ pub struct Pipeline<W: Write> {
     /// The last /proc/vmstat swap counters (time, pswpin, refaults), and
     /// the host's memory pressure at the last reading, when it was under it.
     last_swap: Option<(u64, u64, u64)>,
-    pressure_now: Option<Value>,
+    pressure_now: Option<HostPressure>,
     /// Every event lost so far, in the kernel and the agent's queue.
     losses: Option<LossCounter>,
     /// Its value at the last recount.
@@ -532,52 +537,34 @@ impl<W: Write> Pipeline<W> {
         Ok(requests)
     }
 
-    fn describe_offender(&self, node: NodeId, subtree: usize) -> Value {
+    fn describe_offender(&self, node: NodeId, subtree: usize) -> Option<Offender> {
         let lineage = self.table.lineage();
-        let Some(n) = lineage.get(node) else {
-            return Value::Null;
-        };
-        let mut described = json!({
-            "pid": n.tgid,
-            "comm": n.comm.to_string(),
-            "alive": n.alive,
+        let n = lineage.get(node)?;
+        let cgroup = n.cgroups.get(self.primary).cloned().flatten();
+        Some(Offender::Known(Box::new(Process {
+            alive: n.alive,
+            cgroup: cgroup.as_deref().map(str::to_owned),
             // From exec records (the probe copies the arguments): reading
             // /proc/PID/cmdline here would wait on the offender's mmap_lock,
             // which a forking process holds.
-            "exe": n.exe.as_deref(),
-            "cmdline": n.cmdline.as_deref(),
-            "cgroup": n.cgroups.get(self.primary).cloned().flatten().map(|s| s.to_string()),
-            "subtree_size": subtree,
-        });
-        if let (Some(hex), Some(o)) = (
-            crate::output::text::hex_if_not_utf8(n.comm.as_bytes()),
-            described.as_object_mut(),
-        ) {
-            o.insert("comm_hex".into(), json!(hex));
-        }
-        if let (Some(why), Some(o)) = (self.protection.impostor(n), described.as_object_mut()) {
-            o.insert("not_spared_because".into(), json!(why));
-        }
-        if let (Some(pod), Some(o)) = (
-            n.cgroups
-                .get(self.primary)
-                .cloned()
-                .flatten()
-                .and_then(|c| crate::kube::pod_of(&c)),
-            described.as_object_mut(),
-        ) {
-            o.insert("pod_uid".into(), json!(pod.uid));
-            o.insert("container_id".into(), json!(pod.container_id));
-            o.insert("qos".into(), json!(pod.qos.name()));
-        }
-        described
+            cmdline: n.cmdline.as_deref().map(<[String]>::to_vec),
+            comm: n.comm.to_string(),
+            comm_hex: crate::output::text::hex_if_not_utf8(n.comm.as_bytes()),
+            exe: n.exe.as_deref().map(str::to_owned),
+            not_spared_because: self.protection.impostor(n),
+            pid: n.tgid,
+            subtree_size: Some(subtree),
+            memory_cgroup: None,
+            pod: cgroup.as_deref().and_then(PodFields::of),
+            growth: None,
+        })))
     }
 
     fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {
-        let pids: Vec<u32> = request.members.iter().map(|m| m.tgid).collect();
-        let mut fields = action_fields(request, true);
-        fields.push(("members", json!(pids)));
-        self.out.record("action", &fields)
+        self.out.record(&ActionRecord::DryRun(ActionDryRun {
+            head: action_head(request, true),
+            members: request.members.iter().map(|m| m.tgid).collect(),
+        }))
     }
 
     /// An action finished: report it. When members of the subtree are still
@@ -591,29 +578,27 @@ impl<W: Write> Pipeline<W> {
         self.active.remove(&request.tag);
         self.watched.remove(&request.tag);
         self.tagged.retain(|_, (tag, _)| *tag != request.tag);
-        let signals = crate::output::signal_name(request.kind.signal());
-        let mut fields = action_fields(request, false);
-        fields.extend([
-            ("signals", json!(signals)),
-            ("members", json!(request.members.len())),
-            ("outcome", json!(outcome)),
-        ]);
-        if let Some((pool, before)) = &request.pool {
+        let memory = request.pool.as_ref().map(|(pool, before)| {
             let after = if &**pool == HOST {
                 observe::host_memory()
             } else {
                 observe::memcg_usage(pool)
             };
-            fields.push(("usage_before_bytes", json!(before)));
-            fields.push(("usage_after_bytes", json!(after.map(|a| a.unreclaimable))));
-            fields.push((
-                "freed_bytes",
-                json!(after.map(|a| before.saturating_sub(a.unreclaimable))),
-            ));
-        }
-        self.out.record("action", &fields)?;
+            Freed {
+                usage_before_bytes: *before,
+                usage_after_bytes: after.map(|a| a.unreclaimable),
+                freed_bytes: after.map(|a| before.saturating_sub(a.unreclaimable)),
+            }
+        });
+        self.out.record(&ActionRecord::Done(Box::new(ActionDone {
+            head: action_head(request, false),
+            signals: crate::output::signal_name(request.kind.signal()).to_owned(),
+            members: request.members.len(),
+            outcome: outcome.clone(),
+            memory,
+        })))?;
         self.out.flush()?;
-        if request.detector != "fork" && request.members.len() <= 1 {
+        if request.detector != Detector::Fork && request.members.len() <= 1 {
             // An action on one process (a memory hog, a crash loop's
             // supervisor) has no subtree to follow up on.
             return Ok(Vec::new());

@@ -1,0 +1,722 @@
+//! The records guard writes besides kernel events: one type per kind, and
+//! per rule where the figures differ. They are the single description of
+//! the stream: `Output::record` writes them (JSON or text), hooks and
+//! metrics read their typed fields, and `output::schema` derives the JSON
+//! Schema from them (`cargo xtask schema` writes schema/guard.schema.json).
+//!
+//! Nested objects list their fields in alphabetical order, as the records
+//! built from `json!` maps did, so the NDJSON stays byte-compatible where
+//! the shape did not change (see docs/schema.md for what did).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::{act::Outcome, detect::switches::Detector, kube::Qos, policy::ActionKind};
+
+/// Every kind of record that is not a kernel event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Start,
+    Summary,
+    Lost,
+    Blocked,
+    Unblocked,
+    Alert,
+    Action,
+    Resolved,
+}
+
+impl RecordKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Start => "start",
+            RecordKind::Summary => "summary",
+            RecordKind::Lost => "lost",
+            RecordKind::Blocked => "blocked",
+            RecordKind::Unblocked => "unblocked",
+            RecordKind::Alert => "alert",
+            RecordKind::Action => "action",
+            RecordKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// A record: its kind, and what metrics and hooks read of it.
+pub trait Record: Serialize {
+    const KIND: RecordKind;
+    /// What the metrics count it as (alerts and actions).
+    fn counted(&self) -> Option<Counted> {
+        None
+    }
+    /// What a hook is told of it, when a hook runs for it (alerts and
+    /// actions).
+    fn hook(&self) -> Option<HookSubject> {
+        None
+    }
+}
+
+/// The rules behind alerts, as records name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Fork: a subtree's births and self-copies (see docs/fork-guard.md).
+    Explosion,
+    /// Fork: pids.current on a steady course to pids.max.
+    PidsLimitTrend,
+    /// Fork: a rush of births with pids.max in reach.
+    PidsLimitRush,
+    /// Leak: a population that grows and never comes back.
+    Leak,
+    /// Crash loop: a program started again and again, failing each time.
+    CrashLoop,
+    /// Memory: usage on a steady course to the pool's limit.
+    MemoryLimitTrend,
+    /// Memory: too little headroom left.
+    MemoryHeadroom,
+    /// Memory: the host under pressure (PSI, thrashing).
+    MemoryPressure,
+    /// Blocked tasks: many tasks in D state at once.
+    BlockedStorm,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Explosion => "explosion",
+            Rule::PidsLimitTrend => "pids_limit_trend",
+            Rule::PidsLimitRush => "pids_limit_rush",
+            Rule::Leak => "leak",
+            Rule::CrashLoop => "crash_loop",
+            Rule::MemoryLimitTrend => "memory_limit_trend",
+            Rule::MemoryHeadroom => "memory_headroom",
+            Rule::MemoryPressure => "memory_pressure",
+            Rule::BlockedStorm => "blocked_storm",
+        }
+    }
+}
+
+/// How an action ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActionResult {
+    Contained,
+    NotContained,
+    DryRun,
+}
+
+impl ActionResult {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionResult::Contained => "contained",
+            ActionResult::NotContained => "not_contained",
+            ActionResult::DryRun => "dry_run",
+        }
+    }
+}
+
+/// What the metrics count a record as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Alert(Detector, Rule),
+    Action(Detector, ActionKind, ActionResult),
+}
+
+/// What a hook's environment says of a record (see `hook::environment`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookSubject {
+    pub detector: Option<Detector>,
+    pub rule: Option<Rule>,
+    pub action: Option<ActionKind>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+/// A Kubernetes pod's identity, beside a cgroup inside one.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct PodFields {
+    pub container_id: Option<String>,
+    pub pod_uid: String,
+    pub qos: Qos,
+}
+
+impl PodFields {
+    pub fn of(cgroup: &str) -> Option<Self> {
+        crate::kube::pod_of(cgroup).map(|p| Self {
+            container_id: p.container_id,
+            pod_uid: p.uid,
+            qos: p.qos,
+        })
+    }
+}
+
+/// The process an alert blames, and what it leads.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Offender {
+    Known(Box<Process>),
+    /// The fork probe condemned a subtree whose root exited before the
+    /// agent heard of it.
+    Gone {
+        note: String,
+        pid: Option<u32>,
+    },
+}
+
+impl Offender {
+    pub fn process(&self) -> Option<&Process> {
+        match self {
+            Offender::Known(p) => Some(p),
+            Offender::Gone { .. } => None,
+        }
+    }
+}
+
+/// A process as the lineage knows it (from fork and exec records: reading
+/// /proc of a forking process waits on its mmap_lock).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Process {
+    pub alive: bool,
+    pub cgroup: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    pub comm: String,
+    /// The name's bytes, when they are not UTF-8 (`comm` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_hex: Option<String>,
+    pub exe: Option<String>,
+    /// It bears a protected name, but is not the trusted executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_spared_because: Option<String>,
+    pub pid: u32,
+    /// Members of its subtree that may be signalled (absent: the action
+    /// takes this process alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtree_size: Option<usize>,
+    /// A blocked-task storm's memory runaway: the pool it grew in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_cgroup: Option<String>,
+    #[serde(flatten)]
+    pub pod: Option<PodFields>,
+    /// Memory rules: how much it grew.
+    #[serde(flatten)]
+    pub growth: Option<Growth>,
+}
+
+/// A memory offender's growth.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Growth {
+    pub growth_bytes: u64,
+    pub resident_bytes: u64,
+    /// Measured against the pool's baseline (absent: from its own `rss`
+    /// records).
+    #[serde(flatten)]
+    pub share: Option<Share>,
+}
+
+/// A subtree's part of its pool's growth since the baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Share {
+    /// How long ago the baseline was taken.
+    pub baseline_secs: Option<f64>,
+    /// Its part of the pool's growth (0 to 1).
+    pub share_of_growth: f64,
+}
+
+/// The tail every alert that blames a process ends with: whom, and what
+/// guard does.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Blame {
+    /// `null`: nobody could be blamed (see `note`).
+    pub offender: Option<Offender>,
+    /// Absent when nobody is blamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Blame {
+    pub fn on(offender: Option<Offender>, action: ActionKind) -> Self {
+        Self {
+            offender,
+            action: Some(action),
+            note: None,
+        }
+    }
+
+    pub fn nobody(note: &str) -> Self {
+        Self {
+            offender: None,
+            action: None,
+            note: Some(note.to_owned()),
+        }
+    }
+
+    fn hook(&self, detector: Detector, rule: Rule, cgroup: Option<&str>) -> HookSubject {
+        let process = self.offender.as_ref().and_then(Offender::process);
+        HookSubject {
+            detector: Some(detector),
+            rule: Some(rule),
+            action: self.action,
+            pid: process.map(|p| p.pid),
+            comm: process.map(|p| p.comm.clone()),
+            cgroup: process
+                .and_then(|p| p.cgroup.clone())
+                .or_else(|| cgroup.map(str::to_owned)),
+        }
+    }
+}
+
+/// An alert: a rule's verdict, with its figures.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Alert {
+    Explosion(ExplosionAlert),
+    PidsLimit(PidsLimitAlert),
+    Leak(LeakAlert),
+    CrashLoop(CrashLoopAlert),
+    Memory(MemoryAlert),
+    BlockedStorm(StormAlert),
+}
+
+impl Alert {
+    pub fn detector(&self) -> Detector {
+        match self {
+            Alert::Explosion(a) => a.detector,
+            Alert::PidsLimit(a) => a.detector,
+            Alert::Leak(a) => a.detector,
+            Alert::CrashLoop(a) => a.detector,
+            Alert::Memory(a) => a.detector,
+            Alert::BlockedStorm(a) => a.detector,
+        }
+    }
+
+    pub fn rule(&self) -> Rule {
+        match self {
+            Alert::Explosion(a) => a.rule,
+            Alert::PidsLimit(a) => a.rule,
+            Alert::Leak(a) => a.rule,
+            Alert::CrashLoop(a) => a.rule,
+            Alert::Memory(a) => a.rule,
+            Alert::BlockedStorm(a) => a.rule,
+        }
+    }
+}
+
+impl Record for Alert {
+    const KIND: RecordKind = RecordKind::Alert;
+
+    fn counted(&self) -> Option<Counted> {
+        Some(Counted::Alert(self.detector(), self.rule()))
+    }
+
+    fn hook(&self) -> Option<HookSubject> {
+        let (d, r) = (self.detector(), self.rule());
+        Some(match self {
+            Alert::Explosion(a) => a.blame.hook(d, r, a.cgroup.as_deref()),
+            Alert::PidsLimit(a) => a.blame.hook(d, r, Some(&a.cgroup)),
+            Alert::Leak(a) => a.blame.hook(d, r, Some(&a.cgroup)),
+            Alert::Memory(a) => a.blame.hook(d, r, Some(&a.cgroup)),
+            Alert::BlockedStorm(a) => a.blame.hook(d, r, None),
+            Alert::CrashLoop(a) => HookSubject {
+                detector: Some(d),
+                rule: Some(r),
+                action: Some(a.action),
+                cgroup: a.cgroup.clone(),
+                ..HookSubject::default()
+            },
+        })
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `explosion`: births and self-copies in a window (the agent's rule, or
+/// the fork probe's condemnation).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct ExplosionAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    /// `null` only when the fork probe condemned a subtree whose root the
+    /// agent never knew.
+    pub cgroup: Option<String>,
+    pub births: u64,
+    pub births_per_sec: f64,
+    pub growth: u64,
+    pub deep_births: u64,
+    /// Live tasks (the agent's rule; the probe does not count them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<u64>,
+    pub window_ms: u64,
+    /// The fork probe condemned the subtree first, on its own budget.
+    #[serde(skip_serializing_if = "is_false")]
+    pub condemned_by_kernel: bool,
+    #[serde(flatten)]
+    pub blame: Blame,
+}
+
+/// `pids_limit_trend` and `pids_limit_rush`: pids.max within reach.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct PidsLimitAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub cgroup: String,
+    pub current: u64,
+    pub limit: u64,
+    pub per_sec: f64,
+    pub eta_secs: f64,
+    /// `eta_secs` for people ("1.5s").
+    pub eta: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub condemned_by_kernel: bool,
+    #[serde(flatten)]
+    pub blame: Blame,
+}
+
+/// Which limit a leak reaches first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Pids,
+    Memory,
+}
+
+/// `leak`: a population that keeps growing, with projections.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct LeakAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub cgroup: String,
+    pub tasks_now: u64,
+    pub tasks_before: u64,
+    pub window_secs: u64,
+    pub per_min: f64,
+    pub pids_limit: Option<u64>,
+    pub pids_eta_secs: Option<f64>,
+    /// The memory pool the leaking tasks count against (`host`, or a
+    /// memory cgroup with a limit).
+    pub memory_pool: String,
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_eta_secs: Option<f64>,
+    pub runs_out_first: Option<Resource>,
+    #[serde(flatten)]
+    pub blame: Blame,
+}
+
+/// The process that restarts a crash loop's program.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Supervisor {
+    pub comm: Option<String>,
+    pub pid: u32,
+}
+
+/// `crash_loop`: a program restarted and failing again and again.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct CrashLoopAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub program: String,
+    pub cgroup: Option<String>,
+    /// The systemd unit of the cgroup, if it is one's.
+    pub unit: Option<String>,
+    pub supervisor: Supervisor,
+    pub crashes: u64,
+    pub window_secs: u64,
+    pub per_minute: f64,
+    /// The last exits: `exit N` or a signal's name.
+    pub statuses: Vec<String>,
+    pub last_pid: u32,
+    pub action: ActionKind,
+    /// Why the supervisor is left alone although the action says stop.
+    pub not_stopped_because: Option<String>,
+}
+
+/// The host's memory pressure behind a `memory_pressure` alert.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct HostPressure {
+    pub psi_full_avg10: Option<f64>,
+    pub psi_some_avg10: Option<f64>,
+    pub refaults_per_sec: Option<f64>,
+    pub swapin_pages_per_sec: Option<f64>,
+}
+
+/// The memory rules: a pool's usage against its limit.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct MemoryAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    /// The pool: `host`, or a memory cgroup's directory.
+    pub cgroup: String,
+    pub usage_bytes: u64,
+    pub charged_bytes: u64,
+    pub limit_bytes: u64,
+    pub percent: f64,
+    pub mib_per_sec: f64,
+    pub eta_secs: Option<f64>,
+    /// `memory_pressure` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<Option<HostPressure>>,
+    #[serde(flatten)]
+    pub blame: Blame,
+}
+
+/// The wait most blocked tasks share.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct SharedWait {
+    pub frames: Vec<String>,
+    pub tasks: u64,
+}
+
+/// PSI memory averages (percent).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Psi {
+    pub full_avg10: f64,
+    pub some_avg10: f64,
+}
+
+/// Whether a storm comes with memory pressure, and why it is said to.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct StormPressure {
+    pub psi: Option<Psi>,
+    pub reasons: Vec<String>,
+}
+
+/// `blocked_storm`: many tasks in D state at once.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct StormAlert {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub count: u64,
+    pub killable: u64,
+    pub threshold_secs: f64,
+    pub longest_ms: u64,
+    pub shared_wait: Option<SharedWait>,
+    pub memory_pressure: StormPressure,
+    pub pids: Vec<u32>,
+    #[serde(flatten)]
+    pub blame: Blame,
+}
+
+/// What guard did about an alert (or would do, under --dry-run).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ActionRecord {
+    Done(Box<ActionDone>),
+    DryRun(ActionDryRun),
+}
+
+/// The head every action record starts with.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct ActionHead {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub action: ActionKind,
+    pub dry_run: bool,
+    pub offender: Option<Offender>,
+}
+
+/// An action taken, and its verified outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct ActionDone {
+    #[serde(flatten)]
+    pub head: ActionHead,
+    /// The signal sent.
+    pub signals: String,
+    /// Members it was sent to.
+    pub members: usize,
+    pub outcome: Outcome,
+    /// Memory actions: the pool's unreclaimable bytes before and after.
+    #[serde(flatten)]
+    pub memory: Option<Freed>,
+}
+
+/// A memory action's effect on its pool.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Freed {
+    pub usage_before_bytes: u64,
+    pub usage_after_bytes: Option<u64>,
+    pub freed_bytes: Option<u64>,
+}
+
+/// An action --dry-run did not take: the members it would have signalled.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct ActionDryRun {
+    #[serde(flatten)]
+    pub head: ActionHead,
+    pub members: Vec<u32>,
+}
+
+impl ActionRecord {
+    fn head(&self) -> &ActionHead {
+        match self {
+            ActionRecord::Done(d) => &d.head,
+            ActionRecord::DryRun(d) => &d.head,
+        }
+    }
+}
+
+impl Record for ActionRecord {
+    const KIND: RecordKind = RecordKind::Action;
+
+    fn counted(&self) -> Option<Counted> {
+        let h = self.head();
+        let result = match self {
+            ActionRecord::DryRun(_) => ActionResult::DryRun,
+            ActionRecord::Done(d) if d.outcome.contained => ActionResult::Contained,
+            ActionRecord::Done(_) => ActionResult::NotContained,
+        };
+        Some(Counted::Action(h.detector, h.action, result))
+    }
+
+    fn hook(&self) -> Option<HookSubject> {
+        let h = self.head();
+        let process = h.offender.as_ref().and_then(Offender::process);
+        Some(HookSubject {
+            detector: Some(h.detector),
+            rule: Some(h.rule),
+            action: Some(h.action),
+            pid: process.map(|p| p.pid),
+            comm: process.map(|p| p.comm.clone()),
+            cgroup: process.and_then(|p| p.cgroup.clone()),
+        })
+    }
+}
+
+/// A storm is over.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Resolved {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub peak: u64,
+    pub lasted_ms: u64,
+}
+
+impl Record for Resolved {
+    const KIND: RecordKind = RecordKind::Resolved;
+}
+
+/// A task crossed the blocked threshold (D state).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Blocked {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+    pub kernel_thread: bool,
+    pub since_ns: u64,
+    pub blocked_ms: u64,
+    pub killable: bool,
+    /// Where it waits (`/proc/PID/wchan`), when readable.
+    pub wchan: Option<String>,
+    /// Its kernel stack (`/proc/PID/task/TID/stack`), when readable.
+    pub stack: Vec<String>,
+}
+
+impl Record for Blocked {
+    const KIND: RecordKind = RecordKind::Blocked;
+}
+
+/// A blocked task seen running again by a snapshot, not by the probe: its
+/// time is approximate (the probe's `unblocked` event is exact).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct UnblockedSeen {
+    pub pid: u32,
+    pub since_ns: u64,
+    pub blocked_ms: u64,
+    pub killable: bool,
+    /// Always true: told apart from the event of the same kind.
+    pub approximate: bool,
+}
+
+impl Record for UnblockedSeen {
+    const KIND: RecordKind = RecordKind::Unblocked;
+}
+
+/// A probe that was not attached, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Skipped {
+    pub probe: String,
+    pub reason: String,
+}
+
+/// The agent is ready: what it attached and how it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Start {
+    pub version: String,
+    pub pid: u32,
+    pub probes: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    pub cgroup_hierarchy: String,
+    /// `--cgroup` directories (empty: the whole host).
+    pub scope: Vec<String>,
+    /// Processes known at start.
+    pub processes: u64,
+    pub fork_action: ActionKind,
+    pub mem_action: ActionKind,
+    pub off: Vec<Detector>,
+    pub dry_run: bool,
+    pub memory_locked: bool,
+    pub rss_bytes: u64,
+    pub oom_score_adj: Option<i32>,
+}
+
+impl Record for Start {
+    const KIND: RecordKind = RecordKind::Start;
+}
+
+/// Event counts by event kind (only kinds with a count).
+pub type ByKind = BTreeMap<String, u64>;
+
+/// Events were lost since the last `lost` record.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Lost {
+    pub ring_full: ByKind,
+    pub read_failed: ByKind,
+    pub queue_full: u64,
+    pub blocked_untracked: u64,
+}
+
+impl Record for Lost {
+    const KIND: RecordKind = RecordKind::Lost;
+}
+
+/// What became of the `--on-alert` hooks.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct HookTally {
+    pub failed: u64,
+    pub run: u64,
+    pub skipped: u64,
+    pub stale: u64,
+}
+
+/// The agent's last record: what it saw, lost and cost.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Summary {
+    /// Every event kind, with how many the probes wrote.
+    pub seen: BTreeMap<String, u64>,
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub shown: u64,
+    pub lost: u64,
+    pub lost_ring_full: ByKind,
+    pub lost_read_failed: ByKind,
+    pub lost_queue_full: u64,
+    pub blocked_untracked: u64,
+    pub undecodable: u64,
+    pub output_dropped: u64,
+    pub output_write_failed: u64,
+    pub records_dropped: u64,
+    pub output_shed: u64,
+    /// `null` without `--on-alert`.
+    pub hooks: Option<HookTally>,
+    pub unread_at_exit: u64,
+}
+
+impl Record for Summary {
+    const KIND: RecordKind = RecordKind::Summary;
+}
