@@ -10,7 +10,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
     ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, SCOPE_IN,
-    SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag,
+    SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag, fork_rule,
 };
 
 use crate::{maps::*, read::*};
@@ -312,13 +312,13 @@ pub(crate) fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
     // SAFETY: `budget` points at this map value for the whole program run;
     // the fields are plain integers.
     unsafe {
-        if now.saturating_sub((*budget).window_start_ns) > (*budget).window_ns {
+        if fork_rule::window_over((*budget).window_start_ns, now, (*budget).window_ns) {
             (*budget).window_start_ns = now;
             (*budget).births = 0;
             (*budget).deep_births = 0;
             (*budget).min_live = read_volatile(&raw const (*budget).live);
         }
-        if depth >= (*budget).min_depth {
+        if fork_rule::self_copy(depth, (*budget).min_depth) {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*budget).deep_births, 1);
         }
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*budget).births, 1);
@@ -330,11 +330,15 @@ pub(crate) fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
         let live = read_volatile(&raw const (*budget).live) as i64;
         let min_live = read_volatile(&raw const (*budget).min_live) as i64;
         let growth = live - min_live;
-        // Births, half of them self-copies, and growth.
-        if births < u64::from((*budget).max_births)
-            || 2 * deep_births < (*budget).max_births
-            || growth < i64::from((*budget).min_growth)
-        {
+        // Births, half of them self-copies, and growth: the rule as
+        // `guard_common::fork_rule` states it for the agent too.
+        if !fork_rule::explodes(
+            births,
+            u64::from(deep_births),
+            growth,
+            u64::from((*budget).max_births),
+            (*budget).min_growth,
+        ) {
             return;
         }
         // SAFETY: a presence check; nothing is read through the reference.

@@ -428,3 +428,192 @@ fn levels_answer_as_a_scan_would() {
     levels.clear();
     assert_eq!((levels.len(), levels.min()), (0, None));
 }
+
+mod one_rule_two_windows {
+    //! The agent's rule and the fork probe's (its plain-Rust twin,
+    //! `guard_common::fork_rule::KernelBudget`, which shares the probe's
+    //! predicate and window functions) driven by the same event sequences:
+    //! the probe never condemns before the agent's rule holds, and both
+    //! catch a sustained explosion, the probe within two windows.
+
+    use guard_common::fork_rule::KernelBudget;
+
+    use super::*;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Birth { depth: u32 },
+        Exit,
+    }
+
+    /// (first agent verdict, first condemnation), boot ns.
+    fn both(rules: ForkRules, steps: &[(u64, Step)]) -> (Option<u64>, Option<u64>) {
+        let mut agent = ForkDetector::new(rules);
+        let cg = key("/subtree");
+        let start = steps.first().map_or(0, |&(t, _)| t);
+        let mut kernel = KernelBudget::new(
+            start,
+            rules.window_ns,
+            rules.min_births() as u64,
+            rules.growth,
+            rules.depth,
+        );
+        // The root: present for the agent, the tag's owner in the kernel.
+        agent.present(start, &cg);
+        let (mut first_agent, mut first_kernel) = (None, None);
+        let mut node = 0;
+        for &(t, step) in steps {
+            match step {
+                Step::Birth { depth } => {
+                    node += 1;
+                    agent.birth(t, &cg, node, depth);
+                    if kernel.birth(t, depth) {
+                        first_kernel.get_or_insert(t);
+                    }
+                }
+                Step::Exit => {
+                    agent.gone(t, &cg);
+                    kernel.exit();
+                }
+            }
+            let fired = agent
+                .check(t)
+                .iter()
+                .any(|v| matches!(v, ForkVerdict::Explosion { .. }));
+            if fired {
+                first_agent.get_or_insert(t);
+            }
+        }
+        (first_agent, first_kernel)
+    }
+
+    /// A process every `gap_ns`, each `depth` deep; each lives `life_ns`
+    /// (`None`: for ever), for `for_ns`.
+    fn steady(gap_ns: u64, depth: u32, life_ns: Option<u64>, for_ns: u64) -> Vec<(u64, Step)> {
+        let mut steps = Vec::new();
+        let mut t = 0;
+        while t < for_ns {
+            steps.push((t, Step::Birth { depth }));
+            if let Some(life) = life_ns {
+                steps.push((t + life, Step::Exit));
+            }
+            t += gap_ns;
+        }
+        steps.sort_by_key(|&(t, s)| (t, matches!(s, Step::Birth { .. })));
+        steps
+    }
+
+    fn agree_within_two_windows(name: &str, steps: &[(u64, Step)]) {
+        let rules = ForkRules::default();
+        let (agent, kernel) = both(rules, steps);
+        let (Some(a), Some(k)) = (agent, kernel) else {
+            panic!("{name}: agent {agent:?}, kernel {kernel:?}: both must fire");
+        };
+        assert!(
+            a <= k,
+            "{name}: the probe condemned at {k} before the agent's rule held ({a})"
+        );
+        assert!(
+            k - a <= 2 * rules.window_ns,
+            "{name}: the probe condemned {} ms after the agent",
+            (k - a) / MS
+        );
+    }
+
+    fn neither(name: &str, steps: &[(u64, Step)]) {
+        assert_eq!(both(ForkRules::default(), steps), (None, None), "{name}");
+    }
+
+    #[test]
+    fn explosions_meet_both_rules() {
+        // A bash bomb: doubling every 5 ms, a generation deeper each round.
+        let mut bomb = Vec::new();
+        let mut live = 1u64;
+        for generation in 1..=9u32 {
+            let t = u64::from(generation) * 5 * MS;
+            for i in 0..live {
+                bomb.push((t + i, Step::Birth { depth: generation }));
+            }
+            live *= 2;
+        }
+        agree_within_two_windows("doubling bomb", &bomb);
+        // Self-copies that never exit, at 1.5 times the rate, for 4 s.
+        agree_within_two_windows("steady bomb", &steady(6_666_667, 5, None, 4_000 * MS));
+        // Self-copies living 2 s each, at 3 times the rate, for 5 s: the
+        // subtree grows until the first of them die, and past the rule.
+        agree_within_two_windows(
+            "churning bomb",
+            &steady(3_333_333, 6, Some(2_000 * MS), 5_000 * MS),
+        );
+    }
+
+    #[test]
+    fn ordinary_work_meets_neither() {
+        // A build: 400 compiler runs a second, 1 deep, 20 ms each.
+        neither("build", &steady(2_500_000, 1, Some(20 * MS), 5_000 * MS));
+        // A fork+exit loop of self-copies: births, no growth.
+        neither("fork loop", &steady(200_000, 5, Some(100_000), 2_000 * MS));
+        // A pool of 64 workers started at once, then kept.
+        neither("pool", &steady(100_000, 1, None, 64 * 100_000));
+        // A deep but slow spawner: 50 self-copies a second for 10 s.
+        neither("slow spawner", &steady(20 * MS, 6, None, 10_000 * MS));
+    }
+
+    #[test]
+    fn the_probe_never_condemns_before_the_agents_rule_holds() {
+        // Random mixes of births (of random depth) and exits, at random
+        // gaps, bursts included: whatever the windows make of them.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let rules = ForkRules::default();
+        let (mut fired, mut condemned) = (0, 0);
+        for _ in 0..300 {
+            let mut steps = Vec::new();
+            let (mut t, mut live) = (0u64, 0u32);
+            let burstiness = next() % 4;
+            for _ in 0..600 {
+                t += match burstiness {
+                    0 => next() % (4 * MS),
+                    1 => next() % (12 * MS),
+                    _ => {
+                        if next() % 50 == 0 {
+                            next() % (900 * MS)
+                        } else {
+                            next() % (3 * MS)
+                        }
+                    }
+                };
+                if live > 0 && next() % 100 < 35 {
+                    live -= 1;
+                    steps.push((t, Step::Exit));
+                } else {
+                    live += 1;
+                    let depth = (next() % 8) as u32;
+                    steps.push((t, Step::Birth { depth }));
+                }
+            }
+            let (agent, kernel) = both(rules, &steps);
+            fired += usize::from(agent.is_some());
+            if let Some(k) = kernel {
+                condemned += 1;
+                let a = agent
+                    .unwrap_or_else(|| panic!("the probe condemned at {k}; the agent never fired"));
+                assert!(
+                    a <= k,
+                    "the probe condemned at {k}, the agent's rule held only at {a}"
+                );
+            }
+        }
+        // Both outcomes occur, so the property was put to the test.
+        assert!(
+            condemned > 10 && fired > condemned / 2,
+            "{condemned} condemned, {fired} fired"
+        );
+        assert!(fired < 300, "every sequence fired: the mix proves nothing");
+    }
+}
