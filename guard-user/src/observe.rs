@@ -328,3 +328,75 @@ mod tests {
         assert!(total > 0 && limit > total, "{total} of {limit}");
     }
 }
+
+/// Everything the detectors' glue reads of the host that events do not
+/// carry, behind one trait: [`LiveHost`] reads /proc and the cgroup files;
+/// tests give a fixture (a fake cgroup tree, processes' memory, PSI).
+pub trait Host {
+    /// See [`cgroup_pids`].
+    fn cgroup_pids(&self, dir: &str) -> Option<(u64, Option<u64>)>;
+    /// See [`host_pids`].
+    fn host_pids(&self) -> Option<(u64, u64)>;
+    /// See [`memory_limit`].
+    fn memory_limit(&self, dir: &str) -> Option<u64>;
+    /// See [`memcg_usage`].
+    fn memcg_usage(&self, dir: &str) -> Option<crate::detect::memory::MemUsage>;
+    /// See [`host_memory`].
+    fn host_memory(&self) -> Option<crate::detect::memory::MemUsage>;
+    /// See [`process_unreclaimable`].
+    fn process_unreclaimable(&self, tgid: u32) -> Option<u64>;
+    /// See [`swap_activity`].
+    fn swap_activity(&self) -> Option<(u64, u64)>;
+    /// See [`memory_pressure`].
+    fn memory_pressure(&self) -> Option<MemoryPressure>;
+    /// See [`task_wait`].
+    fn task_wait(&self, tgid: u32, pid: u32) -> crate::detect::blocked::Wait;
+    /// Whether a cgroup directory exists (it was not removed).
+    fn cgroup_exists(&self, dir: &str) -> bool;
+
+    /// A memory pool's usage: the host's, or a memory cgroup's.
+    fn pool_usage(&self, pool: &str) -> Option<crate::detect::memory::MemUsage> {
+        if pool == crate::detect::memory::HOST {
+            self.host_memory()
+        } else {
+            self.memcg_usage(pool)
+        }
+    }
+}
+
+/// The host itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveHost;
+
+impl Host for LiveHost {
+    fn cgroup_pids(&self, dir: &str) -> Option<(u64, Option<u64>)> {
+        cgroup_pids(dir)
+    }
+    fn host_pids(&self) -> Option<(u64, u64)> {
+        host_pids()
+    }
+    fn memory_limit(&self, dir: &str) -> Option<u64> {
+        memory_limit(dir)
+    }
+    fn memcg_usage(&self, dir: &str) -> Option<crate::detect::memory::MemUsage> {
+        memcg_usage(dir)
+    }
+    fn host_memory(&self) -> Option<crate::detect::memory::MemUsage> {
+        host_memory()
+    }
+    fn process_unreclaimable(&self, tgid: u32) -> Option<u64> {
+        process_unreclaimable(tgid)
+    }
+    fn swap_activity(&self) -> Option<(u64, u64)> {
+        swap_activity()
+    }
+    fn memory_pressure(&self) -> Option<MemoryPressure> {
+        memory_pressure()
+    }
+    fn task_wait(&self, tgid: u32, pid: u32) -> crate::detect::blocked::Wait {
+        task_wait(tgid, pid)
+    }
+    fn cgroup_exists(&self, dir: &str) -> bool {
+        crate::cgroup::fs_path(dir).exists()
+    }
+}

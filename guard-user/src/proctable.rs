@@ -249,6 +249,13 @@ impl V2Ids {
 }
 
 impl ProcessTable {
+    /// A table over a fixture with no real v2 tree behind it (tests).
+    #[cfg(test)]
+    pub(crate) fn without_v2_ids(mut self) -> Self {
+        self.v2 = None;
+        self
+    }
+
     pub fn new(hierarchies: Arc<Hierarchies>, proc_root: impl Into<PathBuf>) -> Self {
         let v2 = hierarchies.index_of_id(0).map(|index| V2Ids {
             index,

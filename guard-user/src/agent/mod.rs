@@ -45,6 +45,7 @@ use crate::{
     loader::{self, LoadOptions},
     output::{Format, Output, ThreadedStdout, record},
     pipeline::{ActionRequest, Pipeline, Settings},
+    pipeline::{crashloop::CrashLoopWatch, leak::LeakWatch},
     policy::ActionKind,
     proctable::{ProcessTable, default_proc_root},
     protect::Protection,
@@ -380,7 +381,6 @@ pub async fn run(args: Args) -> Result<Ending> {
         table,
         Detectors {
             fork: ForkDetector::new(rules),
-            crashloop: crashloops,
             blocked: BlockedDetector::new(BlockedRules {
                 threshold_ns: (args.blocked_threshold * 1e9) as u64,
                 storm: args.blocked_storm,
@@ -391,11 +391,14 @@ pub async fn run(args: Args) -> Result<Ending> {
                 window_ns: MEMORY_WINDOW.as_nanos() as u64,
                 sustain_ns: MEMORY_WINDOW.as_nanos() as u64,
             }),
-            leak: LeakDetector::new(args.leak_rules()),
         },
         out,
         Some(shared),
-    );
+    )
+    .with_plugins(vec![
+        Box::new(LeakWatch::new(LeakDetector::new(args.leak_rules()))),
+        Box::new(CrashLoopWatch::new(crashloops)),
+    ]);
     pipe.exempted(&exempt_cgroups);
     pipe.seed_detector(WallClock::boot_ns_now());
     let drops = Arc::new(drops);

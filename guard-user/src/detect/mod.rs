@@ -9,11 +9,11 @@ pub mod memory;
 pub mod subtree;
 pub mod switches;
 
-/// Every detector's state, as the pipeline holds it.
+/// The state of the detectors whose glue the pipeline still holds itself
+/// (fork, memory, blocked tasks: they share its tags, pools and baselines).
+/// The others are plugins (`pipeline::plugin`).
 pub struct Detectors {
     pub fork: fork::ForkDetector,
-    pub crashloop: crashloop::CrashLoopDetector,
     pub blocked: blocked::BlockedDetector,
     pub memory: memory::MemoryDetector,
-    pub leak: leak::LeakDetector,
 }

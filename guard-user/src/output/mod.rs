@@ -255,6 +255,15 @@ impl<W: Write> Output<W> {
         self.out
     }
 
+    /// What was written so far, taken out (tests read records back).
+    #[cfg(test)]
+    pub fn take_written(&mut self) -> W
+    where
+        W: Default,
+    {
+        std::mem::take(&mut self.out)
+    }
+
     fn time_rfc3339(&self, boot_ns: u64) -> String {
         humantime::format_rfc3339_nanos(self.clock.to_system_time(boot_ns)).to_string()
     }

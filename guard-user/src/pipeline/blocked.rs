@@ -12,7 +12,7 @@ impl<W: Write> Pipeline<W> {
     /// recent reclaim stalls, pools past the headroom line.
     pub(super) fn storm_pressure(&self, now: u64) -> Vec<String> {
         let mut reasons = Vec::new();
-        if let Some(p) = observe::memory_pressure()
+        if let Some(p) = self.host.memory_pressure()
             && p.full_avg10 >= PSI_FULL_PRESSURE
         {
             reasons.push(format!(
@@ -79,7 +79,7 @@ impl<W: Write> Pipeline<W> {
         let changes = self.detectors.blocked.snapshot(now, &in_scope);
         let mut book = BlockedBookkeeping::default();
         for task in &changes.crossed {
-            let wait = observe::task_wait(task.tgid, task.pid);
+            let wait = self.host.task_wait(task.tgid, task.pid);
             let process = self.table.get(task.tgid);
             self.out.record(&record::Blocked {
                 pid: task.pid,
@@ -135,7 +135,7 @@ impl<W: Write> Pipeline<W> {
                          in scope (tasks in D state cannot be killed)"
                     }
                 };
-                let psi = observe::memory_pressure();
+                let psi = self.host.memory_pressure();
                 let (blame, request) = match runaway {
                     Some(request) => {
                         let mut blame = Blame::on(request.offender.clone(), request.kind);

@@ -1,33 +1,47 @@
-//! The crash-loop glue: alerts, and the supervisor a loop may stop.
+//! The crash-loop detector as a plugin: exits of processes in scope fed to
+//! the rule (`detect::crashloop`), keyed by the command and by who started
+//! it; its alert, and the supervisor a loop may stop.
 
-use super::*;
-use crate::output::record::{CrashLoopAlert, Supervisor};
+use super::{
+    plugin::{Plugin, Verdict, View},
+    *,
+};
+use crate::{
+    detect::crashloop::CrashLoopDetector,
+    output::record::{CrashLoopAlert, Supervisor},
+    proctable::ProcInfo,
+};
 
-impl<W: Write> Pipeline<W> {
-    /// Why the supervisor of a crash loop must not be stopped; `None` when
-    /// it may be (see `--crashloop-action`): only the live process that
-    /// started the crashing program again and again, never one that only
-    /// adopted orphans (a subreaper, init).
-    pub(super) fn supervisor_spared(&self, l: &CrashLoop) -> Option<&'static str> {
-        if l.orphaned {
-            return Some(
-                "the program died an orphan: its parent then only adopted it (inheriting \
-                 orphans is not restarting)",
-            );
+/// OOM victims remembered until their exit, at most.
+const OOM_VICTIMS_KEPT: usize = 4096;
+
+/// What the table knew of a process its exit removes.
+struct Dying {
+    tgid: u32,
+    exe: Option<Arc<str>>,
+    args: Option<Arc<[String]>>,
+    /// Its fork-time parent.
+    forker: Option<u32>,
+}
+
+pub struct CrashLoopWatch {
+    rule: CrashLoopDetector,
+    /// Processes the OOM killer chose, until their exit: their SIGKILL is a
+    /// crash (anyone else's is not).
+    oom_victims: HashSet<u32>,
+    dying: Option<Dying>,
+}
+
+impl CrashLoopWatch {
+    pub fn new(rule: CrashLoopDetector) -> Self {
+        Self {
+            rule,
+            oom_victims: HashSet::new(),
+            dying: None,
         }
-        let supervisor = l.key.supervisor;
-        let Some(p) = self.table.get(supervisor) else {
-            return Some("the supervisor is unknown");
-        };
-        let Some(node) = self.table.lineage().get(p.node) else {
-            return Some("the supervisor is unknown");
-        };
-        // Service managers and session daemons are protected by name (see
-        // `protect::SUPERVISORS`): stopping one would stop all it runs.
-        self.protection.why(node)
     }
 
-    pub(super) fn crash_loop_alert(&mut self, l: &CrashLoop) -> io::Result<()> {
+    fn verdict(&self, view: &View<'_>, l: &CrashLoop) -> Verdict {
         let statuses: Vec<String> = l
             .statuses
             .iter()
@@ -38,18 +52,18 @@ impl<W: Write> Pipeline<W> {
                 }
             })
             .collect();
-        let supervisor = self.table.get(l.key.supervisor).map(|p| p.comm.to_string());
-        let (action, spared) = match self
+        let supervisor = view.table.get(l.key.supervisor);
+        let (action, spared) = match view
             .settings
             .action(Detector::Crashloop, l.key.cgroup.as_deref())
         {
             ActionKind::Log => (ActionKind::Log, None),
-            kind => match self.supervisor_spared(l) {
+            kind => match supervisor_spared(view, l) {
                 Some(why) => (ActionKind::Log, Some(why)),
                 None => (kind, None),
             },
         };
-        self.out.record(&Alert::CrashLoop(CrashLoopAlert {
+        let alert = Alert::CrashLoop(CrashLoopAlert {
             detector: Detector::Crashloop,
             rule: Rule::CrashLoop,
             program: l.key.program.to_string(),
@@ -61,7 +75,7 @@ impl<W: Write> Pipeline<W> {
                 .and_then(systemd_unit)
                 .map(str::to_owned),
             supervisor: Supervisor {
-                comm: supervisor,
+                comm: supervisor.map(|p| p.comm.to_string()),
                 pid: l.key.supervisor,
             },
             crashes: u64::from(l.crashes),
@@ -71,27 +85,139 @@ impl<W: Write> Pipeline<W> {
             last_pid: l.last_pid,
             action,
             not_stopped_because: spared.map(str::to_owned),
-        }))?;
-        if action == ActionKind::Log {
-            return Ok(());
+        });
+        let request = supervisor
+            .filter(|_| action != ActionKind::Log)
+            .map(|p| ActionRequest {
+                detector: Detector::Crashloop,
+                rule: Rule::CrashLoop,
+                tag: p.node,
+                root: Some(p.node),
+                kind: action,
+                offender: view.describe(p.node, 1),
+                members: vec![Member {
+                    tgid: l.key.supervisor,
+                    born_ns: view.table.lineage().get(p.node).map_or(0, |n| n.born_ns),
+                }],
+                pool: None,
+                follow_ups: 0,
+            });
+        Verdict {
+            alert,
+            action: request,
         }
-        let Some(node) = self.table.get(l.key.supervisor).map(|p| p.node) else {
-            return Ok(());
+    }
+}
+
+/// Why the supervisor of a crash loop must not be stopped; `None` when it
+/// may be (see `--crashloop-action`): only the live process that started
+/// the crashing program again and again, never one that only adopted
+/// orphans (a subreaper, init).
+fn supervisor_spared(view: &View<'_>, l: &CrashLoop) -> Option<&'static str> {
+    if l.orphaned {
+        return Some(
+            "the program died an orphan: its parent then only adopted it (inheriting \
+             orphans is not restarting)",
+        );
+    }
+    let Some(p) = view.table.get(l.key.supervisor) else {
+        return Some("the supervisor is unknown");
+    };
+    let Some(node) = view.table.lineage().get(p.node) else {
+        return Some("the supervisor is unknown");
+    };
+    // Service managers and session daemons are protected by name (see
+    // `protect::SUPERVISORS`): stopping one would stop all it runs.
+    view.protection.why(node)
+}
+
+impl Plugin for CrashLoopWatch {
+    fn detector(&self) -> Detector {
+        Detector::Crashloop
+    }
+
+    fn before(&mut self, view: &View<'_>, event: &Event) {
+        // The command of a process about to be removed, and the process
+        // that started it (its fork-time parent).
+        self.dying = match event {
+            Event::Exit(e) if e.group_dead => {
+                let lineage = view.table.lineage();
+                let node = view.table.get(e.tgid).and_then(|p| lineage.get(p.node));
+                Some(Dying {
+                    tgid: e.tgid,
+                    exe: node.and_then(|n| n.exe.clone()),
+                    args: node.and_then(|n| n.cmdline.clone()),
+                    forker: node
+                        .and_then(|n| n.parent)
+                        .and_then(|id| lineage.get(id))
+                        .map(|n| n.tgid),
+                })
+            }
+            _ => None,
         };
-        let request = ActionRequest {
-            detector: Detector::Crashloop,
-            rule: Rule::CrashLoop,
-            tag: node,
-            root: Some(node),
-            kind: action,
-            offender: self.describe_offender(node, 1),
-            members: vec![Member {
-                tgid: l.key.supervisor,
-                born_ns: self.table.lineage().get(node).map_or(0, |n| n.born_ns),
-            }],
-            pool: None,
-            follow_ups: 0,
-        };
-        self.queue(request)
+    }
+
+    fn event(
+        &mut self,
+        view: &View<'_>,
+        event: &Event,
+        subject: Option<&ProcInfo>,
+    ) -> Vec<Verdict> {
+        let dying = self.dying.take().filter(|d| match event {
+            Event::Exit(e) => d.tgid == e.tgid,
+            _ => false,
+        });
+        let mut verdicts = Vec::new();
+        if let (Event::Exit(e), Some(p)) = (event, subject)
+            && e.group_dead
+            && view.settings.runs(Detector::Crashloop)
+            && !p.kernel_thread
+            && view.scope.contains_cgroups(&p.cgroups)
+            // A member of a subtree guard watches or acts on dies of
+            // guard's own signal (or is about to): not a crash.
+            && !view.tagged.contains_key(&p.node)
+        {
+            let (exe, args, forker) =
+                dying.map_or((None, None, None), |d| (d.exe, d.args, d.forker));
+            let exit = ExitInfo {
+                key: LoopKey {
+                    program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
+                    args,
+                    cgroup: p.cgroup(view.primary).cloned(),
+                    // Keyed by who started it: orphans a subreaper adopted
+                    // were started by others, and are no loop of its own.
+                    supervisor: forker.unwrap_or(e.ppid),
+                },
+                pid: e.tgid,
+                status: e.status,
+                lifetime_ns: (p.start_boot_ns > 0)
+                    .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
+                oom_killed: self.oom_victims.remove(&e.tgid),
+                orphaned: forker.is_some_and(|f| f != e.ppid),
+            };
+            if let Some(crash_loop) = self.rule.exit(e.boot_ns, exit) {
+                verdicts.push(self.verdict(view, &crash_loop));
+            }
+        }
+        match event {
+            Event::OomKill(k) => {
+                if self.oom_victims.len() >= OOM_VICTIMS_KEPT {
+                    // Exits lost: forget the oldest guesses wholesale.
+                    self.oom_victims.clear();
+                }
+                self.oom_victims.insert(k.pid);
+            }
+            // Out of scope, or a kernel thread: no crash to judge.
+            Event::Exit(e) if e.group_dead => {
+                self.oom_victims.remove(&e.tgid);
+            }
+            _ => {}
+        }
+        verdicts
+    }
+
+    fn check(&mut self, _view: &View<'_>, now: u64) -> Vec<Verdict> {
+        self.rule.prune(now);
+        Vec::new()
     }
 }

@@ -228,16 +228,22 @@ impl<W: Write> Pipeline<W> {
     /// Feeds the trend rule: pids.current and pids.max of every populated
     /// cgroup with a limit, and the host's task count.
     pub fn sample_pids(&mut self, now: u64) {
+        let mut readings = Vec::new();
         for key in self.detectors.fork.populated() {
-            let Some((current, limit)) = observe::cgroup_pids(&key) else {
+            let Some((current, limit)) = self.host.cgroup_pids(&key) else {
                 continue;
             };
-            self.detectors.leak.sample(now, &key, current, limit);
             if limit.is_some() {
                 self.detectors.fork.pids_sample(now, &key, current, limit);
             }
+            readings.push(PidsReading {
+                cgroup: key,
+                current,
+                limit,
+            });
         }
-        if let Some((total, limit)) = observe::host_pids() {
+        self.pids_to_plugins(now, &readings);
+        if let Some((total, limit)) = self.host.host_pids() {
             self.detectors
                 .fork
                 .pids_sample(now, &Arc::from(HOST), total, Some(limit));

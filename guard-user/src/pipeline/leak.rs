@@ -1,20 +1,29 @@
-//! The leak rule's glue: its alert with the projections, and the action.
+//! The leak detector as a plugin: the rule (`detect::leak`) fed with each
+//! tick's task counts; its alert with the projections to whichever limit
+//! comes first, and the action on the subtree behind the growth.
 
-use super::*;
-use crate::output::record::{LeakAlert, Resource};
+use super::{
+    plugin::{PidsReading, Plugin, Verdict, View},
+    *,
+};
+use crate::{
+    detect::leak::{LeakDetector, LeakVerdict},
+    output::record::{LeakAlert, Resource},
+};
 
-impl<W: Write> Pipeline<W> {
-    /// Writes a leak alert, with its projection toward whichever limit
-    /// comes first, and queues the action it leads to.
-    pub(super) fn leak_alert(&mut self, v: &crate::detect::leak::LeakVerdict) -> io::Result<()> {
-        let recent = self.detectors.fork.recent(&v.cgroup);
-        let ignore = &self.settings.ignore_leak;
-        let protection = &self.protection;
-        let offender = find_offender(self.table.lineage(), &recent, |n| {
-            protection
-                .why(n)
-                .or_else(|| ignore.program(n.exe.as_deref()).then_some("ignored"))
-        });
+pub struct LeakWatch {
+    rule: LeakDetector,
+}
+
+impl LeakWatch {
+    pub fn new(rule: LeakDetector) -> Self {
+        Self { rule }
+    }
+
+    fn verdict(&self, view: &View<'_>, v: &LeakVerdict) -> Verdict {
+        let recent = view.fork.recent(&v.cgroup);
+        let lineage = view.table.lineage();
+        let offender = find_offender(lineage, &recent, |n| view.spared(Detector::Leak, n));
         let per_sec = v.per_min / 60.0;
         let pids_eta = v
             .limit
@@ -24,19 +33,10 @@ impl<W: Write> Pipeline<W> {
         // memory each task holds now.
         let pool = offender
             .as_ref()
-            .and_then(|o| self.table.lineage().get(o.node))
-            .map(|n| n.cgroups.clone());
-        let pool = match pool {
-            Some(cgroups) => self
-                .pool_of(&cgroups)
-                .unwrap_or_else(|| PoolKey::from(HOST)),
-            None => PoolKey::from(HOST),
-        };
-        let memory = if &*pool == HOST {
-            observe::host_memory()
-        } else {
-            observe::memcg_usage(&pool)
-        };
+            .and_then(|o| lineage.get(o.node))
+            .and_then(|n| view.pool_of(&n.cgroups))
+            .unwrap_or_else(|| PoolKey::from(HOST));
+        let memory = view.host.pool_usage(&pool);
         let memory_eta = memory.filter(|_| v.now > 0 && per_sec > 0.0).map(|m| {
             let per_task = m.unreclaimable as f64 / v.now as f64;
             m.limit.saturating_sub(m.unreclaimable) as f64 / (per_task * per_sec).max(1.0)
@@ -72,30 +72,53 @@ impl<W: Write> Pipeline<W> {
             })
         };
         let Some(offender) = offender else {
-            return self.out.record(&alert(Blame {
-                offender: None,
+            return Verdict {
+                alert: alert(Blame {
+                    offender: None,
+                    action: None,
+                    note: None,
+                }),
                 action: None,
-                note: None,
-            }));
+            };
         };
-        let members = unprotected_members(self.table.lineage(), &self.protection, offender.node);
-        let described = self.describe_offender(offender.node, members.len());
-        let action = self.settings.action(Detector::Leak, Some(&v.cgroup));
-        self.out
-            .record(&alert(Blame::on(described.clone(), action)))?;
-        if action == ActionKind::Log || members.is_empty() {
-            return Ok(());
-        }
-        self.queue(ActionRequest {
+        let members = unprotected_members(lineage, view.protection, offender.node);
+        let described = view.describe(offender.node, members.len());
+        let action = view.settings.action(Detector::Leak, Some(&v.cgroup));
+        let request = (action != ActionKind::Log && !members.is_empty()).then(|| ActionRequest {
             detector: Detector::Leak,
             rule: Rule::Leak,
             tag: offender.node,
             root: Some(offender.node),
             kind: action,
-            offender: described,
+            offender: described.clone(),
             members,
             pool: None,
             follow_ups: 0,
-        })
+        });
+        Verdict {
+            alert: alert(Blame::on(described, action)),
+            action: request,
+        }
+    }
+}
+
+impl Plugin for LeakWatch {
+    fn detector(&self) -> Detector {
+        Detector::Leak
+    }
+
+    fn pids(&mut self, _view: &View<'_>, now: u64, readings: &[PidsReading]) {
+        for r in readings {
+            self.rule.sample(now, &r.cgroup, r.current, r.limit);
+        }
+    }
+
+    fn check(&mut self, view: &View<'_>, now: u64) -> Vec<Verdict> {
+        self.rule
+            .check(now)
+            .iter()
+            .filter(|v| !view.settings.ignore_leak.cgroup(Some(&v.cgroup)))
+            .map(|v| self.verdict(view, v))
+            .collect()
     }
 }

@@ -16,26 +16,8 @@ const BASELINE_EVERY_NS: u64 = 15_000_000_000;
 
 impl<W: Write> Pipeline<W> {
     /// The memory pool a process's memory cgroup counts against.
-    pub(super) fn pool_of(&mut self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {
-        let index = self.mem_index?;
-        let dir = cgroups.get(index).cloned().flatten()?;
-        if let Some(pool) = self.pool_of_dir.get(&dir) {
-            return pool.clone();
-        }
-        let mount = self.table.hierarchies().list.get(index)?.mount.clone();
-        let mut at = crate::cgroup::fs_path(&dir);
-        let pool = loop {
-            let text =
-                crate::cgroup::path_text(std::os::unix::ffi::OsStrExt::as_bytes(at.as_os_str()));
-            if observe::memory_limit(&text).is_some() {
-                break Some(PoolKey::from(text.as_str()));
-            }
-            if at == mount || !at.pop() {
-                break None;
-            }
-        };
-        self.pool_of_dir.insert(dir, pool.clone());
-        pool
+    pub(super) fn pool_of(&self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {
+        self.view().pool_of(cgroups)
     }
 
     /// Feeds the memory rule from `rss` records and exits; reads the pool
@@ -65,7 +47,7 @@ impl<W: Write> Pipeline<W> {
                         .memory
                         .sampled_at(&pool)
                         .is_none_or(|at| now.saturating_sub(at) >= POOL_SAMPLE_GAP_NS)
-                    && let Some(usage) = observe::memcg_usage(&pool)
+                    && let Some(usage) = self.host.memcg_usage(&pool)
                 {
                     self.detectors.memory.sample(now, &pool, usage);
                 }
@@ -97,7 +79,7 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn watch_pool(&mut self, cgroups: &crate::cgroup::CgroupSet) {
         if let Some(pool) = self.pool_of(cgroups)
             && self.detectors.memory.sampled_at(&pool).is_none()
-            && let Some(usage) = observe::memcg_usage(&pool)
+            && let Some(usage) = self.host.memcg_usage(&pool)
         {
             self.detectors
                 .memory
@@ -141,7 +123,7 @@ impl<W: Write> Pipeline<W> {
         let bytes: HashMap<u32, u64> = self
             .pool_members(pool)
             .into_iter()
-            .filter_map(|(tgid, _)| Some((tgid, observe::process_unreclaimable(tgid)?)))
+            .filter_map(|(tgid, _)| Some((tgid, self.host.process_unreclaimable(tgid)?)))
             .collect();
         let kept = self.baselines.entry(pool.clone()).or_default();
         kept.push_back((now, bytes));
@@ -156,8 +138,8 @@ impl<W: Write> Pipeline<W> {
     /// [`THRASHING_PAGES_PER_SEC`] (thrashing: what was swapped out is
     /// needed again at once).
     pub(super) fn host_pressure(&mut self, now: u64) {
-        let psi = observe::memory_pressure();
-        let swap = observe::swap_activity();
+        let psi = self.host.memory_pressure();
+        let swap = self.host.swap_activity();
         let rates = match (self.last_swap, swap) {
             (Some((t, a, b)), Some((x, y))) if now > t => {
                 let secs = (now - t) as f64 / 1e9;
@@ -191,24 +173,25 @@ impl<W: Write> Pipeline<W> {
                 continue;
             }
             let before = self.detectors.memory.usage(&pool).map(|u| u.unreclaimable);
-            match observe::memcg_usage(&pool) {
+            match self.host.memcg_usage(&pool) {
                 Some(usage) => {
                     self.detectors.memory.sample(now, &pool, usage);
                     let growing = before.is_some_and(|b| usage.unreclaimable > b);
                     self.keep_baseline(now, &pool, growing);
                 }
-                None if !crate::cgroup::fs_path(&pool).exists() => {
+                None if !self.host.cgroup_exists(&pool) => {
                     // Removed: forget it, and the directories that led to it.
                     self.detectors.memory.remove_pool(&pool);
                     self.baselines.remove(&pool);
                     self.pool_of_dir
+                        .borrow_mut()
                         .retain(|_, to| to.as_deref() != Some(&*pool));
                 }
                 None => {}
             }
         }
         self.host_pressure(now);
-        if let Some(host) = observe::host_memory() {
+        if let Some(host) = self.host.host_memory() {
             let key = PoolKey::from(HOST);
             let before = self.detectors.memory.usage(HOST).map(|u| u.unreclaimable);
             self.detectors.memory.sample(now, &key, host);
@@ -293,7 +276,7 @@ impl<W: Write> Pipeline<W> {
             .filter_map(|(tgid, node)| {
                 Some(subtree::Member {
                     node,
-                    now: observe::process_unreclaimable(tgid)?,
+                    now: self.host.process_unreclaimable(tgid)?,
                     before: before.get(&tgid).copied(),
                 })
             })

@@ -10,13 +10,19 @@ use std::{
 };
 
 mod blocked;
-mod crashloop;
+pub mod crashloop;
+#[cfg(test)]
+pub mod fixture;
 mod fork;
-mod leak;
+pub mod leak;
 mod memory;
+pub mod plugin;
+#[cfg(test)]
+mod tests;
 
 use guard_common::{EventKind, KIND_SLOTS};
 
+use self::plugin::{PidsReading, Plugin, Verdict, View};
 use crate::{
     act::{Member, Outcome, ProcState, System},
     cli::KindSet,
@@ -32,12 +38,12 @@ use crate::{
         switches::{Detector, Ignore},
     },
     kernel_scope::BudgetLimits,
-    observe,
+    observe::{Host, LiveHost},
     output::{
         Context, Output, human_duration,
         record::{
             ActionDone, ActionDryRun, ActionHead, ActionRecord, Alert, Blame, Freed, HostPressure,
-            Offender, PodFields, Process, Rule,
+            Offender, Rule,
         },
     },
     policy::ActionKind,
@@ -48,6 +54,7 @@ use crate::{
 };
 
 /// What the stream shows and what verdicts lead to.
+#[derive(Clone)]
 pub struct Settings {
     pub events: KindSet,
     pub threads: bool,
@@ -113,9 +120,6 @@ const THREADS_KEPT: usize = 65536;
 
 /// A snapshot of a pool's members: (when, tgid → unreclaimable bytes).
 type Baseline = (u64, HashMap<u32, u64>);
-
-/// OOM victims remembered until their exit, at most.
-const OOM_VICTIMS_KEPT: usize = 4096;
 
 /// A subtree to contain, for `agent` to run through `act::contain`.
 #[derive(Clone, Debug)]
@@ -190,6 +194,8 @@ pub struct Pipeline<W: Write> {
     pub protection: Protection,
     pub table: ProcessTable,
     pub detectors: Detectors,
+    /// The detectors that are plugins (see `plugin`).
+    plugins: Vec<Box<dyn Plugin>>,
     pub counters: Counters,
     pub out: Output<W>,
     /// Hierarchy whose paths events show.
@@ -200,7 +206,8 @@ pub struct Pipeline<W: Write> {
     mem_index: Option<usize>,
     /// Memory cgroup directory → the pool it counts against (itself or the
     /// nearest ancestor with a limit; `None`: only the host's).
-    pool_of_dir: HashMap<Arc<str>, Option<PoolKey>>,
+    /// (A cache: filled by readers that only look.)
+    pool_of_dir: std::cell::RefCell<HashMap<Arc<str>, Option<PoolKey>>>,
     /// Offenders with an action under way.
     active: HashSet<NodeId>,
     /// Suspected offenders of armed cgroups, tagged ahead of any alert.
@@ -212,6 +219,8 @@ pub struct Pipeline<W: Write> {
     /// fork probe; born before, it is tagged here, so no member escapes.
     tagged: HashMap<NodeId, (NodeId, u64)>,
     system: Option<Arc<dyn System + Send + Sync>>,
+    /// What the glue reads of the host (/proc, cgroup files).
+    host: Arc<dyn Host + Send + Sync>,
     /// Actions decided outside `check` (a storm's memory runaway), handed
     /// out by the next `check`.
     pending: Vec<ActionRequest>,
@@ -224,9 +233,6 @@ pub struct Pipeline<W: Write> {
     /// leaves alone until they exit, and cgroups it leaves alone.
     exempt_pids: HashSet<u32>,
     exempt_cgroups: HashSet<Arc<str>>,
-    /// Processes the OOM killer chose, until their exit: their SIGKILL is a
-    /// crash (anyone else's is not).
-    oom_victims: HashSet<u32>,
     /// Per memory pool, up to two snapshots (time, tgid → unreclaimable
     /// bytes) taken while it grew: what subtree growth is measured from.
     baselines: HashMap<PoolKey, std::collections::VecDeque<Baseline>>,
@@ -267,6 +273,7 @@ impl<W: Write> Pipeline<W> {
             protection,
             table,
             detectors,
+            plugins: Vec::new(),
             counters: Counters {
                 seen: [0; KIND_SLOTS as usize],
                 shown: 0,
@@ -275,14 +282,14 @@ impl<W: Write> Pipeline<W> {
             primary,
             pids_index,
             mem_index,
-            pool_of_dir: HashMap::new(),
+            pool_of_dir: Default::default(),
             active: HashSet::new(),
             watched: HashSet::new(),
             tagged: HashMap::new(),
             system,
+            host: Arc::new(LiveHost),
             pending: Vec::new(),
             last_reclaim_stall_ns: None,
-            oom_victims: HashSet::new(),
             exempt_pids: HashSet::new(),
             baselines: HashMap::new(),
             last_swap: None,
@@ -294,6 +301,18 @@ impl<W: Write> Pipeline<W> {
             sweep_pending: false,
             last_event_ns: 0,
         }
+    }
+
+    /// Runs `plugins` (see `plugin`), in this order.
+    pub fn with_plugins(mut self, plugins: Vec<Box<dyn Plugin>>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// Reads the host through `host` (a fixture, in tests).
+    pub fn with_host(mut self, host: Arc<dyn Host + Send + Sync>) -> Self {
+        self.host = host;
+        self
     }
 
     /// Recount populations whenever `losses` has grown (see
@@ -322,70 +341,26 @@ impl<W: Write> Pipeline<W> {
                 .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
             _ => None,
         };
-        // The command of a process about to be removed, and the process that
-        // started it (its fork-time parent), for the crash-loop rule.
-        let (exe, args, forker) = match event {
-            Event::Exit(e) if e.group_dead => {
-                let lineage = self.table.lineage();
-                let node = self.table.get(e.tgid).and_then(|p| lineage.get(p.node));
-                let forker = node
-                    .and_then(|n| n.parent)
-                    .and_then(|id| lineage.get(id))
-                    .map(|n| n.tgid);
-                node.map_or((None, None, forker), |n| {
-                    (n.exe.clone(), n.cmdline.clone(), forker)
-                })
-            }
-            _ => (None, None, None),
-        };
-        let subject = self.table.apply(event);
-        if let (Event::Exit(e), Some(p)) = (event, &subject)
-            && e.group_dead
-            && self.settings.runs(Detector::Crashloop)
-            && !p.kernel_thread
-            && self.scope.contains_cgroups(&p.cgroups)
-            // A member of a subtree guard watches or acts on dies of guard's
-            // own signal (or is about to): not a crash.
-            && !self.tagged.contains_key(&p.node)
-        {
-            let exit = ExitInfo {
-                key: LoopKey {
-                    program: exe.unwrap_or_else(|| Arc::from(e.comm.to_string().as_str())),
-                    args,
-                    cgroup: p.cgroup(self.primary).cloned(),
-                    // Keyed by who started it: orphans a subreaper adopted
-                    // were started by others, and are no loop of its own.
-                    supervisor: forker.unwrap_or(e.ppid),
-                },
-                pid: e.tgid,
-                status: e.status,
-                lifetime_ns: (p.start_boot_ns > 0)
-                    .then(|| e.boot_ns.saturating_sub(p.start_boot_ns)),
-                oom_killed: self.oom_victims.remove(&e.tgid),
-                orphaned: forker.is_some_and(|f| f != e.ppid),
-            };
-            if let Some(crash_loop) = self.detectors.crashloop.exit(e.boot_ns, exit) {
-                self.crash_loop_alert(&crash_loop)?;
-            }
+        let mut plugins = std::mem::take(&mut self.plugins);
+        for plugin in &mut plugins {
+            plugin.before(&self.view(), event);
         }
+        let subject = self.table.apply(event);
+        let mut verdicts = Vec::new();
+        for plugin in &mut plugins {
+            let mut v = plugin.event(&self.view(), event, subject.as_ref());
+            if !self.settings.runs(plugin.detector()) {
+                v.clear();
+            }
+            verdicts.append(&mut v);
+        }
+        self.plugins = plugins;
+        self.verdicts(verdicts)?;
         if let Some(p) = &subject {
             self.track_exemptions(event, p);
         }
         if let Event::Condemned(c) = event {
             self.kernel_condemned(c)?;
-        }
-        if let Event::OomKill(k) = event {
-            if self.oom_victims.len() >= OOM_VICTIMS_KEPT {
-                // Exits lost: forget the oldest guesses wholesale.
-                self.oom_victims.clear();
-            }
-            self.oom_victims.insert(k.pid);
-        }
-        if let Event::Exit(e) = event
-            && e.group_dead
-        {
-            // Out of scope, or a kernel thread: no crash to judge.
-            self.oom_victims.remove(&e.tgid);
         }
         self.track_memory(event, subject.as_ref());
         if let Some(p) = &subject {
@@ -513,18 +488,57 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
+    /// What the plugins see of the pipeline.
+    fn view(&self) -> View<'_> {
+        View {
+            settings: &self.settings,
+            table: &self.table,
+            protection: &self.protection,
+            scope: &self.scope,
+            host: &*self.host,
+            primary: self.primary,
+            fork: &self.detectors.fork,
+            tagged: &self.tagged,
+            mem_index: self.mem_index,
+            pools: &self.pool_of_dir,
+        }
+    }
+
+    /// Writes the plugins' alerts and queues their actions.
+    fn verdicts(&mut self, verdicts: Vec<Verdict>) -> io::Result<()> {
+        for v in verdicts {
+            self.out.record(&v.alert)?;
+            if let Some(request) = v.action {
+                self.queue(request)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands this tick's task counts to the plugins.
+    pub(super) fn pids_to_plugins(&mut self, now: u64, readings: &[PidsReading]) {
+        let mut plugins = std::mem::take(&mut self.plugins);
+        for plugin in &mut plugins {
+            plugin.pids(&self.view(), now, readings);
+        }
+        self.plugins = plugins;
+    }
+
     /// Evaluates the detectors; writes alerts; returns the actions to run.
     pub fn check(&mut self, now: u64) -> io::Result<Vec<ActionRequest>> {
         self.watch_armed();
-        self.detectors.crashloop.prune(now);
         let mut requests = self.fork_verdicts(now)?;
-        for verdict in self.detectors.leak.check(now) {
-            if self.settings.runs(Detector::Leak)
-                && !self.settings.ignore_leak.cgroup(Some(&verdict.cgroup))
-            {
-                self.leak_alert(&verdict)?;
+        let mut plugins = std::mem::take(&mut self.plugins);
+        let mut verdicts = Vec::new();
+        for plugin in &mut plugins {
+            let mut v = plugin.check(&self.view(), now);
+            if !self.settings.runs(plugin.detector()) {
+                v.clear();
             }
+            verdicts.append(&mut v);
         }
+        self.plugins = plugins;
+        self.verdicts(verdicts)?;
         for verdict in self.detectors.memory.check(now) {
             if self.settings.runs(Detector::Memory)
                 && !self.settings.ignore_memory.cgroup(Some(&verdict.pool))
@@ -538,26 +552,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn describe_offender(&self, node: NodeId, subtree: usize) -> Option<Offender> {
-        let lineage = self.table.lineage();
-        let n = lineage.get(node)?;
-        let cgroup = n.cgroups.get(self.primary).cloned().flatten();
-        Some(Offender::Known(Box::new(Process {
-            alive: n.alive,
-            cgroup: cgroup.as_deref().map(str::to_owned),
-            // From exec records (the probe copies the arguments): reading
-            // /proc/PID/cmdline here would wait on the offender's mmap_lock,
-            // which a forking process holds.
-            cmdline: n.cmdline.as_deref().map(<[String]>::to_vec),
-            comm: n.comm.to_string(),
-            comm_hex: crate::output::text::hex_if_not_utf8(n.comm.as_bytes()),
-            exe: n.exe.as_deref().map(str::to_owned),
-            not_spared_because: self.protection.impostor(n),
-            pid: n.tgid,
-            subtree_size: Some(subtree),
-            memory_cgroup: None,
-            pod: cgroup.as_deref().and_then(PodFields::of),
-            growth: None,
-        })))
+        self.view().describe(node, subtree)
     }
 
     fn dry_run(&mut self, request: &ActionRequest) -> io::Result<()> {
@@ -579,11 +574,7 @@ impl<W: Write> Pipeline<W> {
         self.watched.remove(&request.tag);
         self.tagged.retain(|_, (tag, _)| *tag != request.tag);
         let memory = request.pool.as_ref().map(|(pool, before)| {
-            let after = if &**pool == HOST {
-                observe::host_memory()
-            } else {
-                observe::memcg_usage(pool)
-            };
+            let after = self.host.pool_usage(pool);
             Freed {
                 usage_before_bytes: *before,
                 usage_after_bytes: after.map(|a| a.unreclaimable),
@@ -647,23 +638,5 @@ impl<W: Write> Pipeline<W> {
             .iter()
             .map(|k| (k.name(), self.counters.seen[*k as usize]))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stopped_members_are_done_for_stop_and_left_for_kill() {
-        use ProcState::*;
-        let left = |kind| {
-            [Gone, Zombie, Stopped, Running]
-                .into_iter()
-                .filter(|&s| still_to_contain(kind, s))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(left(ActionKind::Stop), vec![Running]);
-        assert_eq!(left(ActionKind::Kill), vec![Stopped, Running]);
     }
 }

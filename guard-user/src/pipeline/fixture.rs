@@ -1,0 +1,315 @@
+//! A pipeline on fixtures, for the detectors' glue tests: a fake /proc
+//! (the processes known at start), a fake host (cgroup task counts and
+//! limits, memory, PSI), synthetic events and an injected clock; records
+//! read back as JSON. Nothing here reads the machine it runs on.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use super::{Pipeline, Settings, plugin::Plugin};
+use crate::{
+    cgroup::Hierarchies,
+    clock::WallClock,
+    decode::{Comm, Event, Exec, Exit, ExitStatus, Fork},
+    detect::{
+        Detectors,
+        blocked::{BlockedDetector, BlockedRules, Wait},
+        fork::{ForkDetector, ForkRules},
+        memory::{MemUsage, MemoryDetector, MemoryRules},
+        switches::Ignore,
+    },
+    observe::{Host, MemoryPressure},
+    output::{Format, Output},
+    policy::ActionKind,
+    proctable::ProcessTable,
+    protect::{Protected, Protection},
+    scope::Scope,
+};
+
+/// A hybrid host: v1 pids and memory, v2 beside them.
+const MOUNTINFO: &str = "\
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+const OWN_CGROUP: &str = "9:memory:/\n8:pids:/\n0::/\n";
+
+/// Where the fixture's processes live, in both v1 hierarchies.
+pub const JOBS: &str = "/jobs";
+pub const PIDS_JOBS: &str = "/sys/fs/cgroup/pids/jobs";
+pub const MEMORY_JOBS: &str = "/sys/fs/cgroup/memory/jobs";
+
+pub const MS: u64 = 1_000_000;
+pub const SEC: u64 = 1_000_000_000;
+
+/// The host as the fixture says it is.
+#[derive(Default)]
+pub struct FakeHost {
+    /// cgroup directory → (pids.current, pids.max).
+    pub pids: Mutex<HashMap<String, (u64, Option<u64>)>>,
+    /// memory cgroup directory → its usage and limit.
+    pub memcg: Mutex<HashMap<String, MemUsage>>,
+    pub host_memory: Mutex<Option<MemUsage>>,
+    /// tgid → unreclaimable bytes.
+    pub processes: Mutex<HashMap<u32, u64>>,
+    pub pressure: Mutex<Option<MemoryPressure>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FakeHost {
+    pub fn set_pids(&self, dir: &str, current: u64, limit: Option<u64>) {
+        lock(&self.pids).insert(dir.to_owned(), (current, limit));
+    }
+
+    pub fn set_memcg(&self, dir: &str, unreclaimable: u64, limit: u64) {
+        lock(&self.memcg).insert(
+            dir.to_owned(),
+            MemUsage {
+                usage: unreclaimable,
+                unreclaimable,
+                limit,
+            },
+        );
+    }
+}
+
+impl Host for FakeHost {
+    fn cgroup_pids(&self, dir: &str) -> Option<(u64, Option<u64>)> {
+        lock(&self.pids).get(dir).copied()
+    }
+    fn host_pids(&self) -> Option<(u64, u64)> {
+        Some((300, 4_194_304))
+    }
+    fn memory_limit(&self, dir: &str) -> Option<u64> {
+        lock(&self.memcg).get(dir).map(|u| u.limit)
+    }
+    fn memcg_usage(&self, dir: &str) -> Option<MemUsage> {
+        lock(&self.memcg).get(dir).copied()
+    }
+    fn host_memory(&self) -> Option<MemUsage> {
+        *lock(&self.host_memory)
+    }
+    fn process_unreclaimable(&self, tgid: u32) -> Option<u64> {
+        lock(&self.processes).get(&tgid).copied()
+    }
+    fn swap_activity(&self) -> Option<(u64, u64)> {
+        None
+    }
+    fn memory_pressure(&self) -> Option<MemoryPressure> {
+        *lock(&self.pressure)
+    }
+    fn task_wait(&self, _tgid: u32, _pid: u32) -> Wait {
+        Wait {
+            wchan: Some("fixture_wait".into()),
+            frames: vec!["fixture_wait".into()],
+        }
+    }
+    fn cgroup_exists(&self, dir: &str) -> bool {
+        lock(&self.memcg).contains_key(dir) || lock(&self.pids).contains_key(dir)
+    }
+}
+
+/// Settings with every action `log` and nothing ignored or switched off.
+pub fn settings() -> Settings {
+    Settings {
+        events: crate::cli::KindSet(guard_common::EventKind::ALL.into_iter().collect()),
+        threads: false,
+        fork_action: ActionKind::Log,
+        mem_action: ActionKind::Log,
+        crashloop_action: ActionKind::Log,
+        dry_run: false,
+        kernel_tags: false,
+        kernel_filter: false,
+        off: Vec::new(),
+        ignore_fork: Ignore::default(),
+        ignore_memory: Ignore::default(),
+        ignore_blocked: Ignore::default(),
+        ignore_leak: Ignore::default(),
+        leak_action: ActionKind::Log,
+        policies: crate::policy::Policies::default(),
+        prefer: Vec::new(),
+    }
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("guard-pipeline-fixture-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create the fixture's /proc");
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process known at start: (tgid, ppid, comm), in [`JOBS`].
+pub type Known = (u32, u32, &'static str);
+
+pub struct Fixture {
+    pub pipe: Pipeline<Vec<u8>>,
+    pub host: Arc<FakeHost>,
+    _proc: TempDir,
+}
+
+impl Fixture {
+    /// A pipeline over `known` processes, running `plugins`, with
+    /// `protected` pids (`--protect PID`).
+    pub fn new(
+        settings: Settings,
+        plugins: Vec<Box<dyn Plugin>>,
+        known: &[Known],
+        protected: &[u32],
+    ) -> Self {
+        let proc = TempDir::new();
+        for &(tgid, ppid, comm) in known {
+            let dir = proc.path().join(tgid.to_string());
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(
+                dir.join("stat"),
+                format!("{tgid} ({comm}) S {ppid} {tgid} {tgid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0"),
+            )
+            .expect("stat");
+            std::fs::write(
+                dir.join("cgroup"),
+                format!("9:memory:{JOBS}\n8:pids:{JOBS}\n0::/\n"),
+            )
+            .expect("cgroup");
+        }
+        let hierarchies =
+            Arc::new(Hierarchies::parse(MOUNTINFO, OWN_CGROUP).expect("the fixture's hierarchies"));
+        let mut table = ProcessTable::new(hierarchies, proc.path()).without_v2_ids();
+        table.seed();
+        let protection = Protection::new(
+            Default::default(),
+            protected.iter().map(|&p| Protected::Pid(p)).collect(),
+            Scope::default(),
+            Default::default(),
+        )
+        // No executable is trusted: nothing is read of this host's /proc.
+        .with_exe_reader(Arc::new(|_| None));
+        let host = Arc::new(FakeHost::default());
+        let out = Output::new(Vec::new(), Format::Json, WallClock::fixed(0));
+        let pipe = Pipeline::new(
+            settings,
+            Scope::default(),
+            protection,
+            table,
+            Detectors {
+                fork: ForkDetector::new(ForkRules::default()),
+                blocked: BlockedDetector::new(BlockedRules {
+                    threshold_ns: 5 * SEC,
+                    storm: 10,
+                }),
+                memory: MemoryDetector::new(MemoryRules {
+                    horizon_ns: 10 * SEC,
+                    headroom_pct: 80.0,
+                    window_ns: 2 * SEC,
+                    sustain_ns: 2 * SEC,
+                }),
+            },
+            out,
+            None,
+        )
+        .with_plugins(plugins)
+        .with_host(host.clone());
+        Self {
+            pipe,
+            host,
+            _proc: proc,
+        }
+    }
+
+    /// Every record other than events written since the last call.
+    pub fn records(&mut self) -> Vec<serde_json::Value> {
+        let written = self.pipe.out.take_written();
+        String::from_utf8(written)
+            .expect("UTF-8 output")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object a line"))
+            .filter(|r| {
+                let kind = r["kind"].as_str().unwrap_or("");
+                !guard_common::EventKind::ALL
+                    .iter()
+                    .any(|k| k.name() == kind && r.get("approximate").is_none())
+            })
+            .collect()
+    }
+
+    /// The alerts among [`Fixture::records`].
+    pub fn alerts(&mut self) -> Vec<serde_json::Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "alert")
+            .collect()
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        self.pipe.handle(&event).expect("handled");
+    }
+}
+
+fn comm(name: &str) -> Comm {
+    Comm::from_str_lossy(name)
+}
+
+pub fn fork(at: u64, parent: u32, child: u32, name: &str) -> Event {
+    Event::Fork(Fork {
+        boot_ns: at,
+        parent_pid: parent,
+        parent_tgid: parent,
+        child_pid: child,
+        child_tgid: child,
+        child_ppid: parent,
+        kernel_thread: false,
+        child_cgroup_id: 0,
+        parent_comm: comm(name),
+        child_comm: comm(name),
+    })
+}
+
+pub fn exec(at: u64, pid: u32, program: &str) -> Event {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    Event::Exec(Exec {
+        boot_ns: at,
+        pid,
+        tgid: pid,
+        old_pid: pid,
+        comm: comm(name),
+        filename: program.as_bytes().into(),
+        filename_truncated: false,
+        cmdline: Some(crate::decode::Args::of(&[program.as_bytes()])),
+        cmdline_truncated: false,
+    })
+}
+
+pub fn exit(at: u64, pid: u32, ppid: u32, status: ExitStatus, name: &str) -> Event {
+    Event::Exit(Exit {
+        boot_ns: at,
+        pid,
+        tgid: pid,
+        ppid,
+        status,
+        group_dead: true,
+        kernel_thread: false,
+        comm: comm(name),
+    })
+}

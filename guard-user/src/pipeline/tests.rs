@@ -1,0 +1,22 @@
+//! The detectors' glue on fixtures (see `fixture`): what each plugin and
+//! the pipeline's own glue make of synthetic events and readings.
+
+mod crashloop;
+mod leak;
+
+mod actions {
+    use crate::{act::ProcState, pipeline::still_to_contain, policy::ActionKind};
+
+    #[test]
+    fn stopped_members_are_done_for_stop_and_left_for_kill() {
+        use ProcState::*;
+        let left = |kind| {
+            [Gone, Zombie, Stopped, Running]
+                .into_iter()
+                .filter(|&s| still_to_contain(kind, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(left(ActionKind::Stop), vec![Running]);
+        assert_eq!(left(ActionKind::Kill), vec![Stopped, Running]);
+    }
+}

@@ -1,0 +1,164 @@
+//! The crash-loop plugin: exits of a program that a supervisor restarts,
+//! keyed by command and by who started it; the supervisor stopped only
+//! when it may be.
+
+use crate::{
+    decode::{Event, ExitStatus, OomKill},
+    detect::{
+        crashloop::{CrashLoopDetector, CrashLoopRules},
+        switches::{Detector, Ignore},
+    },
+    pipeline::{
+        crashloop::CrashLoopWatch,
+        fixture::{self, *},
+    },
+    policy::ActionKind,
+};
+
+fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
+    Fixture::new(
+        settings,
+        vec![Box::new(CrashLoopWatch::new(CrashLoopDetector::new(
+            CrashLoopRules::default(),
+            Ignore::default(),
+        )))],
+        &[(100, 1, "supervisor")],
+        protected,
+    )
+}
+
+/// The supervisor starts `program`, which fails with `status` after 20 ms,
+/// `times` times, 100 ms apart; the exit's parent is `ppid_at_exit`
+/// (`None`: the supervisor). Returns every request the checks made.
+fn restarts(
+    f: &mut Fixture,
+    times: u32,
+    status: ExitStatus,
+    ppid_at_exit: Option<u32>,
+    oom: bool,
+) -> Vec<crate::pipeline::ActionRequest> {
+    let mut requests = Vec::new();
+    for i in 0..times {
+        let t = SEC + u64::from(i) * 100 * MS;
+        let pid = 500 + i;
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, "/usr/sbin/server"));
+        if oom {
+            f.handle(Event::OomKill(OomKill {
+                boot_ns: t + 19 * MS,
+                pid,
+                comm: None,
+                uid: Some(0),
+                trigger_pid: pid,
+                trigger_tgid: pid,
+                total_vm_kb: None,
+                anon_rss_kb: None,
+                file_rss_kb: None,
+                shmem_rss_kb: None,
+                pgtables_kb: None,
+                oom_score_adj: None,
+            }));
+        }
+        f.handle(fixture::exit(
+            t + 20 * MS,
+            pid,
+            ppid_at_exit.unwrap_or(100),
+            status,
+            "server",
+        ));
+        requests.extend(f.pipe.check(t + 20 * MS).expect("check"));
+    }
+    requests
+}
+
+#[test]
+fn a_restarted_crashing_program_is_one_loop_under_its_supervisor() {
+    let mut f = fixture(fixture::settings(), &[]);
+    let requests = restarts(&mut f, 5, ExitStatus::Exited(3), None, false);
+    assert!(requests.is_empty(), "log: nothing to do");
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a["rule"], "crash_loop");
+    assert_eq!(a["program"], "/usr/sbin/server");
+    assert_eq!(a["cgroup"], PIDS_JOBS);
+    assert_eq!(a["supervisor"]["pid"], 100);
+    assert_eq!(a["supervisor"]["comm"], "supervisor");
+    assert_eq!(a["crashes"], 5);
+    assert_eq!(a["statuses"][0], "exit 3");
+    assert_eq!(a["last_pid"], 504);
+    assert_eq!(a["action"], "log");
+}
+
+#[test]
+fn stop_takes_the_supervisor_alone() {
+    let mut settings = fixture::settings();
+    settings.crashloop_action = ActionKind::Stop;
+    let mut f = fixture(settings, &[]);
+    let requests = restarts(&mut f, 5, ExitStatus::Exited(3), None, false);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let r = &requests[0];
+    assert_eq!(
+        (r.detector, r.kind),
+        (Detector::Crashloop, ActionKind::Stop)
+    );
+    let members: Vec<u32> = r.members.iter().map(|m| m.tgid).collect();
+    assert_eq!(members, [100]);
+    let a = &f.alerts()[0];
+    assert_eq!(
+        (a["action"].as_str(), a["not_stopped_because"].is_null()),
+        (Some("stop"), true)
+    );
+}
+
+#[test]
+fn a_protected_supervisor_or_an_adopter_of_orphans_is_not_stopped() {
+    let mut settings = fixture::settings();
+    settings.crashloop_action = ActionKind::Stop;
+    let mut f = fixture(settings.clone(), &[100]);
+    let requests = restarts(&mut f, 5, ExitStatus::Exited(3), None, false);
+    assert!(requests.is_empty());
+    let a = &f.alerts()[0];
+    assert_eq!(a["action"], "log");
+    assert_eq!(a["not_stopped_because"], "named by --protect");
+
+    // Started by 100, dead as PID 1's orphans: 1 is no supervisor, and
+    // 100 did not restart them after they died.
+    let mut f = fixture(settings, &[]);
+    let requests = restarts(&mut f, 5, ExitStatus::Exited(3), Some(1), false);
+    assert!(requests.is_empty());
+    let a = &f.alerts()[0];
+    assert!(
+        a["not_stopped_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("orphan")),
+        "{a}"
+    );
+}
+
+#[test]
+fn a_kill_is_a_crash_only_when_the_oom_killer_chose_it() {
+    let killed = ExitStatus::Signaled {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    let mut f = fixture(fixture::settings(), &[]);
+    restarts(&mut f, 6, killed, None, false);
+    assert!(f.alerts().is_empty(), "killed by someone: not a crash");
+    let mut f = fixture(fixture::settings(), &[]);
+    restarts(&mut f, 5, killed, None, true);
+    let a = &f.alerts()[0];
+    assert_eq!(a["statuses"][0], "SIGKILL", "{a}");
+}
+
+#[test]
+fn success_and_switched_off_stay_quiet() {
+    let mut f = fixture(fixture::settings(), &[]);
+    restarts(&mut f, 8, ExitStatus::Exited(0), None, false);
+    assert!(f.alerts().is_empty());
+    let mut settings = fixture::settings();
+    settings.off = vec![Detector::Crashloop];
+    let mut f = fixture(settings, &[]);
+    restarts(&mut f, 8, ExitStatus::Exited(3), None, false);
+    assert!(f.alerts().is_empty());
+}

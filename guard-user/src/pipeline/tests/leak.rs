@@ -1,0 +1,184 @@
+//! The leak plugin: a steady rise in a cgroup with no plateau, from the
+//! task counts the pipeline reads each tick.
+
+use crate::{
+    decode::ExitStatus,
+    detect::leak::{LeakDetector, LeakRules},
+    pipeline::{
+        fixture::{self, *},
+        leak::LeakWatch,
+    },
+    policy::ActionKind,
+};
+
+/// A 20 s window, 10 tasks of growth.
+fn rules() -> LeakRules {
+    LeakRules {
+        window_ns: 20 * SEC,
+        growth: 10,
+    }
+}
+
+fn fixture(settings: crate::pipeline::Settings) -> Fixture {
+    let f = Fixture::new(
+        settings,
+        vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
+        &[(100, 1, "server")],
+        &[],
+    );
+    f.host.set_memcg(MEMORY_JOBS, 10 << 20, 1 << 30);
+    f
+}
+
+/// The server forks a helper every second, none exits; guard reads the
+/// cgroup's count every second. Returns the requests of the last check.
+fn leak_for(f: &mut Fixture, secs: u64, limit: Option<u64>) -> Vec<crate::pipeline::ActionRequest> {
+    let mut requests = Vec::new();
+    for s in 0..=secs {
+        let t = s * SEC;
+        let pid = 200 + s as u32;
+        f.handle(fixture::fork(t, 100, pid, "server"));
+        f.host.set_pids(PIDS_JOBS, 2 + s, limit);
+        f.pipe.sample_pids(t);
+        requests = f.pipe.check(t).expect("check");
+    }
+    requests
+}
+
+#[test]
+fn a_steady_rise_is_named_with_its_projections() {
+    let mut f = fixture(fixture::settings());
+    leak_for(&mut f, 22, Some(1000));
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["rule"].as_str()),
+        (Some("leak"), Some("leak"))
+    );
+    assert_eq!(a["cgroup"], PIDS_JOBS);
+    // The window (20 s, a second's slack) is covered at the 19th second.
+    assert_eq!(a["tasks_now"], 21);
+    assert_eq!(a["pids_limit"], 1000);
+    // One a second: 979 tasks to the limit.
+    let per_min = a["per_min"].as_f64().expect("per_min");
+    assert!((50.0..=70.0).contains(&per_min), "{a}");
+    let eta = a["pids_eta_secs"].as_f64().expect("pids eta");
+    assert!((800.0..=1200.0).contains(&eta), "{a}");
+    // Memory: 10 MiB for 21 tasks, 1 GiB limit: ~2,100 tasks away, so the
+    // pids limit comes first.
+    assert_eq!(a["memory_pool"], MEMORY_JOBS);
+    assert_eq!(a["memory_limit_bytes"], 1u64 << 30);
+    assert_eq!(a["runs_out_first"], "pids");
+    assert_eq!(a["offender"]["pid"], 100, "the server, not a helper: {a}");
+    assert_eq!(a["action"], "log");
+}
+
+#[test]
+fn memory_runs_out_first_when_each_task_holds_enough() {
+    let mut f = fixture(fixture::settings());
+    // 21 tasks hold 900 MiB of a 1 GiB limit: memory goes first.
+    f.host.set_memcg(MEMORY_JOBS, 900 << 20, 1 << 30);
+    leak_for(&mut f, 22, None);
+    let a = &f.alerts()[0];
+    assert_eq!(a["runs_out_first"], "memory", "{a}");
+    assert!(
+        a["pids_eta_secs"].is_null() && a["pids_limit"].is_null(),
+        "{a}"
+    );
+    assert!(
+        a["memory_eta_secs"].as_f64().is_some_and(|s| s < 120.0),
+        "{a}"
+    );
+}
+
+#[test]
+fn the_action_follows_the_leak_action_and_takes_the_subtree() {
+    let mut settings = fixture::settings();
+    settings.leak_action = ActionKind::Kill;
+    let mut f = fixture(settings);
+    // The alert comes in the check that sees the 21st second's count.
+    let mut first = None;
+    for s in 0..=22u64 {
+        let t = s * SEC;
+        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
+        f.host.set_pids(PIDS_JOBS, 2 + s, None);
+        f.pipe.sample_pids(t);
+        let requests = f.pipe.check(t).expect("check");
+        if first.is_none() && !requests.is_empty() {
+            first = Some(requests);
+        }
+    }
+    let requests = first.expect("an action was requested");
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        (r.detector, r.kind),
+        (crate::detect::switches::Detector::Leak, ActionKind::Kill)
+    );
+    let mut members: Vec<u32> = r.members.iter().map(|m| m.tgid).collect();
+    members.sort_unstable();
+    assert_eq!(members.first(), Some(&100), "the server leads its subtree");
+    assert!(members.len() >= 20, "{members:?}");
+    assert_eq!(f.alerts()[0]["action"], "kill");
+}
+
+#[test]
+fn a_plateau_an_ignored_cgroup_and_off_stay_quiet() {
+    // A pool that started 30 workers and holds them: no rise.
+    let mut f = fixture(fixture::settings());
+    for s in 0..=25u64 {
+        let t = s * SEC;
+        f.host.set_pids(PIDS_JOBS, 31, None);
+        if s == 0 {
+            for w in 0..30 {
+                f.handle(fixture::fork(t, 100, 300 + w, "server"));
+            }
+        }
+        f.pipe.sample_pids(t);
+        f.pipe.check(t).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+
+    let mut settings = fixture::settings();
+    settings.ignore_leak = crate::detect::switches::Ignore::for_detector(
+        &[
+            crate::detect::switches::parse_ignore(&format!("leak:cgroup=^{PIDS_JOBS}$"))
+                .expect("rule"),
+        ],
+        crate::detect::switches::Detector::Leak,
+    );
+    let mut f = fixture(settings);
+    leak_for(&mut f, 22, None);
+    assert!(f.alerts().is_empty(), "ignored");
+
+    let mut settings = fixture::settings();
+    settings.off = vec![crate::detect::switches::Detector::Leak];
+    let mut f = fixture(settings);
+    leak_for(&mut f, 22, None);
+    assert!(f.alerts().is_empty(), "switched off");
+}
+
+#[test]
+fn a_rise_that_exits_undo_is_no_leak() {
+    // Helpers come and go: the count rises, then falls back.
+    let mut f = fixture(fixture::settings());
+    for s in 0..=25u64 {
+        let t = s * SEC;
+        let pid = 200 + s as u32;
+        f.handle(fixture::fork(t, 100, pid, "server"));
+        if s >= 3 {
+            f.handle(fixture::exit(
+                t + 1,
+                pid - 3,
+                100,
+                ExitStatus::Exited(0),
+                "server",
+            ));
+        }
+        f.host.set_pids(PIDS_JOBS, 2 + s.min(3), None);
+        f.pipe.sample_pids(t);
+        f.pipe.check(t).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+}
