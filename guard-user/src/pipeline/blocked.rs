@@ -39,6 +39,7 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn storm_runaway(&mut self, now: u64) -> Option<ActionRequest> {
         let (pool, usage, growers) = self.detectors.memory.runaway(now)?;
         let mut request = self.memory_request(
+            now,
             Detector::Blocked,
             Rule::BlockedStorm,
             &pool,

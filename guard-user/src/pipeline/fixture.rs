@@ -238,6 +238,16 @@ impl Fixture {
         }
     }
 
+    /// The same fixture with its pipeline changed by `change`.
+    pub fn map_pipe(self, change: impl FnOnce(Pipeline<Vec<u8>>) -> Pipeline<Vec<u8>>) -> Self {
+        let Self { pipe, host, _proc } = self;
+        Self {
+            pipe: change(pipe),
+            host,
+            _proc,
+        }
+    }
+
     /// Every record other than events written since the last call.
     pub fn records(&mut self) -> Vec<serde_json::Value> {
         let written = self.pipe.out.take_written();

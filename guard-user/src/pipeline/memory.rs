@@ -40,7 +40,7 @@ impl<W: Write> Pipeline<W> {
                     r.unreclaimable_bytes(),
                     r.previous_step.is_none_or(|step| step == 0),
                 );
-                let now = WallClock::boot_ns_now();
+                let now = r.boot_ns;
                 if let Some(pool) = pool
                     && self
                         .detectors
@@ -60,12 +60,12 @@ impl<W: Write> Pipeline<W> {
                     && !p.kernel_thread
                     && self.scope.contains_cgroups(&p.cgroups) =>
             {
-                self.watch_pool(&p.cgroups);
+                self.watch_pool(event.boot_ns(), &p.cgroups);
             }
             (Event::CgroupAttach(_), Some(p))
                 if !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups) =>
             {
-                self.watch_pool(&p.cgroups);
+                self.watch_pool(event.boot_ns(), &p.cgroups);
             }
             (Event::ReclaimStall(r), Some(p)) if self.scope.contains_cgroups(&p.cgroups) => {
                 self.last_reclaim_stall_ns = Some(r.boot_ns);
@@ -76,14 +76,12 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Starts sampling the pool of a process's memory cgroup, if new.
-    pub(super) fn watch_pool(&mut self, cgroups: &crate::cgroup::CgroupSet) {
+    pub(super) fn watch_pool(&mut self, now: u64, cgroups: &crate::cgroup::CgroupSet) {
         if let Some(pool) = self.pool_of(cgroups)
             && self.detectors.memory.sampled_at(&pool).is_none()
             && let Some(usage) = self.host.memcg_usage(&pool)
         {
-            self.detectors
-                .memory
-                .sample(WallClock::boot_ns_now(), &pool, usage);
+            self.detectors.memory.sample(now, &pool, usage);
         }
     }
 
@@ -207,6 +205,7 @@ impl<W: Write> Pipeline<W> {
     /// action of the memory detector's policy.
     pub(super) fn memory_request(
         &mut self,
+        now: u64,
         detector: Detector,
         rule: Rule,
         pool: &PoolKey,
@@ -216,7 +215,7 @@ impl<W: Write> Pipeline<W> {
         if !self.settings.runs(Detector::Memory) {
             return None;
         }
-        if let Some(request) = self.subtree_request(detector, rule, pool, usage) {
+        if let Some(request) = self.subtree_request(now, detector, rule, pool, usage) {
             return Some(request);
         }
         // No member readable now (all gone meanwhile): the processes the
@@ -259,6 +258,7 @@ impl<W: Write> Pipeline<W> {
     /// `detect::subtree`), as an action on all of it.
     pub(super) fn subtree_request(
         &mut self,
+        now: u64,
         detector: Detector,
         rule: Rule,
         pool: &PoolKey,
@@ -317,7 +317,7 @@ impl<W: Write> Pipeline<W> {
             .baselines
             .get(pool)
             .and_then(|b| b.front())
-            .map(|(at, _)| (WallClock::boot_ns_now().saturating_sub(*at) / 1_000_000) as f64 / 1e3);
+            .map(|(at, _)| (now.saturating_sub(*at) / 1_000_000) as f64 / 1e3);
         let mut described = self.describe_offender(o.node, members.len());
         if let Some(Offender::Known(d)) = &mut described {
             d.growth = Some(Growth {
@@ -343,7 +343,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Writes a memory alert and queues the action it leads to.
-    pub(super) fn memory_alert(&mut self, v: &MemoryVerdict) -> io::Result<()> {
+    pub(super) fn memory_alert(&mut self, now: u64, v: &MemoryVerdict) -> io::Result<()> {
         // Host pressure may come from outside the scope: only a host-wide
         // guard acts on it, and only on a subtree that grew by a sixteenth
         // of the host's memory.
@@ -355,6 +355,7 @@ impl<W: Write> Pipeline<W> {
         };
         let request = self
             .memory_request(
+                now,
                 Detector::Memory,
                 rule,
                 &v.pool,

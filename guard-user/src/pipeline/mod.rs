@@ -543,7 +543,7 @@ impl<W: Write> Pipeline<W> {
             if self.settings.runs(Detector::Memory)
                 && !self.settings.ignore_memory.cgroup(Some(&verdict.pool))
             {
-                self.memory_alert(&verdict)?;
+                self.memory_alert(now, &verdict)?;
             }
         }
         requests.append(&mut self.pending);

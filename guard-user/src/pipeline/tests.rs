@@ -1,8 +1,11 @@
 //! The detectors' glue on fixtures (see `fixture`): what each plugin and
 //! the pipeline's own glue make of synthetic events and readings.
 
+mod blocked;
 mod crashloop;
+mod fork;
 mod leak;
+mod memory;
 
 mod actions {
     use crate::{act::ProcState, pipeline::still_to_contain, policy::ActionKind};

@@ -1,0 +1,248 @@
+//! The fork detector's glue: bombs, builds and pools through
+//! `Pipeline::handle` and `check`; offenders, protection, policies,
+//! --dry-run, the fork probe's condemnations and lost events.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{
+    decode::{Condemned, ExitStatus},
+    detect::switches::{Detector, Ignore, parse_ignore},
+    pipeline::{
+        ActionRequest,
+        fixture::{self, *},
+    },
+    policy::ActionKind,
+};
+
+fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
+    Fixture::new(settings, Vec::new(), &[(100, 1, "bash")], protected)
+}
+
+/// A bash bomb rooted at 100: every member forks one copy of itself every
+/// 5 ms for `rounds` rounds, nobody exits. Returns every request of the
+/// checks, and the pids born.
+fn bomb(f: &mut Fixture, rounds: u32) -> (Vec<ActionRequest>, Vec<u32>) {
+    let mut members = vec![100u32];
+    let mut next = 1000u32;
+    let mut requests = Vec::new();
+    for round in 1..=rounds {
+        let t = SEC + u64::from(round) * 5 * MS;
+        for parent in members.clone() {
+            f.handle(fixture::fork(t, parent, next, "bash"));
+            members.push(next);
+            next += 1;
+        }
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    (requests, members)
+}
+
+#[test]
+fn a_bomb_is_named_at_its_root_and_its_subtree_taken() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    let (requests, born) = bomb(&mut f, 9);
+    let alerts = f.alerts();
+    let a = alerts
+        .iter()
+        .find(|a| a["rule"] == "explosion")
+        .unwrap_or_else(|| panic!("no explosion: {alerts:#?}"));
+    assert_eq!(a["offender"]["pid"], 100, "{a}");
+    assert_eq!(a["cgroup"], PIDS_JOBS);
+    assert!(a["births"].as_u64().is_some_and(|b| b >= 100), "{a}");
+    assert_eq!(a["action"], "kill");
+    let r = requests.first().expect("a kill was requested");
+    assert_eq!((r.detector, r.kind), (Detector::Fork, ActionKind::Kill));
+    // Every member born by the verdict, the root among them.
+    assert!(r.members.iter().any(|m| m.tgid == 100));
+    assert!(r.members.len() >= 128, "{} members", r.members.len());
+    assert!(r.members.iter().all(|m| born.contains(&m.tgid)));
+    // One action at a time per subtree.
+    assert_eq!(requests.len(), 1, "{requests:?}");
+}
+
+#[test]
+fn a_protected_root_is_passed_over_for_its_children() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[100]);
+    let (requests, _) = bomb(&mut f, 9);
+    let a = f
+        .alerts()
+        .into_iter()
+        .find(|a| a["rule"] == "explosion")
+        .expect("an explosion");
+    assert_ne!(a["offender"]["pid"], 100, "{a}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.members.iter().all(|m| m.tgid != 100))
+    );
+}
+
+#[test]
+fn log_alerts_and_asks_for_nothing_dry_run_says_what_it_would_do() {
+    let mut f = fixture(fixture::settings(), &[]);
+    let (requests, _) = bomb(&mut f, 9);
+    assert!(requests.is_empty());
+    assert!(f.alerts().iter().any(|a| a["action"] == "log"));
+
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    settings.dry_run = true;
+    let mut f = fixture(settings, &[]);
+    let (requests, _) = bomb(&mut f, 9);
+    assert!(requests.is_empty(), "nothing is run under --dry-run");
+    let records = f.records();
+    let action = records
+        .iter()
+        .find(|r| r["kind"] == "action")
+        .unwrap_or_else(|| panic!("no action record: {records:#?}"));
+    assert_eq!(action["dry_run"], true);
+    assert!(
+        action["members"].as_array().is_some_and(|m| m.len() >= 128),
+        "{action}"
+    );
+}
+
+#[test]
+fn a_policy_or_an_ignored_cgroup_leaves_a_bomb_alone() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    settings.policies = crate::policy::Policies::new(vec![crate::policy::CgroupPolicy {
+        cgroup: PIDS_JOBS.into(),
+        fork_action: Some(ActionKind::Log),
+        mem_action: None,
+        leak_action: None,
+        crashloop_action: None,
+    }])
+    .expect("policy");
+    let mut f = fixture(settings, &[]);
+    let (requests, _) = bomb(&mut f, 9);
+    assert!(requests.is_empty(), "the policy says log");
+    assert!(f.alerts().iter().any(|a| a["action"] == "log"));
+
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    settings.ignore_fork = Ignore::for_detector(
+        &[parse_ignore(&format!("fork:cgroup=^{PIDS_JOBS}$")).expect("rule")],
+        Detector::Fork,
+    );
+    let mut f = fixture(settings, &[]);
+    let (requests, _) = bomb(&mut f, 9);
+    assert!(requests.is_empty() && f.alerts().is_empty());
+}
+
+#[test]
+fn a_wide_build_is_no_bomb() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    // make -j: 500 compilers a second, each exec'd and done in 30 ms.
+    let mut requests = Vec::new();
+    for i in 0..2_000u32 {
+        let t = SEC + u64::from(i) * 2 * MS;
+        let pid = 1000 + i;
+        f.handle(fixture::fork(t, 100, pid, "make"));
+        f.handle(fixture::exec(t + MS / 2, pid, "/usr/bin/cc"));
+        if i >= 15 {
+            f.handle(fixture::exit(
+                t + MS,
+                pid - 15,
+                100,
+                ExitStatus::Exited(0),
+                "cc",
+            ));
+        }
+        if i % 10 == 0 {
+            requests.extend(f.pipe.check(t + MS).expect("check"));
+        }
+    }
+    assert!(requests.is_empty());
+    assert!(f.alerts().is_empty());
+}
+
+fn condemned(at: u64, root: Option<u32>, forker: u32) -> crate::decode::Event {
+    crate::decode::Event::Condemned(Condemned {
+        boot_ns: at,
+        tag: guard_common::auto_tag(root.unwrap_or(forker), at),
+        root_tgid: root,
+        births: 140,
+        growth: 60,
+        window_ns: SEC,
+        forker_tgid: forker,
+        signal: libc::SIGKILL,
+        deep_births: 120,
+    })
+}
+
+#[test]
+fn the_probes_condemnation_is_alerted_and_contained_by_the_agent() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    for (i, child) in (101..=110u32).enumerate() {
+        f.handle(fixture::fork(SEC + i as u64 * MS, 100, child, "bash"));
+    }
+    f.handle(condemned(SEC + 20 * MS, Some(100), 105));
+    let requests = f.pipe.check(SEC + 21 * MS).expect("check");
+    let a = f.alerts().into_iter().next().expect("an alert");
+    assert_eq!(
+        (a["rule"].as_str(), a["condemned_by_kernel"].as_bool()),
+        (Some("explosion"), Some(true))
+    );
+    assert_eq!(a["offender"]["pid"], 100);
+    assert_eq!(a["births"], 140);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].members.len(),
+        11,
+        "the root and its ten children"
+    );
+
+    // A root that was gone before the agent knew it: said so.
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    f.handle(condemned(SEC, Some(4242), 4243));
+    f.pipe.check(SEC + MS).expect("check");
+    let a = f.alerts().into_iter().next().expect("an alert");
+    assert_eq!(a["offender"]["note"], "gone before guard knew it", "{a}");
+    assert_eq!(a["offender"]["pid"], 4242);
+}
+
+#[test]
+fn after_lost_events_the_verdict_waits_for_counts_it_can_trust() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let lost = Arc::new(AtomicU64::new(0));
+    let counter = lost.clone();
+    let mut f = fixture(settings, &[])
+        .map_pipe(|p| p.with_loss_counter(Box::new(move || counter.load(Ordering::Relaxed))));
+    // Births the table saw, of members whose exits may have been lost:
+    // none of them is in /proc (the fixture's has only the root).
+    let mut next = 1000u32;
+    let mut members = vec![100u32];
+    for round in 1..=8u32 {
+        let t = SEC + u64::from(round) * 5 * MS;
+        for parent in members.clone() {
+            f.handle(fixture::fork(t, parent, next, "bash"));
+            members.push(next);
+            next += 1;
+        }
+    }
+    lost.store(7, Ordering::Relaxed);
+    let requests = f.pipe.check(SEC + 45 * MS).expect("check");
+    assert!(
+        requests.is_empty(),
+        "judged on counts a loss may have inflated: {requests:?}"
+    );
+    assert!(f.alerts().is_empty());
+    // Recounted from what exists: the root alone, so no growth since.
+    let requests = f.pipe.check(SEC + 46 * MS).expect("check");
+    assert!(requests.is_empty() && f.alerts().is_empty());
+}
