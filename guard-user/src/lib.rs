@@ -1,71 +1,45 @@
 //! guard's agent. Data flows one way: probes → ring buffer → decode →
-//! process table → detectors → actions → output; `agent` wires it. There is
-//! no import cycle. Modules depend on those listed before them, with two
-//! known exceptions: `probes` and `loader` read `kernel_scope`'s plan (what
-//! the fork probe enforces is configuration they load), and `observe`
-//! returns the detectors' reading types. One line each:
+//! process table → detectors → actions → output; `agent` wires it. The
+//! folders are the layers, each depending only on those listed before it
+//! (no import cycle between modules); each folder's `mod.rs` has its
+//! one-line-per-module map. `tests/layers.rs` holds the code to this order.
+//! The exceptions, and why:
 //!
-//! Kernel interface
-//! - `btf`: reads kernel BTF (struct offsets, function and enum ids).
-//! - `tracefs`: finds and mounts tracefs, parses tracepoint formats.
-//! - `probes`: the per-kernel probe table and the `CONFIG` the programs read.
-//! - `loader`: loads the eBPF object, fills its maps, attaches probes.
-//! - `decode`: ring-buffer records to typed events (`TryFrom` on the kind).
-//! - `source`: reads the ring buffer into the agent's queue; counts losses.
+//! 1. `kernel::probes` and `kernel::loader` read `respond::kernel_scope`'s
+//!    plan: what the fork probe enforces by itself is configuration they
+//!    load into the kernel.
+//! 2. `kernel::source` hands `detect::blocked::BlockedTask`s to the rule
+//!    as it reads the kernel's blocked map.
+//! 3. `kernel::decode` writes cgroup paths with `host::cgroup`'s lossless
+//!    text, and `kernel::loader` reads its capabilities with
+//!    `host::procfs`: one home each for those facts.
+//! 4. `host::observe` returns the detectors' reading types (`MemUsage`,
+//!    `Wait`), so that a reading needs no copy.
 //!
-//! Model of the host
-//! - `clock`: CLOCK_BOOTTIME and its wall-clock mapping.
-//! - `cgroup`: hierarchies (v1, v2, hybrid) and per-process membership.
-//! - `proctable`: live processes and their fork-time lineage (with ghosts).
-//! - `procfs`: /proc/PID/stat, parsed in one place, and the clock tick.
-//! - `observe`: readings of /proc and cgroup files (pids, memory, PSI).
-//! - `scope`: which processes `--cgroup` covers.
-//! - `kube`: Kubernetes pods, containers and QoS classes from cgroup paths.
+//! Layers:
 //!
-//! Detectors (pure: events, readings and a clock in; verdicts out)
-//! - `detect`: fork, memory, subtree, leak, crash-loop and blocked rules,
-//!   and the switches and ignore lists.
-//!
-//! Response
-//! - `policy`: what a verdict leads to (log, stop, kill) and its signal.
-//! - `protect`: what is never signalled.
-//! - `kernel_scope`: what the fork probe enforces by itself, and its scope.
-//! - `act`: containment; the only module that signals other processes.
-//! - `hook`: `--on-alert`, the operator's command run per alert and action.
-//!
-//! Output and wiring
-//! - `output`: records as text or NDJSON, escaping, the stdout writer.
-//! - `metrics`: Prometheus metrics from the agent's snapshots, over HTTP.
-//! - `pipeline`: per event and tick, routes to detectors and requests actions.
-//! - `cli`: flags, their ranges and defaults.
-//! - `config`: the TOML config file: flags by their names, and policies.
-//! - `check`: `guard check`, the host's facts and what they turn on or off.
+//! - `kernel`: the kernel interface: BTF, tracefs, the probe table, the
+//!   loader, decoding of ring-buffer records, the reader.
+//! - `host`: the model of the host: clock, /proc, cgroups, pods, trusted
+//!   executables, the process table and lineage, scope, readings (`Host`).
+//! - `detect`: the pure rules (fork, memory, subtree, leak, crash loop,
+//!   blocked tasks; switches and ignore lists): events, readings and a
+//!   clock in, verdicts out.
+//! - `respond`: policies, protection, the fork probe's own enforcement,
+//!   containment (the only code that signals), hooks.
+//! - `output`: the typed records and their generated schema, the text and
+//!   NDJSON writers, Prometheus metrics.
+//! - `pipeline`: the detectors' glue: per event and tick, routes to the
+//!   detectors (`pipeline::plugin::Plugin`), writes their alerts and
+//!   requests actions.
+//! - `cli`: flags and their defaults, the config file, `guard check`.
 //! - `agent`: loads, attaches, runs the loop, reports, detaches.
 
-pub mod act;
 pub mod agent;
-pub mod btf;
-pub mod cgroup;
-pub mod check;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod decode;
 pub mod detect;
-pub mod hook;
-pub mod identity;
-pub mod kernel_scope;
-pub mod kube;
-pub mod loader;
-pub mod metrics;
-pub mod observe;
+pub mod host;
+pub mod kernel;
 pub mod output;
 pub mod pipeline;
-pub mod policy;
-pub mod probes;
-pub mod procfs;
-pub mod proctable;
-pub mod protect;
-pub mod scope;
-pub mod source;
-pub mod tracefs;
+pub mod respond;

@@ -35,9 +35,11 @@ fn init_diagnostics(level: &str) {
 fn main() -> ExitCode {
     // The config file's keys are flags placed before the command line's.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let file = match guard::config::locate(&argv).and_then(|path| match path {
-        Some(path) => guard::config::load(&path, &Args::command(), guard::config::insecure(&argv)),
-        None => Ok(guard::config::FromFile::default()),
+    let file = match guard::cli::config::locate(&argv).and_then(|path| match path {
+        Some(path) => {
+            guard::cli::config::load(&path, &Args::command(), guard::cli::config::insecure(&argv))
+        }
+        None => Ok(guard::cli::config::FromFile::default()),
     }) {
         Ok(file) => file,
         Err(err) => {
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
     let command = Args::command().args_override_self(true);
     let matches = command
         .clone()
-        .get_matches_from(guard::config::merged_argv(&argv, &file));
+        .get_matches_from(guard::cli::config::merged_argv(&argv, &file));
     let mut args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(err) => err.exit(),
@@ -56,12 +58,12 @@ fn main() -> ExitCode {
     args.policies = file.policies.clone();
     args.config_file = file.path.clone().map(|p| (p, file.args.clone()));
     if let Some(guard::cli::Command::Config) = args.command {
-        print!("{}", guard::config::render(&command, &matches, &file));
+        print!("{}", guard::cli::config::render(&command, &matches, &file));
         return ExitCode::SUCCESS;
     }
     match args.command {
         Some(Command::Check) => {
-            let (table, runs) = guard::check::report(&guard::check::rows(&args.btf));
+            let (table, runs) = guard::cli::check::report(&guard::cli::check::rows(&args.btf));
             print!("{table}");
             return if runs {
                 ExitCode::SUCCESS

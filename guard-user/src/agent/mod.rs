@@ -25,11 +25,7 @@ use self::{
     report::{OutputWatch, enforcing, follow_scope, metrics_snapshot, report_losses},
 };
 use crate::{
-    act::{LiveSystem, Outcome, ResponseMaps, System, contain},
-    cgroup::Hierarchies,
     cli::{Args, Color},
-    clock::WallClock,
-    decode::Event,
     detect::{
         Detectors,
         blocked::{BlockedDetector, BlockedRules},
@@ -39,18 +35,22 @@ use crate::{
         memory::{MemoryDetector, MemoryRules},
         switches::{Detector, Ignore},
     },
-    identity::TrustedExes,
-    kernel_scope,
-    kernel_scope::BudgetLimits,
-    loader::{self, LoadOptions},
+    host::cgroup::Hierarchies,
+    host::clock::WallClock,
+    host::identity::TrustedExes,
+    host::proctable::{ProcessTable, default_proc_root},
+    host::scope::Scope,
+    kernel::decode::Event,
+    kernel::loader::{self, LoadOptions},
+    kernel::source::{self, BlockedMaps, KernelDrops, SourceStats},
     output::{Format, Output, ThreadedStdout, record},
     pipeline::{ActionRequest, Pipeline, Settings},
     pipeline::{crashloop::CrashLoopWatch, leak::LeakWatch},
-    policy::ActionKind,
-    proctable::{ProcessTable, default_proc_root},
-    protect::Protection,
-    scope::Scope,
-    source::{self, BlockedMaps, KernelDrops, SourceStats},
+    respond::act::{LiveSystem, Outcome, ResponseMaps, System, contain},
+    respond::kernel_scope,
+    respond::kernel_scope::BudgetLimits,
+    respond::policy::ActionKind,
+    respond::protect::Protection,
 };
 
 /// How the run ended.
@@ -81,14 +81,14 @@ fn reload_config(
     pipe: &mut Pipeline<ThreadedStdout>,
 ) {
     use clap::CommandFactory as _;
-    let file = match crate::config::load(path, &Args::command(), insecure) {
+    let file = match crate::cli::config::load(path, &Args::command(), insecure) {
         Ok(file) => file,
         Err(err) => {
             tracing::warn!("SIGHUP: keeping the running configuration: {err}");
             return;
         }
     };
-    let policies = match crate::policy::Policies::new(file.policies.clone()) {
+    let policies = match crate::respond::policy::Policies::new(file.policies.clone()) {
         Ok(p) => p,
         Err(err) => {
             tracing::warn!(
@@ -127,19 +127,19 @@ const ACTION_DEADLINE: Duration = Duration::from_secs(3);
 /// The service managers' and `--protect`ed programs' executables, by
 /// inode; an error when a `--protect`ed name or path is no trusted
 /// executable (protecting it by name would protect anything so named).
-fn trusted_executables(protect: &[crate::protect::Protected]) -> Result<TrustedExes> {
-    let scan = crate::protect::scan_trusted(protect);
+fn trusted_executables(protect: &[crate::respond::protect::Protected]) -> Result<TrustedExes> {
+    let scan = crate::respond::protect::scan_trusted(protect);
     let asked: Vec<&String> = scan
         .missing
         .iter()
-        .filter(|m| !crate::protect::SUPERVISORS.contains(&m.as_str()))
+        .filter(|m| !crate::respond::protect::SUPERVISORS.contains(&m.as_str()))
         .collect();
     if let Some(missing) = asked.first() {
         bail!(
             "--protect {missing}: no executable of that name owned by root in root's \
              directories ({}); give the program's path (--protect /opt/app/bin/{missing}, \
              owned by root and writable by no one else), a pid, or a cgroup directory",
-            crate::identity::TRUSTED_DIRS.join(", ")
+            crate::host::identity::TRUSTED_DIRS.join(", ")
         );
     }
     tracing::debug!("{} trusted executables", scan.found.len());
@@ -152,7 +152,7 @@ pub async fn run(args: Args) -> Result<Ending> {
     let hierarchies = Arc::new(hierarchies);
     let rules = args.fork_rules();
     let ignore_rules = args.ignore_rules();
-    let policies = crate::policy::Policies::new(args.policies.clone())
+    let policies = crate::respond::policy::Policies::new(args.policies.clone())
         .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     // A fork guard switched off enforces nothing, in the kernel either.
     // Otherwise the probe's budgets signal with the strongest action any
@@ -164,7 +164,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         policies.strongest_fork_action(args.fork_action)
     };
     if let Some(command) = &args.on_alert {
-        match crate::hook::check_command(command) {
+        match crate::respond::hook::check_command(command) {
             Ok(()) => {}
             Err(why) if args.insecure_config => {
                 tracing::warn!("--insecure-config: running the hook although {why}");
@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> Result<Ending> {
             Err(why) => bail!(why),
         }
     }
-    let fds = crate::act::raise_fd_limit();
+    let fds = crate::respond::act::raise_fd_limit();
     tracing::debug!("descriptor limit {fds}");
     let guard_chain = Protection::own_chain();
     let trusted = trusted_executables(&args.protect)?;
@@ -217,7 +217,7 @@ pub async fn run(args: Args) -> Result<Ending> {
         } else {
             args.events.0.clone()
         },
-        memory: crate::probes::MemoryTunables {
+        memory: crate::kernel::probes::MemoryTunables {
             rss_step_bytes: args.rss_step_mib << 20,
             reclaim_stall_us: args.reclaim_stall_ms * 1000,
         },
@@ -333,7 +333,8 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
     if let Some(command) = &args.on_alert {
         out = out.with_hooks(
-            crate::hook::Hooks::spawn(command.clone()).context("starting the --on-alert thread")?,
+            crate::respond::hook::Hooks::spawn(command.clone())
+                .context("starting the --on-alert thread")?,
         );
     }
     let settings = Settings {
@@ -438,14 +439,16 @@ pub async fn run(args: Args) -> Result<Ending> {
             .collect(),
         dry_run: args.dry_run,
         memory_locked: hardening.memory_locked,
-        rss_bytes: crate::procfs::own_usage().rss_bytes,
+        rss_bytes: crate::host::procfs::own_usage().rss_bytes,
         oom_score_adj: hardening.oom_score_adj,
     });
     start.and_then(|()| pipe.out.flush())?;
     let metrics = match args.metrics {
         Some(addr) => {
-            let shared = Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::default()));
-            if let Some(bound) = crate::metrics::serve(addr, shared.clone()).await {
+            let shared = Arc::new(std::sync::Mutex::new(
+                crate::output::metrics::Metrics::default(),
+            ));
+            if let Some(bound) = crate::output::metrics::serve(addr, shared.clone()).await {
                 tracing::info!("metrics at http://{bound}/metrics");
             }
             Some(shared)
@@ -656,7 +659,7 @@ pub async fn run(args: Args) -> Result<Ending> {
 
     let kernel = KernelDrops::read(&drops)?;
     let queue_full = stats.queue_full.load(Ordering::Relaxed);
-    let own = crate::procfs::own_usage();
+    let own = crate::host::procfs::own_usage();
     let summary = pipe.out.record(&record::Summary {
         seen: pipe
             .seen_by_kind()

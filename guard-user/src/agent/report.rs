@@ -121,7 +121,7 @@ pub(super) fn metrics_snapshot(
     drops: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     stats: &SourceStats,
     pipe: &Pipeline<impl Write>,
-) -> crate::metrics::Snapshot {
+) -> crate::output::metrics::Snapshot {
     let kernel = KernelDrops::read(drops).unwrap_or_default();
     let mut lost = Vec::new();
     for kind in guard_common::EventKind::ALL {
@@ -134,8 +134,8 @@ pub(super) fn metrics_snapshot(
         "queue_full",
         stats.queue_full.load(Ordering::Relaxed),
     ));
-    let own = crate::procfs::own_usage();
-    crate::metrics::Snapshot {
+    let own = crate::host::procfs::own_usage();
+    crate::output::metrics::Snapshot {
         seen: pipe.seen_by_kind().into_iter().collect(),
         lost,
         tally: pipe.out.tally.clone(),

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use crate::decode::Comm;
+use crate::kernel::decode::Comm;
 
 /// The rule's settings.
 #[derive(Clone, Copy, Debug)]

@@ -30,7 +30,7 @@ use std::{
 };
 
 use super::switches::Ignore;
-use crate::decode::ExitStatus;
+use crate::kernel::decode::ExitStatus;
 
 const NS: u64 = 1_000_000_000;
 

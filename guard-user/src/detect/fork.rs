@@ -28,7 +28,7 @@ use std::{
 
 use guard_common::fork_rule;
 
-use crate::proctable::{Lineage, LineageNode, NodeId};
+use crate::host::proctable::{Lineage, LineageNode, NodeId};
 
 const NS: u64 = 1_000_000_000;
 

@@ -22,7 +22,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::proctable::NodeId;
+use crate::host::proctable::NodeId;
 
 /// The pool key: a cgroup directory, or [`HOST`].
 pub type PoolKey = Arc<str>;

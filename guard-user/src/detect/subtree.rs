@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use crate::proctable::{Lineage, LineageNode, NodeId};
+use crate::host::proctable::{Lineage, LineageNode, NodeId};
 
 /// Share of a subtree's growth one child's subtree must hold for the
 /// offender to be that child rather than the subtree's root.
@@ -189,11 +189,11 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn info(tgid: u32) -> crate::proctable::ProcInfo {
-        crate::proctable::ProcInfo {
+    fn info(tgid: u32) -> crate::host::proctable::ProcInfo {
+        crate::host::proctable::ProcInfo {
             tgid,
             ppid: 0,
-            comm: crate::decode::Comm::from_str_lossy("x"),
+            comm: crate::kernel::decode::Comm::from_str_lossy("x"),
             kernel_thread: false,
             start_boot_ns: 0,
             cgroups: Arc::from(Vec::new()),

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use super::text::{hex_if_not_utf8, hex_of};
-use crate::decode::{Args, Comm};
+use crate::kernel::decode::{Args, Comm};
 
 /// A JSON object written straight into a line buffer.
 pub struct JsonObject<'b> {
@@ -33,9 +33,9 @@ impl<'b> JsonObject<'b> {
     /// as `<key>_hex`.
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
-        if crate::cgroup::has_raw(value) {
-            let _ = serde_json::to_writer(&mut *self.buf, &crate::cgroup::lossy(value));
-            let hex = crate::output::text::hex_of(&crate::cgroup::path_bytes(value));
+        if crate::host::cgroup::has_raw(value) {
+            let _ = serde_json::to_writer(&mut *self.buf, &crate::host::cgroup::lossy(value));
+            let hex = crate::output::text::hex_of(&crate::host::cgroup::path_bytes(value));
             return self.str(&format!("{key}_hex"), &hex);
         }
         // Writing into a Vec cannot fail.

@@ -5,6 +5,7 @@
 
 pub mod events;
 mod json;
+pub mod metrics;
 pub mod record;
 pub mod schema;
 pub mod text;
@@ -20,17 +21,17 @@ use std::{
 
 use guard_common::EventKind;
 
-use self::record::{ActionResult, Counted, HookSubject, Record, Rule};
+use self::record::{ActionResult, Counted, Record, Rule};
 use self::text::Escaped;
 pub use self::{
     json::JsonObject,
     writer::{EVENT_BACKLOG, RECORD_BACKLOG, ReopeningFile, ThreadedStdout},
 };
-pub use crate::clock::WallClock;
+pub use crate::host::clock::WallClock;
 use crate::{
-    decode::{Comm, Event, ExitStatus},
     detect::switches::Detector,
-    policy::ActionKind,
+    kernel::decode::{Comm, Event, ExitStatus},
+    respond::policy::ActionKind,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +143,7 @@ pub struct Output<W: Write> {
     /// every one decided, written or not (for metrics).
     pub tally: Tally,
     /// `--on-alert`: run per alert and action.
-    hooks: Option<crate::hook::Hooks>,
+    hooks: Option<crate::respond::hook::Hooks>,
     /// Event lines are being shed (see `agent::budget`).
     shedding: bool,
     /// Records other than events (alerts, actions...) dropped for the same
@@ -231,13 +232,13 @@ impl<W: Write> Output<W> {
     }
 
     /// Runs `hooks` for every alert and action from now on.
-    pub fn with_hooks(mut self, hooks: crate::hook::Hooks) -> Self {
+    pub fn with_hooks(mut self, hooks: crate::respond::hook::Hooks) -> Self {
         self.hooks = Some(hooks);
         self
     }
 
     /// What became of the hooks, when there are any.
-    pub fn hook_counts(&self) -> Option<std::sync::Arc<crate::hook::HookCounts>> {
+    pub fn hook_counts(&self) -> Option<std::sync::Arc<crate::respond::hook::HookCounts>> {
         self.hooks.as_ref().map(|h| h.counts.clone())
     }
 
@@ -323,7 +324,7 @@ impl<W: Write> Output<W> {
         &mut self,
         kind: &str,
         fields: serde_json::Map<String, serde_json::Value>,
-        hook: Option<HookSubject>,
+        hook: Option<crate::respond::hook::HookSubject>,
     ) -> io::Result<()> {
         // Text escapes names that are not UTF-8 itself (`\xNN`); JSON and
         // hooks get them lossy with a `_hex` twin.
@@ -345,7 +346,7 @@ impl<W: Write> Output<W> {
             for (k, v) in fields {
                 record.insert(k.clone(), v.clone());
             }
-            let env = crate::hook::environment(kind, &time, &subject);
+            let env = crate::respond::hook::environment(kind, &time, &subject);
             hooks.fire(record.into(), env, now);
         }
         if self.over(RECORD_BACKLOG) {
@@ -394,7 +395,7 @@ impl<W: Write> Output<W> {
         o.opt_num("ppid", ctx.ppid)
             .comm("parent_comm", ctx.parent_comm)
             .opt_str("cgroup", ctx.cgroup);
-        if let Some(pod) = ctx.cgroup.and_then(crate::kube::pod_of) {
+        if let Some(pod) = ctx.cgroup.and_then(crate::host::kube::pod_of) {
             o.str("pod_uid", &pod.uid)
                 .opt_str("container_id", pod.container_id.as_deref())
                 .str("qos", pod.qos.name());
@@ -664,7 +665,7 @@ mod tests;
 /// `cgroup::path_text`), at any depth.
 fn holds_raw(value: &serde_json::Value) -> bool {
     match value {
-        serde_json::Value::String(s) => crate::cgroup::has_raw(s),
+        serde_json::Value::String(s) => crate::host::cgroup::has_raw(s),
         serde_json::Value::Array(items) => items.iter().any(holds_raw),
         serde_json::Value::Object(map) => map.values().any(holds_raw),
         _ => false,
@@ -677,9 +678,9 @@ fn holds_raw(value: &serde_json::Value) -> bool {
 fn twin_raw(fields: &[(String, serde_json::Value)]) -> Vec<(String, serde_json::Value)> {
     fn fix(value: &mut serde_json::Value) -> Option<String> {
         match value {
-            serde_json::Value::String(s) if crate::cgroup::has_raw(s) => {
-                let hex = text::hex_of(&crate::cgroup::path_bytes(s));
-                *s = crate::cgroup::lossy(s).into_owned();
+            serde_json::Value::String(s) if crate::host::cgroup::has_raw(s) => {
+                let hex = text::hex_of(&crate::host::cgroup::path_bytes(s));
+                *s = crate::host::cgroup::lossy(s).into_owned();
                 Some(hex)
             }
             serde_json::Value::Array(items) => {

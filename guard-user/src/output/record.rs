@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::{act::Outcome, detect::switches::Detector, kube::Qos, policy::ActionKind};
+use crate::{
+    detect::switches::Detector,
+    host::kube::Qos,
+    respond::{act::Outcome, hook::HookSubject, policy::ActionKind},
+};
 
 /// Every kind of record that is not a kernel event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
@@ -123,17 +127,6 @@ pub enum Counted {
     Action(Detector, ActionKind, ActionResult),
 }
 
-/// What a hook's environment says of a record (see `hook::environment`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HookSubject {
-    pub detector: Option<Detector>,
-    pub rule: Option<Rule>,
-    pub action: Option<ActionKind>,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub cgroup: Option<String>,
-}
-
 /// A Kubernetes pod's identity, beside a cgroup inside one.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct PodFields {
@@ -144,7 +137,7 @@ pub struct PodFields {
 
 impl PodFields {
     pub fn of(cgroup: &str) -> Option<Self> {
-        crate::kube::pod_of(cgroup).map(|p| Self {
+        crate::host::kube::pod_of(cgroup).map(|p| Self {
             container_id: p.container_id,
             pod_uid: p.uid,
             qos: p.qos,
@@ -258,7 +251,7 @@ impl Blame {
         let process = self.offender.as_ref().and_then(Offender::process);
         HookSubject {
             detector: Some(detector),
-            rule: Some(rule),
+            rule: Some(rule.name()),
             action: self.action,
             pid: process.map(|p| p.pid),
             comm: process.map(|p| p.comm.clone()),
@@ -322,7 +315,7 @@ impl Record for Alert {
             Alert::BlockedStorm(a) => a.blame.hook(d, r, None),
             Alert::CrashLoop(a) => HookSubject {
                 detector: Some(d),
-                rule: Some(r),
+                rule: Some(r.name()),
                 action: Some(a.action),
                 cgroup: a.cgroup.clone(),
                 ..HookSubject::default()
@@ -578,7 +571,7 @@ impl Record for ActionRecord {
         let process = h.offender.as_ref().and_then(Offender::process);
         Some(HookSubject {
             detector: Some(h.detector),
-            rule: Some(h.rule),
+            rule: Some(h.rule.name()),
             action: Some(h.action),
             pid: process.map(|p| p.pid),
             comm: process.map(|p| p.comm.clone()),

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    decode::{Exit, Fork, OomKill},
+    kernel::decode::{Exit, Fork, OomKill},
     output::{record, text::hex_of},
 };
 
@@ -39,7 +39,7 @@ fn crash_alert(program: &str) -> record::Alert {
         per_minute: 5.0,
         statuses: vec!["exit 1".into()],
         last_pid: 2,
-        action: crate::policy::ActionKind::Log,
+        action: crate::respond::policy::ActionKind::Log,
         not_stopped_because: None,
     })
 }
@@ -127,7 +127,7 @@ fn json_escapes_strings() {
 }
 
 fn hostile_exec() -> Event {
-    Event::Exec(crate::decode::Exec {
+    Event::Exec(crate::kernel::decode::Exec {
         boot_ns: 1,
         pid: 9,
         tgid: 9,
@@ -135,7 +135,7 @@ fn hostile_exec() -> Event {
         comm: Comm::new(*b"\x1b]0;x\x07\nFORGED\xff\0\0"),
         filename: (*b"/tmp/a\nFORGED 00:00:00 exit\x1b[2J\xfe").into(),
         filename_truncated: false,
-        cmdline: Some(crate::decode::Args::of(&[b"a b", b"", b"\xff\x1b"])),
+        cmdline: Some(crate::kernel::decode::Args::of(&[b"a b", b"", b"\xff\x1b"])),
         cmdline_truncated: false,
     })
 }
@@ -352,12 +352,12 @@ mod schema_checks {
 
     use super::*;
     use crate::{
-        decode::{CgroupAttach, Condemned, HungTask, ReclaimStall, Rss, Unblocked},
+        kernel::decode::{CgroupAttach, Condemned, HungTask, ReclaimStall, Rss, Unblocked},
         output::{
             record::{self, Alert, Blame, Offender, Process, Rule},
             schema,
         },
-        policy::ActionKind,
+        respond::policy::ActionKind,
     };
 
     fn validator() -> jsonschema::Validator {
@@ -427,7 +427,7 @@ mod schema_checks {
                 kernel_thread: false,
                 start_ns: 0,
                 hierarchy_id: 3,
-                path: crate::cgroup::path_text(b"/moved/\xfe"),
+                path: crate::host::cgroup::path_text(b"/moved/\xfe"),
             }),
             Event::Unblocked(Unblocked {
                 boot_ns: 1,
@@ -475,7 +475,7 @@ mod schema_checks {
     #[test]
     fn the_event_writer_writes_what_the_event_types_describe() {
         let validator = validator();
-        let raw = crate::cgroup::path_text(b"/sys/fs/cgroup/pids/\xff\xfe");
+        let raw = crate::host::cgroup::path_text(b"/sys/fs/cgroup/pids/\xff\xfe");
         let contexts = [
             ctx(),
             Context::default(),
@@ -541,7 +541,9 @@ mod schema_checks {
     fn process() -> Process {
         Process {
             alive: true,
-            cgroup: Some(crate::cgroup::path_text(b"/sys/fs/cgroup/pids/\xffci")),
+            cgroup: Some(crate::host::cgroup::path_text(
+                b"/sys/fs/cgroup/pids/\xffci",
+            )),
             cmdline: Some(vec!["bash".into()]),
             comm: "bash".into(),
             comm_hex: None,

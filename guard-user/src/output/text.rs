@@ -30,7 +30,7 @@ impl fmt::Display for Escaped<'_> {
             for c in chunk.valid().chars() {
                 if c == '\\' {
                     out.push_str("\\\\");
-                } else if let Some(b) = crate::cgroup::raw_byte(c) {
+                } else if let Some(b) = crate::host::cgroup::raw_byte(c) {
                     let _ = write!(out, "\\x{b:02x}");
                 } else if needs_escape(c) {
                     match u8::try_from(u32::from(c)) {
@@ -58,7 +58,7 @@ impl fmt::Display for Escaped<'_> {
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
-        || crate::cgroup::raw_byte(c).is_some()
+        || crate::host::cgroup::raw_byte(c).is_some()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -73,7 +73,7 @@ pub fn nested_json(value: &serde_json::Value) -> String {
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if let Some(b) = crate::cgroup::raw_byte(c) {
+        if let Some(b) = crate::host::cgroup::raw_byte(c) {
             let _ = write!(out, "\\x{b:02x}");
         } else if c != '\\' && needs_escape(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));

@@ -8,8 +8,8 @@ use super::{
 };
 use crate::{
     detect::crashloop::CrashLoopDetector,
+    host::proctable::ProcInfo,
     output::record::{CrashLoopAlert, Supervisor},
-    proctable::ProcInfo,
 };
 
 /// OOM victims remembered until their exit, at most.

@@ -11,9 +11,6 @@ use std::{
 
 use super::{Pipeline, Settings, plugin::Plugin};
 use crate::{
-    cgroup::Hierarchies,
-    clock::WallClock,
-    decode::{Comm, Event, Exec, Exit, ExitStatus, Fork},
     detect::{
         Detectors,
         blocked::{BlockedDetector, BlockedRules, Wait},
@@ -21,12 +18,15 @@ use crate::{
         memory::{MemUsage, MemoryDetector, MemoryRules},
         switches::Ignore,
     },
-    observe::{Host, MemoryPressure},
+    host::cgroup::Hierarchies,
+    host::clock::WallClock,
+    host::observe::{Host, MemoryPressure},
+    host::proctable::ProcessTable,
+    host::scope::Scope,
+    kernel::decode::{Comm, Event, Exec, Exit, ExitStatus, Fork},
     output::{Format, Output},
-    policy::ActionKind,
-    proctable::ProcessTable,
-    protect::{Protected, Protection},
-    scope::Scope,
+    respond::policy::ActionKind,
+    respond::protect::{Protected, Protection},
 };
 
 /// A hybrid host: v1 pids and memory, v2 beside them.
@@ -132,7 +132,7 @@ pub fn settings() -> Settings {
         ignore_blocked: Ignore::default(),
         ignore_leak: Ignore::default(),
         leak_action: ActionKind::Log,
-        policies: crate::policy::Policies::default(),
+        policies: crate::respond::policy::Policies::default(),
         prefer: Vec::new(),
     }
 }
@@ -306,7 +306,7 @@ pub fn exec(at: u64, pid: u32, program: &str) -> Event {
         comm: comm(name),
         filename: program.as_bytes().into(),
         filename_truncated: false,
-        cmdline: Some(crate::decode::Args::of(&[program.as_bytes()])),
+        cmdline: Some(crate::kernel::decode::Args::of(&[program.as_bytes()])),
         cmdline_truncated: false,
     })
 }

@@ -132,7 +132,7 @@ impl<W: Write> Pipeline<W> {
     /// is in scope and not protected as a kernel thread.
     pub(super) fn population_key(
         &self,
-        cgroups: &crate::cgroup::CgroupSet,
+        cgroups: &crate::host::cgroup::CgroupSet,
         kernel_thread: bool,
     ) -> Option<CgroupKey> {
         if kernel_thread || !self.scope.contains_cgroups(cgroups) {
@@ -190,7 +190,7 @@ impl<W: Write> Pipeline<W> {
     /// Keeps the fork probe's exemptions in step with the process: an
     /// ignored program from its exec to its exit, an ignored cgroup from
     /// the first process seen in it.
-    pub(super) fn track_exemptions(&mut self, event: &Event, p: &crate::proctable::ProcInfo) {
+    pub(super) fn track_exemptions(&mut self, event: &Event, p: &crate::host::proctable::ProcInfo) {
         if !self.exempts() {
             return;
         }
@@ -283,7 +283,10 @@ impl<W: Write> Pipeline<W> {
     /// agent signal the members that do not fork. The root of a subtree the
     /// probe tagged by itself is found by walking up from the member whose
     /// fork met the rule (it may have exited already: lineage keeps it).
-    pub(super) fn kernel_condemned(&mut self, c: &crate::decode::Condemned) -> io::Result<()> {
+    pub(super) fn kernel_condemned(
+        &mut self,
+        c: &crate::kernel::decode::Condemned,
+    ) -> io::Result<()> {
         let forker_cgroup = self
             .table
             .get(c.forker_tgid)

@@ -16,7 +16,7 @@ const BASELINE_EVERY_NS: u64 = 15_000_000_000;
 
 impl<W: Write> Pipeline<W> {
     /// The memory pool a process's memory cgroup counts against.
-    pub(super) fn pool_of(&self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {
+    pub(super) fn pool_of(&self, cgroups: &crate::host::cgroup::CgroupSet) -> Option<PoolKey> {
         self.view().pool_of(cgroups)
     }
 
@@ -25,7 +25,7 @@ impl<W: Write> Pipeline<W> {
     pub(super) fn track_memory(
         &mut self,
         event: &Event,
-        subject: Option<&crate::proctable::ProcInfo>,
+        subject: Option<&crate::host::proctable::ProcInfo>,
     ) {
         match (event, subject) {
             (Event::Rss(r), Some(p))
@@ -76,7 +76,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Starts sampling the pool of a process's memory cgroup, if new.
-    pub(super) fn watch_pool(&mut self, now: u64, cgroups: &crate::cgroup::CgroupSet) {
+    pub(super) fn watch_pool(&mut self, now: u64, cgroups: &crate::host::cgroup::CgroupSet) {
         if let Some(pool) = self.pool_of(cgroups)
             && self.detectors.memory.sampled_at(&pool).is_none()
             && let Some(usage) = self.host.memcg_usage(&pool)
@@ -87,7 +87,7 @@ impl<W: Write> Pipeline<W> {
 
     /// The processes in scope whose memory counts against `pool`.
     pub(super) fn pool_members(&mut self, pool: &PoolKey) -> Vec<(u32, NodeId)> {
-        let candidates: Vec<(u32, NodeId, crate::cgroup::CgroupSet)> = self
+        let candidates: Vec<(u32, NodeId, crate::host::cgroup::CgroupSet)> = self
             .table
             .processes()
             .filter(|p| !p.kernel_thread && self.scope.contains_cgroups(&p.cgroups))
@@ -282,7 +282,7 @@ impl<W: Write> Pipeline<W> {
             })
             .collect();
         let lineage = self.table.lineage();
-        let spared = |n: &crate::proctable::LineageNode| {
+        let spared = |n: &crate::host::proctable::LineageNode| {
             let cgroup = n.cgroups.get(self.primary).cloned().flatten();
             self.protection.why(n).or_else(|| {
                 self.settings
@@ -292,7 +292,7 @@ impl<W: Write> Pipeline<W> {
             })
         };
         let prefer = &self.settings.prefer;
-        let preferred = |n: &crate::proctable::LineageNode| {
+        let preferred = |n: &crate::host::proctable::LineageNode| {
             n.exe
                 .as_deref()
                 .is_some_and(|exe| prefer.iter().any(|r| r.is_match(exe)))

@@ -24,10 +24,7 @@ use guard_common::{EventKind, KIND_SLOTS};
 
 use self::plugin::{PidsReading, Plugin, Verdict, View};
 use crate::{
-    act::{Member, Outcome, ProcState, System},
     cli::KindSet,
-    clock::WallClock,
-    decode::{Event, ExitStatus},
     detect::{
         Detectors,
         blocked::{BlockedTask, BlockedVerdict},
@@ -37,8 +34,12 @@ use crate::{
         subtree,
         switches::{Detector, Ignore},
     },
-    kernel_scope::BudgetLimits,
-    observe::{Host, LiveHost},
+    host::clock::WallClock,
+    host::observe::{Host, LiveHost},
+    host::proctable::{Lineage, NodeId, ProcessTable},
+    host::scope::Scope,
+    kernel::decode::{Event, ExitStatus},
+    kernel::source::{BlockedBookkeeping, LossCounter},
     output::{
         Context, Output, human_duration,
         record::{
@@ -46,11 +47,10 @@ use crate::{
             Offender, Rule,
         },
     },
-    policy::ActionKind,
-    proctable::{Lineage, NodeId, ProcessTable},
-    protect::Protection,
-    scope::Scope,
-    source::{BlockedBookkeeping, LossCounter},
+    respond::act::{Member, Outcome, ProcState, System},
+    respond::kernel_scope::BudgetLimits,
+    respond::policy::ActionKind,
+    respond::protect::Protection,
 };
 
 /// What the stream shows and what verdicts lead to.
@@ -80,7 +80,7 @@ pub struct Settings {
     /// What a leak alert leads to.
     pub leak_action: ActionKind,
     /// Per-cgroup actions (the config file's `[[policy]]`), over the above.
-    pub policies: crate::policy::Policies,
+    pub policies: crate::respond::policy::Policies,
     /// `--prefer`: programs a memory action takes first.
     pub prefer: Vec<regex::Regex>,
 }

@@ -12,13 +12,13 @@
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use crate::{
-    decode::Event,
     detect::{fork::ForkDetector, memory::PoolKey, switches::Detector},
-    observe::Host,
+    host::observe::Host,
+    host::proctable::{LineageNode, NodeId, ProcInfo, ProcessTable},
+    host::scope::Scope,
+    kernel::decode::Event,
     output::record::{Alert, Offender, PodFields, Process},
-    proctable::{LineageNode, NodeId, ProcInfo, ProcessTable},
-    protect::Protection,
-    scope::Scope,
+    respond::protect::Protection,
 };
 
 use super::{ActionRequest, Settings};
@@ -52,17 +52,18 @@ pub struct View<'a> {
 impl View<'_> {
     /// The memory pool a process's memory cgroup counts against: itself or
     /// its nearest ancestor with a limit (`None`: only the host's).
-    pub fn pool_of(&self, cgroups: &crate::cgroup::CgroupSet) -> Option<PoolKey> {
+    pub fn pool_of(&self, cgroups: &crate::host::cgroup::CgroupSet) -> Option<PoolKey> {
         let index = self.mem_index?;
         let dir = cgroups.get(index).cloned().flatten()?;
         if let Some(pool) = self.pools.borrow().get(&dir) {
             return pool.clone();
         }
         let mount = self.table.hierarchies().list.get(index)?.mount.clone();
-        let mut at = crate::cgroup::fs_path(&dir);
+        let mut at = crate::host::cgroup::fs_path(&dir);
         let pool = loop {
-            let text =
-                crate::cgroup::path_text(std::os::unix::ffi::OsStrExt::as_bytes(at.as_os_str()));
+            let text = crate::host::cgroup::path_text(std::os::unix::ffi::OsStrExt::as_bytes(
+                at.as_os_str(),
+            ));
             if self.host.memory_limit(&text).is_some() {
                 break Some(PoolKey::from(text.as_str()));
             }

@@ -8,7 +8,7 @@ mod leak;
 mod memory;
 
 mod actions {
-    use crate::{act::ProcState, pipeline::still_to_contain, policy::ActionKind};
+    use crate::{pipeline::still_to_contain, respond::act::ProcState, respond::policy::ActionKind};
 
     #[test]
     fn stopped_members_are_done_for_stop_and_left_for_kill() {

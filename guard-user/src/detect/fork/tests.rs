@@ -213,11 +213,11 @@ fn a_slow_leak_is_projected_to_the_limit_before_it_is_hit() {
     assert!(d.check(t + MS).is_empty());
 }
 
-fn info(tgid: u32, kernel_thread: bool) -> crate::proctable::ProcInfo {
-    crate::proctable::ProcInfo {
+fn info(tgid: u32, kernel_thread: bool) -> crate::host::proctable::ProcInfo {
+    crate::host::proctable::ProcInfo {
         tgid,
         ppid: 0,
-        comm: crate::decode::Comm::from_str_lossy("x"),
+        comm: crate::kernel::decode::Comm::from_str_lossy("x"),
         kernel_thread,
         start_boot_ns: 0,
         cgroups: Arc::from(Vec::new()),

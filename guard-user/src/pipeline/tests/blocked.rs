@@ -2,8 +2,8 @@
 //! threshold, where they wait (through the host), storms and their end.
 
 use crate::{
-    decode::Comm,
     detect::blocked::BlockedTask,
+    kernel::decode::Comm,
     pipeline::fixture::{self, *},
 };
 

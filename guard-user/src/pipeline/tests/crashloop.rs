@@ -3,16 +3,16 @@
 //! when it may be.
 
 use crate::{
-    decode::{Event, ExitStatus, OomKill},
     detect::{
         crashloop::{CrashLoopDetector, CrashLoopRules},
         switches::{Detector, Ignore},
     },
+    kernel::decode::{Event, ExitStatus, OomKill},
     pipeline::{
         crashloop::CrashLoopWatch,
         fixture::{self, *},
     },
-    policy::ActionKind,
+    respond::policy::ActionKind,
 };
 
 fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {

@@ -8,13 +8,13 @@ use std::sync::{
 };
 
 use crate::{
-    decode::{Condemned, ExitStatus},
     detect::switches::{Detector, Ignore, parse_ignore},
+    kernel::decode::{Condemned, ExitStatus},
     pipeline::{
         ActionRequest,
         fixture::{self, *},
     },
-    policy::ActionKind,
+    respond::policy::ActionKind,
 };
 
 fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
@@ -113,14 +113,15 @@ fn log_alerts_and_asks_for_nothing_dry_run_says_what_it_would_do() {
 fn a_policy_or_an_ignored_cgroup_leaves_a_bomb_alone() {
     let mut settings = fixture::settings();
     settings.fork_action = ActionKind::Kill;
-    settings.policies = crate::policy::Policies::new(vec![crate::policy::CgroupPolicy {
-        cgroup: PIDS_JOBS.into(),
-        fork_action: Some(ActionKind::Log),
-        mem_action: None,
-        leak_action: None,
-        crashloop_action: None,
-    }])
-    .expect("policy");
+    settings.policies =
+        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
+            cgroup: PIDS_JOBS.into(),
+            fork_action: Some(ActionKind::Log),
+            mem_action: None,
+            leak_action: None,
+            crashloop_action: None,
+        }])
+        .expect("policy");
     let mut f = fixture(settings, &[]);
     let (requests, _) = bomb(&mut f, 9);
     assert!(requests.is_empty(), "the policy says log");
@@ -166,8 +167,8 @@ fn a_wide_build_is_no_bomb() {
     assert!(f.alerts().is_empty());
 }
 
-fn condemned(at: u64, root: Option<u32>, forker: u32) -> crate::decode::Event {
-    crate::decode::Event::Condemned(Condemned {
+fn condemned(at: u64, root: Option<u32>, forker: u32) -> crate::kernel::decode::Event {
+    crate::kernel::decode::Event::Condemned(Condemned {
         boot_ns: at,
         tag: guard_common::auto_tag(root.unwrap_or(forker), at),
         root_tgid: root,

@@ -2,13 +2,13 @@
 //! task counts the pipeline reads each tick.
 
 use crate::{
-    decode::ExitStatus,
     detect::leak::{LeakDetector, LeakRules},
+    kernel::decode::ExitStatus,
     pipeline::{
         fixture::{self, *},
         leak::LeakWatch,
     },
-    policy::ActionKind,
+    respond::policy::ActionKind,
 };
 
 /// A 20 s window, 10 tasks of growth.

@@ -3,11 +3,11 @@
 //! action's outcome with the memory it freed.
 
 use crate::{
-    act::Outcome,
     detect::switches::Detector,
-    observe::MemoryPressure,
+    host::observe::MemoryPressure,
     pipeline::fixture::{self, *},
-    policy::ActionKind,
+    respond::act::Outcome,
+    respond::policy::ActionKind,
 };
 
 const MIB: u64 = 1 << 20;
@@ -136,7 +136,7 @@ fn host_pressure_under_a_cgroup_scope_is_reported_not_acted_on() {
     let mut settings = fixture::settings();
     settings.mem_action = ActionKind::Kill;
     let mut f = fixture(settings);
-    f.pipe.scope = crate::scope::Scope {
+    f.pipe.scope = crate::host::scope::Scope {
         cgroups: vec![(1, PIDS_JOBS.into())],
     };
     *f.host.host_memory.lock().expect("lock") = Some(crate::detect::memory::MemUsage {

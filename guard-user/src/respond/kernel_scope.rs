@@ -19,7 +19,10 @@ use std::os::unix::fs::MetadataExt as _;
 use anyhow::{Context as _, Result};
 use guard_common::{ABSENT, ExeId, SCOPE_IN, SCOPE_PROTECTED};
 
-use crate::{cgroup::Hierarchies, policy::ActionKind, protect::Protected, scope::Scope};
+use crate::{
+    host::cgroup::Hierarchies, host::scope::Scope, respond::policy::ActionKind,
+    respond::protect::Protected,
+};
 
 /// The explosion rule as the fork probe applies it to a watched subtree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,7 +148,7 @@ fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
     for p in inputs.protect {
         if let Protected::Cgroup(dir) = p {
             let (index, dir) = h
-                .resolve_dir(&crate::cgroup::fs_path(dir))
+                .resolve_dir(&crate::host::cgroup::fs_path(dir))
                 .map_err(|e| format!("--protect {dir}: {e:#}"))?;
             cgroups.push((index, dir, SCOPE_PROTECTED));
         }
@@ -191,7 +194,7 @@ fn decide(inputs: &Inputs<'_>) -> Result<Decision, String> {
 impl KernelScope {
     /// The `css_set.subsys[]` index of the scope's controller, or
     /// [`ABSENT`] for v2.
-    pub fn subsys_index(&self, btf: &crate::btf::Btf) -> Result<u32> {
+    pub fn subsys_index(&self, btf: &crate::kernel::btf::Btf) -> Result<u32> {
         match &self.hierarchy {
             Some(ScopeHierarchy::V1Controller(name)) => {
                 let variant = format!("{name}_cgrp_id");
@@ -210,7 +213,7 @@ impl KernelScope {
         self.cgroups
             .iter()
             .map(|(dir, verdict)| {
-                let meta = std::fs::metadata(crate::cgroup::fs_path(dir))
+                let meta = std::fs::metadata(crate::host::cgroup::fs_path(dir))
                     .with_context(|| format!("reading {dir}"))?;
                 Ok((meta.ino(), *verdict))
             })
@@ -332,7 +335,7 @@ pub fn matching_cgroups(
 
 /// The inode number of `dir` (its kernfs id), `None` when it is gone.
 pub fn cgroup_dir_id(dir: &str) -> Option<u64> {
-    std::fs::metadata(crate::cgroup::fs_path(dir))
+    std::fs::metadata(crate::host::cgroup::fs_path(dir))
         .ok()
         .map(|m| m.ino())
 }

@@ -3,8 +3,8 @@
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cgroup::{Hierarchies, is_within},
-    proctable::ProcInfo,
+    host::cgroup::{Hierarchies, is_within},
+    host::proctable::ProcInfo,
 };
 
 /// Which processes the stream (and later every action) covers.
@@ -39,7 +39,7 @@ impl Scope {
     }
 
     /// Whether a process with these cgroups is in scope (no scope: all).
-    pub fn contains_cgroups(&self, set: &crate::cgroup::CgroupSet) -> bool {
+    pub fn contains_cgroups(&self, set: &crate::host::cgroup::CgroupSet) -> bool {
         self.cgroups.is_empty()
             || self.cgroups.iter().any(|(index, dir)| {
                 set.get(*index)

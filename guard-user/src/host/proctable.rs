@@ -15,9 +15,9 @@ use std::{
 };
 
 use crate::{
-    cgroup::{CgroupSet, Hierarchies, Interner},
-    decode::{Comm, Event},
-    procfs,
+    host::cgroup::{CgroupSet, Hierarchies, Interner},
+    host::procfs,
+    kernel::decode::{Comm, Event},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,7 +229,7 @@ impl V2Ids {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            let text = interner.intern(&crate::cgroup::path_text(
+            let text = interner.intern(&crate::host::cgroup::path_text(
                 std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()),
             ));
             let ino = std::os::unix::fs::MetadataExt::ino(&meta);
@@ -394,7 +394,7 @@ impl ProcessTable {
         if parsed.state == 'Z' || parsed.state == 'X' {
             return None;
         }
-        let cgroups = match crate::cgroup::read_paths(&dir.join("cgroup")) {
+        let cgroups = match crate::host::cgroup::read_paths(&dir.join("cgroup")) {
             Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
             Err(_) => self.empty_set(),
         };
@@ -430,7 +430,7 @@ impl ProcessTable {
                 }
                 let mut cgroups = match self.procs.get(&f.parent_tgid) {
                     Some(parent) => parent.cgroups.clone(),
-                    None => match crate::cgroup::read_paths(
+                    None => match crate::host::cgroup::read_paths(
                         &self.proc_root.join(format!("{}/cgroup", f.child_tgid)),
                     ) {
                         Ok(text) => self.hierarchies.set_from_proc(&text, &mut self.interner),
@@ -558,7 +558,7 @@ impl ProcessTable {
 
     /// Adds the mover of a cgroup move as its record tells it (its other
     /// hierarchies' cgroups unknown).
-    fn add_from_record(&mut self, a: &crate::decode::CgroupAttach) {
+    fn add_from_record(&mut self, a: &crate::kernel::decode::CgroupAttach) {
         let info = ProcInfo {
             tgid: a.tgid,
             ppid: a.ppid,

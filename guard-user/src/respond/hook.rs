@@ -36,7 +36,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::output::record::HookSubject;
+use crate::{detect::switches::Detector, respond::policy::ActionKind};
 
 /// Longest a hook may run before its process group is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +92,7 @@ pub fn check_command(command: &str) -> Result<(), String> {
         files.push(found);
     }
     for file in files {
-        crate::identity::check_root_owned(&file, true).map_err(|why| {
+        crate::host::identity::check_root_owned(&file, true).map_err(|why| {
             format!(
                 "--on-alert: refused, {why}: the hook runs as root, so what it runs must be \
                  root's and writable by no one else (or pass --insecure-config)"
@@ -113,7 +113,7 @@ impl Hooks {
             .spawn(move || {
                 let mut bucket = TokenBucket::new(HOOK_BURST, HOOK_REFILL);
                 for (record, env, boot_ns) in rx {
-                    let age = crate::clock::WallClock::boot_ns_now().saturating_sub(boot_ns);
+                    let age = crate::host::clock::WallClock::boot_ns_now().saturating_sub(boot_ns);
                     if age > HOOK_MAX_AGE.as_nanos() as u64 {
                         shared.stale.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -177,6 +177,19 @@ impl TokenBucket {
     }
 }
 
+/// What a hook's environment says of a record (its type gives it: see
+/// `output::record::Record::hook`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookSubject {
+    pub detector: Option<Detector>,
+    /// The rule's name, as records write it.
+    pub rule: Option<&'static str>,
+    pub action: Option<ActionKind>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+}
+
 /// The environment a hook gets from its record: its kind and time, and
 /// what the record's type says of it (its offender's pid, comm and cgroup,
 /// else the record's cgroup). Names that are not UTF-8 come lossy, as in
@@ -189,7 +202,7 @@ pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
             "GUARD_DETECTOR",
             subject.detector.map(|d| d.name().to_owned()),
         ),
-        ("GUARD_RULE", subject.rule.map(|r| r.name().to_owned())),
+        ("GUARD_RULE", subject.rule.map(str::to_owned)),
         ("GUARD_ACTION", subject.action.map(|a| a.name().to_owned())),
         ("GUARD_PID", subject.pid.map(|p| p.to_string())),
         (
@@ -197,14 +210,14 @@ pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
             subject
                 .comm
                 .as_deref()
-                .map(|c| crate::cgroup::lossy(c).into_owned()),
+                .map(|c| crate::host::cgroup::lossy(c).into_owned()),
         ),
         (
             "GUARD_CGROUP",
             subject
                 .cgroup
                 .as_deref()
-                .map(|c| crate::cgroup::lossy(c).into_owned()),
+                .map(|c| crate::host::cgroup::lossy(c).into_owned()),
         ),
     ]
     .into_iter()
@@ -353,7 +366,7 @@ mod tests {
     #[test]
     fn a_record_that_waited_too_long_is_dropped_not_run() {
         let hooks = Hooks::spawn("exit 0".into()).expect("spawn");
-        let now = crate::clock::WallClock::boot_ns_now();
+        let now = crate::host::clock::WallClock::boot_ns_now();
         let record = serde_json::json!({"kind": "alert"});
         hooks.fire(
             record.clone(),
@@ -382,10 +395,9 @@ mod tests {
 
     #[test]
     fn the_environment_names_the_record_and_its_offender() {
-        use crate::{detect::switches::Detector, output::record::Rule, policy::ActionKind};
         let subject = HookSubject {
             detector: Some(Detector::Fork),
-            rule: Some(Rule::Explosion),
+            rule: Some("explosion"),
             action: Some(ActionKind::Kill),
             pid: Some(4242),
             comm: Some("bash".into()),

@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::{
-    cgroup::{Hierarchies, Interner, is_within},
-    decode::Comm,
-    identity::{ExeId, TrustedExes},
-    proctable::LineageNode,
-    scope::Scope,
+    host::cgroup::{Hierarchies, Interner, is_within},
+    host::identity::{ExeId, TrustedExes},
+    host::proctable::LineageNode,
+    host::scope::Scope,
+    kernel::decode::Comm,
 };
 
 /// Service managers and session daemons, by executable name: never
@@ -85,7 +85,7 @@ pub fn parse_protected(text: &str) -> Result<Protected, String> {
                     mode & 0o7777
                 ));
             }
-            crate::identity::check_root_owned(&path, true).map_err(|why| {
+            crate::host::identity::check_root_owned(&path, true).map_err(|why| {
                 format!(
                     "--protect {text}: {why}; an executable protects its processes only when \
                      no ordinary user can replace it"
@@ -160,9 +160,9 @@ pub fn trusted_names(listed: &[Protected]) -> (Vec<&str>, Vec<PathBuf>) {
 
 /// Looks on this host for the executables `trusted_names` gives (see
 /// `identity::scan`): at start, and again now and then.
-pub fn scan_trusted(listed: &[Protected]) -> crate::identity::Scan {
+pub fn scan_trusted(listed: &[Protected]) -> crate::host::identity::Scan {
     let (names, paths) = trusted_names(listed);
-    crate::identity::scan(std::path::Path::new("/"), &names, &paths)
+    crate::host::identity::scan(std::path::Path::new("/"), &names, &paths)
 }
 
 impl Protection {
@@ -177,7 +177,7 @@ impl Protection {
             listed,
             scope,
             trusted,
-            exe_of: Arc::new(crate::identity::exe_of),
+            exe_of: Arc::new(crate::host::identity::exe_of),
         }
     }
 
@@ -202,7 +202,7 @@ impl Protection {
         let mut chain = HashSet::new();
         let mut pid = std::process::id();
         while pid > 1 && chain.insert(pid) {
-            match crate::procfs::stat(pid).map(|s| s.ppid) {
+            match crate::host::procfs::stat(pid).map(|s| s.ppid) {
                 Some(p) => pid = p,
                 None => break,
             }
@@ -224,15 +224,16 @@ impl Protection {
         // "/" for its v1 cgroups (outside any scope), and PF_EXITING, set
         // before that and never cleared, says so in the stat read after.
         let cgroups = if needs_cgroups {
-            let text =
-                crate::cgroup::read_paths(std::path::Path::new(&format!("/proc/{tgid}/cgroup")))
-                    .unwrap_or_default();
+            let text = crate::host::cgroup::read_paths(std::path::Path::new(&format!(
+                "/proc/{tgid}/cgroup"
+            )))
+            .unwrap_or_default();
             hierarchies.set_from_proc(&text, &mut Interner::default())
         } else {
             Arc::from(Vec::new())
         };
-        let stat = crate::procfs::stat(tgid)?;
-        if crate::procfs::is_exiting(stat.flags) {
+        let stat = crate::host::procfs::stat(tgid)?;
+        if crate::host::procfs::is_exiting(stat.flags) {
             // Dying already: nobody to spare, nothing to signal.
             return None;
         }
@@ -243,7 +244,7 @@ impl Protection {
             comm: Comm::from_str_lossy(comm),
             alive: true,
             born_ns: 0,
-            kernel_thread: crate::procfs::is_kernel_thread(flags),
+            kernel_thread: crate::host::procfs::is_kernel_thread(flags),
             exe: None,
             cmdline: None,
             depth: 0,
@@ -318,7 +319,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::decode::Comm;
+    use crate::kernel::decode::Comm;
 
     fn node(tgid: u32, comm: &str, cgroup: &str, kernel_thread: bool) -> LineageNode {
         LineageNode {
@@ -349,14 +350,14 @@ mod tests {
         let trusted = TrustedExes::new(BTreeMap::from([
             (
                 id(7),
-                crate::identity::TrustedExe {
+                crate::host::identity::TrustedExe {
                     name: "sshd".into(),
                     path: "/usr/sbin/sshd".into(),
                 },
             ),
             (
                 id(8),
-                crate::identity::TrustedExe {
+                crate::host::identity::TrustedExe {
                     name: "postgres".into(),
                     path: "/usr/lib/postgresql/bin/postgres".into(),
                 },

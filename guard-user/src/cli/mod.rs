@@ -1,11 +1,18 @@
-//! Command-line flags.
+//! The command line: flags, their ranges and defaults, and the
+//! subcommands' own modules.
+//!
+//! - `config`: the TOML config file: flags by their names, and policies.
+//! - `check`: `guard check`, the host's facts and what they turn on or off.
+
+pub mod check;
+pub mod config;
 
 use std::{collections::BTreeSet, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 use guard_common::{EventKind, fork_rule};
 
-use crate::policy::ActionKind;
+use crate::respond::policy::ActionKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,7 +53,7 @@ pub struct Args {
 
     /// The config file's `[[policy]]` tables.
     #[arg(skip)]
-    pub policies: Vec<crate::policy::CgroupPolicy>,
+    pub policies: Vec<crate::respond::policy::CgroupPolicy>,
 
     /// The config file read, and the flags it gave (SIGHUP reads it again).
     #[arg(skip)]
@@ -277,8 +284,8 @@ pub struct Args {
     /// dockerd..., by their executables likewise), and everything outside
     /// --cgroup are always protected: an explosion under one of them is
     /// pinned on the child that started it.
-    #[arg(help_heading = "Scope and protection", long, value_name = "PID|CGROUP|PROGRAM", value_parser = crate::protect::parse_protected)]
-    pub protect: Vec<crate::protect::Protected>,
+    #[arg(help_heading = "Scope and protection", long, value_name = "PID|CGROUP|PROGRAM", value_parser = crate::respond::protect::parse_protected)]
+    pub protect: Vec<crate::respond::protect::Protected>,
 
     /// Print the actions guard would take (as `action` records with
     /// `dry_run: true`) without signalling anything.

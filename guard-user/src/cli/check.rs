@@ -6,7 +6,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::{btf::Btf, cgroup::Hierarchies, probes::PROBES};
+use crate::{host::cgroup::Hierarchies, kernel::btf::Btf, kernel::probes::PROBES};
 
 /// How a row bears on running guard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
             "guard cannot run: it reads every offset from BTF (--btf FILE gives one)",
         )),
     }
-    let caps = crate::procfs::effective_capabilities().unwrap_or(0);
+    let caps = crate::host::procfs::effective_capabilities().unwrap_or(0);
     let held = |n: u32| caps & (1 << n) != 0;
     let can_load = (held(39) && held(38)) || held(21);
     for &(n, name, gives) in CAPABILITIES {
@@ -126,7 +126,7 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
     }
     let tracefs = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
-        .and_then(|m| crate::tracefs::find_in_mountinfo(&m));
+        .and_then(|m| crate::kernel::tracefs::find_in_mountinfo(&m));
     rows.push(match &tracefs {
         Some(mp) => row(
             "tracefs",
@@ -147,7 +147,7 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
     });
     if let Ok(btf) = &btf {
         for probe in PROBES {
-            let classic = matches!(probe.hook, crate::probes::Hook::Classic { .. });
+            let classic = matches!(probe.hook, crate::kernel::probes::Hook::Classic { .. });
             let (verdict, found) = if classic && tracefs.is_none() {
                 // Its format file is in tracefs, which guard mounts at start.
                 (
@@ -159,7 +159,7 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
                     "known once tracefs is mounted".to_owned(),
                 )
             } else {
-                match crate::probes::unsupported_reason(btf, probe, tracefs.as_deref()) {
+                match crate::kernel::probes::unsupported_reason(btf, probe, tracefs.as_deref()) {
                     None => (Verdict::Ok, "present".to_owned()),
                     Some(why) => (Verdict::Degraded, format!("missing: {why}")),
                 }

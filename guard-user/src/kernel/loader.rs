@@ -15,8 +15,8 @@ use aya::{
 use guard_common::{EventKind, ProbeConfig};
 
 use crate::{
-    btf::Btf,
-    probes::{Hook, PROBES, Probe},
+    kernel::btf::Btf,
+    kernel::probes::{Hook, PROBES, Probe},
 };
 
 /// The object built by build.rs from guard-ebpf.
@@ -28,9 +28,9 @@ pub struct LoadOptions {
     /// Event kinds the user asked for; probes feeding the process table are
     /// attached regardless.
     pub kinds: BTreeSet<EventKind>,
-    pub memory: crate::probes::MemoryTunables,
+    pub memory: crate::kernel::probes::MemoryTunables,
     /// What the fork probe enforces by itself.
-    pub kernel_scope: crate::kernel_scope::KernelScope,
+    pub kernel_scope: crate::respond::kernel_scope::KernelScope,
 }
 
 /// A loaded object, its probes not yet attached. Dropping it detaches them.
@@ -77,8 +77,8 @@ pub fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let cap_eff =
-        crate::procfs::effective_capabilities().context("no CapEff line in /proc/self/status")?;
+    let cap_eff = crate::host::procfs::effective_capabilities()
+        .context("no CapEff line in /proc/self/status")?;
     let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -154,7 +154,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
         .iter()
         .any(|p| matches!(p.hook, Hook::Classic { .. }) && opts.kinds.contains(&p.kind));
     let tracefs = if needs_tracefs {
-        Some(crate::tracefs::ensure_mounted()?)
+        Some(crate::kernel::tracefs::ensure_mounted()?)
     } else {
         None
     };
@@ -165,15 +165,15 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
         .map(|p| {
             (
                 p,
-                crate::probes::unsupported_reason(&btf, p, tracefs.as_deref()),
+                crate::kernel::probes::unsupported_reason(&btf, p, tracefs.as_deref()),
             )
         })
         .collect();
     let mut config: ProbeConfig =
-        crate::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
+        crate::kernel::probes::probe_config(&btf, tracefs.as_deref(), opts.memory)?;
     let scope = &opts.kernel_scope;
     if scope.hierarchy.is_some() {
-        config.fork_guard = crate::probes::fork_guard_config(&btf, scope)?;
+        config.fork_guard = crate::kernel::probes::fork_guard_config(&btf, scope)?;
     }
     tracing::debug!(?config, "kernel offsets");
 
@@ -234,7 +234,10 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
 
 /// Hands the fork probe its scope and what it must never tag or signal,
 /// before any probe is attached.
-fn fill_scope_maps(ebpf: &mut Ebpf, scope: &crate::kernel_scope::KernelScope) -> Result<()> {
+fn fill_scope_maps(
+    ebpf: &mut Ebpf,
+    scope: &crate::respond::kernel_scope::KernelScope,
+) -> Result<()> {
     fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
         ebpf.map_mut(name)
             .with_context(|| format!("{name} map missing from the object"))

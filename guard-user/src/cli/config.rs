@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::CgroupPolicy;
+use crate::respond::policy::CgroupPolicy;
 
 pub const DEFAULT_PATH: &str = "/etc/guard/guard.toml";
 
@@ -64,7 +64,7 @@ pub fn insecure(argv: &[OsString]) -> bool {
 /// no one else (`insecure` reads it anyway, and says so): the file decides
 /// what guard kills and which commands it runs as root.
 pub fn load(path: &Path, command: &clap::Command, insecure: bool) -> Result<FromFile, String> {
-    let read_from = match crate::identity::check_root_owned(path, true) {
+    let read_from = match crate::host::identity::check_root_owned(path, true) {
         // The checked path, symlinks resolved: what was judged is what is read.
         Ok(real) => real,
         Err(why) if insecure => {
@@ -268,7 +268,7 @@ mem-action = "kill"
         assert_eq!(file.policies.len(), 1);
         assert_eq!(
             file.policies[0].mem_action,
-            Some(crate::policy::ActionKind::Kill)
+            Some(crate::respond::policy::ActionKind::Kill)
         );
         let argv: Vec<OsString> = ["guard", "--fork-action", "log"]
             .map(OsString::from)

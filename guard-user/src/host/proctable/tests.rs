@@ -1,5 +1,5 @@
 use super::*;
-use crate::decode::{CgroupAttach, Exec, Exit, ExitStatus, Fork};
+use crate::kernel::decode::{CgroupAttach, Exec, Exit, ExitStatus, Fork};
 
 const MOUNTINFO: &str = "\
 31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
@@ -83,7 +83,7 @@ fn fork_inherits_cgroups_exec_renames_exit_removes() {
         comm: Comm::from_str_lossy("worker"),
         filename: (*b"/usr/bin/worker").into(),
         filename_truncated: false,
-        cmdline: Some(crate::decode::Args::of(&[b"worker", b"--fast"])),
+        cmdline: Some(crate::kernel::decode::Args::of(&[b"worker", b"--fast"])),
         cmdline_truncated: false,
     });
     assert_eq!(

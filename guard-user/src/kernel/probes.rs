@@ -7,7 +7,7 @@ use guard_common::{
     EventKind, ForkGuardConfig, MemoryProbe, ProbeConfig, RSS_STAT_WORDS, TaskOffsets,
 };
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,7 +278,7 @@ pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
 /// hierarchy is, and the rule it applies.
 pub fn fork_guard_config(
     btf: &Btf,
-    scope: &crate::kernel_scope::KernelScope,
+    scope: &crate::respond::kernel_scope::KernelScope,
 ) -> Result<ForkGuardConfig> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
     // Not tagging (enabled 0), the budget's figures are never read.
@@ -363,9 +363,9 @@ pub fn probe_config(
     if let Some(tracefs) = tracefs {
         let path = tracefs.join("events/oom/mark_victim/format");
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let fields = crate::tracefs::parse_format(&text)
+            let fields = crate::kernel::tracefs::parse_format(&text)
                 .with_context(|| format!("parsing {}", path.display()))?;
-            config.mark_victim = crate::tracefs::mark_victim_layout(&fields)?;
+            config.mark_victim = crate::kernel::tracefs::mark_victim_layout(&fields)?;
         }
     }
     Ok(config)

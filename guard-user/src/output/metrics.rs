@@ -73,9 +73,9 @@ struct CgroupLabel {
 impl CgroupLabel {
     fn new(path: &str) -> Self {
         Self {
-            cgroup: crate::cgroup::lossy(path).into_owned(),
-            cgroup_hex: crate::cgroup::has_raw(path)
-                .then(|| crate::output::text::hex_of(&crate::cgroup::path_bytes(path))),
+            cgroup: crate::host::cgroup::lossy(path).into_owned(),
+            cgroup_hex: crate::host::cgroup::has_raw(path)
+                .then(|| crate::output::text::hex_of(&crate::host::cgroup::path_bytes(path))),
         }
     }
 }
@@ -386,7 +386,7 @@ mod tests {
     use crate::{
         detect::switches::Detector,
         output::record::{ActionResult, Rule},
-        policy::ActionKind,
+        respond::policy::ActionKind,
     };
 
     #[test]

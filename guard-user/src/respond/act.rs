@@ -30,8 +30,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-use crate::kernel_scope::BudgetLimits;
-use crate::policy::ActionKind;
+use crate::respond::kernel_scope::BudgetLimits;
+use crate::respond::policy::ActionKind;
 
 /// How a process is doing, from /proc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,9 +316,9 @@ pub struct LiveSystem {
     budgets: Mutex<BpfHashMap<MapData, u64, guard_common::ForkBudget>>,
     protected_pids: Mutex<BpfHashMap<MapData, u32, u32>>,
     protected_exes: Mutex<BpfHashMap<MapData, guard_common::ExeId, u32>>,
-    scope: Mutex<crate::kernel_scope::ScopeMaps>,
-    protection: crate::protect::Protection,
-    hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
+    scope: Mutex<crate::respond::kernel_scope::ScopeMaps>,
+    protection: crate::respond::protect::Protection,
+    hierarchies: std::sync::Arc<crate::host::cgroup::Hierarchies>,
     reserve: Mutex<FdReserve>,
     /// Condemnations kept after their action: (tag, signal).
     held: Mutex<Vec<(u64, i32)>>,
@@ -453,7 +453,7 @@ impl Drop for Pidfd {
 /// (state char, start time in clock ticks) of /proc/TGID/stat; `Ok(None)`
 /// when the process is gone.
 fn proc_stat(tgid: u32) -> std::io::Result<Option<(char, u64)>> {
-    crate::procfs::stat_checked(tgid).map(|s| s.map(|s| (s.state, s.start_ticks)))
+    crate::host::procfs::stat_checked(tgid).map(|s| s.map(|s| (s.state, s.start_ticks)))
 }
 
 /// A poisoned lock only means another thread panicked mid-call; the map
@@ -494,7 +494,7 @@ impl System for LiveSystem {
             return Reach::NotOurs;
         }
         if born_ns != 0 {
-            let born_ticks = born_ns / (1_000_000_000 / crate::procfs::clock_ticks_per_sec());
+            let born_ticks = born_ns / (1_000_000_000 / crate::host::procfs::clock_ticks_per_sec());
             if born_ticks.abs_diff(start_ticks) > 1 {
                 return Reach::NotOurs;
             }
@@ -552,7 +552,7 @@ impl System for LiveSystem {
 
     fn budget(&self, tag: u64, live: u64, limits: BudgetLimits) {
         let budget = guard_common::ForkBudget {
-            window_start_ns: crate::clock::WallClock::boot_ns_now(),
+            window_start_ns: crate::host::clock::WallClock::boot_ns_now(),
             window_ns: limits.window_ns,
             births: 0,
             live,
@@ -625,14 +625,14 @@ pub struct ResponseMaps {
     pub protected_pids: aya::maps::Map,
     pub protected_exes: aya::maps::Map,
     /// The fork probe's scope (see `kernel_scope::ScopeMaps`).
-    pub scope: crate::kernel_scope::ScopeMaps,
+    pub scope: crate::respond::kernel_scope::ScopeMaps,
 }
 
 impl LiveSystem {
     pub fn new(
         maps: ResponseMaps,
-        protection: crate::protect::Protection,
-        hierarchies: std::sync::Arc<crate::cgroup::Hierarchies>,
+        protection: crate::respond::protect::Protection,
+        hierarchies: std::sync::Arc<crate::host::cgroup::Hierarchies>,
     ) -> Result<Self> {
         Ok(Self {
             lineage: Mutex::new(BpfHashMap::try_from(maps.lineage).context("LINEAGE map")?),
@@ -680,7 +680,7 @@ impl LiveSystem {
     /// Looks for the trusted executables again (an upgrade installs a new
     /// inode) and hands the new ones to the fork probe.
     pub fn refresh_trusted(&self) {
-        let scan = crate::protect::scan_trusted(self.protection.listed());
+        let scan = crate::respond::protect::scan_trusted(self.protection.listed());
         let added = self.protection.trusted().extend(scan.found);
         let mut exes = lock(&self.protected_exes);
         for id in added {
@@ -691,7 +691,7 @@ impl LiveSystem {
     }
 
     /// Makes the fork probe see a scope cgroup removed or created again.
-    pub fn follow_scope(&self, change: &crate::kernel_scope::ScopeChange) -> Result<()> {
+    pub fn follow_scope(&self, change: &crate::respond::kernel_scope::ScopeChange) -> Result<()> {
         lock(&self.scope).apply(change)
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 /// limit is `None` when pids.max says "max". `None` when the directory has
 /// no pids files (no controller there, or the hierarchy root).
 pub fn cgroup_pids(dir: &str) -> Option<(u64, Option<u64>)> {
-    let dir = &crate::cgroup::fs_path(dir);
+    let dir = &crate::host::cgroup::fs_path(dir);
     let current = std::fs::read_to_string(dir.join("pids.current"))
         .ok()?
         .trim()
@@ -61,7 +61,7 @@ pub fn parse_memory_limit(text: &str) -> Option<u64> {
 /// the lower of v2 `memory.max` and `memory.high`. `None`: no limit (or no
 /// memory controller there).
 pub fn memory_limit(dir: &str) -> Option<u64> {
-    let dir = &crate::cgroup::fs_path(dir);
+    let dir = &crate::host::cgroup::fs_path(dir);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     if let Some(v1) = read("memory.limit_in_bytes") {
         return parse_memory_limit(&v1);
@@ -93,7 +93,7 @@ pub fn stat_sum(text: &str, keys: &[&str]) -> Option<u64> {
 /// A memory cgroup's usage: anon + shmem (v1 `total_rss` + `total_shmem`,
 /// hierarchical; v2 `anon` + `shmem`), everything charged, and the limit.
 pub fn memcg_usage(dir: &str) -> Option<crate::detect::memory::MemUsage> {
-    let path = &crate::cgroup::fs_path(dir);
+    let path = &crate::host::cgroup::fs_path(dir);
     let read = |f: &str| std::fs::read_to_string(path.join(f)).ok();
     let limit = memory_limit(dir)?;
     let stat = read("memory.stat")?;
@@ -397,6 +397,6 @@ impl Host for LiveHost {
         task_wait(tgid, pid)
     }
     fn cgroup_exists(&self, dir: &str) -> bool {
-        crate::cgroup::fs_path(dir).exists()
+        crate::host::cgroup::fs_path(dir).exists()
     }
 }

@@ -428,7 +428,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let r: CgroupAttachEvent = read(bytes)?;
             let (path, _) = string(&r.path, r.path_len);
             // Kept losslessly: a delegated cgroup is named by its user.
-            let path = crate::cgroup::path_text(&path);
+            let path = crate::host::cgroup::path_text(&path);
             Event::CgroupAttach(CgroupAttach {
                 boot_ns,
                 pid: r.pid,

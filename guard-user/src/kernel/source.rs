@@ -22,8 +22,8 @@ use tokio::{
 };
 
 use crate::{
-    decode::{Comm, Event, decode},
     detect::blocked::BlockedTask,
+    kernel::decode::{Comm, Event, decode},
 };
 
 /// Pause after each drain before waiting for the ring buffer again. The
