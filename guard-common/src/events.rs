@@ -3,76 +3,72 @@
 
 use crate::*;
 
-/// Kind tag of a ring-buffer record. Decoded with `TryFrom<u32>`; an unknown
-/// value is an error, never a transmute.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
-    Fork = 1,
-    Exec = 2,
-    Exit = 3,
-    OomKill = 4,
-    HungTask = 5,
-    CgroupAttach = 6,
-    Unblocked = 7,
-    Rss = 8,
-    ReclaimStall = 9,
-    Condemned = 10,
+/// Declares [`EventKind`] from one list: each kind's tag value and its
+/// name in the output, once. The enum, `ALL`, `name` and `TryFrom<u32>`
+/// come from it, so a new probe's kind is one line here (plus its record
+/// struct below, one decode arm and one record type in the agent, whose
+/// exhaustive matches the compiler holds to the list).
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $value:literal => $name:literal,)*) => {
+        /// Kind tag of a ring-buffer record. Decoded with `TryFrom<u32>`; an
+        /// unknown value is an error, never a transmute.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventKind {
+            $($(#[$doc])* $variant = $value,)*
+        }
+
+        impl EventKind {
+            /// Every kind, in tag order.
+            pub const ALL: [EventKind; [$($value),*].len()] = [$(EventKind::$variant),*];
+
+            /// The name used on the command line and in the `kind` field of
+            /// the output.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)*
+                }
+            }
+        }
+
+        impl TryFrom<u32> for EventKind {
+            type Error = UnknownKind;
+            fn try_from(v: u32) -> Result<Self, Self::Error> {
+                match v {
+                    $($value => Ok(EventKind::$variant),)*
+                    other => Err(UnknownKind(other)),
+                }
+            }
+        }
+    };
 }
 
-impl EventKind {
-    pub const ALL: [EventKind; 10] = [
-        EventKind::Fork,
-        EventKind::Exec,
-        EventKind::Exit,
-        EventKind::OomKill,
-        EventKind::HungTask,
-        EventKind::CgroupAttach,
-        EventKind::Unblocked,
-        EventKind::Rss,
-        EventKind::ReclaimStall,
-        EventKind::Condemned,
-    ];
-
-    /// The name used on the command line and in the `kind` field of the output.
-    pub const fn name(self) -> &'static str {
-        match self {
-            EventKind::Fork => "fork",
-            EventKind::Exec => "exec",
-            EventKind::Exit => "exit",
-            EventKind::OomKill => "oom_kill",
-            EventKind::HungTask => "hung_task",
-            EventKind::CgroupAttach => "cgroup_attach",
-            EventKind::Unblocked => "unblocked",
-            EventKind::Rss => "rss",
-            EventKind::ReclaimStall => "reclaim_stall",
-            EventKind::Condemned => "condemned",
-        }
-    }
+event_kinds! {
+    /// `sched_process_fork`: a task created a task.
+    Fork = 1 => "fork",
+    /// `sched_process_exec`: a process ran a new program.
+    Exec = 2 => "exec",
+    /// `sched_process_exit`: a task ended.
+    Exit = 3 => "exit",
+    /// `mark_victim`: the OOM killer chose a victim.
+    OomKill = 4 => "oom_kill",
+    /// `sched_process_hang`: khungtaskd reported a task.
+    HungTask = 5 => "hung_task",
+    /// `cgroup_attach_task` / `cgroup_transfer_tasks`: a task moved.
+    CgroupAttach = 6 => "cgroup_attach",
+    /// `sched_switch`: a task reported blocked runs again.
+    Unblocked = 7 => "unblocked",
+    /// `rss_stat`: a process's memory crossed a step.
+    Rss = 8 => "rss",
+    /// `mm_vmscan_*_reclaim_end`: a task stalled in reclaim.
+    ReclaimStall = 9 => "reclaim_stall",
+    /// The fork probe condemned a subtree on its budget.
+    Condemned = 10 => "condemned",
 }
 
 /// The tag did not name a known kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownKind(pub u32);
-
-impl TryFrom<u32> for EventKind {
-    type Error = UnknownKind;
-    fn try_from(v: u32) -> Result<Self, Self::Error> {
-        Ok(match v {
-            1 => EventKind::Fork,
-            2 => EventKind::Exec,
-            3 => EventKind::Exit,
-            4 => EventKind::OomKill,
-            5 => EventKind::HungTask,
-            6 => EventKind::CgroupAttach,
-            7 => EventKind::Unblocked,
-            8 => EventKind::Rss,
-            9 => EventKind::ReclaimStall,
-            10 => EventKind::Condemned,
-            other => return Err(UnknownKind(other)),
-        })
-    }
-}
 
 /// First 16 bytes of every record.
 #[repr(C)]
