@@ -1,7 +1,7 @@
 //! The agent's own standing on a host in trouble: memory locked, out of
 //! the OOM killer's reach, nice -20, and SCHED_FIFO while a bomb is on.
 
-use super::*;
+use std::io;
 
 /// Keeps the agent's memory resident and away from the OOM killer: a
 /// memory runaway pages things out and the OOM killer picks big processes.

@@ -1,7 +1,21 @@
 //! What the loop reports besides records: losses, a failed stdout, a
 //! scope cgroup removed or created again.
 
-use super::*;
+use std::{
+    io::{self, Write},
+    sync::atomic::Ordering,
+};
+
+use anyhow::Result;
+
+use crate::{
+    cli::Args,
+    host::clock::WallClock,
+    kernel::source::{KernelDrops, SourceStats},
+    output::Output,
+    pipeline::Pipeline,
+    respond::{act::LiveSystem, kernel_scope, policy::ActionKind},
+};
 
 /// Reports kernel- and queue-side losses that grew since the last report,
 /// as a `lost` record and a warning; after a loss, recounts the pipeline's

@@ -162,3 +162,51 @@ fn success_and_switched_off_stay_quiet() {
     restarts(&mut f, 8, ExitStatus::Exited(3), None, false);
     assert!(f.alerts().is_empty());
 }
+
+#[test]
+fn different_commands_are_different_loops() {
+    // Five crashes, but of two commands (different programs): no loop of
+    // five.
+    let mut f = fixture(fixture::settings(), &[]);
+    for i in 0..6u32 {
+        let t = SEC + u64::from(i) * 100 * MS;
+        let pid = 500 + i;
+        let program = if i % 2 == 0 {
+            "/usr/bin/a"
+        } else {
+            "/usr/bin/b"
+        };
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, program));
+        f.handle(fixture::exit(
+            t + 20 * MS,
+            pid,
+            100,
+            ExitStatus::Exited(2),
+            "x",
+        ));
+        f.pipe.check(t + 20 * MS).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+}
+
+#[test]
+fn a_program_that_ran_long_before_failing_did_not_crash() {
+    let mut f = fixture(fixture::settings(), &[]);
+    for i in 0..6u32 {
+        // Each ran 40 s (past --crashloop-lifetime's 30 s), then failed.
+        let t = SEC + u64::from(i) * 41 * SEC;
+        let pid = 500 + i;
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, "/usr/sbin/server"));
+        f.handle(fixture::exit(
+            t + 40 * SEC,
+            pid,
+            100,
+            ExitStatus::Exited(1),
+            "server",
+        ));
+        f.pipe.check(t + 40 * SEC).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+}

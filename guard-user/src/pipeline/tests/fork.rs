@@ -247,3 +247,72 @@ fn after_lost_events_the_verdict_waits_for_counts_it_can_trust() {
     let requests = f.pipe.check(SEC + 46 * MS).expect("check");
     assert!(requests.is_empty() && f.alerts().is_empty());
 }
+
+#[test]
+fn a_rush_toward_pids_max_is_named_before_the_limit() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Stop;
+    let mut f = fixture(settings, &[]);
+    // A spawner that does not copy itself: `while :; do sleep 1000 & done`,
+    // 400 a second, none exits, pids.max 120 in the cgroup.
+    let mut requests = Vec::new();
+    for i in 0..100u32 {
+        let t = SEC + u64::from(i) * 2_500_000;
+        f.handle(fixture::fork(t, 100, 1000 + i, "bash"));
+        f.handle(fixture::exec(t + 100_000, 1000 + i, "/usr/bin/sleep"));
+        f.host.set_pids(PIDS_JOBS, 2 + u64::from(i), Some(120));
+        if i % 4 == 0 {
+            f.pipe.sample_pids(t + 200_000);
+        }
+        requests.extend(f.pipe.check(t + 200_000).expect("check"));
+    }
+    let alerts = f.alerts();
+    let rush = alerts
+        .iter()
+        .find(|a| a["rule"] == "pids_limit_rush")
+        .unwrap_or_else(|| panic!("no rush alert: {alerts:#?}"));
+    assert_eq!(rush["limit"], 120);
+    assert!(rush["current"].as_u64().is_some_and(|c| c < 120), "{rush}");
+    assert_eq!(rush["offender"]["pid"], 100, "the spawner: {rush}");
+    assert!(requests.iter().any(|r| r.kind == ActionKind::Stop));
+}
+
+#[test]
+fn a_thread_bomb_is_a_bomb_of_tasks() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    // Threads of 100 that start threads, every 2 ms for 400 ms.
+    let mut threads = vec![100u32];
+    let mut requests = Vec::new();
+    for (next, round) in (5000u32..).zip(0..200u64) {
+        let t = SEC + round * 2 * MS;
+        let parent = threads[(round as usize) % threads.len()];
+        let event = crate::kernel::decode::Event::Fork(crate::kernel::decode::Fork {
+            boot_ns: t,
+            parent_pid: parent,
+            parent_tgid: 100,
+            child_pid: next,
+            child_tgid: 100,
+            child_ppid: 1,
+            kernel_thread: false,
+            child_cgroup_id: 0,
+            parent_comm: crate::kernel::decode::Comm::from_str_lossy("python3"),
+            child_comm: crate::kernel::decode::Comm::from_str_lossy("python3"),
+        });
+        f.handle(event);
+        threads.push(next);
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    let alerts = f.alerts();
+    let a = alerts
+        .iter()
+        .find(|a| a["rule"] == "explosion")
+        .unwrap_or_else(|| panic!("no explosion: {alerts:#?}"));
+    assert_eq!(a["offender"]["pid"], 100, "{a}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.members.iter().any(|m| m.tgid == 100))
+    );
+}

@@ -174,3 +174,70 @@ fn host_pressure_under_a_cgroup_scope_is_reported_not_acted_on() {
             .all(|r| r.rule != crate::output::record::Rule::MemoryPressure)
     );
 }
+
+/// Two workers grow alike; `--prefer` names the one to take first, and an
+/// ignored program is never taken. Returns the requests.
+fn two_workers(f: &mut Fixture) -> Vec<crate::pipeline::ActionRequest> {
+    f.host.set_memcg(MEMORY_JOBS, 500 * MIB, 1024 * MIB);
+    f.handle(fixture::fork(SEC, 100, 101, "server"));
+    f.handle(fixture::exec(SEC + MS, 101, "/usr/bin/cache"));
+    f.handle(fixture::fork(SEC, 100, 102, "server"));
+    f.handle(fixture::exec(SEC + MS, 102, "/usr/bin/batch"));
+    let mut requests = Vec::new();
+    for i in 0..=16u64 {
+        let t = SEC + i * 250 * MS;
+        f.host
+            .set_memcg(MEMORY_JOBS, (500 + 20 * i) * MIB, 1024 * MIB);
+        f.host.processes.lock().expect("lock").extend([
+            (100, 10 * MIB),
+            (101, (40 + 11 * i) * MIB),
+            (102, (40 + 9 * i) * MIB),
+        ]);
+        f.pipe.sample_memory(t);
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    requests
+}
+
+fn members(requests: &[crate::pipeline::ActionRequest]) -> Vec<u32> {
+    let mut pids: Vec<u32> = requests
+        .first()
+        .expect("a request")
+        .members
+        .iter()
+        .map(|m| m.tgid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn prefer_and_ignore_choose_among_growers() {
+    let mut settings = fixture::settings();
+    settings.mem_action = ActionKind::Kill;
+    let known = [(100, 1, "server")];
+    // Neither worker alone explains the pool's growth: their server's
+    // subtree does.
+    let mut f = Fixture::new(settings.clone(), Vec::new(), &known, &[]);
+    let requests = two_workers(&mut f);
+    let a = f.alerts().into_iter().next().expect("an alert");
+    assert_eq!(a["offender"]["pid"], 100, "{a}");
+    assert_eq!(members(&requests), [100, 101, 102]);
+
+    let mut preferring = settings.clone();
+    preferring.prefer = vec![regex::Regex::new("^/usr/bin/batch$").expect("regex")];
+    let mut f = Fixture::new(preferring, Vec::new(), &known, &[]);
+    let requests = two_workers(&mut f);
+    let a = f.alerts().into_iter().next().expect("an alert");
+    assert_eq!(a["offender"]["pid"], 102, "--prefer takes batch first: {a}");
+    assert_eq!(members(&requests), [102]);
+
+    let mut ignoring = settings;
+    ignoring.ignore_memory = crate::detect::switches::Ignore::for_detector(
+        &[crate::detect::switches::parse_ignore("memory:program=/cache$").expect("rule")],
+        Detector::Memory,
+    );
+    let mut f = Fixture::new(ignoring, Vec::new(), &known, &[]);
+    let requests = two_workers(&mut f);
+    assert!(!members(&requests).contains(&101), "the cache is ignored");
+}
