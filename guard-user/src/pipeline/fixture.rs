@@ -25,8 +25,12 @@ use crate::{
     host::scope::Scope,
     kernel::decode::{Comm, Event, Exec, Exit, ExitStatus, Fork},
     output::{Format, Output},
-    respond::policy::ActionKind,
-    respond::protect::{Protected, Protection},
+    respond::{
+        act::{ProcState, Reach, System},
+        kernel_scope::BudgetLimits,
+        policy::ActionKind,
+        protect::{Protected, Protection},
+    },
 };
 
 /// A hybrid host: v1 pids and memory, v2 beside them.
@@ -115,6 +119,65 @@ impl Host for FakeHost {
     }
 }
 
+/// The kernel's side as the pipeline sees it (`respond::act::System`),
+/// recording what it is asked: tags, budgets, exemptions, releases; every
+/// process runs until the test says otherwise.
+#[derive(Default)]
+pub struct FakeSystem {
+    /// tgid → tag.
+    pub tags: Mutex<HashMap<u32, u64>>,
+    pub states: Mutex<HashMap<u32, ProcState>>,
+    pub budgets: Mutex<Vec<u64>>,
+    pub released: Mutex<Vec<u64>>,
+    pub exempt_pids: Mutex<HashMap<u32, bool>>,
+    pub exempt_cgroups: Mutex<Vec<String>>,
+}
+
+impl System for FakeSystem {
+    fn tag(&self, tgid: u32, _born_ns: u64, tag: u64) -> Reach {
+        lock(&self.tags).insert(tgid, tag);
+        Reach::Done
+    }
+    fn condemn(&self, _tag: u64, _signal: i32) {}
+    fn release(&self, tag: u64) {
+        lock(&self.released).push(tag);
+    }
+    fn tagged(&self, tag: u64) -> Vec<u32> {
+        lock(&self.tags)
+            .iter()
+            .filter(|(_, t)| **t == tag)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+    fn signal_tagged(&self, _tgid: u32, _tag: u64, _signal: i32) -> Reach {
+        Reach::Done
+    }
+    fn protected(&self, _tgid: u32) -> Option<&'static str> {
+        None
+    }
+    fn untag(&self, tgid: u32) {
+        lock(&self.tags).remove(&tgid);
+    }
+    fn state(&self, tgid: u32) -> ProcState {
+        lock(&self.states)
+            .get(&tgid)
+            .copied()
+            .unwrap_or(ProcState::Running)
+    }
+    fn budget(&self, tag: u64, _live: u64, _limits: BudgetLimits) {
+        lock(&self.budgets).push(tag);
+    }
+    fn tag_of(&self, tgid: u32) -> Option<u64> {
+        lock(&self.tags).get(&tgid).copied()
+    }
+    fn exempt_pid(&self, tgid: u32, exempt: bool) {
+        lock(&self.exempt_pids).insert(tgid, exempt);
+    }
+    fn exempt_cgroup(&self, dir: &str) {
+        lock(&self.exempt_cgroups).push(dir.to_owned());
+    }
+}
+
 /// Settings with every action `log` and nothing ignored or switched off.
 pub fn settings() -> Settings {
     Settings {
@@ -167,6 +230,7 @@ pub type Known = (u32, u32, &'static str);
 pub struct Fixture {
     pub pipe: Pipeline<Vec<u8>>,
     pub host: Arc<FakeHost>,
+    pub system: Arc<FakeSystem>,
     _proc: TempDir,
 }
 
@@ -207,6 +271,8 @@ impl Fixture {
         // No executable is trusted: nothing is read of this host's /proc.
         .with_exe_reader(Arc::new(|_| None));
         let host = Arc::new(FakeHost::default());
+        let system = Arc::new(FakeSystem::default());
+        let shared: Arc<dyn System + Send + Sync> = system.clone();
         let out = Output::new(Vec::new(), Format::Json, WallClock::fixed(0));
         let pipe = Pipeline::new(
             settings,
@@ -227,23 +293,30 @@ impl Fixture {
                 }),
             },
             out,
-            None,
+            Some(shared),
         )
         .with_plugins(plugins)
         .with_host(host.clone());
         Self {
             pipe,
             host,
+            system,
             _proc: proc,
         }
     }
 
     /// The same fixture with its pipeline changed by `change`.
     pub fn map_pipe(self, change: impl FnOnce(Pipeline<Vec<u8>>) -> Pipeline<Vec<u8>>) -> Self {
-        let Self { pipe, host, _proc } = self;
+        let Self {
+            pipe,
+            host,
+            system,
+            _proc,
+        } = self;
         Self {
             pipe: change(pipe),
             host,
+            system,
             _proc,
         }
     }

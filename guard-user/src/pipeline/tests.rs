@@ -4,6 +4,7 @@
 mod blocked;
 mod crashloop;
 mod fork;
+mod kernel;
 mod leak;
 mod memory;
 

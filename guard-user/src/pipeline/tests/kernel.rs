@@ -1,0 +1,253 @@
+//! The glue's dealings with the kernel's side (`respond::act::System`, a
+//! recording fake here): tags and budgets of suspected subtrees, follow-up
+//! rounds of an action, and the fork probe's exemptions.
+
+use crate::{
+    detect::switches::{Detector, Ignore, parse_ignore},
+    kernel::decode::ExitStatus,
+    pipeline::{
+        ActionRequest,
+        fixture::{self, *},
+    },
+    respond::act::{Outcome, ProcState},
+    respond::policy::ActionKind,
+};
+
+fn fixture(settings: crate::pipeline::Settings) -> Fixture {
+    Fixture::new(settings, Vec::new(), &[(100, 1, "bash")], &[])
+}
+
+/// `rounds` rounds of a doubling bash bomb from 100, checking each.
+fn bomb(f: &mut Fixture, rounds: u32) -> (Vec<ActionRequest>, Vec<u32>) {
+    let mut members = vec![100u32];
+    let mut next = 1000u32;
+    let mut requests = Vec::new();
+    for round in 1..=rounds {
+        let t = SEC + u64::from(round) * 5 * MS;
+        for parent in members.clone() {
+            f.handle(fixture::fork(t, parent, next, "bash"));
+            members.push(next);
+            next += 1;
+        }
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    (requests, members)
+}
+
+fn killing() -> crate::pipeline::Settings {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    settings
+}
+
+fn outcome(signalled: usize) -> Outcome {
+    Outcome {
+        signalled,
+        died: signalled,
+        zombies: 0,
+        running: 0,
+        elapsed_ms: 1.0,
+        contained: true,
+        spared: 0,
+        condemned_by_kernel: false,
+        errors: 0,
+        error: None,
+        condemnation_held: false,
+    }
+}
+
+#[test]
+fn a_suspected_subtree_is_tagged_and_budgeted_before_any_alert() {
+    let mut f = fixture(killing());
+    // Six rounds: 63 births, a quarter of the way to the rule and more.
+    let (requests, members) = bomb(&mut f, 6);
+    assert!(requests.is_empty(), "no verdict yet: {requests:?}");
+    assert!(f.alerts().is_empty());
+    let tags = f.system.tags.lock().expect("lock").clone();
+    let root_tag = tags
+        .get(&100)
+        .copied()
+        .expect("the suspect's root is tagged");
+    assert!(
+        members.iter().all(|m| tags.get(m) == Some(&root_tag)),
+        "every member carries the root's tag"
+    );
+    assert_eq!(*f.system.budgets.lock().expect("lock"), [root_tag]);
+    // Members born from now on join the tag.
+    f.handle(fixture::fork(SEC + 40 * MS, 1000, 4242, "bash"));
+    assert_eq!(
+        f.system.tags.lock().expect("lock").get(&4242),
+        Some(&root_tag)
+    );
+}
+
+#[test]
+fn log_and_dry_run_tag_nothing() {
+    let mut f = fixture(fixture::settings());
+    bomb(&mut f, 6);
+    assert!(f.system.tags.lock().expect("lock").is_empty());
+    let mut settings = killing();
+    settings.dry_run = true;
+    let mut f = fixture(settings);
+    bomb(&mut f, 9);
+    assert!(f.system.tags.lock().expect("lock").is_empty());
+    assert!(f.system.budgets.lock().expect("lock").is_empty());
+}
+
+#[test]
+fn a_follow_up_takes_the_members_a_kill_missed_and_stops_when_none_is_left() {
+    let mut f = fixture(killing());
+    let (requests, born) = bomb(&mut f, 9);
+    let request = requests.first().expect("a kill").clone();
+    // Two members (of those at the verdict, and those born since) still
+    // run; the rest are gone.
+    {
+        let mut states = f.system.states.lock().expect("lock");
+        for &pid in &born {
+            states.insert(pid, ProcState::Gone);
+        }
+        states.insert(request.members[3].tgid, ProcState::Running);
+        states.insert(request.members[5].tgid, ProcState::Zombie);
+    }
+    let follow_ups = f
+        .pipe
+        .action_done(&request, &outcome(request.members.len()))
+        .expect("reported");
+    assert_eq!(follow_ups.len(), 1);
+    let left: Vec<u32> = follow_ups[0].members.iter().map(|m| m.tgid).collect();
+    assert_eq!(
+        left,
+        [request.members[3].tgid],
+        "the running one, not the zombie"
+    );
+    assert_eq!(follow_ups[0].follow_ups, 1);
+    // It goes; no further round.
+    f.system
+        .states
+        .lock()
+        .expect("lock")
+        .insert(request.members[3].tgid, ProcState::Gone);
+    assert!(
+        f.pipe
+            .action_done(&follow_ups[0], &outcome(1))
+            .expect("reported")
+            .is_empty()
+    );
+    let actions = f
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "action")
+        .count();
+    assert_eq!(actions, 2, "each round is reported");
+}
+
+#[test]
+fn a_stop_is_done_with_stopped_members_and_gives_up_after_its_rounds() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Stop;
+    let mut f = fixture(settings);
+    let (requests, born) = bomb(&mut f, 9);
+    let request = requests.first().expect("a stop").clone();
+    {
+        let mut states = f.system.states.lock().expect("lock");
+        for &pid in &born {
+            states.insert(pid, ProcState::Stopped);
+        }
+    }
+    let done = f
+        .pipe
+        .action_done(&request, &outcome(request.members.len()))
+        .expect("reported");
+    assert!(done.is_empty(), "stopped members need no second SIGSTOP");
+    // Members that cannot be reached: after a round that signalled none,
+    // guard stops trying (and says so) instead of looping for ever.
+    let mut f = fixture(killing());
+    let (requests, _) = bomb(&mut f, 9);
+    let mut round = requests.first().expect("a kill").clone();
+    let mut rounds = 0;
+    loop {
+        let next = f.pipe.action_done(&round, &outcome(0)).expect("reported");
+        let Some(next) = next.into_iter().next() else {
+            break;
+        };
+        rounds += 1;
+        assert!(rounds <= 3, "more follow-ups than MAX_FOLLOW_UPS");
+        round = next;
+    }
+    assert!(
+        rounds <= 1,
+        "a round that signalled nobody ends it: {rounds}"
+    );
+}
+
+#[test]
+fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
+    let mut settings = killing();
+    settings.kernel_tags = true;
+    settings.ignore_fork = Ignore::for_detector(
+        &[parse_ignore("fork:program=^/usr/bin/make$").expect("rule")],
+        Detector::Fork,
+    );
+    let mut f = fixture(settings);
+    f.handle(fixture::fork(SEC, 100, 200, "bash"));
+    f.handle(fixture::exec(SEC + MS, 200, "/usr/bin/make"));
+    assert_eq!(
+        f.system.exempt_pids.lock().expect("lock").get(&200),
+        Some(&true)
+    );
+    f.handle(fixture::exit(
+        SEC + 2 * MS,
+        200,
+        100,
+        ExitStatus::Exited(0),
+        "make",
+    ));
+    assert_eq!(
+        f.system.exempt_pids.lock().expect("lock").get(&200),
+        Some(&false),
+        "exempt until its exit"
+    );
+
+    let mut settings = killing();
+    settings.kernel_tags = true;
+    settings.ignore_fork = Ignore::for_detector(
+        &[parse_ignore(&format!("fork:cgroup=^{PIDS_JOBS}$")).expect("rule")],
+        Detector::Fork,
+    );
+    let mut f = fixture(settings);
+    f.pipe.seed_detector(SEC);
+    assert_eq!(*f.system.exempt_cgroups.lock().expect("lock"), [PIDS_JOBS]);
+}
+
+#[test]
+fn a_condemnation_of_an_ignored_subtree_is_released_without_an_alert() {
+    let mut settings = killing();
+    settings.kernel_tags = true;
+    settings.ignore_fork = Ignore::for_detector(
+        &[parse_ignore("fork:program=^/usr/bin/make$").expect("rule")],
+        Detector::Fork,
+    );
+    let mut f = fixture(settings);
+    f.handle(fixture::fork(SEC, 100, 200, "bash"));
+    f.handle(fixture::exec(SEC + MS, 200, "/usr/bin/make"));
+    for child in 201..=210 {
+        f.handle(fixture::fork(SEC + 2 * MS, 200, child, "make"));
+    }
+    let tag = guard_common::auto_tag(200, SEC + 3 * MS);
+    f.handle(crate::kernel::decode::Event::Condemned(
+        crate::kernel::decode::Condemned {
+            boot_ns: SEC + 3 * MS,
+            tag,
+            root_tgid: Some(200),
+            births: 150,
+            growth: 60,
+            window_ns: SEC,
+            forker_tgid: 205,
+            signal: libc::SIGKILL,
+            deep_births: 100,
+        },
+    ));
+    assert!(f.pipe.check(SEC + 4 * MS).expect("check").is_empty());
+    assert!(f.alerts().is_empty());
+    assert_eq!(*f.system.released.lock().expect("lock"), [tag]);
+}
