@@ -396,3 +396,20 @@ pub fn exit(at: u64, pid: u32, ppid: u32, status: ExitStatus, name: &str) -> Eve
         comm: comm(name),
     })
 }
+
+/// An `rss` record: `pid`'s anonymous memory crossed into 64 MiB step
+/// `step` (`previous`: the one before, `None` the first seen).
+pub fn rss(at: u64, pid: u32, step: u32, previous: Option<u32>) -> Event {
+    Event::Rss(crate::kernel::decode::Rss {
+        boot_ns: at,
+        pid,
+        tgid: pid,
+        step,
+        previous_step: previous,
+        file_bytes: 0,
+        anon_bytes: u64::from(step) << 26,
+        shmem_bytes: 0,
+        swap_bytes: 0,
+        comm: comm("hog"),
+    })
+}

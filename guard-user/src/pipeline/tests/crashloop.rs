@@ -210,3 +210,110 @@ fn a_program_that_ran_long_before_failing_did_not_crash() {
     }
     assert!(f.alerts().is_empty());
 }
+
+#[test]
+fn an_ignored_program_never_counts() {
+    let ignore = Ignore::for_detector(
+        &[
+            crate::detect::switches::parse_ignore("crashloop:program=^/usr/sbin/server$")
+                .expect("rule"),
+        ],
+        Detector::Crashloop,
+    );
+    let mut f = Fixture::new(
+        fixture::settings(),
+        vec![Box::new(CrashLoopWatch::new(CrashLoopDetector::new(
+            CrashLoopRules::default(),
+            ignore,
+        )))],
+        &[(100, 1, "supervisor")],
+        &[],
+    );
+    restarts(&mut f, 8, ExitStatus::Exited(3), None, false);
+    assert!(f.alerts().is_empty());
+}
+
+#[test]
+fn a_cgroup_policy_can_stop_where_the_flag_only_logs() {
+    let mut settings = fixture::settings();
+    settings.policies =
+        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
+            cgroup: PIDS_JOBS.into(),
+            fork_action: None,
+            mem_action: None,
+            leak_action: None,
+            crashloop_action: Some(ActionKind::Stop),
+        }])
+        .expect("policy");
+    let mut f = fixture(settings, &[]);
+    let requests = restarts(&mut f, 5, ExitStatus::Exited(3), None, false);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].kind, ActionKind::Stop);
+    assert_eq!(f.alerts()[0]["action"], "stop");
+}
+
+#[test]
+fn deaths_in_a_subtree_guard_acts_on_are_not_crashes() {
+    // A bomb of crashing copies: guard watches its subtree (tagged), so
+    // the members' deaths (guard's own doing, or about to be) are no loop.
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    let mut members = vec![100u32];
+    let mut next = 1000u32;
+    for round in 1..=6u32 {
+        let t = SEC + u64::from(round) * 5 * MS;
+        for parent in members.clone() {
+            f.handle(fixture::fork(t, parent, next, "supervisor"));
+            members.push(next);
+            next += 1;
+        }
+        f.pipe.check(t).expect("check");
+    }
+    assert!(
+        !f.system.tags.lock().expect("lock").is_empty(),
+        "the subtree is watched"
+    );
+    for (i, &pid) in members.iter().skip(1).take(8).enumerate() {
+        let t = SEC + 40 * MS + i as u64 * MS;
+        f.handle(fixture::exit(
+            t,
+            pid,
+            100,
+            ExitStatus::Exited(3),
+            "supervisor",
+        ));
+        f.pipe.check(t).expect("check");
+    }
+    assert!(f.alerts().iter().all(|a| a["detector"] != "crashloop"));
+}
+
+#[test]
+fn a_status_utilitys_exit_1_is_an_answer_a_fault_is_a_crash() {
+    // `until grep -q ready /run/x; do ...`: grep answers 1 for "no".
+    let mut f = fixture(fixture::settings(), &[]);
+    for i in 0..8u32 {
+        let t = SEC + u64::from(i) * 100 * MS;
+        let pid = 500 + i;
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, "/usr/bin/grep"));
+        f.handle(fixture::exit(
+            t + 20 * MS,
+            pid,
+            100,
+            ExitStatus::Exited(1),
+            "grep",
+        ));
+        f.pipe.check(t + 20 * MS).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+
+    let mut f = fixture(fixture::settings(), &[]);
+    let segv = ExitStatus::Signaled {
+        signal: libc::SIGSEGV,
+        core_dumped: true,
+    };
+    restarts(&mut f, 5, segv, None, false);
+    let a = &f.alerts()[0];
+    assert_eq!(a["statuses"][4], "SIGSEGV", "{a}");
+}

@@ -316,3 +316,68 @@ fn a_thread_bomb_is_a_bomb_of_tasks() {
             .any(|r| r.members.iter().any(|m| m.tgid == 100))
     );
 }
+
+#[test]
+fn a_bomb_outside_the_scope_is_not_guards_business() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    f.pipe.scope = crate::host::scope::Scope {
+        cgroups: vec![(1, "/sys/fs/cgroup/pids/elsewhere".into())],
+    };
+    let (requests, _) = bomb(&mut f, 9);
+    assert!(requests.is_empty());
+    assert!(f.alerts().is_empty());
+}
+
+#[test]
+fn one_explosion_is_one_alert() {
+    let mut f = fixture(fixture::settings(), &[]);
+    bomb(&mut f, 11);
+    let explosions = f
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "explosion")
+        .count();
+    assert_eq!(explosions, 1, "one bomb within a window alerts once");
+}
+
+#[test]
+fn the_probes_condemnation_under_a_log_policy_asks_for_nothing() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    settings.policies =
+        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
+            cgroup: PIDS_JOBS.into(),
+            fork_action: Some(ActionKind::Log),
+            mem_action: None,
+            leak_action: None,
+            crashloop_action: None,
+        }])
+        .expect("policy");
+    let mut f = fixture(settings, &[]);
+    for child in 101..=110u32 {
+        f.handle(fixture::fork(SEC, 100, child, "bash"));
+    }
+    f.handle(condemned(SEC + MS, Some(100), 105));
+    assert!(f.pipe.check(SEC + 2 * MS).expect("check").is_empty());
+}
+
+#[test]
+fn a_condemnation_of_a_subtree_under_action_is_not_acted_on_twice() {
+    let mut settings = fixture::settings();
+    settings.fork_action = ActionKind::Kill;
+    let mut f = fixture(settings, &[]);
+    for child in 101..=110u32 {
+        f.handle(fixture::fork(SEC, 100, child, "bash"));
+    }
+    let event = condemned(SEC + MS, Some(100), 105);
+    f.handle(event.clone());
+    let first = f.pipe.check(SEC + 2 * MS).expect("check");
+    assert_eq!(first.len(), 1);
+    // A second CPU met the rule at the same moment: its record follows.
+    f.handle(event);
+    assert!(f.pipe.check(SEC + 3 * MS).expect("check").is_empty());
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+}

@@ -182,3 +182,92 @@ fn a_rise_that_exits_undo_is_no_leak() {
     }
     assert!(f.alerts().is_empty());
 }
+
+#[test]
+fn a_cgroup_policy_sets_the_leak_action_and_dry_run_only_says_so() {
+    let mut settings = fixture::settings();
+    settings.policies =
+        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
+            cgroup: PIDS_JOBS.into(),
+            fork_action: None,
+            mem_action: None,
+            leak_action: Some(ActionKind::Stop),
+            crashloop_action: None,
+        }])
+        .expect("policy");
+    let mut f = fixture(settings.clone());
+    let mut requests = Vec::new();
+    for s in 0..=22u64 {
+        let t = s * SEC;
+        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
+        f.host.set_pids(PIDS_JOBS, 2 + s, None);
+        f.pipe.sample_pids(t);
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].kind, ActionKind::Stop);
+
+    settings.dry_run = true;
+    let mut f = fixture(settings);
+    let requests = leak_for(&mut f, 22, None);
+    assert!(requests.is_empty());
+    let records = f.records();
+    let action = records
+        .iter()
+        .find(|r| r["kind"] == "action")
+        .unwrap_or_else(|| panic!("no dry-run record: {records:#?}"));
+    assert_eq!(
+        (action["dry_run"].as_bool(), action["action"].as_str()),
+        (Some(true), Some("stop"))
+    );
+}
+
+#[test]
+fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
+    let mut f = Fixture::new(
+        fixture::settings(),
+        vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
+        &[(100, 1, "server")],
+        &[],
+    );
+    *f.host.host_memory.lock().expect("lock") = Some(crate::detect::memory::MemUsage {
+        usage: 4 << 30,
+        unreclaimable: 4 << 30,
+        limit: 24 << 30,
+    });
+    leak_for(&mut f, 35, None);
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "one alert a window: {alerts:#?}");
+    assert_eq!(alerts[0]["memory_pool"], "host");
+    assert_eq!(alerts[0]["memory_limit_bytes"], 24u64 << 30);
+    assert_eq!(alerts[0]["runs_out_first"], "memory");
+}
+
+#[test]
+fn a_protected_server_is_passed_over_for_its_helpers() {
+    let mut settings = fixture::settings();
+    settings.leak_action = ActionKind::Kill;
+    let mut f = Fixture::new(
+        settings,
+        vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
+        &[(100, 1, "server")],
+        &[100],
+    );
+    f.host.set_memcg(MEMORY_JOBS, 10 << 20, 1 << 30);
+    let mut requests = Vec::new();
+    for s in 0..=22u64 {
+        let t = s * SEC;
+        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
+        f.host.set_pids(PIDS_JOBS, 2 + s, None);
+        f.pipe.sample_pids(t);
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    let a = &f.alerts()[0];
+    assert_ne!(a["offender"]["pid"], 100, "{a}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.members.iter().all(|m| m.tgid != 100)),
+        "the protected server is never signalled"
+    );
+}

@@ -241,3 +241,77 @@ fn prefer_and_ignore_choose_among_growers() {
     let requests = two_workers(&mut f);
     assert!(!members(&requests).contains(&101), "the cache is ignored");
 }
+
+#[test]
+fn little_headroom_left_is_named_at_once() {
+    let mut settings = fixture::settings();
+    settings.mem_action = ActionKind::Stop;
+    let mut f = fixture(settings);
+    // 900 MiB of 1 GiB and growing: past the 80 % headroom line. The
+    // worker's rss records say it grew (from 640 MiB, a step at a time).
+    let mut requests = Vec::new();
+    for i in 0..4u64 {
+        let t = SEC + i * 250 * MS;
+        let step = 10 + i as u32;
+        f.handle(fixture::rss(t, 101, step, (i > 0).then(|| step - 1)));
+        f.host
+            .set_memcg(MEMORY_JOBS, (880 + 10 * i) * MIB, 1024 * MIB);
+        f.host
+            .processes
+            .lock()
+            .expect("lock")
+            .extend([(100, 10 * MIB), (101, (700 + 10 * i) * MIB)]);
+        f.pipe.sample_memory(t);
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    let a = f.alerts().into_iter().next().expect("an alert");
+    assert_eq!(a["rule"], "memory_headroom", "{a}");
+    assert!(a["percent"].as_f64().is_some_and(|p| p >= 80.0), "{a}");
+    assert!(requests.iter().any(|r| r.kind == ActionKind::Stop));
+}
+
+#[test]
+fn a_removed_pool_is_forgotten() {
+    let mut f = fixture(fixture::settings());
+    f.pipe.sample_memory(SEC);
+    // The cgroup goes (a transient scope ends): unreadable and gone.
+    f.host.memcg.lock().expect("lock").clear();
+    for i in 1..20u64 {
+        let t = SEC + i * 250 * MS;
+        f.pipe.sample_memory(t);
+        f.pipe.check(t).expect("check");
+    }
+    assert!(f.alerts().is_empty());
+}
+
+#[test]
+fn dry_run_and_a_log_policy_take_nothing() {
+    let mut settings = fixture::settings();
+    settings.mem_action = ActionKind::Kill;
+    settings.dry_run = true;
+    let mut f = fixture(settings.clone());
+    let (requests, _) = grow(&mut f, 16);
+    assert!(requests.is_empty());
+    let records = f.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "action" && r["dry_run"] == true),
+        "{records:#?}"
+    );
+
+    settings.dry_run = false;
+    settings.policies =
+        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
+            cgroup: MEMORY_JOBS.into(),
+            fork_action: None,
+            mem_action: Some(ActionKind::Log),
+            leak_action: None,
+            crashloop_action: None,
+        }])
+        .expect("policy");
+    let mut f = fixture(settings);
+    let (requests, _) = grow(&mut f, 16);
+    assert!(requests.is_empty());
+    assert_eq!(f.alerts()[0]["action"], "log");
+}
