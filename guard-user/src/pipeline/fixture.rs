@@ -413,3 +413,71 @@ pub fn rss(at: u64, pid: u32, step: u32, previous: Option<u32>) -> Event {
         comm: comm("hog"),
     })
 }
+
+/// What `--ignore RULE` (e.g. `fork:program=^/usr/bin/make$`) gives its
+/// detector.
+pub fn ignoring(rule: &str) -> Ignore {
+    let rule = crate::detect::switches::parse_ignore(rule).expect("an --ignore rule");
+    let detector = rule.detector.expect("a rule naming its detector");
+    Ignore::for_detector(&[rule], detector)
+}
+
+/// One `[[policy]]` for `cgroup`, its actions set by `set`.
+pub fn policy(
+    cgroup: &str,
+    set: impl FnOnce(&mut crate::respond::policy::CgroupPolicy),
+) -> crate::respond::policy::Policies {
+    let mut policy = crate::respond::policy::CgroupPolicy {
+        cgroup: cgroup.to_owned(),
+        fork_action: None,
+        mem_action: None,
+        leak_action: None,
+        crashloop_action: None,
+    };
+    set(&mut policy);
+    crate::respond::policy::Policies::new(vec![policy]).expect("a valid policy")
+}
+
+/// A bash bomb rooted at 100: every member forks one copy of itself every
+/// 5 ms for `rounds` rounds, nobody exits, a check after each. Returns
+/// every request of the checks, and the pids (the root's first).
+pub fn bomb(f: &mut Fixture, rounds: u32) -> (Vec<super::ActionRequest>, Vec<u32>) {
+    let mut members = vec![100u32];
+    let mut next = 1000u32;
+    let mut requests = Vec::new();
+    for round in 1..=rounds {
+        let t = SEC + u64::from(round) * 5 * MS;
+        for parent in members.clone() {
+            f.handle(fork(t, parent, next, "bash"));
+            members.push(next);
+            next += 1;
+        }
+        requests.extend(f.pipe.check(t).expect("check"));
+    }
+    (requests, members)
+}
+
+/// Settings whose fork action is `kill`.
+pub fn killing() -> Settings {
+    let mut s = settings();
+    s.fork_action = ActionKind::Kill;
+    s
+}
+
+/// An action's outcome: `signalled` members signalled and dead, nothing
+/// left running.
+pub fn outcome(signalled: usize) -> crate::respond::act::Outcome {
+    crate::respond::act::Outcome {
+        signalled,
+        died: signalled,
+        zombies: 0,
+        running: 0,
+        elapsed_ms: 1.0,
+        contained: true,
+        spared: 0,
+        condemned_by_kernel: false,
+        errors: 0,
+        error: None,
+        condemnation_held: false,
+    }
+}

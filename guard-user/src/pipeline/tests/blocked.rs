@@ -106,13 +106,7 @@ fn a_storm_without_memory_pressure_is_reported_and_acted_on_by_nobody() {
 #[test]
 fn ignored_and_switched_off_report_nothing() {
     let mut settings = fixture::settings();
-    settings.ignore_blocked = crate::detect::switches::Ignore::for_detector(
-        &[
-            crate::detect::switches::parse_ignore(&format!("blocked:cgroup=^{PIDS_JOBS}$"))
-                .expect("rule"),
-        ],
-        crate::detect::switches::Detector::Blocked,
-    );
+    settings.ignore_blocked = fixture::ignoring(&format!("blocked:cgroup=^{PIDS_JOBS}$"));
     let mut f = Fixture::new(settings, Vec::new(), &[(100, 1, "postgres")], &[]);
     f.pipe
         .sample_blocked(10 * SEC, &blocked(12, 3 * SEC))

@@ -71,6 +71,26 @@ fn restarts(
     requests
 }
 
+/// The supervisor starts `program` `times` times, `gap_ns` apart, the
+/// first as pid `first_pid`; each exits with `status` after `life_ns`.
+fn runs(
+    f: &mut Fixture,
+    program: &str,
+    (times, first_pid): (u32, u32),
+    (gap_ns, life_ns): (u64, u64),
+    status: ExitStatus,
+) {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    for i in 0..times {
+        let t = SEC + u64::from(i) * gap_ns;
+        let pid = first_pid + i;
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, program));
+        f.handle(fixture::exit(t + life_ns, pid, 100, status, name));
+        f.pipe.check(t + life_ns).expect("check");
+    }
+}
+
 #[test]
 fn a_restarted_crashing_program_is_one_loop_under_its_supervisor() {
     let mut f = fixture(fixture::settings(), &[]);
@@ -165,61 +185,42 @@ fn success_and_switched_off_stay_quiet() {
 
 #[test]
 fn different_commands_are_different_loops() {
-    // Five crashes, but of two commands (different programs): no loop of
-    // five.
+    // Six crashes, but of two programs: no loop of five.
     let mut f = fixture(fixture::settings(), &[]);
-    for i in 0..6u32 {
-        let t = SEC + u64::from(i) * 100 * MS;
-        let pid = 500 + i;
-        let program = if i % 2 == 0 {
-            "/usr/bin/a"
-        } else {
-            "/usr/bin/b"
-        };
-        f.handle(fixture::fork(t, 100, pid, "supervisor"));
-        f.handle(fixture::exec(t + MS, pid, program));
-        f.handle(fixture::exit(
-            t + 20 * MS,
-            pid,
-            100,
-            ExitStatus::Exited(2),
-            "x",
-        ));
-        f.pipe.check(t + 20 * MS).expect("check");
-    }
+    runs(
+        &mut f,
+        "/usr/bin/a",
+        (3, 500),
+        (100 * MS, 20 * MS),
+        ExitStatus::Exited(2),
+    );
+    runs(
+        &mut f,
+        "/usr/bin/b",
+        (3, 600),
+        (100 * MS, 20 * MS),
+        ExitStatus::Exited(2),
+    );
     assert!(f.alerts().is_empty());
 }
 
 #[test]
 fn a_program_that_ran_long_before_failing_did_not_crash() {
+    // Each ran 40 s (past --crashloop-lifetime's 30 s), then failed.
     let mut f = fixture(fixture::settings(), &[]);
-    for i in 0..6u32 {
-        // Each ran 40 s (past --crashloop-lifetime's 30 s), then failed.
-        let t = SEC + u64::from(i) * 41 * SEC;
-        let pid = 500 + i;
-        f.handle(fixture::fork(t, 100, pid, "supervisor"));
-        f.handle(fixture::exec(t + MS, pid, "/usr/sbin/server"));
-        f.handle(fixture::exit(
-            t + 40 * SEC,
-            pid,
-            100,
-            ExitStatus::Exited(1),
-            "server",
-        ));
-        f.pipe.check(t + 40 * SEC).expect("check");
-    }
+    runs(
+        &mut f,
+        "/usr/sbin/server",
+        (6, 500),
+        (41 * SEC, 40 * SEC),
+        ExitStatus::Exited(1),
+    );
     assert!(f.alerts().is_empty());
 }
 
 #[test]
 fn an_ignored_program_never_counts() {
-    let ignore = Ignore::for_detector(
-        &[
-            crate::detect::switches::parse_ignore("crashloop:program=^/usr/sbin/server$")
-                .expect("rule"),
-        ],
-        Detector::Crashloop,
-    );
+    let ignore = fixture::ignoring("crashloop:program=^/usr/sbin/server$");
     let mut f = Fixture::new(
         fixture::settings(),
         vec![Box::new(CrashLoopWatch::new(CrashLoopDetector::new(
@@ -236,15 +237,7 @@ fn an_ignored_program_never_counts() {
 #[test]
 fn a_cgroup_policy_can_stop_where_the_flag_only_logs() {
     let mut settings = fixture::settings();
-    settings.policies =
-        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
-            cgroup: PIDS_JOBS.into(),
-            fork_action: None,
-            mem_action: None,
-            leak_action: None,
-            crashloop_action: Some(ActionKind::Stop),
-        }])
-        .expect("policy");
+    settings.policies = fixture::policy(PIDS_JOBS, |p| p.crashloop_action = Some(ActionKind::Stop));
     let mut f = fixture(settings, &[]);
     let requests = restarts(&mut f, 5, ExitStatus::Exited(3), None, false);
     assert_eq!(requests.len(), 1);
@@ -256,20 +249,9 @@ fn a_cgroup_policy_can_stop_where_the_flag_only_logs() {
 fn deaths_in_a_subtree_guard_acts_on_are_not_crashes() {
     // A bomb of crashing copies: guard watches its subtree (tagged), so
     // the members' deaths (guard's own doing, or about to be) are no loop.
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
-    let mut members = vec![100u32];
-    let mut next = 1000u32;
-    for round in 1..=6u32 {
-        let t = SEC + u64::from(round) * 5 * MS;
-        for parent in members.clone() {
-            f.handle(fixture::fork(t, parent, next, "supervisor"));
-            members.push(next);
-            next += 1;
-        }
-        f.pipe.check(t).expect("check");
-    }
+    let (_, members) = fixture::bomb(&mut f, 6);
     assert!(
         !f.system.tags.lock().expect("lock").is_empty(),
         "the subtree is watched"
@@ -292,20 +274,13 @@ fn deaths_in_a_subtree_guard_acts_on_are_not_crashes() {
 fn a_status_utilitys_exit_1_is_an_answer_a_fault_is_a_crash() {
     // `until grep -q ready /run/x; do ...`: grep answers 1 for "no".
     let mut f = fixture(fixture::settings(), &[]);
-    for i in 0..8u32 {
-        let t = SEC + u64::from(i) * 100 * MS;
-        let pid = 500 + i;
-        f.handle(fixture::fork(t, 100, pid, "supervisor"));
-        f.handle(fixture::exec(t + MS, pid, "/usr/bin/grep"));
-        f.handle(fixture::exit(
-            t + 20 * MS,
-            pid,
-            100,
-            ExitStatus::Exited(1),
-            "grep",
-        ));
-        f.pipe.check(t + 20 * MS).expect("check");
-    }
+    runs(
+        &mut f,
+        "/usr/bin/grep",
+        (8, 500),
+        (100 * MS, 20 * MS),
+        ExitStatus::Exited(1),
+    );
     assert!(f.alerts().is_empty());
 
     let mut f = fixture(fixture::settings(), &[]);

@@ -8,12 +8,9 @@ use std::sync::{
 };
 
 use crate::{
-    detect::switches::{Detector, Ignore, parse_ignore},
+    detect::switches::Detector,
     kernel::decode::{Condemned, ExitStatus},
-    pipeline::{
-        ActionRequest,
-        fixture::{self, *},
-    },
+    pipeline::fixture::{self, *},
     respond::policy::ActionKind,
 };
 
@@ -21,29 +18,9 @@ fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
     Fixture::new(settings, Vec::new(), &[(100, 1, "bash")], protected)
 }
 
-/// A bash bomb rooted at 100: every member forks one copy of itself every
-/// 5 ms for `rounds` rounds, nobody exits. Returns every request of the
-/// checks, and the pids born.
-fn bomb(f: &mut Fixture, rounds: u32) -> (Vec<ActionRequest>, Vec<u32>) {
-    let mut members = vec![100u32];
-    let mut next = 1000u32;
-    let mut requests = Vec::new();
-    for round in 1..=rounds {
-        let t = SEC + u64::from(round) * 5 * MS;
-        for parent in members.clone() {
-            f.handle(fixture::fork(t, parent, next, "bash"));
-            members.push(next);
-            next += 1;
-        }
-        requests.extend(f.pipe.check(t).expect("check"));
-    }
-    (requests, members)
-}
-
 #[test]
 fn a_bomb_is_named_at_its_root_and_its_subtree_taken() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     let (requests, born) = bomb(&mut f, 9);
     let alerts = f.alerts();
@@ -67,8 +44,7 @@ fn a_bomb_is_named_at_its_root_and_its_subtree_taken() {
 
 #[test]
 fn a_protected_root_is_passed_over_for_its_children() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[100]);
     let (requests, _) = bomb(&mut f, 9);
     let a = f
@@ -91,8 +67,7 @@ fn log_alerts_and_asks_for_nothing_dry_run_says_what_it_would_do() {
     assert!(requests.is_empty());
     assert!(f.alerts().iter().any(|a| a["action"] == "log"));
 
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let mut settings = fixture::killing();
     settings.dry_run = true;
     let mut f = fixture(settings, &[]);
     let (requests, _) = bomb(&mut f, 9);
@@ -111,28 +86,15 @@ fn log_alerts_and_asks_for_nothing_dry_run_says_what_it_would_do() {
 
 #[test]
 fn a_policy_or_an_ignored_cgroup_leaves_a_bomb_alone() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
-    settings.policies =
-        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
-            cgroup: PIDS_JOBS.into(),
-            fork_action: Some(ActionKind::Log),
-            mem_action: None,
-            leak_action: None,
-            crashloop_action: None,
-        }])
-        .expect("policy");
+    let mut settings = fixture::killing();
+    settings.policies = fixture::policy(PIDS_JOBS, |p| p.fork_action = Some(ActionKind::Log));
     let mut f = fixture(settings, &[]);
     let (requests, _) = bomb(&mut f, 9);
     assert!(requests.is_empty(), "the policy says log");
     assert!(f.alerts().iter().any(|a| a["action"] == "log"));
 
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
-    settings.ignore_fork = Ignore::for_detector(
-        &[parse_ignore(&format!("fork:cgroup=^{PIDS_JOBS}$")).expect("rule")],
-        Detector::Fork,
-    );
+    let mut settings = fixture::killing();
+    settings.ignore_fork = fixture::ignoring(&format!("fork:cgroup=^{PIDS_JOBS}$"));
     let mut f = fixture(settings, &[]);
     let (requests, _) = bomb(&mut f, 9);
     assert!(requests.is_empty() && f.alerts().is_empty());
@@ -140,8 +102,7 @@ fn a_policy_or_an_ignored_cgroup_leaves_a_bomb_alone() {
 
 #[test]
 fn a_wide_build_is_no_bomb() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     // make -j: 500 compilers a second, each exec'd and done in 30 ms.
     let mut requests = Vec::new();
@@ -183,8 +144,7 @@ fn condemned(at: u64, root: Option<u32>, forker: u32) -> crate::kernel::decode::
 
 #[test]
 fn the_probes_condemnation_is_alerted_and_contained_by_the_agent() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     for (i, child) in (101..=110u32).enumerate() {
         f.handle(fixture::fork(SEC + i as u64 * MS, 100, child, "bash"));
@@ -206,8 +166,7 @@ fn the_probes_condemnation_is_alerted_and_contained_by_the_agent() {
     );
 
     // A root that was gone before the agent knew it: said so.
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     f.handle(condemned(SEC, Some(4242), 4243));
     f.pipe.check(SEC + MS).expect("check");
@@ -218,8 +177,7 @@ fn the_probes_condemnation_is_alerted_and_contained_by_the_agent() {
 
 #[test]
 fn after_lost_events_the_verdict_waits_for_counts_it_can_trust() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let lost = Arc::new(AtomicU64::new(0));
     let counter = lost.clone();
     let mut f = fixture(settings, &[])
@@ -279,8 +237,7 @@ fn a_rush_toward_pids_max_is_named_before_the_limit() {
 
 #[test]
 fn a_thread_bomb_is_a_bomb_of_tasks() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     // Threads of 100 that start threads, every 2 ms for 400 ms.
     let mut threads = vec![100u32];
@@ -319,8 +276,7 @@ fn a_thread_bomb_is_a_bomb_of_tasks() {
 
 #[test]
 fn a_bomb_outside_the_scope_is_not_guards_business() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     f.pipe.scope = crate::host::scope::Scope {
         cgroups: vec![(1, "/sys/fs/cgroup/pids/elsewhere".into())],
@@ -344,17 +300,8 @@ fn one_explosion_is_one_alert() {
 
 #[test]
 fn the_probes_condemnation_under_a_log_policy_asks_for_nothing() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
-    settings.policies =
-        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
-            cgroup: PIDS_JOBS.into(),
-            fork_action: Some(ActionKind::Log),
-            mem_action: None,
-            leak_action: None,
-            crashloop_action: None,
-        }])
-        .expect("policy");
+    let mut settings = fixture::killing();
+    settings.policies = fixture::policy(PIDS_JOBS, |p| p.fork_action = Some(ActionKind::Log));
     let mut f = fixture(settings, &[]);
     for child in 101..=110u32 {
         f.handle(fixture::fork(SEC, 100, child, "bash"));
@@ -365,8 +312,7 @@ fn the_probes_condemnation_under_a_log_policy_asks_for_nothing() {
 
 #[test]
 fn a_condemnation_of_a_subtree_under_action_is_not_acted_on_twice() {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
+    let settings = fixture::killing();
     let mut f = fixture(settings, &[]);
     for child in 101..=110u32 {
         f.handle(fixture::fork(SEC, 100, child, "bash"));

@@ -3,57 +3,13 @@
 //! rounds of an action, and the fork probe's exemptions.
 
 use crate::{
-    detect::switches::{Detector, Ignore, parse_ignore},
     kernel::decode::ExitStatus,
-    pipeline::{
-        ActionRequest,
-        fixture::{self, *},
-    },
-    respond::act::{Outcome, ProcState},
-    respond::policy::ActionKind,
+    pipeline::fixture::{self, *},
+    respond::{act::ProcState, policy::ActionKind},
 };
 
 fn fixture(settings: crate::pipeline::Settings) -> Fixture {
     Fixture::new(settings, Vec::new(), &[(100, 1, "bash")], &[])
-}
-
-/// `rounds` rounds of a doubling bash bomb from 100, checking each.
-fn bomb(f: &mut Fixture, rounds: u32) -> (Vec<ActionRequest>, Vec<u32>) {
-    let mut members = vec![100u32];
-    let mut next = 1000u32;
-    let mut requests = Vec::new();
-    for round in 1..=rounds {
-        let t = SEC + u64::from(round) * 5 * MS;
-        for parent in members.clone() {
-            f.handle(fixture::fork(t, parent, next, "bash"));
-            members.push(next);
-            next += 1;
-        }
-        requests.extend(f.pipe.check(t).expect("check"));
-    }
-    (requests, members)
-}
-
-fn killing() -> crate::pipeline::Settings {
-    let mut settings = fixture::settings();
-    settings.fork_action = ActionKind::Kill;
-    settings
-}
-
-fn outcome(signalled: usize) -> Outcome {
-    Outcome {
-        signalled,
-        died: signalled,
-        zombies: 0,
-        running: 0,
-        elapsed_ms: 1.0,
-        contained: true,
-        spared: 0,
-        condemned_by_kernel: false,
-        errors: 0,
-        error: None,
-        condemnation_held: false,
-    }
 }
 
 #[test]
@@ -180,17 +136,20 @@ fn a_stop_is_done_with_stopped_members_and_gives_up_after_its_rounds() {
     );
 }
 
-#[test]
-fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
+/// The fork probe judging by itself, make ignored, and 200 running make.
+fn make_ignored() -> Fixture {
     let mut settings = killing();
     settings.kernel_tags = true;
-    settings.ignore_fork = Ignore::for_detector(
-        &[parse_ignore("fork:program=^/usr/bin/make$").expect("rule")],
-        Detector::Fork,
-    );
+    settings.ignore_fork = fixture::ignoring("fork:program=^/usr/bin/make$");
     let mut f = fixture(settings);
     f.handle(fixture::fork(SEC, 100, 200, "bash"));
     f.handle(fixture::exec(SEC + MS, 200, "/usr/bin/make"));
+    f
+}
+
+#[test]
+fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
+    let mut f = make_ignored();
     assert_eq!(
         f.system.exempt_pids.lock().expect("lock").get(&200),
         Some(&true)
@@ -210,10 +169,7 @@ fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
 
     let mut settings = killing();
     settings.kernel_tags = true;
-    settings.ignore_fork = Ignore::for_detector(
-        &[parse_ignore(&format!("fork:cgroup=^{PIDS_JOBS}$")).expect("rule")],
-        Detector::Fork,
-    );
+    settings.ignore_fork = fixture::ignoring(&format!("fork:cgroup=^{PIDS_JOBS}$"));
     let mut f = fixture(settings);
     f.pipe.seed_detector(SEC);
     assert_eq!(*f.system.exempt_cgroups.lock().expect("lock"), [PIDS_JOBS]);
@@ -221,15 +177,7 @@ fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
 
 #[test]
 fn a_condemnation_of_an_ignored_subtree_is_released_without_an_alert() {
-    let mut settings = killing();
-    settings.kernel_tags = true;
-    settings.ignore_fork = Ignore::for_detector(
-        &[parse_ignore("fork:program=^/usr/bin/make$").expect("rule")],
-        Detector::Fork,
-    );
-    let mut f = fixture(settings);
-    f.handle(fixture::fork(SEC, 100, 200, "bash"));
-    f.handle(fixture::exec(SEC + MS, 200, "/usr/bin/make"));
+    let mut f = make_ignored();
     for child in 201..=210 {
         f.handle(fixture::fork(SEC + 2 * MS, 200, child, "make"));
     }

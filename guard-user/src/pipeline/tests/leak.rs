@@ -31,7 +31,7 @@ fn fixture(settings: crate::pipeline::Settings) -> Fixture {
 }
 
 /// The server forks a helper every second, none exits; guard reads the
-/// cgroup's count every second. Returns the requests of the last check.
+/// cgroup's count every second. Returns every request of the checks.
 fn leak_for(f: &mut Fixture, secs: u64, limit: Option<u64>) -> Vec<crate::pipeline::ActionRequest> {
     let mut requests = Vec::new();
     for s in 0..=secs {
@@ -40,7 +40,7 @@ fn leak_for(f: &mut Fixture, secs: u64, limit: Option<u64>) -> Vec<crate::pipeli
         f.handle(fixture::fork(t, 100, pid, "server"));
         f.host.set_pids(PIDS_JOBS, 2 + s, limit);
         f.pipe.sample_pids(t);
-        requests = f.pipe.check(t).expect("check");
+        requests.extend(f.pipe.check(t).expect("check"));
     }
     requests
 }
@@ -97,19 +97,7 @@ fn the_action_follows_the_leak_action_and_takes_the_subtree() {
     let mut settings = fixture::settings();
     settings.leak_action = ActionKind::Kill;
     let mut f = fixture(settings);
-    // The alert comes in the check that sees the 21st second's count.
-    let mut first = None;
-    for s in 0..=22u64 {
-        let t = s * SEC;
-        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
-        f.host.set_pids(PIDS_JOBS, 2 + s, None);
-        f.pipe.sample_pids(t);
-        let requests = f.pipe.check(t).expect("check");
-        if first.is_none() && !requests.is_empty() {
-            first = Some(requests);
-        }
-    }
-    let requests = first.expect("an action was requested");
+    let requests = leak_for(&mut f, 22, None);
     assert_eq!(requests.len(), 1);
     let r = &requests[0];
     assert_eq!(
@@ -141,13 +129,7 @@ fn a_plateau_an_ignored_cgroup_and_off_stay_quiet() {
     assert!(f.alerts().is_empty());
 
     let mut settings = fixture::settings();
-    settings.ignore_leak = crate::detect::switches::Ignore::for_detector(
-        &[
-            crate::detect::switches::parse_ignore(&format!("leak:cgroup=^{PIDS_JOBS}$"))
-                .expect("rule"),
-        ],
-        crate::detect::switches::Detector::Leak,
-    );
+    settings.ignore_leak = fixture::ignoring(&format!("leak:cgroup=^{PIDS_JOBS}$"));
     let mut f = fixture(settings);
     leak_for(&mut f, 22, None);
     assert!(f.alerts().is_empty(), "ignored");
@@ -186,24 +168,9 @@ fn a_rise_that_exits_undo_is_no_leak() {
 #[test]
 fn a_cgroup_policy_sets_the_leak_action_and_dry_run_only_says_so() {
     let mut settings = fixture::settings();
-    settings.policies =
-        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
-            cgroup: PIDS_JOBS.into(),
-            fork_action: None,
-            mem_action: None,
-            leak_action: Some(ActionKind::Stop),
-            crashloop_action: None,
-        }])
-        .expect("policy");
+    settings.policies = fixture::policy(PIDS_JOBS, |p| p.leak_action = Some(ActionKind::Stop));
     let mut f = fixture(settings.clone());
-    let mut requests = Vec::new();
-    for s in 0..=22u64 {
-        let t = s * SEC;
-        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
-        f.host.set_pids(PIDS_JOBS, 2 + s, None);
-        f.pipe.sample_pids(t);
-        requests.extend(f.pipe.check(t).expect("check"));
-    }
+    let requests = leak_for(&mut f, 22, None);
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].kind, ActionKind::Stop);
 
@@ -254,14 +221,7 @@ fn a_protected_server_is_passed_over_for_its_helpers() {
         &[100],
     );
     f.host.set_memcg(MEMORY_JOBS, 10 << 20, 1 << 30);
-    let mut requests = Vec::new();
-    for s in 0..=22u64 {
-        let t = s * SEC;
-        f.handle(fixture::fork(t, 100, 200 + s as u32, "server"));
-        f.host.set_pids(PIDS_JOBS, 2 + s, None);
-        f.pipe.sample_pids(t);
-        requests.extend(f.pipe.check(t).expect("check"));
-    }
+    let requests = leak_for(&mut f, 22, None);
     let a = &f.alerts()[0];
     assert_ne!(a["offender"]["pid"], 100, "{a}");
     assert!(

@@ -6,7 +6,6 @@ use crate::{
     detect::switches::Detector,
     host::observe::MemoryPressure,
     pipeline::fixture::{self, *},
-    respond::act::Outcome,
     respond::policy::ActionKind,
 };
 
@@ -90,19 +89,7 @@ fn the_action_record_says_what_it_freed() {
     f.records();
     // The worker is gone: the pool is back to 520 MiB.
     f.host.set_memcg(MEMORY_JOBS, 520 * MIB, 1024 * MIB);
-    let outcome = Outcome {
-        signalled: 1,
-        died: 1,
-        zombies: 0,
-        running: 0,
-        elapsed_ms: 3.0,
-        contained: true,
-        spared: 0,
-        condemned_by_kernel: false,
-        errors: 0,
-        error: None,
-        condemnation_held: false,
-    };
+    let outcome = fixture::outcome(1);
     let follow_ups = f.pipe.action_done(&r, &outcome).expect("reported");
     assert!(follow_ups.is_empty(), "one process: nothing to follow up");
     let records = f.records();
@@ -233,10 +220,7 @@ fn prefer_and_ignore_choose_among_growers() {
     assert_eq!(members(&requests), [102]);
 
     let mut ignoring = settings;
-    ignoring.ignore_memory = crate::detect::switches::Ignore::for_detector(
-        &[crate::detect::switches::parse_ignore("memory:program=/cache$").expect("rule")],
-        Detector::Memory,
-    );
+    ignoring.ignore_memory = fixture::ignoring("memory:program=/cache$");
     let mut f = Fixture::new(ignoring, Vec::new(), &known, &[]);
     let requests = two_workers(&mut f);
     assert!(!members(&requests).contains(&101), "the cache is ignored");
@@ -301,15 +285,7 @@ fn dry_run_and_a_log_policy_take_nothing() {
     );
 
     settings.dry_run = false;
-    settings.policies =
-        crate::respond::policy::Policies::new(vec![crate::respond::policy::CgroupPolicy {
-            cgroup: MEMORY_JOBS.into(),
-            fork_action: None,
-            mem_action: Some(ActionKind::Log),
-            leak_action: None,
-            crashloop_action: None,
-        }])
-        .expect("policy");
+    settings.policies = fixture::policy(MEMORY_JOBS, |p| p.mem_action = Some(ActionKind::Log));
     let mut f = fixture(settings);
     let (requests, _) = grow(&mut f, 16);
     assert!(requests.is_empty());
