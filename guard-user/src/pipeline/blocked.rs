@@ -78,6 +78,97 @@ impl<W: Write> Pipeline<W> {
             .cloned()
             .collect();
         let changes = self.detectors.blocked.snapshot(now, &in_scope);
+        let book = self.report_changes(now, &changes)?;
+        match self.detectors.blocked.check(now) {
+            Some(BlockedVerdict::Storm {
+                count,
+                killable,
+                pids,
+                shared,
+                longest_ns,
+            }) => {
+                let storm = record::StormAlert {
+                    detector: Detector::Blocked,
+                    rule: Rule::BlockedStorm,
+                    count: count as u64,
+                    killable: killable as u64,
+                    threshold_secs: self.detectors.blocked.rules().threshold_ns as f64 / 1e9,
+                    longest_ms: longest_ns / 1_000_000,
+                    shared_wait: shared.as_ref().map(|s| record::SharedWait {
+                        frames: s.frames.clone(),
+                        tasks: s.tasks as u64,
+                    }),
+                    memory_pressure: record::StormPressure {
+                        psi: None,
+                        reasons: Vec::new(),
+                    },
+                    pids,
+                    blame: Blame::nobody(""),
+                };
+                self.storm_alert(now, storm)?;
+            }
+            Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
+                self.out.record(&record::Resolved {
+                    detector: Detector::Blocked,
+                    rule: Rule::BlockedStorm,
+                    peak: peak as u64,
+                    lasted_ms: lasted_ns / 1_000_000,
+                })?;
+            }
+            None => {}
+        }
+        self.out.flush()?;
+        Ok(book)
+    }
+
+    /// A storm's alert: with memory pressure, its offender is the memory
+    /// runaway (and the memory action applies); without, nobody.
+    fn storm_alert(&mut self, now: u64, mut storm: record::StormAlert) -> io::Result<()> {
+        let pressure = self.storm_pressure(now);
+        let runaway = if pressure.is_empty() {
+            None
+        } else {
+            self.storm_runaway(now)
+        };
+        let note = match (&runaway, pressure.is_empty()) {
+            (_, true) => {
+                "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
+            }
+            (Some(_), false) => {
+                "the storm comes with memory pressure: its offender is the memory runaway, \
+                 and --mem-action applies to it (tasks in D state cannot be killed)"
+            }
+            (None, false) => {
+                "the storm comes with memory pressure, but no unprotected process grew \
+                 in scope (tasks in D state cannot be killed)"
+            }
+        };
+        storm.memory_pressure = record::StormPressure {
+            psi: self.host.memory_pressure().map(|p| record::Psi {
+                full_avg10: p.full_avg10,
+                some_avg10: p.some_avg10,
+            }),
+            reasons: pressure,
+        };
+        storm.blame = match &runaway {
+            Some(request) => Blame::on(request.offender.clone(), request.kind),
+            None => Blame::on(None, ActionKind::Log),
+        };
+        storm.blame.note = Some(note.to_owned());
+        self.out.record(&Alert::BlockedStorm(storm))?;
+        match runaway {
+            Some(request) => self.queue(request),
+            None => Ok(()),
+        }
+    }
+
+    /// Tasks that crossed the threshold (with where they wait) and those
+    /// released without the probe's record.
+    fn report_changes(
+        &mut self,
+        now: u64,
+        changes: &crate::detect::blocked::Changes,
+    ) -> io::Result<BlockedBookkeeping> {
         let mut book = BlockedBookkeeping::default();
         for task in &changes.crossed {
             let wait = self.host.task_wait(task.tgid, task.pid);
@@ -109,82 +200,6 @@ impl<W: Write> Pipeline<W> {
             })?;
             book.forget.push(released.task);
         }
-        match self.detectors.blocked.check(now) {
-            Some(BlockedVerdict::Storm {
-                count,
-                killable,
-                pids,
-                shared,
-                longest_ns,
-            }) => {
-                let pressure = self.storm_pressure(now);
-                let runaway = if pressure.is_empty() {
-                    None
-                } else {
-                    self.storm_runaway(now)
-                };
-                let note = match (&runaway, pressure.is_empty()) {
-                    (_, true) => {
-                        "tasks in D state cannot be killed: guard reports the storm and acts on nothing"
-                    }
-                    (Some(_), false) => {
-                        "the storm comes with memory pressure: its offender is the memory runaway, \
-                         and --mem-action applies to it (tasks in D state cannot be killed)"
-                    }
-                    (None, false) => {
-                        "the storm comes with memory pressure, but no unprotected process grew \
-                         in scope (tasks in D state cannot be killed)"
-                    }
-                };
-                let psi = self.host.memory_pressure();
-                let (blame, request) = match runaway {
-                    Some(request) => {
-                        let mut blame = Blame::on(request.offender.clone(), request.kind);
-                        blame.note = Some(note.to_owned());
-                        (blame, Some(request))
-                    }
-                    None => {
-                        let mut blame = Blame::on(None, ActionKind::Log);
-                        blame.note = Some(note.to_owned());
-                        (blame, None)
-                    }
-                };
-                self.out.record(&Alert::BlockedStorm(record::StormAlert {
-                    detector: Detector::Blocked,
-                    rule: Rule::BlockedStorm,
-                    count: count as u64,
-                    killable: killable as u64,
-                    threshold_secs: self.detectors.blocked.rules().threshold_ns as f64 / 1e9,
-                    longest_ms: longest_ns / 1_000_000,
-                    shared_wait: shared.as_ref().map(|s| record::SharedWait {
-                        frames: s.frames.clone(),
-                        tasks: s.tasks as u64,
-                    }),
-                    memory_pressure: record::StormPressure {
-                        psi: psi.map(|p| record::Psi {
-                            full_avg10: p.full_avg10,
-                            some_avg10: p.some_avg10,
-                        }),
-                        reasons: pressure,
-                    },
-                    pids,
-                    blame,
-                }))?;
-                if let Some(request) = request {
-                    self.queue(request)?;
-                }
-            }
-            Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
-                self.out.record(&record::Resolved {
-                    detector: Detector::Blocked,
-                    rule: Rule::BlockedStorm,
-                    peak: peak as u64,
-                    lasted_ms: lasted_ns / 1_000_000,
-                })?;
-            }
-            None => {}
-        }
-        self.out.flush()?;
         Ok(book)
     }
 }

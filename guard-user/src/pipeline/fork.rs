@@ -225,6 +225,64 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// Births, exits and moves of the populations the fork detector counts,
+    /// and of the subtrees it has tagged.
+    pub(super) fn count_population(
+        &mut self,
+        event: &Event,
+        p: &crate::host::proctable::ProcInfo,
+        moved_from: Option<CgroupKey>,
+    ) {
+        let key = self.population_key(&p.cgroups, p.kernel_thread);
+        let now = event.boot_ns();
+        if let Event::Fork(f) = event
+            && !f.is_thread()
+            && !self.tagged.is_empty()
+        {
+            self.follow_birth(p.node, p.tgid, p.start_boot_ns);
+        }
+        // An exec (new comm) or a move (out of scope, into a protected
+        // cgroup) can make a tagged process protected.
+        if matches!(event, Event::Exec(_) | Event::CgroupAttach(_))
+            && self.tagged.contains_key(&p.node)
+        {
+            self.untag_if_protected(p.node, p.tgid);
+        }
+        match (event, key) {
+            // Threads are tasks, as pids.max counts them: births and exits
+            // of the population (a thread's depth runs along the threads
+            // that started threads).
+            (Event::Fork(f), Some(key)) => {
+                let process = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
+                let depth = if f.is_thread() {
+                    let creator = self.thread_depth.get(&f.parent_pid).copied();
+                    let depth = creator.unwrap_or(process) + 1;
+                    if self.thread_depth.len() >= THREADS_KEPT {
+                        self.thread_depth.clear();
+                    }
+                    self.thread_depth.insert(f.child_pid, depth);
+                    depth
+                } else {
+                    process
+                };
+                self.detectors.fork.birth(now, &key, p.node, depth)
+            }
+            (Event::Exit(e), Some(key)) => {
+                self.thread_depth.remove(&e.pid);
+                self.detectors.fork.gone(now, &key)
+            }
+            (Event::CgroupAttach(_), key) if key != moved_from => {
+                if let Some(old) = &moved_from {
+                    self.detectors.fork.gone(now, old);
+                }
+                if let Some(new) = &key {
+                    self.detectors.fork.present(now, new);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Feeds the trend rule: pids.current and pids.max of every populated
     /// cgroup with a limit, and the host's task count.
     pub fn sample_pids(&mut self, now: u64) {

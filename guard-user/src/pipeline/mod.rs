@@ -36,7 +36,7 @@ use crate::{
     },
     host::clock::WallClock,
     host::observe::{Host, LiveHost},
-    host::proctable::{Lineage, NodeId, ProcessTable},
+    host::proctable::{Lineage, NodeId, ProcInfo, ProcessTable},
     host::scope::Scope,
     kernel::decode::{Event, ExitStatus},
     kernel::source::{BlockedBookkeeping, LossCounter},
@@ -331,9 +331,8 @@ impl<W: Write> Pipeline<W> {
     /// Applies one event to the table and the detector, and shows it when it
     /// passes the filters.
     pub fn handle(&mut self, event: &Event) -> io::Result<()> {
-        let kind = event.kind();
         self.last_event_ns = self.last_event_ns.max(event.boot_ns());
-        self.counters.seen[kind as usize] += 1;
+        self.counters.seen[event.kind() as usize] += 1;
         let moved_from = match event {
             Event::CgroupAttach(a) => self
                 .table
@@ -341,21 +340,7 @@ impl<W: Write> Pipeline<W> {
                 .and_then(|p| self.population_key(&p.cgroups, p.kernel_thread)),
             _ => None,
         };
-        let mut plugins = std::mem::take(&mut self.plugins);
-        for plugin in &mut plugins {
-            plugin.before(&self.view(), event);
-        }
-        let subject = self.table.apply(event);
-        let mut verdicts = Vec::new();
-        for plugin in &mut plugins {
-            let mut v = plugin.event(&self.view(), event, subject.as_ref());
-            if !self.settings.runs(plugin.detector()) {
-                v.clear();
-            }
-            verdicts.append(&mut v);
-        }
-        self.plugins = plugins;
-        self.verdicts(verdicts)?;
+        let subject = self.apply_and_route(event)?;
         if let Some(p) = &subject {
             self.track_exemptions(event, p);
         }
@@ -364,54 +349,7 @@ impl<W: Write> Pipeline<W> {
         }
         self.track_memory(event, subject.as_ref());
         if let Some(p) = &subject {
-            let key = self.population_key(&p.cgroups, p.kernel_thread);
-            let now = event.boot_ns();
-            if let Event::Fork(f) = event
-                && !f.is_thread()
-                && !self.tagged.is_empty()
-            {
-                self.follow_birth(p.node, p.tgid, p.start_boot_ns);
-            }
-            // An exec (new comm) or a move (out of scope, into a protected
-            // cgroup) can make a tagged process protected.
-            if matches!(event, Event::Exec(_) | Event::CgroupAttach(_))
-                && self.tagged.contains_key(&p.node)
-            {
-                self.untag_if_protected(p.node, p.tgid);
-            }
-            match (event, key) {
-                // Threads are tasks, as pids.max counts them: births and
-                // exits of the population (a thread's depth runs along the
-                // threads that started threads).
-                (Event::Fork(f), Some(key)) => {
-                    let process = self.table.lineage().get(p.node).map_or(0, |n| n.depth);
-                    let depth = if f.is_thread() {
-                        let creator = self.thread_depth.get(&f.parent_pid).copied();
-                        let depth = creator.unwrap_or(process) + 1;
-                        if self.thread_depth.len() >= THREADS_KEPT {
-                            self.thread_depth.clear();
-                        }
-                        self.thread_depth.insert(f.child_pid, depth);
-                        depth
-                    } else {
-                        process
-                    };
-                    self.detectors.fork.birth(now, &key, p.node, depth)
-                }
-                (Event::Exit(e), Some(key)) => {
-                    self.thread_depth.remove(&e.pid);
-                    self.detectors.fork.gone(now, &key)
-                }
-                (Event::CgroupAttach(_), key) if key != moved_from => {
-                    if let Some(old) = &moved_from {
-                        self.detectors.fork.gone(now, old);
-                    }
-                    if let Some(new) = &key {
-                        self.detectors.fork.present(now, new);
-                    }
-                }
-                _ => {}
-            }
+            self.count_population(event, p, moved_from);
         }
         if let (Event::CgroupAttach(_), Some(p)) = (event, &subject)
             && self.settings.kernel_filter
@@ -427,27 +365,51 @@ impl<W: Write> Pipeline<W> {
             // Already reported released from a snapshot.
             return Ok(());
         }
+        self.show(event, subject.as_ref())
+    }
+
+    /// Applies `event` to the process table, with the plugins told before
+    /// and after; writes their alerts. Returns the process it is about.
+    fn apply_and_route(&mut self, event: &Event) -> io::Result<Option<ProcInfo>> {
+        let mut plugins = std::mem::take(&mut self.plugins);
+        for plugin in &mut plugins {
+            plugin.before(&self.view(), event);
+        }
+        let subject = self.table.apply(event);
+        let mut verdicts = Vec::new();
+        for plugin in &mut plugins {
+            let mut v = plugin.event(&self.view(), event, subject.as_ref());
+            if !self.settings.runs(plugin.detector()) {
+                v.clear();
+            }
+            verdicts.append(&mut v);
+        }
+        self.plugins = plugins;
+        self.verdicts(verdicts)?;
+        Ok(subject)
+    }
+
+    /// Writes `event` when it passes the filters, with what the process
+    /// table knows of its subject.
+    fn show(&mut self, event: &Event, subject: Option<&ProcInfo>) -> io::Result<()> {
         let s = &self.settings;
-        if !s.events.contains(kind)
+        if !s.events.contains(event.kind())
             || (event.is_thread_level() && !s.threads)
-            || !self.scope.contains(subject.as_ref())
+            || !self.scope.contains(subject)
         {
             return Ok(());
         }
         let ppid = match event {
             Event::Fork(f) => Some(f.child_ppid),
             Event::Exit(e) => Some(e.ppid),
-            _ => subject.as_ref().map(|p| p.ppid),
+            _ => subject.map(|p| p.ppid),
         };
         let ctx = Context {
-            comm: subject.as_ref().map(|p| p.comm),
+            comm: subject.map(|p| p.comm),
             ppid,
             parent_comm: ppid.and_then(|p| self.table.get(p)).map(|p| p.comm),
-            cgroup: subject
-                .as_ref()
-                .and_then(|p| p.cgroup(self.primary))
-                .map(|s| &**s),
-            age_ns: match (event, &subject) {
+            cgroup: subject.and_then(|p| p.cgroup(self.primary)).map(|s| &**s),
+            age_ns: match (event, subject) {
                 (Event::Exit(e), Some(p)) if p.start_boot_ns > 0 => {
                     Some(e.boot_ns.saturating_sub(p.start_boot_ns))
                 }
@@ -455,7 +417,7 @@ impl<W: Write> Pipeline<W> {
             },
             memory_cgroup: match (event, self.mem_index) {
                 (Event::OomKill(_), Some(index)) => {
-                    subject.as_ref().and_then(|p| p.cgroup(index)).map(|c| &**c)
+                    subject.and_then(|p| p.cgroup(index)).map(|c| &**c)
                 }
                 _ => None,
             },
