@@ -318,6 +318,54 @@ pub fn markdown() -> String {
             }
         }
     }
+    // The types records refer to (an offender, an outcome...).
+    let mut shared: Vec<(&String, &Value)> = defs
+        .iter()
+        .filter(|(name, def)| {
+            name.chars().next().is_some_and(char::is_uppercase)
+                && (def.get("properties").is_some() || def.get("anyOf").is_some())
+        })
+        .collect();
+    shared.sort_by_key(|(name, _)| *name);
+    if !shared.is_empty() {
+        md.push_str("\n# Types the records refer to\n");
+    }
+    for (name, def) in shared {
+        let _ = writeln!(md, "\n## {name}");
+        let forms: Vec<&Value> = match def.get("anyOf").and_then(Value::as_array) {
+            Some(forms) => forms
+                .iter()
+                .filter_map(|f| match f["$ref"].as_str() {
+                    Some(r) => target(defs, r),
+                    None => Some(f),
+                })
+                .filter(|f| f.get("properties").is_some())
+                .collect(),
+            None => vec![def],
+        };
+        if let Some(d) = def["description"].as_str() {
+            let _ = writeln!(md, "\n{}", d.replace('\n', " "));
+        }
+        for form in forms {
+            let _ = writeln!(md, "\n| field | type | meaning |\n|---|---|---|");
+            let required: Vec<&str> = form["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for (field, property) in form["properties"].as_object().unwrap_or(&empty) {
+                let shown = if required.contains(&field.as_str()) {
+                    format!("`{field}`")
+                } else {
+                    format!("*`{field}`*")
+                };
+                let meaning = property["description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .replace('\n', " ");
+                let _ = writeln!(md, "| {shown} | {} | {meaning} |", type_name(property));
+            }
+        }
+    }
     md
 }
 
