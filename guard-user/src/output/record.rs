@@ -4,9 +4,12 @@
 //! metrics read their typed fields, and `output::schema` derives the JSON
 //! Schema from them (`cargo xtask schema` writes schema/guard.schema.json).
 //!
-//! Nested objects list their fields in alphabetical order, as the records
-//! built from `json!` maps did, so the NDJSON stays byte-compatible where
-//! the shape did not change (see docs/schema.md for what did).
+//! Fields are written in their type's order. Top-level fields keep the
+//! order the records had before they were typed; nested objects that were
+//! `json!` maps (written alphabetically) keep alphabetical order where the
+//! type allows it (an offender's own fields, a supervisor), and otherwise
+//! follow the type (an outcome, the memory figures of an offender): see
+//! docs/schema.md for what changed.
 
 use std::collections::BTreeMap;
 

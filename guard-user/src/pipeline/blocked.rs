@@ -80,33 +80,7 @@ impl<W: Write> Pipeline<W> {
         let changes = self.detectors.blocked.snapshot(now, &in_scope);
         let book = self.report_changes(now, &changes)?;
         match self.detectors.blocked.check(now) {
-            Some(BlockedVerdict::Storm {
-                count,
-                killable,
-                pids,
-                shared,
-                longest_ns,
-            }) => {
-                let storm = record::StormAlert {
-                    detector: Detector::Blocked,
-                    rule: Rule::BlockedStorm,
-                    count: count as u64,
-                    killable: killable as u64,
-                    threshold_secs: self.detectors.blocked.rules().threshold_ns as f64 / 1e9,
-                    longest_ms: longest_ns / 1_000_000,
-                    shared_wait: shared.as_ref().map(|s| record::SharedWait {
-                        frames: s.frames.clone(),
-                        tasks: s.tasks as u64,
-                    }),
-                    memory_pressure: record::StormPressure {
-                        psi: None,
-                        reasons: Vec::new(),
-                    },
-                    pids,
-                    blame: Blame::nobody(""),
-                };
-                self.storm_alert(now, storm)?;
-            }
+            Some(storm @ BlockedVerdict::Storm { .. }) => self.storm_alert(now, storm)?,
             Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
                 self.out.record(&record::Resolved {
                     detector: Detector::Blocked,
@@ -123,7 +97,17 @@ impl<W: Write> Pipeline<W> {
 
     /// A storm's alert: with memory pressure, its offender is the memory
     /// runaway (and the memory action applies); without, nobody.
-    fn storm_alert(&mut self, now: u64, mut storm: record::StormAlert) -> io::Result<()> {
+    fn storm_alert(&mut self, now: u64, storm: BlockedVerdict) -> io::Result<()> {
+        let BlockedVerdict::Storm {
+            count,
+            killable,
+            pids,
+            shared,
+            longest_ns,
+        } = storm
+        else {
+            return Ok(());
+        };
         let pressure = self.storm_pressure(now);
         let runaway = if pressure.is_empty() {
             None
@@ -143,19 +127,32 @@ impl<W: Write> Pipeline<W> {
                  in scope (tasks in D state cannot be killed)"
             }
         };
-        storm.memory_pressure = record::StormPressure {
-            psi: self.host.memory_pressure().map(|p| record::Psi {
-                full_avg10: p.full_avg10,
-                some_avg10: p.some_avg10,
-            }),
-            reasons: pressure,
-        };
-        storm.blame = match &runaway {
+        let mut blame = match &runaway {
             Some(request) => Blame::on(request.offender.clone(), request.kind),
             None => Blame::on(None, ActionKind::Log),
         };
-        storm.blame.note = Some(note.to_owned());
-        self.out.record(&Alert::BlockedStorm(storm))?;
+        blame.note = Some(note.to_owned());
+        self.out.record(&Alert::BlockedStorm(record::StormAlert {
+            detector: Detector::Blocked,
+            rule: Rule::BlockedStorm,
+            count: count as u64,
+            killable: killable as u64,
+            threshold_secs: self.detectors.blocked.rules().threshold_ns as f64 / 1e9,
+            longest_ms: longest_ns / 1_000_000,
+            shared_wait: shared.map(|s| record::SharedWait {
+                frames: s.frames,
+                tasks: s.tasks as u64,
+            }),
+            memory_pressure: record::StormPressure {
+                psi: self.host.memory_pressure().map(|p| record::Psi {
+                    full_avg10: p.full_avg10,
+                    some_avg10: p.some_avg10,
+                }),
+                reasons: pressure,
+            },
+            pids,
+            blame,
+        }))?;
         match runaway {
             Some(request) => self.queue(request),
             None => Ok(()),
