@@ -126,15 +126,6 @@ pub enum LimitRule {
     Rush,
 }
 
-impl LimitRule {
-    pub fn name(self) -> &'static str {
-        match self {
-            LimitRule::Trend => "pids_limit_trend",
-            LimitRule::Rush => "pids_limit_rush",
-        }
-    }
-}
-
 /// The rush rule: births in each of the last [`RUSH_SLICES`] slices of
 /// this length, back from the newest birth.
 pub const RUSH_SLICE_NS: u64 = 50_000_000;

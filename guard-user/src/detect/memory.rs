@@ -64,16 +64,6 @@ pub enum MemoryRule {
     Pressure,
 }
 
-impl MemoryRule {
-    pub fn name(self) -> &'static str {
-        match self {
-            MemoryRule::Horizon => "memory_limit_trend",
-            MemoryRule::Headroom => "memory_headroom",
-            MemoryRule::Pressure => "memory_pressure",
-        }
-    }
-}
-
 /// A process that grew in the pool, biggest growth first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grower {

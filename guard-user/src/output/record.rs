@@ -105,6 +105,27 @@ impl Rule {
     }
 }
 
+impl From<crate::detect::fork::LimitRule> for Rule {
+    fn from(rule: crate::detect::fork::LimitRule) -> Self {
+        use crate::detect::fork::LimitRule;
+        match rule {
+            LimitRule::Trend => Rule::PidsLimitTrend,
+            LimitRule::Rush => Rule::PidsLimitRush,
+        }
+    }
+}
+
+impl From<crate::detect::memory::MemoryRule> for Rule {
+    fn from(rule: crate::detect::memory::MemoryRule) -> Self {
+        use crate::detect::memory::MemoryRule;
+        match rule {
+            MemoryRule::Horizon => Rule::MemoryLimitTrend,
+            MemoryRule::Headroom => Rule::MemoryHeadroom,
+            MemoryRule::Pressure => Rule::MemoryPressure,
+        }
+    }
+}
+
 /// How an action ended, as the metrics count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ActionResult {

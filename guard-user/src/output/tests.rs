@@ -100,9 +100,9 @@ fn json_exit_by_signal_and_unknown_context() {
     assert!(v["ppid"].is_null() && v["cgroup"].is_null() && v["parent_comm"].is_null());
 }
 
-#[test]
-fn json_escapes_strings() {
-    let fork = Event::Fork(Fork {
+/// Process 2 forked by 1, with these names.
+fn fork_of(parent_comm: Comm, child_comm: Comm) -> Event {
+    Event::Fork(Fork {
         boot_ns: 1,
         parent_pid: 1,
         parent_tgid: 1,
@@ -111,9 +111,17 @@ fn json_escapes_strings() {
         child_ppid: 1,
         kernel_thread: false,
         child_cgroup_id: 0,
-        parent_comm: Comm::from_str_lossy("a\"b\\c"),
-        child_comm: Comm::from_str_lossy("tab\there"),
-    });
+        parent_comm,
+        child_comm,
+    })
+}
+
+#[test]
+fn json_escapes_strings() {
+    let fork = fork_of(
+        Comm::from_str_lossy("a\"b\\c"),
+        Comm::from_str_lossy("tab\there"),
+    );
     let v = json_line(
         &fork,
         &Context {
@@ -380,18 +388,7 @@ mod schema_checks {
     fn every_event() -> Vec<Event> {
         let comm = Comm::new(*b"w\xffrker\0\0\0\0\0\0\0\0\0\0");
         vec![
-            Event::Fork(Fork {
-                boot_ns: 1,
-                parent_pid: 1,
-                parent_tgid: 1,
-                child_pid: 2,
-                child_tgid: 2,
-                child_ppid: 1,
-                kernel_thread: false,
-                child_cgroup_id: 0,
-                parent_comm: comm,
-                child_comm: comm,
-            }),
+            fork_of(comm, comm),
             hostile_exec(),
             exit(ExitStatus::Exited(3)),
             exit(ExitStatus::Signaled {
@@ -507,6 +504,35 @@ mod schema_checks {
             twin["cgroup_hex"].as_str().map(|h| h.ends_with("fffe")),
             Some(true)
         );
+    }
+
+    /// The names code uses (metrics labels, hook variables) are the names
+    /// the records write.
+    #[test]
+    fn names_are_the_serialized_names() {
+        use crate::{detect::switches::Detector, respond::policy::ActionKind};
+        let named = |value: serde_json::Value, name: &str| {
+            assert_eq!(value, serde_json::Value::from(name));
+        };
+        for rule in [
+            Rule::Explosion,
+            Rule::PidsLimitTrend,
+            Rule::PidsLimitRush,
+            Rule::Leak,
+            Rule::CrashLoop,
+            Rule::MemoryLimitTrend,
+            Rule::MemoryHeadroom,
+            Rule::MemoryPressure,
+            Rule::BlockedStorm,
+        ] {
+            named(serde_json::to_value(rule).expect("rule"), rule.name());
+        }
+        for d in Detector::ALL {
+            named(serde_json::to_value(d).expect("detector"), d.name());
+        }
+        for a in [ActionKind::Log, ActionKind::Stop, ActionKind::Kill] {
+            named(serde_json::to_value(a).expect("action"), a.name());
+        }
     }
 
     #[test]

@@ -604,10 +604,7 @@ fn fork_alert(verdict: &ForkVerdict, condemned_by_kernel: bool, blame: Blame) ->
             ..
         } => Alert::PidsLimit(PidsLimitAlert {
             detector: Detector::Fork,
-            rule: match rule {
-                LimitRule::Trend => Rule::PidsLimitTrend,
-                LimitRule::Rush => Rule::PidsLimitRush,
-            },
+            rule: (*rule).into(),
             cgroup: cgroup.to_string(),
             current: *current,
             limit: *limit,

@@ -348,11 +348,7 @@ impl<W: Write> Pipeline<W> {
         // guard acts on it, and only on a subtree that grew by a sixteenth
         // of the host's memory.
         let pressure_only = v.rule == MemoryRule::Pressure && !self.scope.cgroups.is_empty();
-        let rule = match v.rule {
-            MemoryRule::Horizon => Rule::MemoryLimitTrend,
-            MemoryRule::Headroom => Rule::MemoryHeadroom,
-            MemoryRule::Pressure => Rule::MemoryPressure,
-        };
+        let rule = Rule::from(v.rule);
         let request = self
             .memory_request(
                 now,
