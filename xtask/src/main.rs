@@ -306,6 +306,11 @@ fn setup() -> Result<()> {
         ("mkfs.ext4", "e2fsprogs"),
         ("losetup", "mount"),
         ("fsfreeze", "util-linux"),
+        // A real service manager for the crash-loop tests (runsv).
+        ("runsv", "runit"),
+        // Real status polls and retries for the crash-loop tests.
+        ("curl", "curl"),
+        ("pg_isready", "postgresql-client"),
     ] {
         if !tool_exists(tool) {
             missing.push(package);

@@ -390,6 +390,7 @@ fn build_pipeline(
             count: u32::MAX,
             window_ns: 1_000_000_000,
             max_lifetime_ns: 0,
+            ..CrashLoopRules::default()
         }),
         Ignore::for_detector(&plan.ignore_rules, Detector::Crashloop),
     );

@@ -181,12 +181,14 @@ pub struct Args {
     pub pids_horizon: u64,
 
     /// Crash-loop rule: alert when the same command (program and
-    /// arguments), in the same cgroup, under the same parent, crashes this
-    /// many times within this many seconds (2 to 10000 crashes within 1 to
-    /// 86400 seconds), or `off`. A crash is a quick non-zero exit (except
-    /// exit 1 of grep, test, diff, false and other status utilities), a
-    /// fault signal (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGSYS,
-    /// SIGTRAP) or the OOM killer; a kill by anyone else is none.
+    /// arguments), in the same cgroup, restarted by the same parent with
+    /// nothing else run between, crashes this many times within this many
+    /// seconds (2 to 10000 crashes within 1 to 86400 seconds), or `off`. A
+    /// crash is a quick non-zero exit, a fault signal (SIGSEGV, SIGABRT,
+    /// SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGTRAP) or the OOM killer; a kill by
+    /// anyone else is none. A command a script runs between other programs
+    /// (`ls`, `stat`, `until probe; do sleep 1; done`) is no restart, and a
+    /// success ends a loop.
     #[arg(help_heading = "Crash loops", long, value_name = "N/SECS|off", default_value_t = crate::detect::crashloop::CrashLoopSetting::DEFAULT, value_parser = crate::detect::crashloop::parse_setting)]
     pub crashloop: crate::detect::crashloop::CrashLoopSetting,
 
@@ -197,7 +199,8 @@ pub struct Args {
 
     /// What a crash-loop alert leads to: `log`, or `stop`: SIGSTOP the
     /// supervisor that keeps restarting the program (resume it with
-    /// SIGCONT), only when it is not PID 1, not a service manager (systemd,
+    /// SIGCONT), only once the loop is sustained (--crashloop-stop-after)
+    /// and only when it is not PID 1, not a service manager (systemd,
     /// supervisord, runsv, container shims...), not protected and inside
     /// --cgroup; otherwise the alert says why it was not stopped.
     #[arg(help_heading = "Crash loops", long, value_enum, default_value_t = CrashLoopAction::Log)]
@@ -208,9 +211,19 @@ pub struct Args {
     #[arg(help_heading = "Crash loops", long, value_name = "SECS", default_value_t = crate::detect::crashloop::DEFAULT_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub crashloop_lifetime: u64,
 
+    /// A crash loop is sustained, and only then may be stopped, after this
+    /// many crashes over at least this many seconds without a break (no
+    /// success, no quiet window), the program running at least half that
+    /// time: a boot-time wait is over by then, and a retry paced by sleeps
+    /// never qualifies (2 to 1000000 crashes over 0 to 86400 seconds).
+    #[arg(help_heading = "Crash loops", long, value_name = "N/SECS", default_value_t = crate::detect::crashloop::SustainedSetting::DEFAULT, value_parser = crate::detect::crashloop::parse_sustained)]
+    pub crashloop_stop_after: crate::detect::crashloop::SustainedSetting,
+
     /// Leak rule: alert when a cgroup's task count (pids.current) keeps
-    /// rising over this many seconds, the lowest count of each fifth of the
-    /// window above the one before (10 to 86400)...
+    /// rising with no plateau, the lowest count of each sixth of a window
+    /// above the one before and still rising at its end: over 3 minutes,
+    /// or over windows doubling from there up to this many seconds for
+    /// slower growth (10 to 86400; below 180 the only window)...
     #[arg(help_heading = "Leaks", long, value_name = "SECS", default_value_t = crate::detect::leak::DEFAULT_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(10..=86_400))]
     pub leak_window: u64,
 
@@ -356,6 +369,8 @@ impl Args {
             count,
             window_ns: secs * 1_000_000_000,
             max_lifetime_ns: self.crashloop_lifetime * 1_000_000_000,
+            sustained_count: self.crashloop_stop_after.0,
+            sustained_ns: self.crashloop_stop_after.1 * 1_000_000_000,
         })
     }
 

@@ -398,8 +398,13 @@ pub struct PidsLimitAlert {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
+    /// The cgroup's `pids.max`.
     Pids,
+    /// The memory pool: a memory cgroup's limit, or the host's memory.
     Memory,
+    /// The host's task table: the lower of `kernel.pid_max` and
+    /// `kernel.threads-max`.
+    HostTasks,
 }
 
 /// `leak`: a population that keeps growing, with projections.
@@ -409,7 +414,10 @@ pub struct LeakAlert {
     pub rule: Rule,
     pub cgroup: String,
     pub tasks_now: u64,
+    /// Tasks at the start of the window that met the rule.
     pub tasks_before: u64,
+    /// That window: 180 s for growth of a task every 9 s or faster, longer
+    /// for slower growth (up to `--leak-window`).
     pub window_secs: u64,
     pub per_min: f64,
     pub pids_limit: Option<u64>,
@@ -419,7 +427,15 @@ pub struct LeakAlert {
     pub memory_pool: String,
     pub memory_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// The memory (anon + shmem) each member of the leaking subtree holds,
+    /// on average: what each new one will add.
+    pub memory_per_task_bytes: Option<u64>,
     pub memory_eta_secs: Option<f64>,
+    /// Tasks on the host, and the most it can have (the lower of
+    /// `kernel.pid_max` and `kernel.threads-max`).
+    pub host_tasks: Option<u64>,
+    pub host_tasks_limit: Option<u64>,
+    pub host_tasks_eta_secs: Option<f64>,
     pub runs_out_first: Option<Resource>,
     #[serde(flatten)]
     pub blame: Blame,
@@ -442,9 +458,23 @@ pub struct CrashLoopAlert {
     /// The systemd unit of the cgroup, if it is one's.
     pub unit: Option<String>,
     pub supervisor: Supervisor,
+    /// Crashes within the window.
     pub crashes: u64,
     pub window_secs: u64,
+    /// Crashes a minute in the window (over a second at least).
     pub per_minute: f64,
+    /// Crashes since the loop began (after its last success, or a window
+    /// without one).
+    pub loop_crashes: u64,
+    /// How long the loop has gone on without a break.
+    pub loop_secs: f64,
+    /// The share of that time the program was running (0 to 1): a retry
+    /// paced by long waits is far below one half.
+    pub busy: f64,
+    /// The loop is sustained (see `--crashloop-stop-after`): the only kind
+    /// `--crashloop-action stop` acts on. The first alert of a loop is an
+    /// early report, and a sustained loop gets one more.
+    pub sustained: bool,
     /// The last exits: `exit N` or a signal's name.
     pub statuses: Vec<String>,
     pub last_pid: u32,

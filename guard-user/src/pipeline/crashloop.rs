@@ -59,6 +59,7 @@ impl CrashLoopWatch {
         {
             ActionKind::Log => (ActionKind::Log, None),
             kind => match supervisor_spared(view, l) {
+                None if !l.sustained => (ActionKind::Log, Some(NOT_SUSTAINED)),
                 Some(why) => (ActionKind::Log, Some(why)),
                 None => (kind, None),
             },
@@ -81,6 +82,10 @@ impl CrashLoopWatch {
             crashes: u64::from(l.crashes),
             window_secs: l.window_ns / 1_000_000_000,
             per_minute: (l.per_minute * 10.0).round() / 10.0,
+            loop_crashes: l.total,
+            loop_secs: (l.loop_ns as f64 / 1e8).round() / 10.0,
+            busy: (l.busy * 100.0).round() / 100.0,
+            sustained: l.sustained,
             statuses,
             last_pid: l.last_pid,
             action,
@@ -108,6 +113,11 @@ impl CrashLoopWatch {
         }
     }
 }
+
+/// Why an early report is not acted on.
+const NOT_SUSTAINED: &str = "not sustained yet: only a loop that has gone on for \
+     --crashloop-stop-after (crashes and seconds), with the program running at least half \
+     that time, is stopped";
 
 /// Why the supervisor of a crash loop must not be stopped; `None` when it
 /// may be (see `--crashloop-action`): only the live process that started

@@ -59,6 +59,9 @@ pub struct FakeHost {
     pub host_memory: Mutex<Option<MemUsage>>,
     /// tgid → unreclaimable bytes.
     pub processes: Mutex<HashMap<u32, u64>>,
+    /// Tasks on the host, and its task limit (`host_pids`); by default
+    /// 300 of 4,194,304.
+    pub host_tasks: Mutex<Option<(u64, u64)>>,
     pub pressure: Mutex<Option<MemoryPressure>>,
 }
 
@@ -88,7 +91,7 @@ impl Host for FakeHost {
         lock(&self.pids).get(dir).copied()
     }
     fn host_pids(&self) -> Option<(u64, u64)> {
-        Some((300, 4_194_304))
+        Some(lock(&self.host_tasks).unwrap_or((300, 4_194_304)))
     }
     fn memory_limit(&self, dir: &str) -> Option<u64> {
         lock(&self.memcg).get(dir).map(|u| u.limit)

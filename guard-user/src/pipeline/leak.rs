@@ -25,32 +25,41 @@ impl LeakWatch {
         let lineage = view.table.lineage();
         let offender = find_offender(lineage, &recent, |n| view.spared(Detector::Leak, n));
         let per_sec = v.per_min / 60.0;
+        let eta = |room: u64, per_sec: f64| (per_sec > 0.0).then(|| room as f64 / per_sec);
         let pids_eta = v
             .limit
-            .filter(|_| per_sec > 0.0)
-            .map(|limit| limit.saturating_sub(v.now) as f64 / per_sec);
+            .and_then(|limit| eta(limit.saturating_sub(v.now), per_sec));
         // Memory: the pool the leaking processes count against, at the
-        // memory each task holds now.
+        // memory each member of the subtree holds now.
+        let members = offender
+            .as_ref()
+            .map(|o| unprotected_members(lineage, view.protection, o.node))
+            .unwrap_or_default();
         let pool = offender
             .as_ref()
             .and_then(|o| lineage.get(o.node))
             .and_then(|n| view.pool_of(&n.cgroups))
             .unwrap_or_else(|| PoolKey::from(HOST));
         let memory = view.host.pool_usage(&pool);
-        let memory_eta = memory.filter(|_| v.now > 0 && per_sec > 0.0).map(|m| {
-            let per_task = m.unreclaimable as f64 / v.now as f64;
-            m.limit.saturating_sub(m.unreclaimable) as f64 / (per_task * per_sec).max(1.0)
+        let per_task = per_member_memory(view, &members);
+        let memory_eta = memory.zip(per_task).and_then(|(m, each)| {
+            eta(
+                m.limit.saturating_sub(m.unreclaimable),
+                each.max(1) as f64 * per_sec,
+            )
         });
-        let first = match (pids_eta, memory_eta) {
-            (Some(p), Some(m)) => Some(if p <= m {
-                Resource::Pids
-            } else {
-                Resource::Memory
-            }),
-            (Some(_), None) => Some(Resource::Pids),
-            (None, Some(_)) => Some(Resource::Memory),
-            (None, None) => None,
-        };
+        // The host's task table, which every task on it counts against.
+        let host = view.host.host_pids();
+        let host_eta = host.and_then(|(tasks, limit)| eta(limit.saturating_sub(tasks), per_sec));
+        let first = [
+            (Resource::Pids, pids_eta),
+            (Resource::Memory, memory_eta),
+            (Resource::HostTasks, host_eta),
+        ]
+        .into_iter()
+        .filter_map(|(r, eta)| Some((r, eta?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(r, _)| r);
         let round = |s: Option<f64>| s.map(|s| (s * 10.0).round() / 10.0);
         let alert = |blame| {
             Alert::Leak(LeakAlert {
@@ -66,7 +75,11 @@ impl LeakWatch {
                 memory_pool: pool.to_string(),
                 memory_bytes: memory.map(|m| m.unreclaimable),
                 memory_limit_bytes: memory.map(|m| m.limit),
+                memory_per_task_bytes: per_task,
                 memory_eta_secs: round(memory_eta),
+                host_tasks: host.map(|h| h.0),
+                host_tasks_limit: host.map(|h| h.1),
+                host_tasks_eta_secs: round(host_eta),
                 runs_out_first: first,
                 blame,
             })
@@ -81,7 +94,6 @@ impl LeakWatch {
                 action: None,
             };
         };
-        let members = unprotected_members(lineage, view.protection, offender.node);
         let described = view.describe(offender.node, members.len());
         let action = view.settings.action(Detector::Leak, Some(&v.cgroup));
         let request = (action != ActionKind::Log && !members.is_empty()).then(|| ActionRequest {
@@ -100,6 +112,22 @@ impl LeakWatch {
             action: request,
         }
     }
+}
+
+/// Members' memory read at most: enough for an average.
+const MEMBERS_SAMPLED: usize = 64;
+
+/// The memory (anon + shmem) a member holds, on average over up to
+/// [`MEMBERS_SAMPLED`] of them; `None` when none could be read.
+fn per_member_memory(view: &View<'_>, members: &[Member]) -> Option<u64> {
+    let step = (members.len() / MEMBERS_SAMPLED).max(1);
+    let read: Vec<u64> = members
+        .iter()
+        .step_by(step)
+        .take(MEMBERS_SAMPLED)
+        .filter_map(|m| view.host.process_unreclaimable(m.tgid))
+        .collect();
+    (!read.is_empty()).then(|| read.iter().sum::<u64>() / read.len() as u64)
 }
 
 impl Plugin for LeakWatch {

@@ -15,11 +15,29 @@ use crate::{
     respond::policy::ActionKind,
 };
 
+/// The default rules, but a loop is sustained at its 5th crash (the
+/// default's two minutes are `a_loop_is_stopped_only_once_sustained`'s).
 fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
+    fixture_with(
+        settings,
+        protected,
+        CrashLoopRules {
+            sustained_count: 5,
+            sustained_ns: 0,
+            ..CrashLoopRules::default()
+        },
+    )
+}
+
+fn fixture_with(
+    settings: crate::pipeline::Settings,
+    protected: &[u32],
+    rules: CrashLoopRules,
+) -> Fixture {
     Fixture::new(
         settings,
         vec![Box::new(CrashLoopWatch::new(CrashLoopDetector::new(
-            CrashLoopRules::default(),
+            rules,
             Ignore::default(),
         )))],
         &[(100, 1, "supervisor")],
@@ -27,7 +45,7 @@ fn fixture(settings: crate::pipeline::Settings, protected: &[u32]) -> Fixture {
     )
 }
 
-/// The supervisor starts `program`, which fails with `status` after 20 ms,
+/// The supervisor starts `program`, which fails with `status` after 90 ms,
 /// `times` times, 100 ms apart; the exit's parent is `ppid_at_exit`
 /// (`None`: the supervisor). Returns every request the checks made.
 fn restarts(
@@ -45,7 +63,7 @@ fn restarts(
         f.handle(fixture::exec(t + MS, pid, "/usr/sbin/server"));
         if oom {
             f.handle(Event::OomKill(OomKill {
-                boot_ns: t + 19 * MS,
+                boot_ns: t + 89 * MS,
                 pid,
                 comm: None,
                 uid: Some(0),
@@ -60,13 +78,13 @@ fn restarts(
             }));
         }
         f.handle(fixture::exit(
-            t + 20 * MS,
+            t + 90 * MS,
             pid,
             ppid_at_exit.unwrap_or(100),
             status,
             "server",
         ));
-        requests.extend(f.pipe.check(t + 20 * MS).expect("check"));
+        requests.extend(f.pipe.check(t + 90 * MS).expect("check"));
     }
     requests
 }
@@ -271,17 +289,38 @@ fn deaths_in_a_subtree_guard_acts_on_are_not_crashes() {
 }
 
 #[test]
-fn a_status_utilitys_exit_1_is_an_answer_a_fault_is_a_crash() {
-    // `until grep -q ready /run/x; do ...`: grep answers 1 for "no".
-    let mut f = fixture(fixture::settings(), &[]);
-    runs(
-        &mut f,
-        "/usr/bin/grep",
-        (8, 500),
-        (100 * MS, 20 * MS),
-        ExitStatus::Exited(1),
-    );
-    assert!(f.alerts().is_empty());
+fn a_retry_between_sleeps_is_no_loop_a_fault_is_a_crash() {
+    // `until grep -q ready /run/x; do sleep 0.1; done`, under stop: grep
+    // (exit 1, "no") runs between sleeps, so it is retried, not restarted.
+    let mut settings = fixture::settings();
+    settings.crashloop_action = ActionKind::Stop;
+    let mut f = fixture(settings, &[]);
+    let mut requests = Vec::new();
+    for i in 0..30u32 {
+        let t = SEC + u64::from(i) * 120 * MS;
+        let (grep, sleep) = (500 + 2 * i, 501 + 2 * i);
+        f.handle(fixture::fork(t, 100, grep, "supervisor"));
+        f.handle(fixture::exec(t + MS, grep, "/usr/bin/grep"));
+        f.handle(fixture::exit(
+            t + 5 * MS,
+            grep,
+            100,
+            ExitStatus::Exited(1),
+            "grep",
+        ));
+        f.handle(fixture::fork(t + 6 * MS, 100, sleep, "supervisor"));
+        f.handle(fixture::exec(t + 7 * MS, sleep, "/usr/bin/sleep"));
+        f.handle(fixture::exit(
+            t + 110 * MS,
+            sleep,
+            100,
+            ExitStatus::Exited(0),
+            "sleep",
+        ));
+        requests.extend(f.pipe.check(t + 110 * MS).expect("check"));
+    }
+    assert!(f.alerts().is_empty(), "{:?}", f.alerts());
+    assert!(requests.is_empty());
 
     let mut f = fixture(fixture::settings(), &[]);
     let segv = ExitStatus::Signaled {
@@ -291,4 +330,59 @@ fn a_status_utilitys_exit_1_is_an_answer_a_fault_is_a_crash() {
     restarts(&mut f, 5, segv, None, false);
     let a = &f.alerts()[0];
     assert_eq!(a["statuses"][4], "SIGSEGV", "{a}");
+}
+
+/// With the default rules, `--crashloop-action stop` waits for the loop to
+/// be sustained: the early report says why it did not stop, and the stop
+/// comes with the first crash past two minutes and 20 crashes.
+#[test]
+fn a_loop_is_stopped_only_once_sustained() {
+    let mut settings = fixture::settings();
+    settings.crashloop_action = ActionKind::Stop;
+    let mut f = fixture_with(settings, &[], CrashLoopRules::default());
+    let mut stop_at = None;
+    for i in 0..1500u32 {
+        // dies 90 ms after each start, restarted at once
+        let t = SEC + u64::from(i) * 100 * MS;
+        let pid = 500 + i;
+        f.handle(fixture::fork(t, 100, pid, "supervisor"));
+        f.handle(fixture::exec(t + MS, pid, "/usr/sbin/server"));
+        f.handle(fixture::exit(
+            t + 90 * MS,
+            pid,
+            100,
+            ExitStatus::Exited(3),
+            "server",
+        ));
+        let requests = f.pipe.check(t + 90 * MS).expect("check");
+        if !requests.is_empty() && stop_at.is_none() {
+            assert_eq!(requests[0].kind, ActionKind::Stop);
+            stop_at = Some(t + 90 * MS - SEC);
+        }
+    }
+    let alerts = f.alerts();
+    let early = &alerts[0];
+    assert_eq!(
+        (early["action"].as_str(), early["sustained"].as_bool()),
+        (Some("log"), Some(false)),
+        "{early}"
+    );
+    assert!(
+        early["not_stopped_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("not sustained")),
+        "{early}"
+    );
+    let stop_at = stop_at.expect("stopped once sustained");
+    assert!((120 * SEC..121 * SEC).contains(&stop_at), "{stop_at}");
+    let sustained = alerts
+        .iter()
+        .find(|a| a["sustained"] == true)
+        .expect("the sustained alert");
+    assert_eq!(sustained["action"], "stop", "{sustained}");
+    assert!(
+        sustained["loop_crashes"].as_u64() >= Some(1200),
+        "{sustained}"
+    );
+    assert!(sustained["busy"].as_f64() >= Some(0.85), "{sustained}");
 }

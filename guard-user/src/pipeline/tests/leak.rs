@@ -11,6 +11,9 @@ use crate::{
     respond::policy::ActionKind,
 };
 
+/// What each helper holds (anon + shmem).
+const HELPER_BYTES: u64 = 2 << 20;
+
 /// A 20 s window, 10 tasks of growth.
 fn rules() -> LeakRules {
     LeakRules {
@@ -30,13 +33,24 @@ fn fixture(settings: crate::pipeline::Settings) -> Fixture {
     f
 }
 
-/// The server forks a helper every second, none exits; guard reads the
-/// cgroup's count every second. Returns every request of the checks.
+/// The server forks a helper every second, none exits, each holding
+/// `HELPER_BYTES`; guard reads the cgroup's count every second. Returns
+/// every request of the checks.
 fn leak_for(f: &mut Fixture, secs: u64, limit: Option<u64>) -> Vec<crate::pipeline::ActionRequest> {
     let mut requests = Vec::new();
+    f.host
+        .processes
+        .lock()
+        .expect("lock")
+        .insert(100, HELPER_BYTES);
     for s in 0..=secs {
         let t = s * SEC;
         let pid = 200 + s as u32;
+        f.host
+            .processes
+            .lock()
+            .expect("lock")
+            .insert(pid, HELPER_BYTES);
         f.handle(fixture::fork(t, 100, pid, "server"));
         f.host.set_pids(PIDS_JOBS, 2 + s, limit);
         f.pipe.sample_pids(t);
@@ -57,19 +71,26 @@ fn a_steady_rise_is_named_with_its_projections() {
         (Some("leak"), Some("leak"))
     );
     assert_eq!(a["cgroup"], PIDS_JOBS);
-    // The window (20 s, a second's slack) is covered at the 19th second.
-    assert_eq!(a["tasks_now"], 21);
+    // Five of the window's six slices (20 s) are covered at the 17th
+    // second.
+    assert_eq!(a["tasks_now"], 19);
     assert_eq!(a["pids_limit"], 1000);
     // One a second: 979 tasks to the limit.
     let per_min = a["per_min"].as_f64().expect("per_min");
     assert!((50.0..=70.0).contains(&per_min), "{a}");
     let eta = a["pids_eta_secs"].as_f64().expect("pids eta");
     assert!((800.0..=1200.0).contains(&eta), "{a}");
-    // Memory: 10 MiB for 21 tasks, 1 GiB limit: ~2,100 tasks away, so the
-    // pids limit comes first.
+    // Memory: 10 MiB used of a 1 GiB limit, 2 MiB a helper: ~500 tasks
+    // away, so the pids limit comes... second.
     assert_eq!(a["memory_pool"], MEMORY_JOBS);
     assert_eq!(a["memory_limit_bytes"], 1u64 << 30);
-    assert_eq!(a["runs_out_first"], "pids");
+    assert_eq!(a["memory_per_task_bytes"], HELPER_BYTES);
+    let memory_eta = a["memory_eta_secs"].as_f64().expect("memory eta");
+    assert!((450.0..=560.0).contains(&memory_eta), "{a}");
+    assert_eq!(a["runs_out_first"], "memory");
+    // The host's task table: 300 of 4,194,304, far behind.
+    assert_eq!(a["host_tasks_limit"], 4_194_304);
+    assert!(a["host_tasks_eta_secs"].as_f64() > Some(1e6), "{a}");
     assert_eq!(a["offender"]["pid"], 100, "the server, not a helper: {a}");
     assert_eq!(a["action"], "log");
 }
@@ -107,7 +128,10 @@ fn the_action_follows_the_leak_action_and_takes_the_subtree() {
     let mut members: Vec<u32> = r.members.iter().map(|m| m.tgid).collect();
     members.sort_unstable();
     assert_eq!(members.first(), Some(&100), "the server leads its subtree");
-    assert!(members.len() >= 20, "{members:?}");
+    assert!(
+        members.len() >= 18,
+        "the server and its helpers: {members:?}"
+    );
     assert_eq!(f.alerts()[0]["action"], "kill");
 }
 
@@ -207,7 +231,27 @@ fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
     assert_eq!(alerts.len(), 1, "one alert a window: {alerts:#?}");
     assert_eq!(alerts[0]["memory_pool"], "host");
     assert_eq!(alerts[0]["memory_limit_bytes"], 24u64 << 30);
+    // 20 GiB free at 2 MiB a task: ~10,000 tasks, before the host's
+    // 4 million.
     assert_eq!(alerts[0]["runs_out_first"], "memory");
+    // With a smaller task table, that comes first.
+    let mut f = Fixture::new(
+        fixture::settings(),
+        vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
+        &[(100, 1, "server")],
+        &[],
+    );
+    *f.host.host_memory.lock().expect("lock") = Some(crate::detect::memory::MemUsage {
+        usage: 4 << 30,
+        unreclaimable: 4 << 30,
+        limit: 24 << 30,
+    });
+    *f.host.host_tasks.lock().expect("lock") = Some((31_000, 32_768));
+    leak_for(&mut f, 35, None);
+    let a = &f.alerts()[0];
+    assert_eq!(a["runs_out_first"], "host_tasks", "{a}");
+    let eta = a["host_tasks_eta_secs"].as_f64().expect("eta");
+    assert!((1500.0..=2000.0).contains(&eta), "1768 tasks at 1/s: {a}");
 }
 
 #[test]
