@@ -422,7 +422,11 @@ fn retry_loops_checking_scripts_and_status_polls_are_not_crash_loops() {
             .count()
     };
     assert!(failures(7) >= 10, "curl was refused {} times", failures(7));
-    assert!(failures(2) >= 300, "ls and pg_isready failed {} times", failures(2));
+    assert!(
+        failures(2) >= 300,
+        "ls and pg_isready failed {} times",
+        failures(2)
+    );
     let alerts: Vec<&Value> = stopped.of_kind("alert").collect();
     assert!(alerts.is_empty(), "{alerts:#?}");
     assert_eq!(stopped.of_kind("action").count(), 0);

@@ -75,3 +75,109 @@ fn a_steady_spawner_is_a_leak_and_a_pool_is_not() {
     let _ = spawner.wait();
     let _ = pool.wait();
 }
+
+/// The default rule, in real time, on four cgroups at once (each with a
+/// pids.max far away, 4096, so no limit is near):
+/// - a server leaking a helper a second, and one leaking two a second:
+///   each named within 3 minutes of its start, with its rate and the
+///   projections to the host's task table and memory;
+/// - a pool that scales up to 200 workers over 2 minutes, then holds them,
+///   and a pool of 40 workers recycled every few seconds: never named.
+#[test]
+fn leaks_of_one_and_two_a_second_are_named_in_minutes_and_ramps_are_not() {
+    let groups: Vec<(&str, &str)> = vec![
+        ("leak-1s", "while :; do sleep 3600 & sleep 1; done"),
+        ("leak-2s", "while :; do sleep 3600 & sleep 0.5; done"),
+        (
+            "ramp",
+            "for i in $(seq 200); do sleep 3600 & sleep 0.6; done; wait",
+        ),
+        (
+            "recycled",
+            "for i in $(seq 40); do (while :; do sleep $((RANDOM % 6 + 2)); done) & done; wait",
+        ),
+    ];
+    let cgroups: Vec<TestCgroup> = groups
+        .iter()
+        .map(|(name, _)| TestCgroup::new(name, 4096, 1 << 30))
+        .collect();
+    let dirs: Vec<String> = cgroups
+        .iter()
+        .map(|c| c.pids_dir().to_str().expect("utf8").to_owned())
+        .collect();
+    let mut args = vec!["--events", "exit"];
+    for d in &dirs {
+        args.extend(["--cgroup", d.as_str()]);
+    }
+    let agent = Agent::start(&args);
+    let mut children: Vec<std::process::Child> = cgroups
+        .iter()
+        .zip(&groups)
+        .map(|(cg, (_, script))| cg.spawn_bash(script))
+        .collect();
+    let _cleanup = guard_tests::Defer(|| {
+        for cg in &cgroups {
+            cg.kill_all();
+        }
+    });
+    std::thread::sleep(Duration::from_secs(230));
+    // The ramp reached its plateau.
+    let ramp: u64 = std::fs::read_to_string(cgroups[2].pids_dir().join("pids.current"))
+        .expect("pids.current")
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(ramp >= 200, "the ramp has {ramp} tasks");
+    let stopped = agent.stop();
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let alerts: Vec<&Value> = stopped
+        .of_kind("alert")
+        .filter(|r| r["detector"] == "leak")
+        .collect();
+    let agent_start = num(&stopped.records[0], "boot_ns");
+    for (i, per_sec) in [(0usize, 1.0f64), (1, 2.0)] {
+        let alert = alerts
+            .iter()
+            .find(|a| a["cgroup"] == dirs[i].as_str())
+            .unwrap_or_else(|| panic!("{} was not named: {alerts:#?}", groups[i].0));
+        let after = (num(alert, "boot_ns") - agent_start) as f64 / 1e9;
+        assert!(
+            after <= 180.0,
+            "{} named after {after:.0} s: {alert}",
+            groups[i].0
+        );
+        let rate = alert["per_min"].as_f64().expect("per_min") / 60.0;
+        assert!(
+            (per_sec * 0.75..=per_sec * 1.25).contains(&rate),
+            "{per_sec}/s measured as {rate:.2}/s: {alert}"
+        );
+        assert_eq!(
+            num(&alert["offender"], "pid"),
+            u64::from(children[i].id()),
+            "the spawning shell: {alert}"
+        );
+        assert!(alert["host_tasks_limit"].as_u64() > Some(0), "{alert}");
+        assert!(alert["host_tasks_eta_secs"].as_f64() > Some(0.0), "{alert}");
+        assert!(alert["memory_per_task_bytes"].as_u64() > Some(0), "{alert}");
+        assert!(alert["memory_eta_secs"].as_f64() > Some(0.0), "{alert}");
+        assert!(alert["runs_out_first"].is_string(), "{alert}");
+        assert_eq!(alert["action"], "log", "{alert}");
+    }
+    for i in [2, 3] {
+        let wrong: Vec<&&Value> = alerts
+            .iter()
+            .filter(|a| a["cgroup"] == dirs[i].as_str())
+            .collect();
+        assert!(wrong.is_empty(), "{} was named: {wrong:#?}", groups[i].0);
+    }
+    // The recycled pool did recycle.
+    let recycled = stopped
+        .of_kind("exit")
+        .filter(|r| r["cgroup"] == dirs[3].as_str())
+        .count();
+    assert!(recycled >= 100, "only {recycled} recycled workers exited");
+    assert!(cgroups.iter().all(|c| c.pids_refused() == 0));
+}

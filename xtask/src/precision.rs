@@ -23,8 +23,22 @@ use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Expect {
+    /// Nothing: no alert, no action.
     Quiet,
+    /// Acted on before its limit refused anything.
     Act,
+    /// Reported (an alert of this detector), nobody signalled.
+    Report(&'static str),
+}
+
+impl Expect {
+    fn name(self) -> &'static str {
+        match self {
+            Expect::Quiet => "quiet",
+            Expect::Act => "act",
+            Expect::Report(_) => "report",
+        }
+    }
 }
 
 /// How an item's workload runs.
@@ -59,6 +73,23 @@ fn harm(name: &str, pids_max: u32, memory_max: u64, script: String, secs: u64) -
     Item {
         name: name.into(),
         expect: Expect::Act,
+        pids_max,
+        memory_max,
+        run: Run::Harm(script, Duration::from_secs(secs)),
+    }
+}
+
+/// A shape to report, not act on: run for `secs`, then the cgroup emptied.
+fn report(
+    name: &str,
+    detector: &'static str,
+    (pids_max, memory_max): (u32, u64),
+    script: String,
+    secs: u64,
+) -> Item {
+    Item {
+        name: name.into(),
+        expect: Expect::Report(detector),
         pids_max,
         memory_max,
         run: Run::Harm(script, Duration::from_secs(secs)),
@@ -111,6 +142,46 @@ fn prepare(dir: &Path) -> Result<()> {
         format!(
             "prog: main.o{objects}\n\tcc -o $@ $^\n%.o: %.c\n\tcc -O1 -c -o $@ $<\nclean:\n\trm -f *.o prog\n"
         ),
+    )?;
+    // supervisord, from PyPI, in a virtualenv of its own; and a
+    // supervisord.conf and a runit service directory for a program that
+    // dies 20 ms after each start.
+    let venv = dir.join("venv");
+    if !venv.join("bin/supervisord").exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "supervisor"])
+            .status()?;
+        if !status.success() || !pip.success() {
+            bail!(
+                "installing supervisord from PyPI into {} failed",
+                venv.display()
+            );
+        }
+    }
+    let w = workload_bin();
+    std::fs::write(
+        dir.join("supervisord.conf"),
+        format!(
+            "[supervisord]\nnodaemon=true\nlogfile=/dev/null\nlogfile_maxbytes=0\npidfile={d}/supervisord.pid\n\
+             [program:crashy]\ncommand={w} fail 3 20\nautorestart=true\nstartretries=1000\n\
+             stdout_logfile=/dev/null\nstderr_logfile=/dev/null\n",
+            d = dir.display(),
+            w = w.display()
+        ),
+    )?;
+    let service = dir.join("runit-crashy");
+    std::fs::create_dir_all(&service)?;
+    std::fs::write(
+        service.join("run"),
+        format!("#!/bin/sh\nexec {} fail 3 20\n", w.display()),
+    )?;
+    std::fs::set_permissions(
+        service.join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     // A git repository of 4000 files and 40 commits, as a bundle.
     let bundle = dir.join("repo.bundle");
@@ -213,6 +284,60 @@ fn corpus(dir: &Path) -> Vec<Item> {
                  git -C {d}/clone checkout -q HEAD~20 && git -C {d}/clone log --oneline | wc -l > /dev/null && rm -rf {d}/clone"
             ),
         ),
+        quiet(
+            "retry: until curl; do sleep 0.5; done, service up after 20 s",
+            256,
+            512 * MIB,
+            format!(
+                "(sleep 20; exec python3 -m http.server -b 127.0.0.1 {port} -d {d}) & \
+                 until curl -s -o /dev/null http://127.0.0.1:{port}/; do sleep 0.5; done; kill $!; exit 0",
+                port = 20_000 + std::process::id() % 20_000
+            ),
+        ),
+        quiet(
+            "backoff retry: 7 tries 0.1 to 6.4 s apart, never up",
+            256,
+            256 * MIB,
+            "for d in 0.1 0.2 0.4 0.8 1.6 3.2 6.4; do curl -s -o /dev/null http://127.0.0.1:1/ && break; \
+             sleep $d; done; exit 0"
+                .into(),
+        ),
+        quiet(
+            "checking script: ls and stat of missing files, 2000 rounds",
+            256,
+            256 * MIB,
+            format!(
+                "for i in $(seq 2000); do ls {d}/missing > /dev/null 2>&1; stat {d}/missing > /dev/null 2>&1; done; exit 0"
+            ),
+        ),
+        quiet(
+            "status polls: pg_isready, systemctl is-active, 0.2 s apart for 30 s",
+            256,
+            256 * MIB,
+            "for i in $(seq 150); do pg_isready -q -h 127.0.0.1 -p 1; \
+             systemctl is-active --quiet nosuch.service 2> /dev/null; sleep 0.2; done; exit 0"
+                .into(),
+        ),
+        quiet(
+            "slow ramp: a pool scaling to 200 workers over 2 min, held 90 s",
+            1024,
+            1024 * MIB,
+            "for i in $(seq 200); do sleep 400 & sleep 0.6; done; sleep 90; kill $(jobs -p); wait; exit 0".into(),
+        ),
+        report(
+            "crash loop under supervisord (PyPI), its backoff",
+            "crashloop",
+            (256, 512 * MIB),
+            format!("exec {d}/venv/bin/supervisord -c {d}/supervisord.conf"),
+            45,
+        ),
+        report(
+            "crash loop under runit's runsv (1 s between starts)",
+            "crashloop",
+            (64, 256 * MIB),
+            format!("exec runsv {d}/runit-crashy"),
+            30,
+        ),
         harm("bash fork bomb", 1000, 512 * MIB, ":(){ :|:& };:".into(), 5),
         harm("sh (dash) fork bomb", 1000, 512 * MIB, "sh -c 'f(){ f|f& };f'".into(), 5),
         harm(
@@ -245,18 +370,32 @@ fn corpus(dir: &Path) -> Vec<Item> {
             15,
         ),
         harm(
-            "crash loop restarted by a shell",
-            64,
-            256 * MIB,
-            format!("for i in $(seq 100); do {w} fail 3 20; done"),
-            10,
+            "leak: +1 helper a second, pids.max far (8192)",
+            8192,
+            1024 * MIB,
+            "while :; do sleep 1000 & sleep 1; done".into(),
+            200,
         ),
         harm(
-            "crash loop under while true",
+            "leak: +2 helpers a second, pids.max far (8192)",
+            8192,
+            1024 * MIB,
+            "while :; do sleep 1000 & sleep 0.5; done".into(),
+            200,
+        ),
+        harm(
+            "crash loop restarted by a shell: a server dying in 20 ms",
+            64,
+            256 * MIB,
+            format!("for i in $(seq 100000); do {w} fail 3 20; done"),
+            150,
+        ),
+        harm(
+            "crash loop under while true: Python aborting",
             64,
             256 * MIB,
             "while true; do python3 -c 'import os; os.abort()'; done".into(),
-            15,
+            150,
         ),
     ]);
     items
@@ -270,6 +409,10 @@ struct Outcome {
     refused: u64,
     oom_kills: u64,
     note: String,
+    /// From the workload's start to the first alert, and to the first
+    /// action (harmful and reported shapes).
+    to_alert: Option<Duration>,
+    to_action: Option<Duration>,
 }
 
 fn spawn(cg: &TestCgroup, script: &str) -> Result<Child> {
@@ -300,9 +443,12 @@ fn run_item(item: &Item) -> Result<Outcome> {
         "kill",
         "--crashloop-action",
         "stop",
+        "--leak-action",
+        "kill",
         "--events",
         "oom_kill",
     ]);
+    let (mut to_alert, mut to_action) = (None, None);
     let mut note = String::new();
     match &item.run {
         Run::Script(script) => {
@@ -333,8 +479,28 @@ fn run_item(item: &Item) -> Result<Outcome> {
             }
         }
         Run::Harm(script, secs) => {
+            let started = Instant::now();
             let mut child = spawn(&cg, script)?;
-            let _ = agent.try_wait_for(*secs, |r| r["kind"] == "action" && r["dry_run"] == false);
+            let deadline = started + *secs;
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let acted = |r: &Value| r["kind"] == "action" && r["dry_run"] == false;
+            let first = agent.try_wait_for(left(), |r| r["kind"] == "alert" || acted(r));
+            if let Some(first) = &first {
+                to_alert = Some(started.elapsed());
+                if acted(first) {
+                    to_action = to_alert;
+                }
+            }
+            if item.expect == Expect::Act && to_action.is_none() && first.is_some() {
+                if agent.try_wait_for(left(), acted).is_some() {
+                    to_action = Some(started.elapsed());
+                }
+            } else if matches!(item.expect, Expect::Report(_)) {
+                // Reported: the shape runs its course, and nothing may act.
+                if agent.try_wait_for(left(), acted).is_some() {
+                    to_action = Some(started.elapsed());
+                }
+            }
             std::thread::sleep(Duration::from_millis(300));
             cg.kill_all();
             let _ = child.wait();
@@ -361,6 +527,8 @@ fn run_item(item: &Item) -> Result<Outcome> {
         refused: cg.pids_refused(),
         oom_kills: cg.oom_kills(),
         note,
+        to_alert,
+        to_action,
     })
 }
 
@@ -377,6 +545,12 @@ pub fn bench(target: &Path) -> Result<()> {
         let ok = match item.expect {
             Expect::Quiet => o.alerts.is_empty() && !acted && !o.note.starts_with("FAILED"),
             Expect::Act => acted && o.refused == 0 && o.oom_kills == 0,
+            Expect::Report(detector) => {
+                !acted
+                    && o.alerts
+                        .iter()
+                        .any(|a| a.starts_with(&format!("{detector}/")))
+            }
         };
         passed += usize::from(ok);
         let mut did = Vec::new();
@@ -400,38 +574,52 @@ pub fn bench(target: &Path) -> Result<()> {
         if !o.note.is_empty() {
             did.push(o.note.clone());
         }
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         let row = (
             item.name.clone(),
-            match item.expect {
-                Expect::Quiet => "quiet",
-                Expect::Act => "act",
-            },
+            item.expect.name(),
             did.join("; "),
             if ok { "ok" } else { "WRONG" },
+            secs(o.to_alert),
+            secs(o.to_action),
         );
         eprintln!("  -> {} ({})", row.2, row.3);
         rows.push(row);
     }
-    println!("precision and recall, every detector enforcing (kill; crash loops: stop):");
-    println!("| workload | expected | what guard did | verdict |");
-    println!("|---|---|---|---|");
-    for (name, expect, did, verdict) in &rows {
-        println!("| {name} | {expect} | {did} | {verdict} |");
-    }
-    let ordinary = items.iter().filter(|i| i.expect == Expect::Quiet).count();
-    let quiet_ok = rows
-        .iter()
-        .filter(|r| r.1 == "quiet" && r.3 == "ok")
-        .count();
     println!(
-        "ordinary work left alone: {quiet_ok}/{ordinary}; harmful shapes caught: {}/{} (target: all of both)",
-        passed - quiet_ok,
-        items.len() - ordinary
+        "precision and recall, every detector enforcing (kill; crash loops: stop; leaks: kill):"
+    );
+    println!("| workload | expected | what guard did | verdict | to alert | to action |");
+    println!("|---|---|---|---|---|---|");
+    for (name, expect, did, verdict, alert, action) in &rows {
+        println!("| {name} | {expect} | {did} | {verdict} | {alert} | {action} |");
+    }
+    let count = |expect: &str, verdict: Option<&str>| {
+        rows.iter()
+            .filter(|r| r.1 == expect && verdict.is_none_or(|v| r.3 == v))
+            .count()
+    };
+    let (ordinary, quiet_ok) = (count("quiet", None), count("quiet", Some("ok")));
+    let (harmful, caught) = (count("act", None), count("act", Some("ok")));
+    let (reported, reported_ok) = (count("report", None), count("report", Some("ok")));
+    // Precision: of the shapes guard flagged, the harmful ones (ordinary
+    // work alerted on or acted on counts against it); recall: of the
+    // harmful shapes, those it acted on in time.
+    let false_flags = ordinary - quiet_ok;
+    let precision = caught as f64 / (caught + false_flags).max(1) as f64;
+    let recall = caught as f64 / harmful.max(1) as f64;
+    println!(
+        "ordinary work left alone: {quiet_ok}/{ordinary}; harmful shapes caught: {caught}/{harmful}; \
+         reported, not acted on: {reported_ok}/{reported} (target: all of each); \
+         precision {precision:.2}, recall {recall:.2}"
     );
     println!(
         "{}",
         serde_json::json!({"bench": "precision", "items": items.len(), "passed": passed,
-            "quiet_ok": quiet_ok, "ordinary": ordinary})
+            "quiet_ok": quiet_ok, "ordinary": ordinary, "caught": caught, "harmful": harmful,
+            "reported_ok": reported_ok, "reported": reported,
+            "precision": precision, "recall": recall})
     );
     Ok(())
 }
