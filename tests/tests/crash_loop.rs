@@ -369,8 +369,10 @@ fn ends_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::p
 ///   done`, curl refused (exit 7) until the service comes up 4 s later;
 /// - a checking script, `ls` and `stat` of files that are not there (exit
 ///   2 and 1), 300 rounds with no pause;
-/// - a status poll, `pg_isready` of a database that is down (exit 2) every
-///   0.1 s, 40 times.
+/// - a status poll, `pg_isready` of a database that is down (exit 2) and
+///   `systemctl is-active` of a unit that is not there, every 0.1 s, 40
+///   times;
+/// - a backoff retry, curl refused five times, 0.1 to 1.6 s apart.
 ///
 /// None raises a crash-loop alert, none is stopped, each ends by itself
 /// with success.
@@ -400,11 +402,15 @@ fn retry_loops_checking_scripts_and_status_polls_are_not_crash_loops() {
         "for i in $(seq 300); do ls {d}/missing > /dev/null 2>&1; stat {d}/missing > /dev/null 2>&1; done; exit 0",
         d = dir.path.display()
     );
-    let poll = "for i in $(seq 40); do pg_isready -q -h 127.0.0.1 -p 1; sleep 0.1; done; exit 0";
+    let poll = "for i in $(seq 40); do pg_isready -q -h 127.0.0.1 -p 1; \
+        systemctl is-active --quiet nosuch.service 2> /dev/null; sleep 0.1; done; exit 0";
+    let backoff = "for d in 0.1 0.2 0.4 0.8 1.6; do curl -s -o /dev/null http://127.0.0.1:1/ && break; \
+        sleep $d; done; exit 0";
     let mut scripts: Vec<(&str, std::process::Child)> = [
         ("the wait for a service", wait_for_service.as_str()),
         ("the checking script", checks.as_str()),
         ("the status poll", poll),
+        ("the backoff retry", backoff),
     ]
     .into_iter()
     .map(|(what, script)| (what, cg.spawn_bash(script)))

@@ -429,6 +429,9 @@ fn a_subreaper_that_adopts_failing_orphans_is_never_stopped() {
         "5/60",
         "--crashloop-action",
         "stop",
+        // Sustained at once: only the orphans' shape spares the reaper.
+        "--crashloop-stop-after",
+        "5/0",
         "--events",
         "none",
     ]);

@@ -415,12 +415,20 @@ struct Outcome {
     to_action: Option<Duration>,
 }
 
-fn spawn(cg: &TestCgroup, script: &str) -> Result<Child> {
+/// Starts `script`; its stderr is kept (to explain a failure) only for an
+/// ordinary workload, which ends by itself. A harmful shape's is
+/// discarded: a crash loop's shell reports every crash there, and a pipe
+/// nobody reads would fill and stall the loop.
+fn spawn(cg: &TestCgroup, script: &str, keep_stderr: bool) -> Result<Child> {
     cg.command("/bin/bash")
         .args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(if keep_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .context("starting the workload")
 }
@@ -453,7 +461,7 @@ fn run_item(item: &Item) -> Result<Outcome> {
     match &item.run {
         Run::Script(script) => {
             let started = Instant::now();
-            let mut child = spawn(&cg, script)?;
+            let mut child = spawn(&cg, script, true)?;
             let deadline = started + Duration::from_secs(600);
             let status = loop {
                 if let Some(status) = child.try_wait()? {
@@ -480,7 +488,7 @@ fn run_item(item: &Item) -> Result<Outcome> {
         }
         Run::Harm(script, secs) => {
             let started = Instant::now();
-            let mut child = spawn(&cg, script)?;
+            let mut child = spawn(&cg, script, false)?;
             let deadline = started + *secs;
             let left = || deadline.saturating_duration_since(Instant::now());
             let acted = |r: &Value| r["kind"] == "action" && r["dry_run"] == false;
