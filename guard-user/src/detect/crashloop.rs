@@ -299,49 +299,49 @@ impl CrashLoopDetector {
     /// A process ended at `now`; returns the verdict when it completes a
     /// loop, or makes one sustained.
     pub fn exit(&mut self, now: u64, exit: ExitInfo) -> Option<CrashLoop> {
+        // A process whose start is unknown tells nothing: neither a crash
+        // nor the end of a loop.
+        let lifetime = exit.lifetime_ns?;
+        let started = now.saturating_sub(lifetime);
+        // Every child is remembered by its starter (this one is left out
+        // below: it is the same command).
         let command = self.hasher.hash_one(&exit.key);
-        let started = exit.lifetime_ns.map(|l| now.saturating_sub(l));
-        // What ran between this command's previous run and this one.
-        let others_between = self.loops.get(&exit.key).is_some_and(|h| {
-            let from = h.last_exit;
-            let to = started.unwrap_or(now);
-            self.children.get(&exit.key.supervisor).is_some_and(|runs| {
-                runs.iter()
-                    .any(|r| r.command != command && r.started >= from && r.ended <= to)
-            })
-        });
-        if let Some(started) = started {
-            let runs = self.children.entry(exit.key.supervisor).or_default();
-            if runs.len() == RUNS_KEPT {
-                runs.pop_front();
-            }
-            runs.push_back(Run {
-                started,
-                ended: now,
-                command,
-            });
+        let runs = self.children.entry(exit.key.supervisor).or_default();
+        if runs.len() == RUNS_KEPT {
+            runs.pop_front();
         }
+        runs.push_back(Run {
+            started,
+            ended: now,
+            command,
+        });
         if self
             .ignore
             .matches(Some(&exit.key.program), exit.key.cgroup.as_deref())
         {
             return None;
         }
-        let crashed = exit.failed()
-            && exit
-                .lifetime_ns
-                .is_some_and(|l| l <= self.rules.max_lifetime_ns);
-        if !crashed {
-            // A success, or a long run: whatever looped is over.
-            self.loops.remove(&exit.key);
+        if !exit.failed() || lifetime > self.rules.max_lifetime_ns {
+            // A success, or a long run: whatever looped is over. (Most
+            // exits: one lookup, and none while nothing loops.)
+            if !self.loops.is_empty() {
+                self.loops.remove(&exit.key);
+            }
             return None;
         }
+        // What ran between this command's previous run and this one.
+        let others_between = self.loops.get(&exit.key).is_some_and(|h| {
+            self.children.get(&exit.key.supervisor).is_some_and(|runs| {
+                runs.iter()
+                    .any(|r| r.command != command && r.started >= h.last_exit && r.ended <= started)
+            })
+        });
         let rules = self.rules;
         let history = self.loops.entry(exit.key.clone()).or_default();
         if history.total == 0 || now.saturating_sub(history.last_exit) > rules.window_ns {
             // A new loop (or one quiet for a whole window: begun again).
             *history = History {
-                since: started.unwrap_or(now),
+                since: started,
                 last_alert: history.last_alert,
                 ..History::default()
             };
@@ -352,7 +352,7 @@ impl CrashLoopDetector {
         }
         history.total += 1;
         history.last_exit = now;
-        history.alive_ns += exit.lifetime_ns.unwrap_or(0);
+        history.alive_ns += lifetime;
         history.crashes.push_back((now, exit.status));
         while history
             .crashes
@@ -679,6 +679,23 @@ mod tests {
             sustained += d.exit(t, exit(1, status, 40)).is_some_and(|v| v.sustained) as u32;
         }
         assert_eq!(sustained, 0, "every 50 s the program succeeded once");
+    }
+
+    /// An exit whose start is unknown neither counts nor breaks the loop.
+    #[test]
+    fn an_exit_of_unknown_age_breaks_nothing() {
+        let mut d = detector();
+        let mut verdicts = 0;
+        for n in 0..10u64 {
+            let mut run = exit(n as u32, ExitStatus::Exited(3), 40);
+            if n == 3 {
+                run.lifetime_ns = None;
+                run.status = ExitStatus::Exited(0);
+            }
+            verdicts += u32::from(d.exit(n * 45 * MS + 40 * MS, run).is_some());
+        }
+        assert_eq!(verdicts, 1);
+        assert_eq!(d.loops.values().map(|h| h.total).sum::<u64>(), 9);
     }
 
     #[test]
