@@ -37,6 +37,23 @@ fn supervisor_as(
         .expect("spawn the supervisor")
 }
 
+/// An agent scoped to `scope` with `--crashloop-action stop`, a loop
+/// sustained after `stop_after` (`N/SECS`), exits shown, and `extra` flags.
+fn stopping_agent(scope: &str, stop_after: &str, extra: &[&str]) -> Agent {
+    let mut args = vec![
+        "--cgroup",
+        scope,
+        "--events",
+        "exit",
+        "--crashloop-action",
+        "stop",
+        "--crashloop-stop-after",
+        stop_after,
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
 #[test]
 fn a_restart_loop_of_a_crashing_program_is_flagged_at_the_nth_crash() {
     let cg = TestCgroup::new("crashloop", 64, 256 << 20);
@@ -262,20 +279,9 @@ fn a_supervisor_named_like_a_service_manager_is_stopped() {
 fn a_script_full_of_failing_greps_is_not_stopped() {
     let cg = TestCgroup::new("crash-greps", 64, 256 << 20);
     let scope = scope_of(&cg);
-    let agent = Agent::start(&[
-        "--cgroup",
-        &scope,
-        "--events",
-        "exit",
-        "--crashloop",
-        "3/60",
-        "--crashloop-action",
-        "stop",
-        // Sustained at the 3rd crash: only the shape of the script keeps
-        // it from being stopped.
-        "--crashloop-stop-after",
-        "3/0",
-    ]);
+    // Sustained at the 3rd crash: only the shape of the script keeps it
+    // from being stopped.
+    let agent = stopping_agent(&scope, "3/0", &["--crashloop", "3/60"]);
     let script = "for i in $(seq 1 10); do \
         /bin/grep -q no-such-text /etc/hostname; \
         /usr/bin/test -e /no/such/file; \
@@ -287,19 +293,7 @@ fn a_script_full_of_failing_greps_is_not_stopped() {
         .args(["-c", script])
         .spawn()
         .expect("the script");
-    // Bounded: a stopped script would never end (the cgroup's drop kills
-    // it when this fails).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the script did not end within 30 s (stopped?)"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = ends_within(&mut child, 30, "the script");
     let stopped = agent.stop();
     assert!(status.success(), "the script was disturbed: {status}");
     let answers = stopped
@@ -382,16 +376,7 @@ fn retry_loops_checking_scripts_and_status_polls_are_not_crash_loops() {
     let scope = scope_of(&cg);
     let dir = guard_tests::RootDir::new("crash-scripts");
     let port = 20_000 + std::process::id() % 20_000;
-    let agent = Agent::start(&[
-        "--cgroup",
-        &scope,
-        "--events",
-        "exit",
-        "--crashloop-action",
-        "stop",
-        "--crashloop-stop-after",
-        "5/0",
-    ]);
+    let agent = stopping_agent(&scope, "5/0", &[]);
     let wait_for_service = format!(
         "(sleep 4; exec python3 -m http.server -b 127.0.0.1 {port} -d {d}) & \
          until curl -s -o /dev/null http://127.0.0.1:{port}/; do sleep 0.2; done; \
@@ -447,16 +432,7 @@ fn retry_loops_checking_scripts_and_status_polls_are_not_crash_loops() {
 fn a_busy_restart_loop_is_stopped_only_once_sustained() {
     let cg = TestCgroup::new("crash-sustain", 64, 256 << 20);
     let scope = scope_of(&cg);
-    let mut agent = Agent::start(&[
-        "--cgroup",
-        &scope,
-        "--events",
-        "exit",
-        "--crashloop-action",
-        "stop",
-        "--crashloop-stop-after",
-        "40/6",
-    ]);
+    let mut agent = stopping_agent(&scope, "40/6", &[]);
     let started = std::time::Instant::now();
     let mut sup = cg.spawn_bash(&format!(
         "while true; do {} fail 3 30; done",
@@ -508,16 +484,7 @@ fn a_busy_restart_loop_is_stopped_only_once_sustained() {
 fn a_paced_restart_is_reported_but_not_stopped() {
     let cg = TestCgroup::new("crash-paced", 64, 256 << 20);
     let scope = scope_of(&cg);
-    let agent = Agent::start(&[
-        "--cgroup",
-        &scope,
-        "--events",
-        "exit",
-        "--crashloop-action",
-        "stop",
-        "--crashloop-stop-after",
-        "5/0",
-    ]);
+    let agent = stopping_agent(&scope, "5/0", &[]);
     let script = format!(
         "import subprocess, time\nfor i in range(14):\n    subprocess.run(['{}', 'fail', '3', '20'])\n    time.sleep(0.5)\n",
         workload_bin().display()
@@ -563,16 +530,7 @@ fn a_crash_loop_under_runit_is_reported_and_runsv_is_left_alone() {
     .expect("write run");
     std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let mut agent = Agent::start(&[
-        "--cgroup",
-        &scope,
-        "--events",
-        "exit",
-        "--crashloop-action",
-        "stop",
-        "--crashloop-stop-after",
-        "5/0",
-    ]);
+    let mut agent = stopping_agent(&scope, "5/0", &[]);
     let mut sv = cg.command(runsv).arg(&dir.path).spawn().expect("runsv");
     let sv_pid = u64::from(sv.id());
     let alert = agent.wait_for(Duration::from_secs(30), "the crash-loop alert", |r| {

@@ -213,9 +213,9 @@ fn a_cgroup_policy_sets_the_leak_action_and_dry_run_only_says_so() {
     );
 }
 
-#[test]
-fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
-    let mut f = Fixture::new(
+/// No memory cgroup: the host's 24 GiB, 4 GiB of them held, is the pool.
+fn host_pool_fixture() -> Fixture {
+    let f = Fixture::new(
         fixture::settings(),
         vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
         &[(100, 1, "server")],
@@ -226,6 +226,12 @@ fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
         unreclaimable: 4 << 30,
         limit: 24 << 30,
     });
+    f
+}
+
+#[test]
+fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
+    let mut f = host_pool_fixture();
     leak_for(&mut f, 35, None);
     let alerts = f.alerts();
     assert_eq!(alerts.len(), 1, "one alert a window: {alerts:#?}");
@@ -235,17 +241,7 @@ fn without_a_memory_limit_the_host_is_the_pool_and_one_window_one_alert() {
     // 4 million.
     assert_eq!(alerts[0]["runs_out_first"], "memory");
     // With a smaller task table, that comes first.
-    let mut f = Fixture::new(
-        fixture::settings(),
-        vec![Box::new(LeakWatch::new(LeakDetector::new(rules())))],
-        &[(100, 1, "server")],
-        &[],
-    );
-    *f.host.host_memory.lock().expect("lock") = Some(crate::detect::memory::MemUsage {
-        usage: 4 << 30,
-        unreclaimable: 4 << 30,
-        limit: 24 << 30,
-    });
+    let mut f = host_pool_fixture();
     *f.host.host_tasks.lock().expect("lock") = Some((31_000, 32_768));
     leak_for(&mut f, 35, None);
     let a = &f.alerts()[0];
