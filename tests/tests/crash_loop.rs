@@ -549,6 +549,14 @@ fn a_crash_loop_under_runit_is_reported_and_runsv_is_left_alone() {
         "{alert}"
     );
     assert_eq!(alert["action"], "log", "{alert}");
+    // Spared as a service manager (known by /usr/bin/runsv's inode), not
+    // only because the loop is paced.
+    assert!(
+        alert["not_stopped_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("service manager")),
+        "{alert}"
+    );
     assert!(!state.contains(") T "), "runsv was stopped: {state}");
     assert_eq!(stopped.of_kind("action").count(), 0);
 }

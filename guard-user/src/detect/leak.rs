@@ -145,16 +145,12 @@ impl LeakDetector {
             let Some(verdict) = self
                 .windows
                 .iter()
-                .find_map(|&w| rising(&s.readings, now, w, rules.growth))
+                .find_map(|&w| rising((cgroup, s.limit), &s.readings, now, w, rules.growth))
             else {
                 continue;
             };
             s.alerted_ns = Some(now);
-            verdicts.push(LeakVerdict {
-                cgroup: cgroup.clone(),
-                limit: s.limit,
-                ..verdict
-            });
+            verdicts.push(verdict);
         }
         verdicts
     }
@@ -183,9 +179,10 @@ fn slope<'a>(readings: impl Iterator<Item = &'a (u64, u64)> + Clone) -> f64 {
     }
 }
 
-/// Whether `readings` meet the rule over the window of `window` ending at
-/// `now`.
+/// Whether `cgroup`'s `readings` meet the rule over the window of `window`
+/// ending at `now`.
 fn rising(
+    (cgroup, limit): (&CgroupKey, Option<u64>),
     readings: &VecDeque<(u64, u64)>,
     now: u64,
     window: u64,
@@ -199,30 +196,37 @@ fn rising(
     if first + window > now + slice + NS {
         return None;
     }
+    // Still rising: read from the newest back, so a flat series (most of
+    // them, every tick) costs a few readings, not the window.
     let recent = (slice / 3).max(2 * NS);
+    let recent_low = readings
+        .iter()
+        .rev()
+        .take_while(|&&(t, _)| t + recent >= now)
+        .map(|&(_, tasks)| tasks)
+        .min()?;
+    if latest <= recent_low {
+        return None;
+    }
+    // Readings are in time order: the window is a tail of them.
+    let in_window = readings.range(readings.partition_point(|&(t, _)| t + window < now)..);
     let mut lows = [u64::MAX; SLICES as usize];
-    let mut recent_low = u64::MAX;
-    let mut before = None;
-    for &(t, tasks) in readings.iter().filter(|&&(t, _)| t + window >= now) {
+    for &(t, tasks) in in_window.clone() {
         let i = ((t + window - now) / slice).min(SLICES - 1) as usize;
         lows[i] = lows[i].min(tasks);
-        before.get_or_insert(tasks);
-        if t + recent >= now {
-            recent_low = recent_low.min(tasks);
-        }
     }
     let climbing = lows.windows(2).all(|w| w[0] != u64::MAX && w[1] > w[0]);
     let rise = lows[SLICES as usize - 1].saturating_sub(lows[0]);
-    if !climbing || rise < u64::from(growth) || latest <= recent_low {
+    if !climbing || rise < u64::from(growth) {
         return None;
     }
     Some(LeakVerdict {
-        cgroup: CgroupKey::from(""),
+        cgroup: cgroup.clone(),
         now: latest,
-        before: before.unwrap_or(0),
+        before: in_window.clone().next().map_or(0, |&(_, tasks)| tasks),
         window_ns: window,
-        per_min: slope(readings.iter().filter(|&&(t, _)| t + window >= now)) * 60.0 * NS as f64,
-        limit: None,
+        per_min: slope(in_window) * 60.0 * NS as f64,
+        limit,
     })
 }
 
