@@ -5,7 +5,8 @@
 //!
 //! Pure: readings of the wall clock and of the agent's CPU time in, a
 //! decision out. Over the limit, the agent first stops formatting event
-//! lines (detection goes on, and the lines are counted as shed); still
+//! stream lines (detection goes on, and the lines are counted as shed;
+//! see `output::notable` for those never shed); still
 //! over it a window later, it pauses between batches for as long as it
 //! overspent, so events wait in the ring buffer (or are lost there, and
 //! counted) rather than the host waiting for guard. Containment runs on a

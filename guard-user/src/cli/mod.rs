@@ -315,8 +315,10 @@ pub struct Args {
     pub no_realtime: bool,
 
     /// Most of one CPU guard's pipeline may use, averaged over a second (1
-    /// to 400 percent). Over it, guard stops writing event lines (detection
-    /// goes on; the lines are counted as `output_shed`), and if still over
+    /// to 400 percent). Over it, guard stops writing fork, exec and exit
+    /// lines (detection goes on; the lines are counted as `output_shed`;
+    /// oom_kill, hung_task, unblocked and condemned lines are always
+    /// written), and if still over
     /// it a second later, pauses between batches, leaving events in the
     /// ring buffer. Never while it contains a bomb or acts: containment
     /// runs on a thread of its own.

@@ -270,15 +270,27 @@ impl<W: Write> Output<W> {
     }
 
     /// One event with what the process table knows about its subject.
+    ///
+    /// Stream events (forks, execs, exits...) are shed while the agent is
+    /// over its CPU limit and dropped past [`EVENT_BACKLOG`]; the rare
+    /// ones that say something happened to the host (see [`notable`]) are
+    /// kept like records: never shed, dropped only past
+    /// [`RECORD_BACKLOG`], and flushed at once.
     pub fn event(&mut self, event: &Event, ctx: &Context<'_>) -> io::Result<()> {
-        if self.shedding {
+        let notable = notable(event);
+        if self.shedding && !notable {
             self.shed += 1;
             return Ok(());
         }
-        if self.over(EVENT_BACKLOG) {
+        if self.over(if notable {
+            RECORD_BACKLOG
+        } else {
+            EVENT_BACKLOG
+        }) {
             self.dropped += 1;
             return Ok(());
         }
+        self.records_unflushed |= notable;
         self.line.clear();
         match self.format {
             Format::Json => self.json_event(event, ctx),
@@ -717,4 +729,16 @@ fn twin_raw(fields: &[(String, serde_json::Value)]) -> Vec<(String, serde_json::
         out.push((format!("{k}_hex"), hex.into()));
     }
     out
+}
+
+/// Whether an event is one of the rare ones that report something done to
+/// the host (an OOM kill, a hung task, a task unblocked, a condemnation by
+/// the probe) rather than the stream of forks, execs, exits and samples.
+/// These are never shed: an operator reads them after the fact, and a
+/// storm that makes guard shed is when they matter most.
+pub fn notable(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::OomKill(_) | Event::HungTask(_) | Event::Unblocked(_) | Event::Condemned(_)
+    )
 }

@@ -685,3 +685,35 @@ mod schema_checks {
         }
     }
 }
+
+#[test]
+fn over_the_cpu_limit_stream_events_are_shed_and_an_oom_kill_is_not() {
+    let oom = Event::OomKill(OomKill {
+        boot_ns: 5,
+        pid: 9,
+        comm: None,
+        uid: None,
+        trigger_pid: 9,
+        trigger_tgid: 9,
+        total_vm_kb: None,
+        anon_rss_kb: None,
+        file_rss_kb: None,
+        shmem_rss_kb: None,
+        pgtables_kb: None,
+        oom_score_adj: None,
+    });
+    let backlog = Arc::new(AtomicUsize::new(EVENT_BACKLOG + 1));
+    let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog);
+    out.set_shedding(true);
+    out.event(&exit(ExitStatus::Exited(0)), &ctx())
+        .expect("write");
+    out.event(&oom, &ctx()).expect("write");
+    assert_eq!((out.shed, out.dropped), (1, 0));
+    assert!(
+        out.records_unflushed,
+        "an OOM kill is flushed like a record"
+    );
+    let text = String::from_utf8(out.into_inner()).expect("utf8");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"kind\":\"oom_kill\""), "{text}");
+}
