@@ -46,6 +46,8 @@ mod pod {
     unsafe impl aya::Pod for super::ForkBudget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExeId {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Refusal {}
 }
 
 #[cfg(test)]
@@ -57,6 +59,7 @@ mod layout {
     #[test]
     fn sizes_have_no_padding() {
         assert_eq!(size_of::<Header>(), 16);
+        assert_eq!(size_of::<Refusal>(), 16);
         assert_eq!(size_of::<ForkEvent>(), 16 + 6 * 4 + 8 + 2 * COMM_LEN);
         assert_eq!(
             size_of::<ExecEvent>(),

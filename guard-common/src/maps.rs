@@ -157,6 +157,28 @@ pub const KFUNC_SIGNAL_TASK_CALL: [u8; 8] = [0x85, 0x20, 0x00, 0x00, 0x6b, 0x66,
 /// Capacity of the `CONDEMNED` map (tag → signal).
 pub const CONDEMNED_ENTRIES: u32 = 256;
 
+/// Value of the `REFUSALS` map (lineage tag → refusal): a tag whose
+/// members' forks the LSM program refuses (`task_alloc` fails with
+/// EAGAIN), with what it refused so far. The agent inserts it zeroed (a
+/// `refuse` action, and before any `stop` or `kill`), the fork probe when it
+/// condemns a subtree by itself; the LSM program counts; removing it lifts
+/// the refusal. 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// Forks and clones refused so far (threads included).
+    pub refused: u64,
+    /// When the last one was refused (boot ns; 0: none yet).
+    pub last_ns: u64,
+}
+
+/// Capacity of the `REFUSALS` map: as many as can be condemned.
+pub const REFUSAL_ENTRIES: u32 = CONDEMNED_ENTRIES;
+
+/// The errno a refused fork fails with: EAGAIN, what pids.max and
+/// RLIMIT_NPROC return, which programs already handle.
+pub const REFUSED_ERRNO: i32 = 11;
+
 /// Slots of the per-CPU `DROPS` map: `[kind]` counts records lost because the
 /// ring buffer was full, `[KIND_SLOTS + kind]` records discarded because a
 /// kernel read failed, `[TRACKING_FULL_SLOT]` blocked tasks not tracked

@@ -9,7 +9,7 @@ use core::ptr::read_volatile;
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
-    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, SCOPE_IN,
+    ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, Refusal, SCOPE_IN,
     SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag, fork_rule,
 };
 
@@ -341,8 +341,8 @@ pub(crate) fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
         ) {
             return;
         }
-        // SAFETY: a presence check; nothing is read through the reference.
-        if CONDEMNED.get(tag).is_some() {
+        // SAFETY: presence checks; nothing is read through the references.
+        if CONDEMNED.get(tag).is_some() || REFUSALS.get(tag).is_some() {
             return;
         }
         // The record goes out before the condemnation takes effect, so that
@@ -361,7 +361,13 @@ pub(crate) fn count_birth(tag: u64, forker_tgid: u32, depth: u32) {
             reserved: 0,
         };
         let _ = output(EventKind::Condemned, &record);
-        let _ = CONDEMNED.insert(tag, (*budget).signal, u64::from(BPF_NOEXIST));
+        // Refused first (where the LSM program is attached, no member forks
+        // from now on), then condemned; a budget with no signal (`refuse`)
+        // is only refused.
+        let _ = REFUSALS.insert(tag, Refusal::default(), u64::from(BPF_NOEXIST));
+        if (*budget).signal != 0 {
+            let _ = CONDEMNED.insert(tag, (*budget).signal, u64::from(BPF_NOEXIST));
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! `bpf_enforcer.c` keep them: `process` (fork, exec, exit, cgroup moves),
 //! `sched` (D-state tasks, hung tasks), `memory` (rss steps, reclaim
 //! stalls), `oom` (the OOM killer's victim); `fork_guard` holds the
-//! enforcement; `maps` and `read` what they share.
+//! enforcement the fork probe does, `refuse` the one LSM program (forks of
+//! a refused lineage fail); `maps` and `read` what they share.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so core's atomic types lack
@@ -35,6 +36,7 @@ mod memory;
 mod oom;
 mod process;
 mod read;
+mod refuse;
 mod sched;
 
 #[cfg(not(test))]

@@ -6,8 +6,8 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use guard_common::{
     BLOCKED_ENTRIES, BUDGET_ENTRIES, BlockedSlot, CONDEMNED_ENTRIES, DEFAULT_RING_BYTES,
     DEPTH_ENTRIES, DROP_SLOTS, ExeId, ExecEvent, ForkBudget, LINEAGE_ENTRIES, OCCUPANCY_SLOTS,
-    PROTECTED_EXE_ENTRIES, PROTECTED_PID_ENTRIES, ProbeConfig, RECLAIM_ENTRIES, REPORTED_ENTRIES,
-    RSS_ENTRIES, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES,
+    PROTECTED_EXE_ENTRIES, PROTECTED_PID_ENTRIES, ProbeConfig, RECLAIM_ENTRIES, REFUSAL_ENTRIES,
+    REPORTED_ENTRIES, RSS_ENTRIES, Refusal, SCOPE_CACHE_ENTRIES, SCOPE_ENTRIES,
 };
 
 /// Per-kernel offsets and layouts, overridden by the agent at load time
@@ -42,6 +42,14 @@ pub(crate) static DEPTH: HashMap<u32, u32> = HashMap::with_max_entries(DEPTH_ENT
 /// signals its members.
 #[map]
 pub(crate) static CONDEMNED: HashMap<u64, u32> = HashMap::with_max_entries(CONDEMNED_ENTRIES, 0);
+
+/// Refused tags → what was refused (see `Refusal`): the LSM program fails
+/// every fork and clone of their members with EAGAIN. A condemned tag has
+/// one too (the agent, or the fork probe, inserts it with the
+/// condemnation), so that a condemned member's fork fails as it is
+/// signalled, instead of leaving a child behind.
+#[map]
+pub(crate) static REFUSALS: HashMap<u64, Refusal> = HashMap::with_max_entries(REFUSAL_ENTRIES, 0);
 
 /// Tasks in uninterruptible sleep: task_struct address → who, when and how
 /// they blocked. Written by `sched_switch` as a task leaves the CPU in that

@@ -121,6 +121,17 @@ impl TestCgroup {
             .collect()
     }
 
+    /// Tasks in the cgroup now (`pids.current`: threads and zombies
+    /// included).
+    pub fn pids_current(&self) -> u64 {
+        let path = self.pids.join("pids.current");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// How often pids.max refused a fork (`max N` in pids.events).
     pub fn pids_refused(&self) -> u64 {
         let path = self.pids.join("pids.events");

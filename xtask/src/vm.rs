@@ -16,8 +16,9 @@
 //! live code patching (static keys) with more than one vCPU, and guard
 //! attaching and detaching probes patches code, so a two-vCPU guest runs
 //! single-threaded TCG. Each kernel boots twice: two vCPUs for the
-//! detectors (`guard-vmcheck matrix`), one vCPU under a fork churn
-//! (`guard-vmcheck churn`).
+//! detectors and refusal (`guard-vmcheck matrix`, Debian's LSM list, which
+//! has `bpf`), one vCPU under a fork churn and for refusal's fallback
+//! (`guard-vmcheck churn`, booted with an LSM list without `bpf`).
 //!
 //! GUARD_VM_BIN=PATH boots another static build of the agent.
 
@@ -78,6 +79,10 @@ const MATRIX_CHECKS: &[&str] = &[
     "guard_check",
     "stream",
     "bomb",
+    "refuse",
+    "refuse_threads",
+    "refuse_ladder",
+    "refuse_lift",
     "memory_kill",
     "oom_record",
     "blocked_vfork",
@@ -85,7 +90,12 @@ const MATRIX_CHECKS: &[&str] = &[
     "collective_memory",
     "host_memory_runaway",
 ];
-const CHURN_CHECKS: &[&str] = &["one_cpu_churn"];
+const CHURN_CHECKS: &[&str] = &["one_cpu_churn", "refuse_fallback"];
+
+/// The churn guest's LSM list: Debian's without `bpf`, so that refusal's
+/// fallback is checked on each kernel too (the matrix guest keeps the
+/// default list, which has it).
+const NO_BPF_LSM: &str = "lsm=landlock,lockdown,yama,integrity,apparmor";
 
 /// Builds the static agent (musl, the eBPF object embedded), checks that it
 /// has no program interpreter, and writes it with its SHA-256 to
@@ -362,6 +372,7 @@ fn boot(
     initrd: &Path,
     vcpus: u32,
     mode: &str,
+    extra: &str,
     log: &Path,
     timeout: Duration,
 ) -> Result<Vec<CheckLine>> {
@@ -379,7 +390,7 @@ fn boot(
         .arg(initrd)
         .args([
             "-append",
-            &format!("console=ttyS0 panic=-1 psi=1 quiet guard.mode={mode}"),
+            &format!("console=ttyS0 panic=-1 psi=1 quiet guard.mode={mode} {extra}"),
             "-nographic",
             "-no-reboot",
             "-nodefaults",
@@ -493,9 +504,9 @@ pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Res
         let tree = fetch_kernel(&cache, &package)?;
         let (image, modules) = kernel_files(&tree)?;
         let initrd = initramfs(&work, s.name, &modules, &bins)?;
-        for (mode, vcpus, expected, minutes) in [
-            ("matrix", 2, MATRIX_CHECKS, 25),
-            ("churn", 1, CHURN_CHECKS, 10),
+        for (mode, vcpus, expected, minutes, extra) in [
+            ("matrix", 2, MATRIX_CHECKS, 25, ""),
+            ("churn", 1, CHURN_CHECKS, 10, NO_BPF_LSM),
         ] {
             if guest.is_some_and(|g| g != mode) {
                 continue;
@@ -506,6 +517,7 @@ pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Res
                 &initrd,
                 vcpus,
                 mode,
+                extra,
                 &log,
                 Duration::from_secs(minutes * 60),
             )?;

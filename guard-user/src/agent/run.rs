@@ -47,6 +47,7 @@ use crate::{
     kernel::{
         decode::Event,
         loader::{self, AttachReport, LoadOptions, Loaded},
+        lsm::RefusalSupport,
         source::{self, BlockedMaps, EventQueue, KernelDrops, SourceStats},
     },
     output::{Format, Output, ThreadedStdout, metrics::Metrics, record},
@@ -56,6 +57,7 @@ use crate::{
         kernel_scope::{self, BudgetLimits, KernelScope},
         policy::{ActionKind, Policies},
         protect::Protection,
+        refusal::Ended,
     },
 };
 
@@ -69,6 +71,8 @@ struct Plan {
     guard_chain: HashSet<u32>,
     trusted: TrustedExes,
     kernel_scope: KernelScope,
+    /// Whether the kernel can refuse forks here (and if not, why).
+    refusal: RefusalSupport,
 }
 
 /// The kernel side, loaded and attached, and what reads it.
@@ -86,6 +90,8 @@ struct Kernel {
     protection: Protection,
     /// Cgroups the fork probe leaves alone from the start.
     exempt_cgroups: Vec<String>,
+    /// Whether forks are refused in the kernel, as attached.
+    refusal: RefusalSupport,
 }
 
 /// The output file's switches, when `--output` names one.
@@ -130,10 +136,15 @@ fn plan(args: &Args) -> Result<Plan> {
     // Otherwise the probe's budgets signal with the strongest action any
     // policy or the flag asks for; cgroups whose action is `log` are exempt
     // there.
+    let refusal = refusal_support(args);
     let fork_action = if !args.runs(Detector::Fork) {
         ActionKind::Log
-    } else {
+    } else if refusal.available {
         policies.strongest_fork_action(args.fork_action)
+    } else {
+        policies
+            .strongest_fork_action(args.fork_action)
+            .without_refusal()
     };
     if let Some(command) = &args.on_alert {
         match crate::respond::hook::check_command(command) {
@@ -180,7 +191,48 @@ fn plan(args: &Args) -> Result<Plan> {
         guard_chain,
         trusted,
         kernel_scope,
+        refusal,
     })
+}
+
+/// Whether the kernel can refuse a lineage's forks here; says what that
+/// means for the actions asked for when it cannot.
+fn refusal_support(args: &Args) -> RefusalSupport {
+    let support = match crate::kernel::btf::Btf::from_file(&args.btf) {
+        Ok(btf) => crate::kernel::lsm::support(&btf, args.no_lsm),
+        Err(e) => RefusalSupport::unavailable(format!("{e:#}")),
+    };
+    match &support.why_not {
+        None => tracing::info!(
+            "the kernel refuses the forks of a lineage guard acts on (BPF LSM: {})",
+            support.lsm.as_deref().unwrap_or("?")
+        ),
+        Some(why) => {
+            let asked: Vec<String> = [
+                ("--fork-action", args.fork_action),
+                ("--leak-action", args.leak_action),
+            ]
+            .into_iter()
+            .chain(args.policies.iter().flat_map(|p| {
+                [p.fork_action, p.leak_action]
+                    .into_iter()
+                    .flatten()
+                    .map(|a| ("a policy's action", a))
+            }))
+            .filter(|(_, a)| a.refuses())
+            .map(|(flag, a)| format!("{flag} {} acts as {}", a.name(), a.without_refusal().name()))
+            .collect();
+            if asked.is_empty() {
+                tracing::info!("no refusal here ({why}): stop and kill signal without it");
+            } else {
+                tracing::warn!(
+                    "the kernel cannot refuse forks here: {why}; {}",
+                    asked.join(", ")
+                );
+            }
+        }
+    }
+    support
 }
 
 /// Loads the programs and their maps, starts the reader, exempts the
@@ -206,12 +258,14 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
             reclaim_stall_us: args.reclaim_stall_ms * 1000,
         },
         kernel_scope: plan.kernel_scope.clone(),
+        refusal: plan.refusal.available,
     })?;
     let loader::Maps {
         ring,
         drops,
         lineage,
         condemned,
+        refusals,
         budgets,
         blocked,
         reported,
@@ -231,6 +285,7 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
         ResponseMaps {
             lineage,
             condemned,
+            refusals,
             budgets,
             protected_pids,
             protected_exes,
@@ -245,6 +300,13 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
     let (reader, rx) = source::spawn_reader(ring, args.queue as usize, stats.clone(), stop_rx)?;
     let exempt_cgroups = exempt_cgroups(args, plan, &system);
     let report = loaded.attach()?;
+    if report.refusal {
+        system.set_refusing();
+    }
+    let refusal = match &report.refusal_failed {
+        Some(why) => RefusalSupport::unavailable(why.clone()),
+        None => plan.refusal.clone(),
+    };
     Ok(Kernel {
         loaded,
         report,
@@ -258,6 +320,7 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
         system,
         protection,
         exempt_cgroups,
+        refusal,
     })
 }
 
@@ -363,6 +426,11 @@ fn settings(args: &Args, plan: &Plan, policies: Policies) -> Settings {
         leak_action: args.leak_action,
         dry_run: args.dry_run,
         policies,
+        refusal: crate::respond::refusal::RefusalRules {
+            grace_ns: args.refuse_grace * 1_000_000_000,
+            limit_ns: args.refuse_for * 1_000_000_000,
+        },
+        refusal_available: plan.refusal.available,
         prefer: args.prefer.clone(),
         kernel_tags: plan.kernel_scope.rule.is_some(),
         kernel_filter: plan.kernel_scope.filter,
@@ -467,6 +535,8 @@ fn start_record(
         processes: pipe.table.len() as u64,
         fork_action,
         mem_action: args.mem_action,
+        leak_action: pipe.settings.effective(args.leak_action),
+        refusal: kernel.refusal.clone(),
         off: Detector::ALL
             .into_iter()
             .filter(|&d| !args.runs(d))
@@ -544,6 +614,8 @@ struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    /// Lifts every refusal in force.
+    usr2: Signal,
 }
 
 impl Running {
@@ -560,6 +632,7 @@ impl Running {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
         };
         let processes = pipe.table.len();
         tracing::info!(
@@ -647,12 +720,16 @@ impl Running {
                 _ = signals.int.recv() => return Ok(Stop::Signal),
                 _ = signals.term.recv() => return Ok(Stop::Signal),
                 _ = signals.hup.recv() => self.on_sighup(args),
+                _ = signals.usr2.recv() => {
+                    let lifted = self.pipe.end_refusals(WallClock::boot_ns_now(), Ended::Lifted)?;
+                    tracing::info!("SIGUSR2: {lifted} refusals lifted");
+                }
                 _ = watchdog.tick(), if self.service.ping_every.is_some() => self.service.alive(),
                 _ = rescan.tick() => self.kernel.system.refresh_trusted(),
                 _ = tick.tick() => self.on_tick()?,
                 _ = sample.tick() => self.on_sample()?,
                 Some((request, outcome)) = self.done_rx.recv() => {
-                    let follow_ups = self.pipe.action_done(&request, &outcome)?;
+                    let follow_ups = self.pipe.action_done(&request, &outcome, WallClock::boot_ns_now())?;
                     self.run_actions(follow_ups);
                 }
                 batch = self.kernel.rx.recv() => {
@@ -693,6 +770,8 @@ impl Running {
             }
         }
         self.pipe.sweep_if_caught_up(WallClock::boot_ns_now());
+        let steps = self.pipe.watch_refusals(WallClock::boot_ns_now())?;
+        self.run_actions(steps);
         for tag in k.system.settle() {
             tracing::info!("subtree {tag}: every member verified gone; condemnation released");
         }
@@ -778,8 +857,12 @@ impl Running {
             let _ = actor.join();
         }
         while let Ok((request, outcome)) = self.done_rx.try_recv() {
-            self.pipe.action_done(&request, &outcome)?;
+            self.pipe
+                .action_done(&request, &outcome, WallClock::boot_ns_now())?;
         }
+        // The maps go with the agent, and the refusals with them.
+        self.pipe
+            .end_refusals(WallClock::boot_ns_now(), Ended::AgentStopped)?;
         let Kernel {
             loaded,
             stop_reader,

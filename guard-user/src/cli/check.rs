@@ -1,5 +1,5 @@
 //! `guard check`: whether and how guard can run on this host, as a table,
-//! without loading anything. Each row is a fact of the host (read the way
+//! loading nothing but aya's trivial feature probe for LSM programs. Each row is a fact of the host (read the way
 //! the agent reads it: the same BTF reader, probe table, tracefs and
 //! cgroup discovery) and what it turns on or off in guard. Exits non-zero
 //! when guard cannot run.
@@ -101,6 +101,27 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
             format!("{err:#}"),
             "guard cannot run: it reads every offset from BTF (--btf FILE gives one)",
         )),
+    }
+    if let Ok(btf) = &btf {
+        let refusal = crate::kernel::lsm::support(btf, false);
+        rows.push(match &refusal.why_not {
+            None => row(
+                "refusal (BPF LSM)",
+                Verdict::Ok,
+                format!(
+                    "bpf in {}",
+                    refusal.lsm.as_deref().unwrap_or("the LSM list")
+                ),
+                "refuse: a lineage's forks fail in the kernel; stop and kill refuse first",
+            ),
+            Some(why) => row(
+                "refusal (BPF LSM)",
+                Verdict::Degraded,
+                why.clone(),
+                "refuse only alerts, a ladder starts at its next rung, stop and kill signal \
+                 without refusing first",
+            ),
+        });
     }
     let caps = crate::host::procfs::effective_capabilities().unwrap_or(0);
     let held = |n: u32| caps & (1 << n) != 0;

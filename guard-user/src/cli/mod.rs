@@ -141,10 +141,17 @@ pub struct Args {
     )]
     pub btf: PathBuf,
 
-    /// What a fork alert leads to: `log` (alert only), `stop` (freeze the
-    /// offending subtree with SIGSTOP) or `kill` (SIGKILL every member; one
-    /// that forks meanwhile is killed by the kernel probe at that moment).
-    /// Protected processes are never signalled.
+    /// What a fork alert leads to: `log` (alert only); `refuse` (every
+    /// fork and clone of the offending subtree fails with EAGAIN in the
+    /// kernel, nobody is signalled, the rest of its cgroup forks as
+    /// before); `refuse-then-stop` or `refuse-then-kill` (refuse, and if the
+    /// subtree keeps trying past --refuse-grace, stop or kill it); `stop`
+    /// (freeze the subtree with SIGSTOP) or `kill` (SIGKILL every member).
+    /// `stop` and `kill` refuse the subtree's forks from the verdict on, so
+    /// it never grows past its size then. Refusing needs the BPF LSM (see
+    /// `guard check`); without it `refuse` only alerts, a ladder starts at
+    /// its second rung, and a member that forks is signalled by the kernel
+    /// probe instead. Protected processes are never signalled nor refused.
     #[arg(help_heading = "Fork guard", long, value_enum, default_value_t = ActionKind::Log)]
     pub fork_action: ActionKind,
 
@@ -232,15 +239,18 @@ pub struct Args {
     pub leak_growth: u32,
 
     /// What a leak alert leads to: `log` (the default: a slow leak leaves
-    /// time to decide), `stop` or `kill` the leaking subtree (its topmost
-    /// unprotected ancestor of the recent births).
+    /// time to decide); `refuse` the leaking subtree's forks (it keeps
+    /// running with the processes it has), `refuse-then-stop` or
+    /// `refuse-then-kill`; `stop` or `kill` it. The subtree is the topmost
+    /// unprotected ancestor of the recent births, with what it started.
     #[arg(help_heading = "Leaks", long, value_enum, default_value_t = ActionKind::Log)]
     pub leak_action: ActionKind,
 
     /// What a memory alert leads to: `log` (alert only), `stop` (SIGSTOP
     /// the offender) or `kill` (SIGKILL it; a child it forks meanwhile dies
-    /// at birth). Protected processes are never signalled.
-    #[arg(help_heading = "Memory guard", long, value_enum, default_value_t = ActionKind::Log)]
+    /// at birth). Protected processes are never signalled. (Refusing forks
+    /// frees no memory: not an action here.)
+    #[arg(help_heading = "Memory guard", long, default_value = "log", value_parser = signal_action)]
     pub mem_action: ActionKind,
 
     /// Memory guard: when a pool runs out, take a growing process whose
@@ -313,6 +323,26 @@ pub struct Args {
     /// oom_score_adj to -1000.
     #[arg(help_heading = "The agent itself", long)]
     pub no_realtime: bool,
+
+    /// A ladder (`refuse-then-stop`, `refuse-then-kill`) takes its next
+    /// step when the refused subtree still tried to fork in the last
+    /// quarter of this many seconds after the refusal began (1 to 3600). A
+    /// subtree that gave up stays refused.
+    #[arg(help_heading = "Refusal", long, value_name = "SECS", default_value_t = crate::respond::refusal::DEFAULT_GRACE_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub refuse_grace: u64,
+
+    /// A refusal is lifted after this many seconds (0: only when its
+    /// subtree is gone, or on SIGUSR2, which lifts every refusal now). A
+    /// lifted subtree that grows again is judged again.
+    #[arg(help_heading = "Refusal", long, value_name = "SECS", default_value_t = crate::respond::refusal::DEFAULT_LIMIT_SECS, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub refuse_for: u64,
+
+    /// Do not attach the BPF LSM program that refuses forks: `refuse` then
+    /// only alerts, a ladder starts at its second rung, and `stop` and
+    /// `kill` signal without refusing first (as on a kernel without the
+    /// BPF LSM).
+    #[arg(help_heading = "Refusal", long)]
+    pub no_lsm: bool,
 
     /// Most of one CPU guard's pipeline may use, averaged over a second (1
     /// to 400 percent). Over it, guard stops writing fork, exec and exit
@@ -403,6 +433,18 @@ impl Args {
                 regex: regex.clone(),
             }))
             .collect()
+    }
+}
+
+/// `--mem-action`: the actions that signal (refusing forks frees no
+/// memory).
+fn signal_action(value: &str) -> Result<ActionKind, String> {
+    match ActionKind::from_str(value, true) {
+        Ok(action) if !action.refuses() => Ok(action),
+        Ok(_) => Err(format!(
+            "{value}: refusing forks frees no memory; use log, stop or kill"
+        )),
+        Err(_) => Err(format!("{value}: use log, stop or kill")),
     }
 }
 

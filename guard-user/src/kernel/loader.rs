@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, Lsm, RawTracePoint, TracePoint},
 };
 use guard_common::{EventKind, ProbeConfig};
 
@@ -31,6 +31,9 @@ pub struct LoadOptions {
     pub memory: crate::kernel::probes::MemoryTunables,
     /// What the fork probe enforces by itself.
     pub kernel_scope: crate::respond::kernel_scope::KernelScope,
+    /// Attach the LSM program that refuses forks (`kernel::lsm` found the
+    /// BPF LSM active).
+    pub refusal: bool,
 }
 
 /// A loaded object, its probes not yet attached. Dropping it detaches them.
@@ -40,6 +43,7 @@ pub struct Loaded {
     /// once they are attached (parsed, it takes about 10 MiB).
     btf: Option<aya::Btf>,
     probes: Vec<(&'static Probe, Option<String>)>,
+    refusal: bool,
 }
 
 /// The object's maps, taken out so that the reader can start before any
@@ -47,9 +51,10 @@ pub struct Loaded {
 pub struct Maps {
     pub ring: RingBuf<MapData>,
     pub drops: PerCpuArray<MapData, u64>,
-    /// LINEAGE and CONDEMNED, for `act`.
+    /// LINEAGE, CONDEMNED and REFUSALS, for `act`.
     pub lineage: aya::maps::Map,
     pub condemned: aya::maps::Map,
+    pub refusals: aya::maps::Map,
     /// BUDGETS, for `act` (the fork budgets of watched subtrees).
     pub budgets: aya::maps::Map,
     /// BLOCKED and REPORTED, for the blocked-task tracker.
@@ -70,6 +75,10 @@ pub struct AttachReport {
     pub attached: Vec<String>,
     /// (probe, why it was skipped).
     pub skipped: Vec<(String, String)>,
+    /// The LSM program that refuses forks is attached.
+    pub refusal: bool,
+    /// Why not, when it was asked for and failed.
+    pub refusal_failed: Option<String>,
 }
 
 /// Checks the capabilities loading needs, naming what is missing.
@@ -201,6 +210,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
     let drops = PerCpuArray::try_from(take("DROPS")?)?;
     let lineage = take("LINEAGE")?;
     let condemned = take("CONDEMNED")?;
+    let refusals = take("REFUSALS")?;
     let budgets = take("BUDGETS")?;
     let blocked = take("BLOCKED")?;
     let reported = take("REPORTED")?;
@@ -215,12 +225,14 @@ pub fn load(opts: &LoadOptions) -> Result<(Loaded, Maps)> {
                     .with_context(|| format!("reading BTF from {}", opts.btf.display()))?,
             ),
             probes,
+            refusal: opts.refusal,
         },
         Maps {
             ring,
             drops,
             lineage,
             condemned,
+            refusals,
             budgets,
             blocked,
             reported,
@@ -319,6 +331,34 @@ impl Loaded {
             }
             report.attached.push(name);
         }
+        if self.refusal {
+            // A kernel that lists bpf may still refuse the program (a
+            // verifier of its own): then guard says so and goes on without.
+            match self.attach_refusal(&btf) {
+                Ok(()) => {
+                    report.refusal = true;
+                    report.attached.push("lsm/task_alloc".to_owned());
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::warn!("the LSM program that refuses forks is not attached: {why}");
+                    report.refusal_failed = Some(why);
+                }
+            }
+        }
         Ok(report)
+    }
+
+    fn attach_refusal(&mut self, btf: &aya::Btf) -> Result<()> {
+        let program: &mut Lsm = self
+            .ebpf
+            .program_mut("task_alloc")
+            .context("program task_alloc missing from the object")?
+            .try_into()?;
+        program
+            .load("task_alloc", btf)
+            .context("loading task_alloc")?;
+        program.attach().context("attaching lsm/task_alloc")?;
+        Ok(())
     }
 }

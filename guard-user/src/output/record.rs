@@ -34,6 +34,7 @@ pub enum RecordKind {
     Alert,
     Action,
     Resolved,
+    Refusal,
 }
 
 impl RecordKind {
@@ -47,6 +48,7 @@ impl RecordKind {
             RecordKind::Alert => "alert",
             RecordKind::Action => "action",
             RecordKind::Resolved => "resolved",
+            RecordKind::Refusal => "refusal",
         }
     }
 }
@@ -129,6 +131,8 @@ impl From<crate::detect::memory::MemoryRule> for Rule {
 /// How an action ended, as the metrics count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ActionResult {
+    /// A `refuse` in force.
+    Refusing,
     Contained,
     NotContained,
     DryRun,
@@ -137,6 +141,7 @@ pub enum ActionResult {
 impl ActionResult {
     pub fn name(self) -> &'static str {
         match self {
+            ActionResult::Refusing => "refusing",
             ActionResult::Contained => "contained",
             ActionResult::NotContained => "not_contained",
             ActionResult::DryRun => "dry_run",
@@ -572,8 +577,8 @@ pub struct ActionHead {
 pub struct ActionDone {
     #[serde(flatten)]
     pub head: ActionHead,
-    /// The signal sent.
-    pub signals: String,
+    /// The signal sent; `null` for a `refuse` (nobody is signalled).
+    pub signals: Option<String>,
     /// Members it was sent to.
     pub members: usize,
     pub outcome: Outcome,
@@ -614,6 +619,7 @@ impl Record for ActionRecord {
         let h = self.head();
         let result = match self {
             ActionRecord::DryRun(_) => ActionResult::DryRun,
+            ActionRecord::Done(d) if d.outcome.refusing => ActionResult::Refusing,
             ActionRecord::Done(d) if d.outcome.contained => ActionResult::Contained,
             ActionRecord::Done(_) => ActionResult::NotContained,
         };
@@ -645,6 +651,37 @@ pub struct Resolved {
 
 impl Record for Resolved {
     const KIND: RecordKind = RecordKind::Resolved;
+}
+
+/// How a refusal goes (see `respond::refusal`): the lineage is trying
+/// (forks are being refused), went quiet (none for 5 s), or the refusal
+/// ended, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct RefusalRecord {
+    pub detector: Detector,
+    pub rule: Rule,
+    pub state: crate::respond::refusal::State,
+    /// Why it ended (`state` is `ended`).
+    pub ended: Option<crate::respond::refusal::Ended>,
+    /// The ladder's next step, taken now (`ended` is `escalated`).
+    pub then: Option<ActionKind>,
+    pub offender: Option<Offender>,
+    /// Forks and clones refused since the refusal began.
+    pub refused: u64,
+    /// Refused per second over the last second.
+    pub per_second: f64,
+    pub peak_per_second: f64,
+    /// When the first and the last fork were refused (boot ns).
+    pub first_refused_boot_ns: Option<u64>,
+    pub last_refused_boot_ns: Option<u64>,
+    /// Since the refusal began.
+    pub refusing_secs: f64,
+    /// Members alive now.
+    pub members: usize,
+}
+
+impl Record for RefusalRecord {
+    const KIND: RecordKind = RecordKind::Refusal;
 }
 
 /// A task crossed the blocked threshold (D state).
@@ -705,6 +742,10 @@ pub struct Start {
     pub processes: u64,
     pub fork_action: ActionKind,
     pub mem_action: ActionKind,
+    pub leak_action: ActionKind,
+    /// Whether the kernel refuses a lineage's forks here (`refuse`, and
+    /// `stop` and `kill` refusing first), and if not, why.
+    pub refusal: crate::kernel::lsm::RefusalSupport,
     pub off: Vec<Detector>,
     pub dry_run: bool,
     pub memory_locked: bool,

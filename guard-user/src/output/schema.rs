@@ -74,6 +74,7 @@ fn kinds(g: &mut SchemaGenerator) -> Vec<Kind> {
         R::Alert,
         R::Action,
         R::Resolved,
+        R::Refusal,
         R::Unblocked,
     ] {
         let fields = match kind {
@@ -84,6 +85,7 @@ fn kinds(g: &mut SchemaGenerator) -> Vec<Kind> {
             R::Alert => fields_of::<record::Alert>(g),
             R::Action => fields_of::<record::ActionRecord>(g),
             R::Resolved => fields_of::<record::Resolved>(g),
+            R::Refusal => fields_of::<record::RefusalRecord>(g),
             // Shares its kind with the event (see `event_fields`).
             R::Unblocked => continue,
         };

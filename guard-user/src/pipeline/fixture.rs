@@ -134,6 +134,9 @@ pub struct FakeSystem {
     pub released: Mutex<Vec<u64>>,
     pub exempt_pids: Mutex<HashMap<u32, bool>>,
     pub exempt_cgroups: Mutex<Vec<String>>,
+    /// Refusals in force: tag → what the kernel refused.
+    pub refusals: Mutex<HashMap<u64, guard_common::Refusal>>,
+    pub lifted: Mutex<Vec<u64>>,
 }
 
 impl System for FakeSystem {
@@ -179,6 +182,17 @@ impl System for FakeSystem {
     fn exempt_cgroup(&self, dir: &str) {
         lock(&self.exempt_cgroups).push(dir.to_owned());
     }
+    fn refuse(&self, tag: u64) -> bool {
+        lock(&self.refusals).entry(tag).or_default();
+        true
+    }
+    fn refusal(&self, tag: u64) -> Option<guard_common::Refusal> {
+        lock(&self.refusals).get(&tag).copied()
+    }
+    fn lift(&self, tag: u64) {
+        lock(&self.refusals).remove(&tag);
+        lock(&self.lifted).push(tag);
+    }
 }
 
 /// Settings with every action `log` and nothing ignored or switched off.
@@ -200,6 +214,8 @@ pub fn settings() -> Settings {
         leak_action: ActionKind::Log,
         policies: crate::respond::policy::Policies::default(),
         prefer: Vec::new(),
+        refusal: crate::respond::refusal::RefusalRules::default(),
+        refusal_available: true,
     }
 }
 
@@ -482,5 +498,7 @@ pub fn outcome(signalled: usize) -> crate::respond::act::Outcome {
         errors: 0,
         error: None,
         condemnation_held: false,
+        refused_forks: None,
+        refusing: false,
     }
 }

@@ -17,6 +17,7 @@ mod fork;
 pub mod leak;
 mod memory;
 pub mod plugin;
+mod refusal;
 #[cfg(test)]
 mod tests;
 
@@ -83,6 +84,11 @@ pub struct Settings {
     pub policies: crate::respond::policy::Policies,
     /// `--prefer`: programs a memory action takes first.
     pub prefer: Vec<regex::Regex>,
+    /// `--refuse-grace` and `--refuse-for`.
+    pub refusal: crate::respond::refusal::RefusalRules,
+    /// The kernel can refuse forks here; if not, every action that refuses
+    /// is taken as [`ActionKind::without_refusal`].
+    pub refusal_available: bool,
 }
 
 impl Settings {
@@ -93,7 +99,8 @@ impl Settings {
     /// What a verdict of `detector` in `cgroup` leads to: a policy's
     /// action for it, else the detector's own.
     pub fn action(&self, detector: Detector, cgroup: Option<&str>) -> ActionKind {
-        self.policies
+        let action = self
+            .policies
             .action(detector, cgroup)
             .unwrap_or(match detector {
                 Detector::Fork => self.fork_action,
@@ -101,14 +108,24 @@ impl Settings {
                 Detector::Leak => self.leak_action,
                 Detector::Crashloop => self.crashloop_action,
                 Detector::Blocked => ActionKind::Log,
-            })
+            });
+        self.effective(action)
+    }
+
+    /// `action` as it can be taken here (see `refusal_available`).
+    pub fn effective(&self, action: ActionKind) -> ActionKind {
+        if self.refusal_available {
+            action
+        } else {
+            action.without_refusal()
+        }
     }
 
     /// The strongest fork action anywhere: what the fork probe's budgets
     /// signal with (policies can only soften it to `log` per cgroup in the
     /// kernel: those cgroups are exempt there).
     pub fn strongest_fork_action(&self) -> ActionKind {
-        self.policies.strongest_fork_action(self.fork_action)
+        self.effective(self.policies.strongest_fork_action(self.fork_action))
     }
 }
 
@@ -248,6 +265,9 @@ pub struct Pipeline<W: Write> {
     sweep_pending: bool,
     /// The newest event handled, boot ns.
     last_event_ns: u64,
+    /// Refusals in force (their tags stay in `active` meanwhile: the same
+    /// offender is not acted on twice).
+    refusals: crate::respond::refusal::Refusals<ActionRequest>,
 }
 
 /// How far behind the kernel the pipeline may be to count as caught up.
@@ -267,6 +287,7 @@ impl<W: Write> Pipeline<W> {
         let primary = h.primary;
         let pids_index = h.pids_index();
         let mem_index = h.index_of_controller("memory").or_else(|| h.index_of_id(0));
+        let settings_refusal = settings.refusal;
         Self {
             settings,
             scope,
@@ -300,6 +321,7 @@ impl<W: Write> Pipeline<W> {
             losses_seen: 0,
             sweep_pending: false,
             last_event_ns: 0,
+            refusals: crate::respond::refusal::Refusals::new(settings_refusal),
         }
     }
 
@@ -531,8 +553,13 @@ impl<W: Write> Pipeline<W> {
         &mut self,
         request: &ActionRequest,
         outcome: &Outcome,
+        now: u64,
     ) -> io::Result<Vec<ActionRequest>> {
-        self.active.remove(&request.tag);
+        // A refusal in force keeps its offender active until it ends.
+        let refusing = self.refusal_started(request, outcome, now);
+        if !refusing {
+            self.active.remove(&request.tag);
+        }
         self.watched.remove(&request.tag);
         self.tagged.retain(|_, (tag, _)| *tag != request.tag);
         let memory = request.pool.as_ref().map(|(pool, before)| {
@@ -545,7 +572,10 @@ impl<W: Write> Pipeline<W> {
         });
         self.out.record(&ActionRecord::Done(Box::new(ActionDone {
             head: action_head(request, false),
-            signals: crate::output::signal_name(request.kind.signal()).to_owned(),
+            signals: request
+                .kind
+                .signal()
+                .map(|s| crate::output::signal_name(s).to_owned()),
             members: request.members.len(),
             outcome: outcome.clone(),
             memory,
@@ -566,7 +596,16 @@ impl<W: Write> Pipeline<W> {
         };
         let lineage = self.table.lineage();
         let mut left = unprotected_members(lineage, &self.protection, root);
-        left.retain(|m| still_to_contain(request.kind, system.state(m.tgid)));
+        if request.kind.refuses() {
+            // A refusal leaves its members running: only those it could not
+            // tag yet (born before) are left to do.
+            left.retain(|m| {
+                system.state(m.tgid) == ProcState::Running
+                    && system.tag_of(m.tgid) != Some(request.tag)
+            });
+        } else {
+            left.retain(|m| still_to_contain(request.kind, system.state(m.tgid)));
+        }
         if left.is_empty() || request.kind == ActionKind::Log {
             return Ok(Vec::new());
         }

@@ -7,6 +7,7 @@ mod fork;
 mod kernel;
 mod leak;
 mod memory;
+mod refusal;
 
 mod actions {
     use crate::{pipeline::still_to_contain, respond::act::ProcState, respond::policy::ActionKind};

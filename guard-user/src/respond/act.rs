@@ -63,8 +63,20 @@ pub trait System {
     fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> Reach;
     /// Makes the fork probe send `signal` to members of `tag` that fork.
     fn condemn(&self, tag: u64, signal: i32);
-    /// Ends the condemnation.
+    /// Ends the condemnation (and the refusal that came with it).
     fn release(&self, tag: u64);
+    /// Has the kernel refuse every fork and clone of `tag`'s members; true
+    /// when that is in force (the LSM program is attached).
+    fn refuse(&self, _tag: u64) -> bool {
+        false
+    }
+    /// What the kernel refused of `tag`'s members so far; `None` when it
+    /// does not refuse them (never did, or lifted).
+    fn refusal(&self, _tag: u64) -> Option<guard_common::Refusal> {
+        None
+    }
+    /// Ends a refusal: `tag`'s members may fork again.
+    fn lift(&self, _tag: u64) {}
     /// Keeps the condemnation until no member of `tag` is left alive (or,
     /// for `SIGSTOP`, running): containment could not verify that.
     fn hold(&self, _tag: u64, _signal: i32) {}
@@ -137,6 +149,36 @@ pub struct Outcome {
     /// The kernel's condemnation is kept after the action: not every member
     /// was verified dead (or stopped); it is released once they are.
     pub condemnation_held: bool,
+    /// Forks and clones of members the kernel refused while the action ran
+    /// (a `stop` or `kill` refuses them from the verdict on), or from the
+    /// verdict to now for a `refuse`; `null` where the kernel cannot refuse
+    /// (no BPF LSM: see the `start` record's `refusal`).
+    pub refused_forks: Option<u64>,
+    /// A `refuse` action: the lineage's forks are refused from now on, until
+    /// the refusal ends (see the `refusal` records). Its members are left
+    /// running.
+    pub refusing: bool,
+}
+
+impl Outcome {
+    /// Nothing done (`log`).
+    fn nothing(condemned_by_kernel: bool) -> Self {
+        Self {
+            signalled: 0,
+            died: 0,
+            zombies: 0,
+            running: 0,
+            elapsed_ms: 0.0,
+            contained: false,
+            spared: 0,
+            condemned_by_kernel,
+            errors: 0,
+            error: None,
+            condemnation_held: false,
+            refused_forks: None,
+            refusing: false,
+        }
+    }
 }
 
 /// Signals every member of the subtree tagged `tag` until none is left
@@ -154,20 +196,8 @@ pub fn contain(
     let condemned_by_kernel = sys.is_condemned(tag);
     let mut errors = BTreeSet::new();
     let mut error = None;
-    if kind == ActionKind::Log {
-        return Outcome {
-            signalled: 0,
-            died: 0,
-            zombies: 0,
-            running: 0,
-            elapsed_ms: 0.0,
-            contained: false,
-            spared: 0,
-            condemned_by_kernel,
-            errors: 0,
-            error: None,
-            condemnation_held: false,
-        };
+    if !kind.acts() {
+        return Outcome::nothing(condemned_by_kernel);
     }
     for m in members {
         if let Reach::Failed(why) = sys.tag(m.tgid, m.born_ns, tag) {
@@ -175,11 +205,15 @@ pub fn contain(
             error.get_or_insert(format!("tagging {}: {why}", m.tgid));
         }
     }
+    let Some(signal) = kind.signal() else {
+        return refuse(sys, tag, started, condemned_by_kernel, errors.len(), error);
+    };
     // Kill condemns with SIGKILL from the first instant: a member that forks
     // dies at that moment, so the subtree only shrinks. (Stopping first, as
     // a freezer would, lets every fork of a not-yet-stopped member leave a
     // new running child behind: measured, it let a bash bomb reach pids.max.)
-    let signal = kind.signal();
+    // Where the LSM program is attached, the condemnation refuses the fork
+    // too: the member dies without leaving a child.
     {
         sys.condemn(tag, signal);
         let pass_deadline = started + deadline;
@@ -286,6 +320,7 @@ pub fn contain(
     }
     let running = left.len();
     let contained = running == 0 && errors.is_empty();
+    let refused_forks = sys.refusal(tag).map(|r| r.refused);
     // The condemnation ends only once its members are verified gone (or
     // stopped): until then a member that forks is still signalled.
     let held = !contained;
@@ -306,6 +341,40 @@ pub fn contain(
         errors: errors.len(),
         error,
         condemnation_held: held,
+        refused_forks,
+        refusing: false,
+    }
+}
+
+/// A `refuse`: the members are tagged (by the caller); from now on the
+/// kernel refuses their forks. Nobody is signalled; the members are
+/// counted as running.
+fn refuse(
+    sys: &impl System,
+    tag: u64,
+    started: Instant,
+    condemned_by_kernel: bool,
+    errors: usize,
+    error: Option<String>,
+) -> Outcome {
+    let refusing = sys.refuse(tag);
+    let running = sys
+        .tagged(tag)
+        .into_iter()
+        .filter(|&t| matches!(sys.state(t), ProcState::Running | ProcState::Stopped))
+        .count();
+    let error = match (refusing, error) {
+        (false, None) => Some("the kernel cannot refuse forks here (no BPF LSM)".to_owned()),
+        (_, error) => error,
+    };
+    Outcome {
+        running,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        errors,
+        error,
+        refused_forks: sys.refusal(tag).map(|r| r.refused),
+        refusing,
+        ..Outcome::nothing(condemned_by_kernel)
     }
 }
 
@@ -313,6 +382,10 @@ pub fn contain(
 pub struct LiveSystem {
     lineage: Mutex<BpfHashMap<MapData, u32, u64>>,
     condemned: Mutex<BpfHashMap<MapData, u64, u32>>,
+    refusals: Mutex<BpfHashMap<MapData, u64, guard_common::Refusal>>,
+    /// The LSM program is attached: an entry in `refusals` refuses forks.
+    /// Set once it is (after the maps are filled).
+    refusing: std::sync::atomic::AtomicBool,
     budgets: Mutex<BpfHashMap<MapData, u64, guard_common::ForkBudget>>,
     protected_pids: Mutex<BpfHashMap<MapData, u32, u32>>,
     protected_exes: Mutex<BpfHashMap<MapData, guard_common::ExeId, u32>>,
@@ -506,6 +579,9 @@ impl System for LiveSystem {
     }
 
     fn condemn(&self, tag: u64, signal: i32) {
+        // Refused first: from here on a member's fork fails (and the LSM
+        // program signals it) instead of leaving a child to find.
+        self.refuse(tag);
         if let Err(err) = lock(&self.condemned).insert(tag, signal as u32, 0) {
             tracing::warn!("could not condemn subtree {tag} in the kernel: {err}");
         }
@@ -513,6 +589,37 @@ impl System for LiveSystem {
 
     fn release(&self, tag: u64) {
         let _ = lock(&self.condemned).remove(&tag);
+        self.lift(tag);
+    }
+
+    fn refuse(&self, tag: u64) -> bool {
+        if !self.refusing() {
+            return false;
+        }
+        // Kept when there is one (the fork probe refused the subtree by
+        // itself): its count goes on.
+        let mut refusals = lock(&self.refusals);
+        if refusals.get(&tag, 0).is_ok() {
+            return true;
+        }
+        match refusals.insert(tag, guard_common::Refusal::default(), 0) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!("could not refuse the forks of subtree {tag} in the kernel: {err}");
+                false
+            }
+        }
+    }
+
+    fn refusal(&self, tag: u64) -> Option<guard_common::Refusal> {
+        if !self.refusing() {
+            return None;
+        }
+        lock(&self.refusals).get(&tag, 0).ok()
+    }
+
+    fn lift(&self, tag: u64) {
+        let _ = lock(&self.refusals).remove(&tag);
     }
 
     fn tagged(&self, tag: u64) -> Vec<u32> {
@@ -579,13 +686,22 @@ impl System for LiveSystem {
 
     fn is_condemned(&self, tag: u64) -> bool {
         lock(&self.condemned).get(&tag, 0).is_ok()
+            || (self.refusing() && lock(&self.refusals).get(&tag, 0).is_ok())
     }
 
     fn condemned_root(&self, root_tgid: u32) -> Option<u64> {
-        lock(&self.condemned)
+        let ours = |tag: &u64| guard_common::auto_tag_root(*tag) == Some(root_tgid);
+        let condemned = lock(&self.condemned)
             .keys()
             .filter_map(Result::ok)
-            .find(|&tag| guard_common::auto_tag_root(tag) == Some(root_tgid))
+            .find(ours);
+        // A `refuse` budget only refuses.
+        condemned.or_else(|| {
+            lock(&self.refusals)
+                .keys()
+                .filter_map(Result::ok)
+                .find(ours)
+        })
     }
 
     fn exempt_pid(&self, tgid: u32, exempt: bool) {
@@ -621,6 +737,7 @@ impl System for LiveSystem {
 pub struct ResponseMaps {
     pub lineage: aya::maps::Map,
     pub condemned: aya::maps::Map,
+    pub refusals: aya::maps::Map,
     pub budgets: aya::maps::Map,
     pub protected_pids: aya::maps::Map,
     pub protected_exes: aya::maps::Map,
@@ -637,6 +754,8 @@ impl LiveSystem {
         Ok(Self {
             lineage: Mutex::new(BpfHashMap::try_from(maps.lineage).context("LINEAGE map")?),
             condemned: Mutex::new(BpfHashMap::try_from(maps.condemned).context("CONDEMNED map")?),
+            refusals: Mutex::new(BpfHashMap::try_from(maps.refusals).context("REFUSALS map")?),
+            refusing: std::sync::atomic::AtomicBool::new(false),
             budgets: Mutex::new(BpfHashMap::try_from(maps.budgets).context("BUDGETS map")?),
             protected_pids: Mutex::new(
                 BpfHashMap::try_from(maps.protected_pids).context("PROTECTED_PIDS map")?,
@@ -650,6 +769,17 @@ impl LiveSystem {
             reserve: Mutex::new(FdReserve::new()),
             held: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The LSM program that refuses forks is attached: refusals are in
+    /// force from now on.
+    pub fn set_refusing(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn refusing(&self) -> bool {
+        self.refusing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the descriptor reserve again (after an action spent it), and

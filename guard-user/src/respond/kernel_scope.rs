@@ -31,7 +31,8 @@ pub struct BudgetLimits {
     pub max_births: u32,
     pub min_growth: u32,
     pub min_depth: u32,
-    /// SIGKILL or SIGSTOP.
+    /// SIGKILL or SIGSTOP; 0 for a refusal (the probe refuses the
+    /// subtree's forks and signals nobody).
     pub signal: i32,
 }
 
@@ -43,7 +44,7 @@ impl BudgetLimits {
             max_births: u32::try_from(rules.min_births()).unwrap_or(u32::MAX),
             min_growth: rules.growth,
             min_depth: rules.depth,
-            signal: action.signal(),
+            signal: action.signal().unwrap_or(0),
         }
     }
 }

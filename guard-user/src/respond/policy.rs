@@ -17,13 +17,21 @@
     serde::Deserialize,
     schemars::JsonSchema,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ActionKind {
     /// Alert only.
     Log,
+    /// Refuse every fork and clone of the offending lineage in the kernel
+    /// (they fail with EAGAIN); nobody is signalled.
+    Refuse,
+    /// Refuse; if the lineage keeps trying past `--refuse-grace`, stop it.
+    RefuseThenStop,
+    /// Refuse; if the lineage keeps trying past `--refuse-grace`, kill it.
+    RefuseThenKill,
     /// Freeze the offender (SIGSTOP): what each flag's detector blames.
+    /// Its forks are refused first.
     Stop,
-    /// Kill the offender (SIGKILL).
+    /// Kill the offender (SIGKILL). Its forks are refused first.
     Kill,
 }
 
@@ -31,18 +39,55 @@ impl ActionKind {
     pub fn name(self) -> &'static str {
         match self {
             ActionKind::Log => "log",
+            ActionKind::Refuse => "refuse",
+            ActionKind::RefuseThenStop => "refuse-then-stop",
+            ActionKind::RefuseThenKill => "refuse-then-kill",
             ActionKind::Stop => "stop",
             ActionKind::Kill => "kill",
         }
     }
 
-    /// The signal an action sends: SIGSTOP for `stop`, SIGKILL for `kill`
-    /// (and for `log`, which sends none).
-    pub fn signal(self) -> i32 {
+    /// The signal an action sends at once: SIGSTOP for `stop`, SIGKILL for
+    /// `kill`, none for `log` and the refusals (see [`ActionKind::then`]).
+    pub fn signal(self) -> Option<i32> {
         match self {
-            ActionKind::Stop => libc::SIGSTOP,
-            _ => libc::SIGKILL,
+            ActionKind::Stop => Some(libc::SIGSTOP),
+            ActionKind::Kill => Some(libc::SIGKILL),
+            _ => None,
         }
+    }
+
+    /// Whether it starts by refusing the lineage's forks (and nothing
+    /// else).
+    pub fn refuses(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Refuse | ActionKind::RefuseThenStop | ActionKind::RefuseThenKill
+        )
+    }
+
+    /// The next rung of a ladder: what a refused lineage that keeps trying
+    /// gets once the grace is over.
+    pub fn then(self) -> Option<ActionKind> {
+        match self {
+            ActionKind::RefuseThenStop => Some(ActionKind::Stop),
+            ActionKind::RefuseThenKill => Some(ActionKind::Kill),
+            _ => None,
+        }
+    }
+
+    /// What it becomes where the kernel cannot refuse (no BPF LSM): a
+    /// ladder starts at its next rung, a plain `refuse` only alerts.
+    pub fn without_refusal(self) -> ActionKind {
+        match self {
+            ActionKind::Refuse => ActionKind::Log,
+            other => other.then().unwrap_or(other),
+        }
+    }
+
+    /// Whether it signals or refuses at all (anything but `log`).
+    pub fn acts(self) -> bool {
+        self != ActionKind::Log
     }
 }
 
@@ -84,10 +129,20 @@ impl Policies {
                     rule.cgroup
                 ));
             }
-            if rule.crashloop_action == Some(ActionKind::Kill) {
+            if rule
+                .crashloop_action
+                .is_some_and(|a| !matches!(a, ActionKind::Log | ActionKind::Stop))
+            {
                 return Err(format!(
                     "policy {:?}: crashloop-action is log or stop (guard stops a crash loop's \
-                     supervisor, it never kills it)",
+                     supervisor, it never kills it nor refuses its restarts)",
+                    rule.cgroup
+                ));
+            }
+            if rule.mem_action.is_some_and(ActionKind::refuses) {
+                return Err(format!(
+                    "policy {:?}: mem-action is log, stop or kill (refusing forks frees no \
+                     memory)",
                     rule.cgroup
                 ));
             }
@@ -147,12 +202,15 @@ impl Policies {
 }
 
 impl ActionKind {
-    /// Log < stop < kill.
+    /// By what it does at once: log < the refusals < stop < kill.
     pub fn strength(self) -> u8 {
         match self {
             ActionKind::Log => 0,
-            ActionKind::Stop => 1,
-            ActionKind::Kill => 2,
+            ActionKind::Refuse => 1,
+            ActionKind::RefuseThenStop => 2,
+            ActionKind::RefuseThenKill => 3,
+            ActionKind::Stop => 4,
+            ActionKind::Kill => 5,
         }
     }
 }
@@ -215,5 +273,31 @@ mod tests {
                 .expect_err("refused")
                 .contains("log or stop")
         );
+        let mut refuse = policy("/a", None);
+        refuse.mem_action = Some(ActionKind::Refuse);
+        assert!(
+            Policies::new(vec![refuse])
+                .expect_err("refused")
+                .contains("frees no memory")
+        );
+    }
+
+    #[test]
+    fn a_ladder_refuses_first_and_falls_back_to_its_next_rung() {
+        let ladder = ActionKind::RefuseThenKill;
+        assert!(ladder.refuses() && ladder.signal().is_none());
+        assert_eq!(ladder.then(), Some(ActionKind::Kill));
+        assert_eq!(ladder.without_refusal(), ActionKind::Kill);
+        assert_eq!(ActionKind::Refuse.without_refusal(), ActionKind::Log);
+        assert_eq!(ActionKind::Stop.without_refusal(), ActionKind::Stop);
+        assert_eq!(ActionKind::Kill.signal(), Some(libc::SIGKILL));
+        let p = Policies::new(vec![policy("/a", Some(ActionKind::Refuse))]).expect("valid");
+        assert_eq!(p.strongest_fork_action(ActionKind::Log), ActionKind::Refuse);
+        assert_eq!(p.strongest_fork_action(ActionKind::Stop), ActionKind::Stop);
+        let names: Vec<String> = [ActionKind::RefuseThenStop, ActionKind::Refuse]
+            .iter()
+            .map(|a| serde_json::to_string(a).expect("serializes"))
+            .collect();
+        assert_eq!(names, ["\"refuse-then-stop\"", "\"refuse\""]);
     }
 }

@@ -7,9 +7,13 @@
 //! `guard-vmcheck matrix` runs the stream, the bomb, the memory kill, the
 //! OOM record, blocked and hung tasks, a collective memory runaway, and a
 //! host-wide memory runaway with no cgroup limit (the guest has swap).
+//! It also runs refusal (the guest's LSM list has `bpf`): a bomb that keeps
+//! trying refused, a thread bomb refused, the ladder to kill, and a refusal
+//! lifted by SIGUSR2.
 //! `guard-vmcheck churn` is for a one-vCPU guest: under a fork churn, the
 //! agent starts and stops three times within bounds, and a shell stays
-//! responsive while it runs.
+//! responsive while it runs. That guest boots with an LSM list without
+//! `bpf`: refusal falls back, and says so.
 //!
 //! Needs GUARD_BIN and GUARD_WORKLOAD (the guest's paths).
 
@@ -34,6 +38,10 @@ fn main() {
             ("guard_check", guard_check),
             ("stream", stream),
             ("bomb", bomb),
+            ("refuse", refuse),
+            ("refuse_threads", refuse_threads),
+            ("refuse_ladder", refuse_ladder),
+            ("refuse_lift", refuse_lift),
             ("memory_kill", memory_kill),
             ("oom_record", oom_record),
             ("blocked_vfork", blocked_vfork),
@@ -41,7 +49,10 @@ fn main() {
             ("collective_memory", collective_memory),
             ("host_memory_runaway", host_memory_runaway),
         ],
-        "churn" => &[("one_cpu_churn", one_cpu_churn)],
+        "churn" => &[
+            ("one_cpu_churn", one_cpu_churn),
+            ("refuse_fallback", refuse_fallback),
+        ],
         _ => {
             eprintln!("usage: guard-vmcheck matrix|churn");
             std::process::exit(2);
@@ -155,6 +166,7 @@ fn stream() -> String {
 fn bomb() -> String {
     let cg = TestCgroup::new("vm-bomb", 1000, 512 * MIB);
     let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--fork-action", "kill"]);
+    let refusing = agent.start["refusal"]["available"] == true;
     let mut bystander = cg.spawn_ready(&["sleep", "120"]);
     let started = Instant::now();
     let _ = cg
@@ -185,9 +197,264 @@ fn bomb() -> String {
         .records
         .iter()
         .any(|r| r["kind"] == "alert" && r["condemned_by_kernel"] == true);
+    // Where the kernel refuses, the kill refused the members' forks first.
+    let refused_forks: Vec<String> = stopped
+        .of_kind("action")
+        .map(|a| a["outcome"]["refused_forks"].to_string())
+        .collect();
+    if refusing {
+        assert!(
+            stopped
+                .of_kind("action")
+                .all(|a| a["outcome"]["refused_forks"].is_u64()),
+            "refusal is on, yet an action counted no refused forks: {refused_forks:?}"
+        );
+    }
     format!(
-        "gone in {:.1} s, pids.max never refused a fork, no crash-loop alert, condemned by the probe: {by_kernel}",
-        gone.as_secs_f64()
+        "gone in {:.1} s, pids.max never refused a fork, no crash-loop alert, condemned by the probe: {by_kernel}, forks refused while killing: {}",
+        gone.as_secs_f64(),
+        refused_forks.join("+")
+    )
+}
+
+/// The highest pids.current over `period`, sampled every 5 ms.
+fn peak_over(cg: &TestCgroup, period: Duration) -> u64 {
+    let until = Instant::now() + period;
+    let mut peak = 0;
+    while Instant::now() < until {
+        peak = peak.max(cg.pids_current());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak
+}
+
+/// An agent on `cg` with these flags (and fork events), refusal in force.
+fn refusing_agent(cg: &TestCgroup, flags: &[&str]) -> Agent {
+    let scope = scope(cg);
+    let mut args = vec!["--cgroup", scope.as_str(), "--events", "fork"];
+    args.extend_from_slice(flags);
+    let agent = Agent::start(&args);
+    assert_eq!(
+        agent.start["refusal"]["available"], true,
+        "refusal is not in force: {}",
+        agent.start["refusal"]
+    );
+    agent
+}
+
+/// A bomb that keeps trying, under `refuse`: from the action on,
+/// pids.current stays flat, the bomb's processes live, the bystander in
+/// the same cgroup forks, and the refusal record counts refused forks.
+fn refuse() -> String {
+    let cg = TestCgroup::new("vm-refuse", 1000, 512 * MIB);
+    let mut agent = refusing_agent(&cg, &["--fork-action", "refuse"]);
+    let mut bystander = cg.spawn_ready(&["service", "100"]);
+    let bystander_pid = u64::from(bystander.id());
+    let mut bomb = cg.spawn_ready(&["forkbomb"]);
+    let action = agent.wait_for(Duration::from_secs(60), "the refusal", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    let at = cg.pids_current();
+    let refused_by_limit = cg.pids_refused();
+    assert_eq!(
+        refused_by_limit, 0,
+        "pids.max refused {refused_by_limit} forks before the action ({at} tasks): {action}"
+    );
+    assert_eq!(action["action"], "refuse", "{action}");
+    assert_eq!(action["outcome"]["refusing"], true, "{action}");
+    assert_eq!(action["outcome"]["signalled"], 0, "{action}");
+    let peak = peak_over(&cg, Duration::from_secs(2));
+    assert!(peak <= at + 2, "the bomb grew from {at} to {peak} tasks");
+    assert!(
+        bomb.try_wait().expect("try_wait").is_none(),
+        "the bomb's first process died"
+    );
+    let members = cg.procs().len() - 1;
+    assert!(members > 10, "the bomb's processes are gone: {members}");
+    // Three more seconds of the bystander's forks and the refusal's records.
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = cg.pids_refused();
+    let bystander_alive = bystander.try_wait().expect("try_wait").is_none();
+    cg.kill_all();
+    let _ = bomb.wait();
+    let _ = bystander.wait();
+    let stopped = agent.stop();
+    assert_eq!(refused, 0, "pids.max refused {refused} forks");
+    assert!(bystander_alive, "the bystander died");
+    let acted_at = num(&action, "boot_ns");
+    let bystander_forks = stopped
+        .of_kind("fork")
+        .filter(|r| {
+            r["parent_tgid"].as_u64() == Some(bystander_pid) && num(r, "boot_ns") > acted_at
+        })
+        .count();
+    assert!(
+        bystander_forks > 0,
+        "the bystander did not fork under the refusal"
+    );
+    let trying = stopped
+        .of_kind("refusal")
+        .find(|r| r["state"] == "trying")
+        .unwrap_or_else(|| {
+            panic!(
+                "no refusal record says forks were refused: {:?}",
+                stopped.of_kind("refusal").collect::<Vec<_>>()
+            )
+        });
+    assert!(num(trying, "refused") > 0, "{trying}");
+    assert_eq!(
+        stopped
+            .of_kind("action")
+            .filter(|a| a["action"] != "refuse")
+            .count(),
+        0,
+        "something was signalled"
+    );
+    format!(
+        "{members} members held at {at} tasks (peak {peak} over 2 s), {} forks refused in its first second; the bystander forked {bystander_forks} times meanwhile; nobody signalled",
+        trying["refused"]
+    )
+}
+
+/// A thread bomb under `refuse`: its process keeps the threads it has and
+/// starts no more.
+fn refuse_threads() -> String {
+    let cg = TestCgroup::new("vm-refuse-threads", 1000, 1 << 30);
+    let mut agent = refusing_agent(&cg, &["--fork-action", "refuse"]);
+    let mut bomb = cg.spawn_ready(&["threadbomb"]);
+    let action = agent.wait_for(Duration::from_secs(60), "the refusal", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    assert_eq!(action["action"], "refuse", "{action}");
+    let at = cg.pids_current();
+    let peak = peak_over(&cg, Duration::from_secs(1));
+    assert!(peak <= at + 1, "threads grew from {at} to {peak}");
+    assert!(
+        bomb.try_wait().expect("try_wait").is_none(),
+        "the thread bomb died"
+    );
+    let refusal = agent.wait_for(Duration::from_secs(10), "refused clones", |r| {
+        r["kind"] == "refusal"
+    });
+    let refused = cg.pids_refused();
+    cg.kill_all();
+    let _ = bomb.wait();
+    agent.stop();
+    assert_eq!(refused, 0, "pids.max refused {refused} threads");
+    assert!(num(&refusal, "refused") > 0, "{refusal}");
+    format!(
+        "held at {at} tasks (peak {peak} over 1 s), {} clones refused, the process alive",
+        refusal["refused"]
+    )
+}
+
+/// `refuse-then-kill`: a bomb still trying after the grace is killed.
+fn refuse_ladder() -> String {
+    let cg = TestCgroup::new("vm-refuse-ladder", 1000, 512 * MIB);
+    let mut agent = refusing_agent(
+        &cg,
+        &["--fork-action", "refuse-then-kill", "--refuse-grace", "3"],
+    );
+    let mut bystander = cg.spawn_ready(&["service", "100"]);
+    let mut bomb = cg.spawn_ready(&["forkbomb"]);
+    let refusal = agent.wait_for(Duration::from_secs(60), "the refusal", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    assert_eq!(refusal["action"], "refuse-then-kill", "{refusal}");
+    let step = agent.wait_for(Duration::from_secs(30), "the ladder's step", |r| {
+        r["kind"] == "refusal" && r["state"] == "ended"
+    });
+    assert_eq!(step["ended"], "escalated", "{step}");
+    assert_eq!(step["then"], "kill", "{step}");
+    let secs = step["refusing_secs"].as_f64().unwrap_or(0.0);
+    assert!(secs >= 3.0, "before the grace: {step}");
+    let kill = agent.wait_for(Duration::from_secs(30), "the kill", |r| {
+        r["kind"] == "action" && r["action"] == "kill" && r["outcome"]["contained"] == true
+    });
+    let _ = bomb.wait();
+    let refused = cg.pids_refused();
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander died"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    agent.stop();
+    assert_eq!(refused, 0, "pids.max refused {refused} forks");
+    format!(
+        "refused, {} forks refused over {secs:.1} s, then killed ({} members, contained)",
+        step["refused"], kill["outcome"]["signalled"]
+    )
+}
+
+/// SIGUSR2 lifts a refusal: the bomb forks again, and the fork probe
+/// judges it again (refused anew), never letting it reach pids.max.
+fn refuse_lift() -> String {
+    let cg = TestCgroup::new("vm-refuse-lift", 1000, 512 * MIB);
+    let mut agent = refusing_agent(&cg, &["--fork-action", "refuse"]);
+    let mut bomb = cg.spawn_ready(&["forkbomb"]);
+    agent.wait_for(Duration::from_secs(60), "the refusal", |r| {
+        r["kind"] == "action" && r["action"] == "refuse"
+    });
+    agent.wait_for(Duration::from_secs(10), "forks refused", |r| {
+        r["kind"] == "refusal" && r["state"] == "trying"
+    });
+    let before = cg.pids_current();
+    agent.signal(libc::SIGUSR2);
+    let lifted = agent.wait_for(Duration::from_secs(10), "the lift", |r| {
+        r["kind"] == "refusal" && r["state"] == "ended"
+    });
+    assert_eq!(lifted["ended"], "lifted", "{lifted}");
+    let again = agent.wait_for(Duration::from_secs(60), "a second refusal", |r| {
+        r["kind"] == "action" && r["action"] == "refuse"
+    });
+    let after = cg.pids_current();
+    let refused = cg.pids_refused();
+    cg.kill_all();
+    let _ = bomb.wait();
+    agent.stop();
+    assert_eq!(refused, 0, "pids.max refused {refused} forks");
+    assert!(
+        after > before,
+        "the bomb never grew after the lift: {before} → {after}"
+    );
+    assert_eq!(again["outcome"]["refusing"], true, "{again}");
+    format!("lifted at {before} tasks; grew to {after} and was refused again")
+}
+
+/// Booted without `bpf` in the LSM list: `guard check` and the start
+/// record say refusal is off and why, and `refuse-then-kill` kills at once.
+fn refuse_fallback() -> String {
+    let out = std::process::Command::new(guard_tests::guard_bin())
+        .arg("check")
+        .output()
+        .expect("guard check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("refusal"))
+        .unwrap_or_else(|| panic!("no refusal row in guard check:\n{text}"));
+    assert!(
+        row.contains("degraded") && row.contains("not in the active LSM list"),
+        "{row}"
+    );
+    let cg = TestCgroup::new("vm-refuse-fallback", 1000, 256 * MIB);
+    let mut agent = Agent::start(&["--cgroup", &scope(&cg), "--fork-action", "refuse-then-kill"]);
+    let start = agent.start.clone();
+    assert_eq!(start["refusal"]["available"], false, "{start}");
+    assert_eq!(start["fork_action"], "kill", "{start}");
+    let mut bomb = cg.spawn_ready(&["forkbomb"]);
+    let kill = agent.wait_for(Duration::from_secs(60), "the kill", |r| {
+        r["kind"] == "action" && r["outcome"]["contained"] == true
+    });
+    let _ = bomb.wait();
+    let stopped = agent.stop();
+    assert_eq!(kill["action"], "kill", "{kill}");
+    assert!(kill["outcome"]["refused_forks"].is_null(), "{kill}");
+    assert_eq!(stopped.of_kind("refusal").count(), 0);
+    format!(
+        "refusal off ({}); refuse-then-kill killed at once",
+        start["refusal"]["why_not"].as_str().unwrap_or("?")
     )
 }
 

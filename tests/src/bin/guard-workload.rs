@@ -6,6 +6,10 @@
 //!   threads N            start N threads, each sleeping 20 ms; join them
 //!   threadbomb           print a line; every thread starts two more, then
 //!                        sleeps (a thread bomb, until pids.max refuses)
+//!   forkbomb             print a line; every process forks as fast as it
+//!                        can, for ever, and so does every child; a failed
+//!                        fork is retried after 1 ms (a bomb that keeps
+//!                        trying, as perl's `fork while fork` does)
 //!   alloc MIB [SECS]     allocate and touch MIB MiB, then hold it SECS
 //!   grow RATE MIB [SECS] print a line, then allocate and touch MIB MiB at
 //!                        RATE MiB/s (0: as fast as it can), then hold it
@@ -33,7 +37,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS | churn N MS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | forkbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS | churn N MS"
     );
     std::process::exit(2)
 }
@@ -139,6 +143,16 @@ fn main() {
             println!("{{\"pid\":{pid}}}");
             spawn_two();
             std::thread::sleep(Duration::from_secs(3600));
+        }
+        Some("forkbomb") => {
+            println!("{{\"pid\":{pid}}}");
+            loop {
+                // SAFETY: the child only loops on fork and sleep, which
+                // need no state the fork could have left inconsistent.
+                if unsafe { libc::fork() } < 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
         Some("alloc") => {
             let mib: usize = arg(&args, 2, "MIB");

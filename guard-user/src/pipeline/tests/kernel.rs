@@ -67,7 +67,7 @@ fn a_follow_up_takes_the_members_a_kill_missed_and_stops_when_none_is_left() {
     }
     let follow_ups = f
         .pipe
-        .action_done(&request, &outcome(request.members.len()))
+        .action_done(&request, &outcome(request.members.len()), 0)
         .expect("reported");
     assert_eq!(follow_ups.len(), 1);
     let left: Vec<u32> = follow_ups[0].members.iter().map(|m| m.tgid).collect();
@@ -85,7 +85,7 @@ fn a_follow_up_takes_the_members_a_kill_missed_and_stops_when_none_is_left() {
         .insert(request.members[3].tgid, ProcState::Gone);
     assert!(
         f.pipe
-            .action_done(&follow_ups[0], &outcome(1))
+            .action_done(&follow_ups[0], &outcome(1), 0)
             .expect("reported")
             .is_empty()
     );
@@ -112,7 +112,7 @@ fn a_stop_is_done_with_stopped_members_and_gives_up_after_its_rounds() {
     }
     let done = f
         .pipe
-        .action_done(&request, &outcome(request.members.len()))
+        .action_done(&request, &outcome(request.members.len()), 0)
         .expect("reported");
     assert!(done.is_empty(), "stopped members need no second SIGSTOP");
     // Members that cannot be reached: after a round that signalled none,
@@ -122,7 +122,10 @@ fn a_stop_is_done_with_stopped_members_and_gives_up_after_its_rounds() {
     let mut round = requests.first().expect("a kill").clone();
     let mut rounds = 0;
     loop {
-        let next = f.pipe.action_done(&round, &outcome(0)).expect("reported");
+        let next = f
+            .pipe
+            .action_done(&round, &outcome(0), 0)
+            .expect("reported");
         let Some(next) = next.into_iter().next() else {
             break;
         };

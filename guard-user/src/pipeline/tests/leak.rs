@@ -136,6 +136,17 @@ fn the_action_follows_the_leak_action_and_takes_the_subtree() {
 }
 
 #[test]
+fn a_leak_under_refuse_asks_to_refuse_the_subtree_and_keeps_it_running() {
+    let mut settings = fixture::settings();
+    settings.leak_action = ActionKind::RefuseThenKill;
+    let mut f = fixture(settings);
+    let requests = leak_for(&mut f, 22, None);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].kind, ActionKind::RefuseThenKill);
+    assert_eq!(f.alerts()[0]["action"], "refuse-then-kill");
+}
+
+#[test]
 fn a_plateau_an_ignored_cgroup_and_off_stay_quiet() {
     // A pool that started 30 workers and holds them: no rise.
     let mut f = fixture(fixture::settings());

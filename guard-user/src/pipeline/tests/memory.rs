@@ -90,7 +90,7 @@ fn the_action_record_says_what_it_freed() {
     // The worker is gone: the pool is back to 520 MiB.
     f.host.set_memcg(MEMORY_JOBS, 520 * MIB, 1024 * MIB);
     let outcome = fixture::outcome(1);
-    let follow_ups = f.pipe.action_done(&r, &outcome).expect("reported");
+    let follow_ups = f.pipe.action_done(&r, &outcome, 0).expect("reported");
     assert!(follow_ups.is_empty(), "one process: nothing to follow up");
     let records = f.records();
     let action = records
