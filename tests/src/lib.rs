@@ -13,6 +13,7 @@ use std::{
 use serde_json::Value;
 
 mod agent;
+pub mod bombs;
 mod cgroup;
 pub mod schema;
 

@@ -54,8 +54,8 @@ enum Cmd {
         /// Rounds of each measurement.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Only this benchmark: cost, fork-rate, fork-bomb, ctx-switch, blocked-storm,
-        /// memory or precision.
+        /// Only this benchmark: cost, fork-rate, fork-bomb, bombs, refusal (in a
+        /// VM guest), ctx-switch, blocked-storm, memory or precision.
         #[arg(long)]
         only: Option<String>,
     },
@@ -391,7 +391,7 @@ fn install(binary: &Path) -> Result<()> {
 
 /// What the VM tests need besides the build: qemu, a static busybox for
 /// the guests, cpio, and xz and zstd for compressed kernel modules.
-fn setup_vm() -> Result<()> {
+pub(crate) fn setup_vm() -> Result<()> {
     let mut missing = Vec::new();
     for (tool, package) in [
         ("qemu-system-x86_64", "qemu-system-x86"),

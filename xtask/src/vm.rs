@@ -359,10 +359,10 @@ fn initramfs(work: &Path, name: &str, modules: &Path, bins: &[(&str, PathBuf)]) 
 
 /// One check's line from a guest.
 #[derive(Debug)]
-struct CheckLine {
-    name: String,
-    ok: bool,
-    detail: String,
+pub struct CheckLine {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// Boots a guest and returns the check lines it printed. Its console is
@@ -468,6 +468,56 @@ fn boot(
     Ok(lines)
 }
 
+/// The static binaries a guest runs: the agent (GUARD_VM_BIN boots
+/// another build instead: an older one, to see a check fail where it
+/// should), the workloads and the checker.
+fn guest_binaries(workspace: &Path) -> Result<[(&'static str, PathBuf); 3]> {
+    let guard = match std::env::var_os("GUARD_VM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => dist(workspace)?,
+    };
+    build_static("guard-tests", &["guard-workload", "guard-vmcheck"])?;
+    let musl = workspace.join(format!("target/{MUSL}/release"));
+    Ok([
+        ("guard", guard),
+        ("guard-workload", musl.join("guard-workload")),
+        ("guard-vmcheck", musl.join("guard-vmcheck")),
+    ])
+}
+
+/// Boots one guest of the kernel series `name` in `mode` (two vCPUs, the
+/// kernel's own LSM list, `extra` on its command line) and returns the
+/// lines it printed: for benchmarks that need a kernel that refuses forks.
+pub fn guest(
+    workspace: &Path,
+    name: &str,
+    mode: &str,
+    extra: &str,
+    minutes: u64,
+) -> Result<Vec<CheckLine>> {
+    let series = SERIES
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no kernel series {name}"))?;
+    let bins = guest_binaries(workspace)?;
+    let work = workspace.join("target/vm");
+    let package = newest_package(series)?;
+    eprintln!("xtask: kernel {name} from {package}");
+    let tree = fetch_kernel(&work.join("cache"), &package)?;
+    let (image, modules) = kernel_files(&tree)?;
+    let initrd = initramfs(&work, name, &modules, &bins)?;
+    let log = work.join(format!("console-{name}-{mode}.log"));
+    boot(
+        &image,
+        &initrd,
+        2,
+        mode,
+        extra,
+        &log,
+        Duration::from_secs(minutes * 60),
+    )
+}
+
 /// `cargo xtask vm-test [--kernel SERIES]`.
 pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Result<()> {
     let series: Vec<&Series> = SERIES
@@ -481,19 +531,7 @@ pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Res
             SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         );
     }
-    // GUARD_VM_BIN boots another (static) build of the agent instead: an
-    // older one, to see a check fail where it should.
-    let guard = match std::env::var_os("GUARD_VM_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => dist(workspace)?,
-    };
-    build_static("guard-tests", &["guard-workload", "guard-vmcheck"])?;
-    let musl = workspace.join(format!("target/{MUSL}/release"));
-    let bins = [
-        ("guard", guard),
-        ("guard-workload", musl.join("guard-workload")),
-        ("guard-vmcheck", musl.join("guard-vmcheck")),
-    ];
+    let bins = guest_binaries(workspace)?;
     let work = workspace.join("target/vm");
     let cache = work.join("cache");
     let mut report = Vec::new();

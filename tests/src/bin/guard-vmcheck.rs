@@ -15,6 +15,11 @@
 //! responsive while it runs. That guest boots with an LSM list without
 //! `bpf`: refusal falls back, and says so.
 //!
+//! `guard-vmcheck bench` (for `cargo xtask bench --only refusal`) runs
+//! bomb rounds (busybox sh, a fork-while-fork bomb, a thread bomb) under
+//! `kill`, `kill --no-lsm` and `refuse`, `guard.rounds=N` each (from the
+//! kernel command line), one `VMCHECK bench ok {json}` line per round.
+//!
 //! Needs GUARD_BIN and GUARD_WORKLOAD (the guest's paths).
 
 use std::{
@@ -53,8 +58,9 @@ fn main() {
             ("one_cpu_churn", one_cpu_churn),
             ("refuse_fallback", refuse_fallback),
         ],
+        "bench" => return bench(),
         _ => {
-            eprintln!("usage: guard-vmcheck matrix|churn");
+            eprintln!("usage: guard-vmcheck matrix|churn|bench");
             std::process::exit(2);
         }
     };
@@ -688,4 +694,47 @@ fn one_cpu_churn() -> String {
     let _ = churn.kill();
     let _ = churn.wait();
     detail.join("; ")
+}
+
+/// Bomb rounds for `cargo xtask bench --only refusal` (see the module doc).
+fn bench() {
+    let rounds: u32 = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("guard.rounds=")?.parse().ok())
+        })
+        .unwrap_or(5);
+    let w = workload_bin().to_string_lossy().into_owned();
+    let shapes = [
+        guard_tests::bombs::Shape::new("sh", &["/bin/sh", "-c", "b(){ b|b& };b"]),
+        guard_tests::bombs::Shape::new("fork while fork", &[&w, "forkbomb"]),
+        guard_tests::bombs::Shape::new("threads", &[&w, "threadbomb"]),
+    ];
+    let mut n = 0;
+    for (action, extra) in [
+        ("kill", &[][..]),
+        ("kill", &["--no-lsm"][..]),
+        ("refuse", &[][..]),
+    ] {
+        for shape in &shapes {
+            for _ in 0..rounds {
+                n += 1;
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    guard_tests::bombs::round(shape, action, extra, 1000, &format!("vm-bench-{n}"))
+                }));
+                match outcome {
+                    Ok(r) => {
+                        let mut json = r.to_json();
+                        json["lsm"] = Value::Bool(extra.is_empty());
+                        println!("VMCHECK bench ok {json}");
+                    }
+                    Err(_) => {
+                        println!("VMCHECK bench FAIL {} under {action} {extra:?}", shape.name)
+                    }
+                }
+            }
+        }
+    }
+    println!("VMCHECK done");
 }

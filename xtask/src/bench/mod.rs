@@ -18,6 +18,10 @@
 //! of bomb processes alive; from pids.events: whether the limit refused a
 //! fork. Beside it, the same bomb under pids.max alone.
 //!
+//! bombs and refusal: see `bombs` (five bombs under kill here; kill,
+//! kill without refusal and refuse in a Debian guest whose kernel refuses
+//! forks).
+//!
 //! context switches: a pipe ping-pong between two processes pinned to one
 //! CPU (two switches per round trip), rounds without and with the agent (its
 //! sched_switch program runs on every switch). Prints the medians and the
@@ -44,10 +48,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod bombs;
 mod cost;
 mod memory;
 
 use self::{
+    bombs::{bombs_bench, refusal_bench},
     cost::cost_bench,
     memory::{collective_bench, memory_bench},
 };
@@ -73,12 +79,17 @@ pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
         Some("memory-collective") => collective_bench(rounds),
         Some("fork-rate") => fork_rate_bench(workspace, rounds),
         Some("fork-bomb") => bomb_bench(workspace, rounds),
+        Some("bombs") => bombs_bench(workspace, rounds),
+        Some("refusal") => {
+            crate::setup_vm()?;
+            refusal_bench(workspace, rounds)
+        }
         Some("ctx-switch") => ctx_switch_bench(workspace, rounds),
         Some("blocked-storm") => storm_bench(workspace, rounds),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}: cost, fork-rate, fork-bomb, ctx-switch, blocked-storm, memory, \
-                 memory-collective or precision"
+                "unknown benchmark {other:?}: cost, fork-rate, fork-bomb, bombs, refusal, ctx-switch, \
+                 blocked-storm, memory, memory-collective or precision"
             )
         }
     }

@@ -1,0 +1,185 @@
+//! One round of a fork bomb under the agent, measured from the kernel's own
+//! count: `cargo xtask bench --only bombs` runs it on this machine for
+//! bash, dash, perl, Python and a thread bomb, and `guard-vmcheck bench` in
+//! a Debian guest, where the kernel refuses forks (so `kill` refuses first)
+//! and `--no-lsm` shows the same kill without it.
+//!
+//! A sampler thread reads `pids.current` (threads and zombies included)
+//! every half millisecond, stamped with CLOCK_BOOTTIME, the clock of the
+//! agent's records, so the count at the fork probe's condemnation (the
+//! `condemned` record) and after it can be read off the same timeline.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{Agent, TestCgroup};
+
+/// A bomb: its name and the command that starts it.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub name: &'static str,
+    pub argv: Vec<String>,
+}
+
+impl Shape {
+    pub fn new(name: &'static str, argv: &[&str]) -> Self {
+        Self {
+            name,
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// What one round measured.
+#[derive(Clone, Debug)]
+pub struct Round {
+    pub shape: &'static str,
+    pub action: String,
+    /// Highest pids.current from the bomb's start to its end (or, under
+    /// `refuse`, to a second after the refusal).
+    pub peak: u64,
+    /// pids.current at the fork probe's condemnation, and 20 ms after it.
+    pub at_verdict: Option<u64>,
+    pub at_verdict_20ms: Option<u64>,
+    /// Highest pids.current from 20 ms after the condemnation to the end.
+    pub peak_after_20ms: Option<u64>,
+    /// Forks pids.max refused (`max` in pids.events).
+    pub refused_by_limit: u64,
+    /// Forks the kernel refused to the bomb (the action's outcome).
+    pub refused_forks: Option<u64>,
+    /// From the bomb's start to pids.current at 0 (`kill`), in ms.
+    pub gone_ms: Option<f64>,
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs `shape` in a cgroup of its own (pids.max `pids_max`) under the agent
+/// with `--fork-action action` and `extra` flags, and measures it.
+pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &str) -> Round {
+    let cg = TestCgroup::new(name, pids_max, 1 << 30);
+    let scope = cg.pids_dir().to_string_lossy().into_owned();
+    let mut args = vec![
+        "--cgroup",
+        scope.as_str(),
+        "--fork-action",
+        action,
+        "--events",
+        "condemned",
+    ];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start(&args);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let file = cg.pids_dir().join("pids.current");
+        std::thread::spawn(move || {
+            let mut samples = Vec::with_capacity(1 << 16);
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                {
+                    samples.push((boot_ns(), n));
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    let mut bomb = cg
+        .command(&shape.argv[0])
+        .args(&shape.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", shape.argv));
+    let refusing = action.starts_with("refuse");
+    let verdict = agent.try_wait_for(Duration::from_secs(30), |r| {
+        r["kind"] == "action"
+            && r["detector"] == "fork"
+            && (r["outcome"]["contained"] == true || r["outcome"]["refusing"] == true)
+    });
+    let mut gone_ms = None;
+    if refusing {
+        std::thread::sleep(Duration::from_secs(1));
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if cg.pids_current() == 0 {
+                gone_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
+    let refused_by_limit = cg.pids_refused();
+    cg.kill_all();
+    let _ = bomb.wait();
+    let stopped = agent.stop();
+    let condemned = stopped
+        .of_kind("condemned")
+        .next()
+        .and_then(|r| r["boot_ns"].as_u64());
+    let count_at = |t: u64| samples.iter().find(|s| s.0 >= t).map(|s| s.1);
+    let at_verdict = condemned.and_then(count_at);
+    let later = condemned.map(|t| t + 20_000_000);
+    let at_verdict_20ms = later.and_then(count_at);
+    let peak_after_20ms =
+        later.and_then(|t| samples.iter().filter(|s| s.0 >= t).map(|s| s.1).max());
+    Round {
+        shape: shape.name,
+        action: action.to_owned(),
+        peak: samples.iter().map(|s| s.1).max().unwrap_or(0),
+        at_verdict,
+        at_verdict_20ms,
+        peak_after_20ms,
+        refused_by_limit,
+        refused_forks: verdict
+            .as_ref()
+            .and_then(|v| v["outcome"]["refused_forks"].as_u64()),
+        gone_ms,
+    }
+}
+
+impl Round {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "shape": self.shape,
+            "action": self.action,
+            "peak": self.peak,
+            "at_verdict": self.at_verdict,
+            "at_verdict_20ms": self.at_verdict_20ms,
+            "peak_after_20ms": self.peak_after_20ms,
+            "refused_by_limit": self.refused_by_limit,
+            "refused_forks": self.refused_forks,
+            "gone_ms": self.gone_ms,
+        })
+    }
+}
+
+/// Median and worst of `values`.
+pub fn median_worst(values: &mut [f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    values.sort_by(f64::total_cmp);
+    (values[values.len() / 2], values[values.len() - 1])
+}

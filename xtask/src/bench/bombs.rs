@@ -1,0 +1,171 @@
+//! bombs: five bombs (bash, dash, perl's `fork while fork`, Python's
+//! `os.fork()` loop, a thread bomb) under `--fork-action kill` on this
+//! machine, `rounds` each, in cgroups with pids.max=1000: the peak
+//! pids.current (threads and zombies included), the count at the fork
+//! probe's condemnation, and whether pids.max refused a fork.
+//!
+//! refusal: the same measurement in a Debian 6.12 guest, whose kernel
+//! refuses forks (this machine's does not load LSM programs): busybox sh,
+//! a fork-while-fork bomb and a thread bomb under `kill` (which refuses
+//! first), `kill --no-lsm` (signals alone, as before) and `refuse`
+//! (pids.current 20 ms after the condemnation and its peak after). Guest
+//! timings are emulated (TCG): counts compare, milliseconds do not.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use guard_tests::bombs::{Round, Shape, median_worst, round};
+use serde_json::Value;
+
+const PIDS_MAX: u32 = 1000;
+
+pub fn bombs_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    let workload = workspace.join("target/release/guard-workload");
+    let workload = workload.to_string_lossy();
+    let shapes = [
+        Shape::new("bash", &["/bin/bash", "-c", ":(){ :|:& };:"]),
+        Shape::new("dash", &["/bin/dash", "-c", "b(){ b|b& };b"]),
+        Shape::new("perl", &["/usr/bin/perl", "-e", "fork while fork"]),
+        Shape::new(
+            "python",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+            ],
+        ),
+        Shape::new("threads", &[&workload, "threadbomb"]),
+    ];
+    let mut all = Vec::new();
+    let mut n = 0;
+    for shape in &shapes {
+        for i in 1..=rounds {
+            n += 1;
+            let r = round(shape, "kill", &[], PIDS_MAX, &format!("bench-bombs-{n}"));
+            eprintln!(
+                "{} round {i}/{rounds}: peak {} tasks, {} at the verdict, pids.max refused {}",
+                shape.name,
+                r.peak,
+                r.at_verdict.map_or("?".into(), |v| v.to_string()),
+                r.refused_by_limit
+            );
+            all.push(r);
+        }
+    }
+    println!(
+        "five bombs under --fork-action kill on this machine ({rounds} rounds each, pids.max={PIDS_MAX}; \
+         the kernel here refuses no forks, so kill is signals alone):"
+    );
+    print_table(&all, rounds, false);
+    Ok(())
+}
+
+pub fn refusal_bench(workspace: &Path, rounds: u32) -> Result<()> {
+    let lines = crate::vm::guest(
+        workspace,
+        "6.12",
+        "bench",
+        &format!("guard.rounds={rounds}"),
+        60,
+    )?;
+    let mut all = Vec::new();
+    for line in lines.iter().filter(|l| l.name == "bench") {
+        if !line.ok {
+            bail!("a guest round failed: {}", line.detail);
+        }
+        let v: Value = serde_json::from_str(&line.detail)?;
+        let shape: &'static str = match v["shape"].as_str() {
+            Some("sh") => "sh",
+            Some("fork while fork") => "fork while fork",
+            Some("threads") => "threads",
+            other => bail!("unknown shape {other:?}"),
+        };
+        let lsm = v["lsm"] == true;
+        let action = v["action"].as_str().unwrap_or("?");
+        all.push(Round {
+            shape,
+            action: if lsm {
+                action.to_owned()
+            } else {
+                format!("{action} --no-lsm")
+            },
+            peak: v["peak"].as_u64().unwrap_or(0),
+            at_verdict: v["at_verdict"].as_u64(),
+            at_verdict_20ms: v["at_verdict_20ms"].as_u64(),
+            peak_after_20ms: v["peak_after_20ms"].as_u64(),
+            refused_by_limit: v["refused_by_limit"].as_u64().unwrap_or(0),
+            refused_forks: v["refused_forks"].as_u64(),
+            gone_ms: v["gone_ms"].as_f64(),
+        });
+    }
+    if all.is_empty() {
+        bail!("the guest printed no rounds (see target/vm/console-6.12-bench.log)");
+    }
+    println!("bombs in a Debian 6.12 guest ({rounds} rounds each, pids.max={PIDS_MAX}):");
+    print_table(&all, rounds, true);
+    Ok(())
+}
+
+fn print_table(all: &[Round], rounds: u32, refuse_columns: bool) {
+    println!(
+        "| bomb | action | peak tasks, median / worst | at the verdict, median | {}pids.max refused a fork |",
+        if refuse_columns {
+            "growth 20 ms after the verdict on, median / worst | forks refused, median | "
+        } else {
+            ""
+        }
+    );
+    println!(
+        "|---|---|---|---|{}---|",
+        if refuse_columns { "---|---|" } else { "" }
+    );
+    let mut keys: Vec<(&str, &str)> = all.iter().map(|r| (r.shape, r.action.as_str())).collect();
+    keys.dedup();
+    let mut summary = Vec::new();
+    for (shape, action) in keys {
+        let rs: Vec<&Round> = all
+            .iter()
+            .filter(|r| r.shape == shape && r.action == action)
+            .collect();
+        let (peak_med, peak_worst) =
+            median_worst(&mut rs.iter().map(|r| r.peak as f64).collect::<Vec<_>>());
+        let (verdict_med, _) = median_worst(
+            &mut rs
+                .iter()
+                .filter_map(|r| r.at_verdict.map(|v| v as f64))
+                .collect::<Vec<_>>(),
+        );
+        let (growth_med, growth_worst) = median_worst(
+            &mut rs
+                .iter()
+                .filter_map(|r| Some(r.peak_after_20ms? as f64 - r.at_verdict_20ms? as f64))
+                .collect::<Vec<_>>(),
+        );
+        let (refused_med, _) = median_worst(
+            &mut rs
+                .iter()
+                .filter_map(|r| r.refused_forks.map(|v| v as f64))
+                .collect::<Vec<_>>(),
+        );
+        let limited = rs.iter().filter(|r| r.refused_by_limit > 0).count();
+        let refuse_cells = if refuse_columns {
+            format!("{growth_med:+.0} / {growth_worst:+.0} | {refused_med:.0} | ")
+        } else {
+            String::new()
+        };
+        println!(
+            "| {shape} | {action} | {peak_med:.0} / {peak_worst:.0} | {verdict_med:.0} | {refuse_cells}{limited}/{} |",
+            rs.len()
+        );
+        summary.push(
+            serde_json::json!({"shape": shape, "action": action, "rounds": rs.len(),
+            "median_peak": peak_med, "worst_peak": peak_worst, "median_at_verdict": verdict_med,
+            "median_growth_after_20ms": growth_med, "worst_growth_after_20ms": growth_worst,
+            "median_refused_forks": refused_med, "limit_refused_rounds": limited}),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": if refuse_columns { "refusal" } else { "bombs" }, "rounds": rounds, "rows": summary})
+    );
+}
