@@ -46,6 +46,26 @@ pub const SCOPE_IN: u32 = 1;
 pub const SCOPE_PROTECTED: u32 = 2;
 /// Cached verdict: neither (outside the scope).
 pub const SCOPE_OUT: u32 = 3;
+/// In the scope, with a softer fork action than the probe's own (a
+/// `[[policy]]`): its budgets refuse only, signalling nobody...
+pub const SCOPE_IN_REFUSE: u32 = 4;
+/// ...or stop (SIGSTOP) where the probe's own action kills.
+pub const SCOPE_IN_STOP: u32 = 5;
+
+/// Whether a scope verdict puts a cgroup in the scope.
+pub const fn scope_in(verdict: u32) -> bool {
+    matches!(verdict, SCOPE_IN | SCOPE_IN_REFUSE | SCOPE_IN_STOP)
+}
+
+/// The signal a budget made in a cgroup of this verdict condemns with:
+/// the probe's own (`default`), or a softer one (0: refuse only).
+pub const fn scope_signal(verdict: u32, default: u32) -> u32 {
+    match verdict {
+        SCOPE_IN_REFUSE => 0,
+        SCOPE_IN_STOP => 19,
+        _ => default,
+    }
+}
 /// Levels of cgroup ancestry the fork probe walks.
 pub const SCOPE_MAX_DEPTH: u32 = 16;
 /// Capacities of the `SCOPE`, `SCOPE_CACHE`, `PROTECTED_PIDS` and

@@ -10,6 +10,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
     ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, Refusal, SCOPE_IN,
+    scope_in, scope_signal,
     SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag, fork_rule,
 };
 
@@ -120,7 +121,7 @@ pub(crate) fn tag_subtree(
 ) -> Option<u64> {
     if config!(fork_guard.enabled) != 1
         || child_flags & PF_KTHREAD != 0
-        || child_verdict != SCOPE_IN
+        || !scope_in(child_verdict)
     {
         return None;
     }
@@ -145,7 +146,8 @@ pub(crate) fn tag_subtree(
         min_live: 0,
         max_births: config!(fork_guard.max_births),
         min_growth: config!(fork_guard.min_growth),
-        signal: config!(fork_guard.signal),
+        // A policy may soften the probe's action for this cgroup.
+        signal: scope_signal(child_verdict, config!(fork_guard.signal)),
         min_depth: config!(fork_guard.min_depth),
         deep_births: 0,
         reserved: 0,
@@ -181,7 +183,7 @@ pub(crate) fn protected(task: *const u8, tgid: u32) -> bool {
             return true;
         }
     }
-    config!(fork_guard.enabled) == 1 && scope_verdict(task as u64) != SCOPE_IN
+    config!(fork_guard.enabled) == 1 && !scope_in(scope_verdict(task as u64))
 }
 
 /// `task`'s executable: `mm->exe_file->f_inode`'s number and device. A
@@ -236,7 +238,8 @@ pub(crate) fn fork_verdict(task: *const u8) -> u32 {
     }
 }
 
-/// `SCOPE_IN`, `SCOPE_PROTECTED` or `SCOPE_OUT` for `task`'s cgroup: the
+/// `SCOPE_IN` (or a softened `SCOPE_IN_*`), `SCOPE_PROTECTED` or
+/// `SCOPE_OUT` for `task`'s cgroup: the
 /// nearest of it and its ancestors that the agent listed in `SCOPE`
 /// decides. Verdicts are cached per cgroup (ids are never reused, and the
 /// agent fills `SCOPE` once, before the probes attach).

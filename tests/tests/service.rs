@@ -327,3 +327,55 @@ fn policies_give_each_cgroup_its_action_and_a_bad_reload_keeps_the_old() {
         "an action in the database cgroup"
     );
 }
+
+/// A policy softer than the flag is what the fork probe does in that
+/// cgroup too: under `fork-action = "kill"`, a cgroup whose policy says
+/// `stop` has its bomb condemned with SIGSTOP by the probe (it used to be
+/// killed there, the probe acting with the strongest action anywhere).
+#[test]
+fn a_stop_policy_under_a_kill_flag_is_a_stop_in_the_probe_too() {
+    let svc = TestCgroup::new("policy-svc", 1000, 512 << 20);
+    let root = svc
+        .pids_dir()
+        .parent()
+        .expect("parent")
+        .to_str()
+        .expect("utf8")
+        .to_owned();
+    let dir = guard_tests::RootDir::new("policy-stop");
+    let config = dir.path.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "fork-action = \"kill\"\nevents = \"condemned\"\ncgroup = [{svc:?}]\n\n[[policy]]\ncgroup = \"{root}/guard-test-policy-svc-*\"\nfork-action = \"stop\"\n",
+            svc = svc.pids_dir().to_str().expect("utf8"),
+        ),
+    )
+    .expect("write config");
+    let mut agent = Agent::start(&["--config", config.to_str().expect("utf8")]);
+    let _ = svc.spawn_bash(BOMB).wait();
+    let condemned = agent.wait_for(Duration::from_secs(20), "the probe's condemnation", |r| {
+        r["kind"] == "condemned"
+    });
+    let action = agent.wait_for(Duration::from_secs(20), "the stop", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let members = svc.members();
+    let running: Vec<_> = members
+        .iter()
+        .filter(|m| m.1 == "bash" && m.2 != 'T' && m.2 != 'Z')
+        .collect();
+    let stopped_members = members.iter().filter(|m| m.2 == 'T').count();
+    svc.kill_all();
+    let refused = svc.pids_refused();
+    agent.stop();
+    assert_eq!(condemned["signal"], "SIGSTOP", "{condemned}");
+    assert_eq!(action["action"], "stop", "{action}");
+    assert!(running.is_empty(), "bomb processes still running: {running:?}");
+    assert!(
+        stopped_members > 10,
+        "the bomb was stopped, not killed: {stopped_members} stopped"
+    );
+    assert_eq!(refused, 0, "the bomb reached pids.max");
+}

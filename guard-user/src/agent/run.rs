@@ -134,8 +134,8 @@ fn plan(args: &Args) -> Result<Plan> {
         Policies::new(args.policies.clone()).map_err(|e| anyhow::anyhow!("config file: {e}"))?;
     // A fork guard switched off enforces nothing, in the kernel either.
     // Otherwise the probe's budgets signal with the strongest action any
-    // policy or the flag asks for; cgroups whose action is `log` are exempt
-    // there.
+    // policy or the flag asks for, softened per cgroup where a policy asks
+    // for less (see `exempt_cgroups`).
     let refusal = refusal_support(args);
     let fork_action = if !args.runs(Detector::Fork) {
         ActionKind::Log
@@ -326,11 +326,13 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
 
 /// The cgroups the fork detector ignores, or whose policy is `log`: the
 /// fork probe leaves them alone from its first fork on (later ones, as
-/// processes enter them).
+/// processes enter them); and those whose policy is softer than the probe's
+/// own action, which it applies there instead (see
+/// `pipeline::kernel_verdict`).
 fn exempt_cgroups(args: &Args, plan: &Plan, system: &LiveSystem) -> Vec<String> {
-    let fork_ignore = Ignore::for_detector(&plan.ignore_rules, Detector::Fork);
     let kernel_tags = plan.kernel_scope.rule.is_some();
-    if !kernel_tags || (fork_ignore.is_empty() && plan.policies.is_empty()) {
+    let settings = settings(args, plan, plan.policies.clone());
+    if !kernel_tags || (settings.ignore_fork.is_empty() && plan.policies.is_empty()) {
         return Vec::new();
     }
     let (scope, hierarchies) = (&plan.scope, &plan.hierarchies);
@@ -349,16 +351,20 @@ fn exempt_cgroups(args: &Args, plan: &Plan, system: &LiveSystem) -> Vec<String> 
             .map(|(_, dir)| dir.into())
             .collect()
     };
-    let policy_log = |d: &str| {
-        plan.policies
-            .action(Detector::Fork, Some(d))
-            .unwrap_or(args.fork_action)
-            == ActionKind::Log
-    };
-    let dirs =
-        kernel_scope::matching_cgroups(&roots, |d| fork_ignore.cgroup(Some(d)) || policy_log(d));
+    let verdict = |d: &str| crate::pipeline::kernel_verdict(&settings, d);
+    let dirs = kernel_scope::matching_cgroups(&roots, |d| verdict(d).is_some());
     for dir in &dirs {
-        system.exempt_cgroup(dir);
+        // The probe takes the nearest listed ancestor's verdict: a
+        // directory whose parent says the same needs no entry of its own
+        // (the map holds a few hundred).
+        let root = roots.iter().any(|r| r.as_os_str() == dir.as_str());
+        let parent = std::path::Path::new(dir).parent().and_then(|p| p.to_str());
+        if !root && parent.is_some_and(|p| verdict(p) == verdict(dir)) {
+            continue;
+        }
+        if let Some(v) = verdict(dir) {
+            system.scope_cgroup(dir, v);
+        }
     }
     dirs
 }

@@ -133,7 +133,8 @@ pub struct FakeSystem {
     pub budgets: Mutex<Vec<u64>>,
     pub released: Mutex<Vec<u64>>,
     pub exempt_pids: Mutex<HashMap<u32, bool>>,
-    pub exempt_cgroups: Mutex<Vec<String>>,
+    /// (directory, verdict) handed to the fork probe.
+    pub exempt_cgroups: Mutex<Vec<(String, u32)>>,
     /// Refusals in force: tag → what the kernel refused.
     pub refusals: Mutex<HashMap<u64, guard_common::Refusal>>,
     pub lifted: Mutex<Vec<u64>>,
@@ -179,8 +180,8 @@ impl System for FakeSystem {
     fn exempt_pid(&self, tgid: u32, exempt: bool) {
         lock(&self.exempt_pids).insert(tgid, exempt);
     }
-    fn exempt_cgroup(&self, dir: &str) {
-        lock(&self.exempt_cgroups).push(dir.to_owned());
+    fn scope_cgroup(&self, dir: &str, verdict: u32) {
+        lock(&self.exempt_cgroups).push((dir.to_owned(), verdict));
     }
     fn refuse(&self, tag: u64) -> bool {
         lock(&self.refusals).entry(tag).or_default();

@@ -166,23 +166,16 @@ impl<W: Write> Pipeline<W> {
             && (!self.settings.ignore_fork.is_empty() || !self.settings.policies.is_empty())
     }
 
-    /// Whether the fork probe must leave `dir` alone: the fork detector
-    /// ignores it, or its fork action is `log` (by a policy, or by default
-    /// beside a policy's stronger one).
-    pub fn fork_exempt(settings: &Settings, dir: &str) -> bool {
-        settings.ignore_fork.cgroup(Some(dir))
-            || settings.action(Detector::Fork, Some(dir)) == ActionKind::Log
-    }
-
     /// A cgroup the fork detector ignores is one the fork probe leaves
-    /// alone too.
+    /// alone too; one whose policy is softer than the probe's action gets
+    /// that softer action there.
     pub(super) fn exempt_cgroup_if_ignored(&mut self, dir: &Arc<str>) {
         if self.exempts()
             && !self.exempt_cgroups.contains(dir)
-            && Self::fork_exempt(&self.settings, dir)
+            && let Some(verdict) = kernel_verdict(&self.settings, dir)
             && let Some(system) = &self.system
         {
-            system.exempt_cgroup(dir);
+            system.scope_cgroup(dir, verdict);
             self.exempt_cgroups.insert(dir.clone());
         }
     }
@@ -616,3 +609,23 @@ fn fork_alert(verdict: &ForkVerdict, condemned_by_kernel: bool, blame: Blame) ->
         }),
     }
 }
+
+/// What the fork probe must be told of `dir`, when it must differ from
+/// its own action (the strongest asked for anywhere): leave it alone
+/// (`SCOPE_PROTECTED`: the fork detector ignores it, or its action is
+/// `log`), or act more softly there: refuse only (a `refuse` policy
+/// where the probe stops or kills), stop (a `stop` policy where it
+/// kills). `None`: the probe's own action is the cgroup's.
+pub fn kernel_verdict(settings: &Settings, dir: &str) -> Option<u32> {
+    let action = settings.action(Detector::Fork, Some(dir));
+    if settings.ignore_fork.cgroup(Some(dir)) || action == ActionKind::Log {
+        return Some(guard_common::SCOPE_PROTECTED);
+    }
+    let probe = settings.strongest_fork_action();
+    match (action, probe) {
+        (a, p) if a.refuses() && p.signal().is_some() => Some(guard_common::SCOPE_IN_REFUSE),
+        (ActionKind::Stop, ActionKind::Kill) => Some(guard_common::SCOPE_IN_STOP),
+        _ => None,
+    }
+}
+

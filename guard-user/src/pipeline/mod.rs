@@ -14,6 +14,7 @@ pub mod crashloop;
 #[cfg(test)]
 pub mod fixture;
 mod fork;
+pub use self::fork::kernel_verdict;
 pub mod leak;
 mod memory;
 pub mod plugin;
@@ -122,8 +123,8 @@ impl Settings {
     }
 
     /// The strongest fork action anywhere: what the fork probe's budgets
-    /// signal with (policies can only soften it to `log` per cgroup in the
-    /// kernel: those cgroups are exempt there).
+    /// signal with, except in the cgroups whose action is softer (see
+    /// `kernel_verdict`).
     pub fn strongest_fork_action(&self) -> ActionKind {
         self.effective(self.policies.strongest_fork_action(self.fork_action))
     }

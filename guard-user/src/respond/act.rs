@@ -110,9 +110,10 @@ pub trait System {
     /// Has the fork probe leave `tgid` alone (an ignored program), or no
     /// longer (it exited).
     fn exempt_pid(&self, _tgid: u32, _exempt: bool) {}
-    /// Has the fork probe leave the cgroup directory `dir` alone (and what
-    /// is below it).
-    fn exempt_cgroup(&self, _dir: &str) {}
+    /// Gives the cgroup directory `dir` (and what is below it) this verdict
+    /// in the fork probe's scope: `SCOPE_PROTECTED` (left alone), or a
+    /// softened `SCOPE_IN_*` action.
+    fn scope_cgroup(&self, _dir: &str, _verdict: u32) {}
 }
 
 /// A member of the subtree to contain.
@@ -716,9 +717,9 @@ impl System for LiveSystem {
         }
     }
 
-    fn exempt_cgroup(&self, dir: &str) {
-        if let Err(err) = lock(&self.scope).exempt(dir) {
-            tracing::warn!("the fork probe cannot leave {dir} alone: {err:#}");
+    fn scope_cgroup(&self, dir: &str, verdict: u32) {
+        if let Err(err) = lock(&self.scope).set(dir, verdict) {
+            tracing::warn!("the fork probe cannot take {dir}'s policy: {err:#}");
         }
     }
 

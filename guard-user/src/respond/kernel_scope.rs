@@ -355,12 +355,14 @@ impl ScopeMaps {
         })
     }
 
-    /// Lists `dir` as protected: the probe neither tags nor signals what runs
-    /// in it or below it (an `--ignore fork:cgroup=` match).
-    pub fn exempt(&mut self, dir: &str) -> Result<()> {
+    /// Lists `dir` with `verdict`: `SCOPE_PROTECTED`, the probe neither
+    /// tags nor signals what runs in it or below it (an `--ignore
+    /// fork:cgroup=` match, a `log` policy); a softened `SCOPE_IN_*`, it
+    /// acts there as a policy asks (see `guard_common::scope_signal`).
+    pub fn set(&mut self, dir: &str, verdict: u32) -> Result<()> {
         let id = cgroup_dir_id(dir).with_context(|| format!("{dir} is gone"))?;
         self.scope
-            .insert(id, SCOPE_PROTECTED, 0)
+            .insert(id, verdict, 0)
             .context("updating the fork probe's SCOPE map")?;
         self.forget_verdicts();
         Ok(())

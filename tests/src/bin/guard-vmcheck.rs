@@ -711,6 +711,7 @@ fn bench() {
         guard_tests::bombs::Shape::new("fork while fork", &[&w, "forkbomb"]),
         guard_tests::bombs::Shape::new("threads", &[&w, "threadbomb"]),
     ];
+    fork_cost(rounds);
     let mut n = 0;
     for (action, extra) in [
         ("kill", &[][..]),
@@ -737,4 +738,41 @@ fn bench() {
         }
     }
     println!("VMCHECK done");
+}
+
+/// The LSM program's cost per fork: a fork+exit+wait loop's rate with the
+/// agent attached (the program in place) and with `--no-lsm`, alternated,
+/// for a forker outside every tagged subtree (outside `--cgroup`: one
+/// lookup that misses) and one inside a watched subtree (`--fork-action
+/// kill` in its cgroup: the forker is tagged, its tag not refused). One
+/// `VMCHECK bench-cost ok {json}` line per round.
+fn fork_cost(rounds: u32) {
+    let scope_cg = TestCgroup::new("vm-cost-scope", 64, 64 * MIB);
+    let other = TestCgroup::new("vm-cost-other", 64, 64 * MIB);
+    let rate = |cg: &TestCgroup| -> f64 {
+        let (status, out) = run(&mut cg.workload(&["forks", "3000"]));
+        assert!(status.success(), "forks: {status}");
+        let v: Value = serde_json::from_str(out.trim()).expect("workload JSON");
+        v["per_sec"].as_f64().expect("per_sec")
+    };
+    for _ in 0..rounds.min(10) {
+        for (place, lsm) in [("outside", true), ("outside", false), ("inside", true), ("inside", false)] {
+            let (scope, cg) = if place == "outside" {
+                (scope(&scope_cg), &other)
+            } else {
+                (scope(&other), &other)
+            };
+            let mut args = vec!["--cgroup", scope.as_str(), "--fork-action", "kill", "--events", "none"];
+            if !lsm {
+                args.push("--no-lsm");
+            }
+            let agent = Agent::start(&args);
+            let per_sec = rate(cg);
+            agent.stop();
+            println!(
+                "VMCHECK bench-cost ok {}",
+                serde_json::json!({"place": place, "lsm": lsm, "forks_per_sec": per_sec})
+            );
+        }
+    }
 }

@@ -103,6 +103,53 @@ pub fn refusal_bench(workspace: &Path, rounds: u32) -> Result<()> {
     }
     println!("bombs in a Debian 6.12 guest ({rounds} rounds each, pids.max={PIDS_MAX}):");
     print_table(&all, rounds, true);
+    print_cost(&lines)?;
+    Ok(())
+}
+
+/// The guest's fork-rate rounds: with the LSM program and without, for a
+/// forker outside every tagged subtree and one inside a watched one.
+fn print_cost(lines: &[crate::vm::CheckLine]) -> Result<()> {
+    let mut rows: Vec<(String, bool, f64)> = Vec::new();
+    for line in lines.iter().filter(|l| l.name == "bench-cost") {
+        if !line.ok {
+            bail!("a guest cost round failed: {}", line.detail);
+        }
+        let v: Value = serde_json::from_str(&line.detail)?;
+        rows.push((
+            v["place"].as_str().unwrap_or("?").to_owned(),
+            v["lsm"] == true,
+            v["forks_per_sec"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    println!("fork+exit+wait rate in the guest, the agent attached, medians of alternated rounds:");
+    println!("| forker | with the LSM program | --no-lsm | ratio |");
+    println!("|---|---|---|---|");
+    let mut summary = Vec::new();
+    for place in ["outside", "inside"] {
+        let median_of = |lsm: bool| {
+            median_worst(
+                &mut rows
+                    .iter()
+                    .filter(|r| r.0 == place && r.1 == lsm)
+                    .map(|r| r.2)
+                    .collect::<Vec<_>>(),
+            )
+            .0
+        };
+        let (with, without) = (median_of(true), median_of(false));
+        let ratio = if without > 0.0 { with / without } else { 0.0 };
+        println!(
+            "| {} | {with:.0}/s | {without:.0}/s | {ratio:.3} |",
+            if place == "outside" {
+                "outside every tagged subtree"
+            } else {
+                "in a watched subtree"
+            }
+        );
+        summary.push(serde_json::json!({"forker": place, "with_lsm_per_sec": with, "without_per_sec": without, "ratio": ratio}));
+    }
+    println!("{}", serde_json::json!({"bench": "refusal_cost", "rows": summary}));
     Ok(())
 }
 

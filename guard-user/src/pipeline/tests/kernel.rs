@@ -175,7 +175,56 @@ fn ignored_programs_and_cgroups_are_exempt_in_the_fork_probe() {
     settings.ignore_fork = fixture::ignoring(&format!("fork:cgroup=^{PIDS_JOBS}$"));
     let mut f = fixture(settings);
     f.pipe.seed_detector(SEC);
-    assert_eq!(*f.system.exempt_cgroups.lock().expect("lock"), [PIDS_JOBS]);
+    assert_eq!(
+        *f.system.exempt_cgroups.lock().expect("lock"),
+        [(PIDS_JOBS.to_owned(), guard_common::SCOPE_PROTECTED)]
+    );
+}
+
+#[test]
+fn a_policy_softer_than_the_probes_action_is_what_the_probe_does_there() {
+    use crate::pipeline::kernel_verdict;
+    use guard_common::{SCOPE_IN_REFUSE, SCOPE_IN_STOP, SCOPE_PROTECTED};
+    let with = |flag: ActionKind, policy: Option<ActionKind>| {
+        let mut s = fixture::settings();
+        s.fork_action = flag;
+        s.policies = fixture::policy("/cg/db", |p| p.fork_action = policy);
+        (
+            kernel_verdict(&s, "/cg/db/x"),
+            kernel_verdict(&s, "/cg/other"),
+        )
+    };
+    // Under a kill, a refuse policy refuses only and a stop policy stops.
+    assert_eq!(
+        with(ActionKind::Kill, Some(ActionKind::Refuse)),
+        (Some(SCOPE_IN_REFUSE), None)
+    );
+    assert_eq!(
+        with(ActionKind::Kill, Some(ActionKind::RefuseThenKill)),
+        (Some(SCOPE_IN_REFUSE), None)
+    );
+    assert_eq!(
+        with(ActionKind::Kill, Some(ActionKind::Stop)),
+        (Some(SCOPE_IN_STOP), None)
+    );
+    // A log policy is left alone; under a stop, a stop policy is the
+    // probe's own.
+    assert_eq!(
+        with(ActionKind::Kill, Some(ActionKind::Log)),
+        (Some(SCOPE_PROTECTED), None)
+    );
+    assert_eq!(with(ActionKind::Stop, Some(ActionKind::Stop)), (None, None));
+    // A kill policy under a refuse flag: the probe kills (the strongest),
+    // and refuses only in the cgroups the flag covers.
+    assert_eq!(
+        with(ActionKind::Refuse, Some(ActionKind::Kill)),
+        (None, Some(SCOPE_IN_REFUSE))
+    );
+    // Two refusals are one in the kernel.
+    assert_eq!(
+        with(ActionKind::RefuseThenKill, Some(ActionKind::Refuse)),
+        (None, None)
+    );
 }
 
 #[test]
