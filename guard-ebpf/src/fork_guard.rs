@@ -10,8 +10,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::generated::bpf_send_signal;
 use guard_common::{
     ABSENT, COMM_LEN, CondemnedEvent, EventKind, ExeId, ForkBudget, PF_KTHREAD, Refusal, SCOPE_IN,
-    scope_in, scope_signal,
-    SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag, fork_rule,
+    SCOPE_MAX_DEPTH, SCOPE_OUT, auto_tag, fork_rule, scope_in, scope_signal,
 };
 
 use crate::{maps::*, read::*};
@@ -119,9 +118,7 @@ pub(crate) fn tag_subtree(
     child_flags: u32,
     child_verdict: u32,
 ) -> Option<u64> {
-    if config!(fork_guard.enabled) != 1
-        || child_flags & PF_KTHREAD != 0
-        || !scope_in(child_verdict)
+    if config!(fork_guard.enabled) != 1 || child_flags & PF_KTHREAD != 0 || !scope_in(child_verdict)
     {
         return None;
     }

@@ -372,7 +372,10 @@ fn a_stop_policy_under_a_kill_flag_is_a_stop_in_the_probe_too() {
     agent.stop();
     assert_eq!(condemned["signal"], "SIGSTOP", "{condemned}");
     assert_eq!(action["action"], "stop", "{action}");
-    assert!(running.is_empty(), "bomb processes still running: {running:?}");
+    assert!(
+        running.is_empty(),
+        "bomb processes still running: {running:?}"
+    );
     assert!(
         stopped_members > 10,
         "the bomb was stopped, not killed: {stopped_members} stopped"

@@ -83,6 +83,7 @@ const MATRIX_CHECKS: &[&str] = &[
     "refuse_threads",
     "refuse_ladder",
     "refuse_lift",
+    "refuse_leak",
     "memory_kill",
     "oom_record",
     "blocked_vfork",

@@ -628,4 +628,3 @@ pub fn kernel_verdict(settings: &Settings, dir: &str) -> Option<u32> {
         _ => None,
     }
 }
-

@@ -47,6 +47,7 @@ fn main() {
             ("refuse_threads", refuse_threads),
             ("refuse_ladder", refuse_ladder),
             ("refuse_lift", refuse_lift),
+            ("refuse_leak", refuse_leak),
             ("memory_kill", memory_kill),
             ("oom_record", oom_record),
             ("blocked_vfork", blocked_vfork),
@@ -428,6 +429,50 @@ fn refuse_lift() -> String {
     format!("lifted at {before} tasks; grew to {after} and was refused again")
 }
 
+/// Seed incident 002's shape: a server leaking a helper every 100 ms
+/// with no limit near, under `--leak-action refuse` (a 20 s window, so
+/// the check is quick): named as a leak, its forks refused, its helper
+/// count flat from then on while the server itself keeps running.
+fn refuse_leak() -> String {
+    let cg = TestCgroup::new("vm-refuse-leak", 4000, 512 * MIB);
+    let mut agent = refusing_agent(
+        &cg,
+        &[
+            "--leak-action",
+            "refuse",
+            "--leak-window",
+            "20",
+            "--leak-growth",
+            "20",
+        ],
+    );
+    let mut server = cg.spawn_ready(&["leak", "100"]);
+    let action = agent.wait_for(Duration::from_secs(120), "the leak's refusal", |r| {
+        r["kind"] == "action" && r["detector"] == "leak"
+    });
+    assert_eq!(action["action"], "refuse", "{action}");
+    assert_eq!(action["outcome"]["refusing"], true, "{action}");
+    let at = cg.pids_current();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cg.pids_current();
+    let alive = server.try_wait().expect("try_wait").is_none();
+    let trying = agent.wait_for(Duration::from_secs(10), "refused forks", |r| {
+        r["kind"] == "refusal" && r["state"] == "trying"
+    });
+    cg.kill_all();
+    let _ = server.wait();
+    agent.stop();
+    assert!(alive, "the server died");
+    assert!(
+        after <= at,
+        "the helpers grew from {at} to {after} under refusal"
+    );
+    format!(
+        "named and refused at {at} tasks; {after} three seconds later, the server running, {} forks refused",
+        trying["refused"]
+    )
+}
+
 /// Booted without `bpf` in the LSM list: `guard check` and the start
 /// record say refusal is off and why, and `refuse-then-kill` kills at once.
 fn refuse_fallback() -> String {
@@ -755,14 +800,26 @@ fn fork_cost(rounds: u32) {
         let v: Value = serde_json::from_str(out.trim()).expect("workload JSON");
         v["per_sec"].as_f64().expect("per_sec")
     };
-    for _ in 0..rounds.min(10) {
-        for (place, lsm) in [("outside", true), ("outside", false), ("inside", true), ("inside", false)] {
+    for _ in 0..rounds.min(5) {
+        for (place, lsm) in [
+            ("outside", true),
+            ("outside", false),
+            ("inside", true),
+            ("inside", false),
+        ] {
             let (scope, cg) = if place == "outside" {
                 (scope(&scope_cg), &other)
             } else {
                 (scope(&other), &other)
             };
-            let mut args = vec!["--cgroup", scope.as_str(), "--fork-action", "kill", "--events", "none"];
+            let mut args = vec![
+                "--cgroup",
+                scope.as_str(),
+                "--fork-action",
+                "kill",
+                "--events",
+                "none",
+            ];
             if !lsm {
                 args.push("--no-lsm");
             }

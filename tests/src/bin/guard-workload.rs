@@ -6,6 +6,10 @@
 //!   threads N            start N threads, each sleeping 20 ms; join them
 //!   threadbomb           print a line; every thread starts two more, then
 //!                        sleeps (a thread bomb, until pids.max refuses)
+//!   leak MS              print a line, then every MS ms fork a helper
+//!                        that sleeps for ever (a server leaking helpers);
+//!                        a failed fork is counted and retried at the next
+//!                        tick, and the server goes on
 //!   forkbomb             print a line; every process forks as fast as it
 //!                        can, for ever, and so does every child; a failed
 //!                        fork is retried after 1 ms (a bomb that keeps
@@ -37,7 +41,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | forkbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS | churn N MS"
+        "guard-workload: {why}\nusage: guard-workload forks N | spawn N PROG [ARGS..] | threads N | threadbomb | leak MS | forkbomb | alloc MIB [SECS] | grow RATE MIB [SECS] | service MS | rename HEX | exit CODE | fail CODE MS | sleep SECS | pingpong N | vfork SECS | churn N MS"
     );
     std::process::exit(2)
 }
@@ -143,6 +147,21 @@ fn main() {
             println!("{{\"pid\":{pid}}}");
             spawn_two();
             std::thread::sleep(Duration::from_secs(3600));
+        }
+        Some("leak") => {
+            let ms: u64 = arg(&args, 2, "MS");
+            println!("{{\"pid\":{pid}}}");
+            loop {
+                // SAFETY: the child only sleeps. A refused fork (-1) is
+                // retried at the next tick: the server keeps serving with
+                // the helpers it has.
+                if unsafe { libc::fork() } == 0 {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(ms));
+            }
         }
         Some("forkbomb") => {
             println!("{{\"pid\":{pid}}}");

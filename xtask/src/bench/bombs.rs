@@ -149,7 +149,10 @@ fn print_cost(lines: &[crate::vm::CheckLine]) -> Result<()> {
         );
         summary.push(serde_json::json!({"forker": place, "with_lsm_per_sec": with, "without_per_sec": without, "ratio": ratio}));
     }
-    println!("{}", serde_json::json!({"bench": "refusal_cost", "rows": summary}));
+    println!(
+        "{}",
+        serde_json::json!({"bench": "refusal_cost", "rows": summary})
+    );
     Ok(())
 }
 
