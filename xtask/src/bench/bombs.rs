@@ -153,6 +153,25 @@ fn print_cost(lines: &[crate::vm::CheckLine]) -> Result<()> {
         "{}",
         serde_json::json!({"bench": "refusal_cost", "rows": summary})
     );
+    println!("the programs' own run time per call (kernel.bpf_stats_enabled), 3000 forks:");
+    println!("| forker | program | runs | ns per run |");
+    println!("|---|---|---|---|");
+    let mut stats = Vec::new();
+    for line in lines.iter().filter(|l| l.name == "bench-stats") {
+        let v: Value = serde_json::from_str(&line.detail)?;
+        println!(
+            "| {} | {} | {} | {:.0} |",
+            v["place"].as_str().unwrap_or("?"),
+            v["program"].as_str().unwrap_or("?"),
+            v["runs"],
+            v["ns_per_run"].as_f64().unwrap_or(0.0)
+        );
+        stats.push(v);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "refusal_stats", "rows": stats})
+    );
     Ok(())
 }
 
