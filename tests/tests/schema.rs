@@ -57,6 +57,7 @@ fn the_schema_has_one_entry_per_kind_and_refuses_what_is_not_a_record() {
         "alert",
         "action",
         "resolved",
+        "refusal",
     ] {
         // One object, or one per form the kind takes (an alert per rule).
         let forms = match defs[kind]["anyOf"].as_array() {

@@ -353,7 +353,9 @@ fn a_stop_policy_under_a_kill_flag_is_a_stop_in_the_probe_too() {
     )
     .expect("write config");
     let mut agent = Agent::start(&["--config", config.to_str().expect("utf8")]);
-    let _ = svc.spawn_bash(BOMB).wait();
+    // Not waited for: the bomb's first process may be stopped before it
+    // returns.
+    let mut root = svc.spawn_bash(BOMB);
     let condemned = agent.wait_for(Duration::from_secs(20), "the probe's condemnation", |r| {
         r["kind"] == "condemned"
     });
@@ -368,6 +370,7 @@ fn a_stop_policy_under_a_kill_flag_is_a_stop_in_the_probe_too() {
         .collect();
     let stopped_members = members.iter().filter(|m| m.2 == 'T').count();
     svc.kill_all();
+    let _ = root.wait();
     let refused = svc.pids_refused();
     agent.stop();
     assert_eq!(condemned["signal"], "SIGSTOP", "{condemned}");

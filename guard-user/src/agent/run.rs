@@ -457,7 +457,10 @@ fn build_pipeline(
         table.forget_if(|p| !plan.scope.contains(Some(p)));
     }
     let (out, file) = open_output(args)?;
-    let settings = settings(args, &plan, plan.policies.clone());
+    let mut settings = settings(args, &plan, plan.policies.clone());
+    // As attached: a kernel that passed the checks may still refuse the
+    // program, and then the actions fall back as they would without it.
+    settings.refusal_available = kernel.refusal.available;
     let crashloops = CrashLoopDetector::new(
         // Off: a count never met (the detector is also switched off).
         args.crashloop_rules().unwrap_or(CrashLoopRules {
