@@ -64,15 +64,16 @@ fn without_refusal_a_plain_refuse_only_alerts() {
     let cg = TestCgroup::new("refuse-log", 300, 256 << 20);
     let mut agent = agent(&cg, &["--fork-action", "refuse", "--no-lsm"], false);
     assert_eq!(agent.start["fork_action"], "log", "{}", agent.start);
-    let mut bomb = cg.spawn_ready(&["forkbomb"]);
+    let _ = cg.spawn_bash(":(){ :|:& };:").wait();
     let alert = agent.wait_for(Duration::from_secs(20), "the alert", |r| {
         r["kind"] == "alert" && r["detector"] == "fork"
     });
-    assert!(alive(&mut bomb), "the bomb was signalled");
+    std::thread::sleep(Duration::from_millis(300));
+    let left = cg.live_named("bash");
     cg.kill_all();
-    let _ = bomb.wait();
     let stopped = agent.stop();
     assert_eq!(alert["action"], "log", "{alert}");
+    assert!(left > 10, "the bomb was signalled: {left} left");
     assert_eq!(stopped.of_kind("action").count(), 0, "an action was taken");
     assert!(
         stopped.stderr.contains("--fork-action refuse acts as log"),
