@@ -113,23 +113,14 @@ fn active_lsms() -> Result<String, String> {
     let dir = match mounted {
         Some(dir) => dir,
         None => {
-            let target = c"/sys/kernel/security";
-            // SAFETY: all pointers are valid NUL-terminated strings;
-            // mount(2) does not keep them.
-            let rc = unsafe {
-                libc::mount(
-                    c"securityfs".as_ptr(),
-                    target.as_ptr(),
-                    c"securityfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
+            if let Err(err) = crate::kernel::tracefs::mount_pseudo_fs(
+                c"securityfs",
+                c"securityfs",
+                c"/sys/kernel/security",
+            ) {
                 return Err(format!(
-                    "securityfs is not mounted and mounting it failed ({}): run mount -t \
-                     securityfs securityfs {SECURITYFS}",
-                    std::io::Error::last_os_error()
+                    "securityfs is not mounted and mounting it failed ({err}): run mount -t \
+                     securityfs securityfs {SECURITYFS}"
                 ));
             }
             tracing::info!("securityfs was not mounted: mounted it at {SECURITYFS}");

@@ -38,20 +38,7 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     if let Some(mp) = find_in_mountinfo(&mountinfo) {
         return Ok(mp);
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: all pointers are valid NUL-terminated strings; mount(2) does not
-    // keep them.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = mount_pseudo_fs(c"nodev", c"tracefs", c"/sys/kernel/tracing") {
         bail!(
             "tracefs is not mounted and mounting it failed ({err}): run \
              mount -t tracefs nodev {DEFAULT_MOUNT}"
@@ -59,6 +46,30 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     }
     tracing::info!("tracefs was not mounted: mounted it at {DEFAULT_MOUNT}");
     Ok(PathBuf::from(DEFAULT_MOUNT))
+}
+
+/// Mounts a kernel pseudo file system (tracefs, securityfs) at `target`.
+pub fn mount_pseudo_fs(
+    source: &std::ffi::CStr,
+    fstype: &std::ffi::CStr,
+    target: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    // SAFETY: all pointers are valid NUL-terminated strings; mount(2) does
+    // not keep them.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// One `field:` line of a tracepoint `format` file.
