@@ -224,3 +224,82 @@ fn the_example_config_documents_every_key_and_loads() {
     );
     assert_eq!(text.matches("[[policy]]").count(), 2, "{text}");
 }
+
+/// Every example the docs and the example config give runs under the unit:
+/// metrics on an inet address, output under /var/log/guard, reload by
+/// SIGHUP, descriptors for a big containment; and systemd itself accepts
+/// the file (`systemd-analyze verify`, with ExecStart pointed at the binary
+/// under test, since the installed path does not exist here).
+#[test]
+fn the_unit_runs_the_documented_examples_and_systemd_accepts_it() {
+    let unit = repo("packaging/guard.service");
+    let values = |key: &str| unit_values(&unit, key).join(" ");
+    let example = repo("packaging/guard.toml");
+    // metrics = "127.0.0.1:9750" (and "[::1]:9750" for IPv6).
+    assert!(example.contains("# metrics = \"127.0.0.1:9750\""));
+    let families = values("RestrictAddressFamilies");
+    for family in ["AF_UNIX", "AF_INET", "AF_INET6"] {
+        assert!(
+            families.split_whitespace().any(|f| f == family),
+            "RestrictAddressFamilies={families} lacks {family}"
+        );
+    }
+    // output = "/var/log/guard/...": writable under ProtectSystem=strict
+    // only through LogsDirectory=guard (or ReadWritePaths).
+    let output = example
+        .lines()
+        .find_map(|l| l.strip_prefix("# output = \""))
+        .expect("an output example");
+    assert!(output.starts_with("/var/log/guard/"), "{output}");
+    assert_eq!(values("ProtectSystem"), "strict");
+    assert_eq!(values("LogsDirectory"), "guard");
+    assert_eq!(values("StateDirectory"), "guard");
+    assert_eq!(values("ExecReload"), "/bin/kill -HUP $MAINPID");
+    let nofile: u64 = values("LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE is a number");
+    assert!(nofile >= 65536, "LimitNOFILE={nofile}");
+    assert_eq!(values("UMask"), "0077");
+
+    let dir = std::env::temp_dir().join(format!("guard-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let copy = dir.join("guard.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "/usr/local/bin/guard",
+            guard_tests::guard_bin().to_str().expect("utf8 path"),
+        ),
+    )
+    .expect("write the unit");
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {}\n{said}",
+        verify.status
+    );
+    // The exposure score, for the log (its figure is not a test).
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&security.stdout);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no overall exposure line");
+    eprintln!("systemd-analyze security: {overall}");
+}

@@ -4,7 +4,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use guard_tests::{Agent, TestCgroup};
@@ -21,13 +21,21 @@ fn free_port() -> u16 {
 
 /// (status line, headers and body) of GET `path`.
 fn http_get(port: u16, path: &str) -> (String, String) {
+    http_get_accepting(port, path, None)
+}
+
+/// The same, with an `Accept` header.
+fn http_get_accepting(port: u16, path: &str, accept: Option<&str>) -> (String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
     )
     .expect("request");
     let mut response = String::new();
@@ -48,6 +56,45 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// `promtool check metrics` (Prometheus' own linter, as
+/// `cargo xtask setup` fetches it) passes the body of `response`.
+fn promtool_accepts(response: &str) {
+    let tool = std::env::var_os("GUARD_PROMTOOL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/promtool")
+        });
+    assert!(
+        tool.exists(),
+        "{} is missing: `cargo xtask setup` fetches it",
+        tool.display()
+    );
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(response, |(_, body)| body);
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}\non:\n{body}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn prometheus_scrapes_events_pids_alerts_actions_and_the_agent_itself() {
     let cg = TestCgroup::new("metrics", 1000, 512 << 20);
@@ -61,6 +108,41 @@ fn prometheus_scrapes_events_pids_alerts_actions_and_the_agent_itself() {
         "--metrics",
         &format!("127.0.0.1:{port}"),
     ]);
+    // Before any event: live, ready once the first snapshot is in, and
+    // every counter the configuration can move already there at 0, in the
+    // classic format a plain client gets, which promtool accepts.
+    let (status, body) = http_get(port, "/healthz");
+    assert!(status.contains("200"), "{status}\n{body}");
+    let ready = Instant::now();
+    loop {
+        let (status, body) = http_get(port, "/readyz");
+        if status.contains("200") {
+            assert!(body.contains("probes attached"), "{body}");
+            break;
+        }
+        assert!(status.contains("503"), "{status}\n{body}");
+        assert!(
+            ready.elapsed() < Duration::from_secs(10),
+            "/readyz still {status} after 10 s:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, text) = http_get(port, "/metrics");
+    assert!(
+        text.contains("content-type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    for line in [
+        "guard_build_info{version=\"0.1.0\"} 1",
+        "guard_alerts_total{detector=\"fork\",rule=\"explosion\"} 0",
+        "guard_alerts_total{detector=\"crashloop\",rule=\"crash_loop\"} 0",
+        "guard_actions_total{detector=\"fork\",action=\"kill\",outcome=\"contained\"} 0",
+        "# HELP guard_alerts_total Alerts raised, by detector and rule.",
+        "# TYPE guard_alerts_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    promtool_accepts(&text);
     let mut bystander = cg.spawn_ready(&["sleep", "60"]);
     let (status, _) = guard_tests::run(&mut cg.workload(&["forks", "500"]));
     assert!(status.success());
@@ -71,12 +153,26 @@ fn prometheus_scrapes_events_pids_alerts_actions_and_the_agent_itself() {
     cg.wait_until_gone("bash", Duration::from_secs(20));
     // The snapshot is taken every second.
     std::thread::sleep(Duration::from_millis(2200));
-    let (status, text) = http_get(port, "/metrics");
+    // As Prometheus asks: OpenMetrics.
+    let (status, text) = http_get_accepting(
+        port,
+        "/metrics",
+        Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,\
+             */*;q=0.1",
+        ),
+    );
     assert!(status.contains("200"), "{status}");
     assert!(
         text.contains("content-type: application/openmetrics-text"),
         "{text}"
     );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "# TYPE guard_alerts counter"),
+        "{text}"
+    );
+    promtool_accepts(&http_get(port, "/metrics").1);
     let forks = sample(&text, "guard_events_total{kind=\"fork\"}").expect("fork events");
     assert!(forks >= 500.0, "{forks} fork events counted:\n{text}");
     assert_eq!(
@@ -112,6 +208,8 @@ fn prometheus_scrapes_events_pids_alerts_actions_and_the_agent_itself() {
     assert!(sample(&text, "guard_blocked_tasks").is_some(), "{text}");
     let (status, _) = http_get(port, "/other");
     assert!(status.contains("404"), "{status}");
+    let (status, _) = http_get(port, "/healthz");
+    assert!(status.contains("200"), "{status}");
     let _ = bystander.kill();
     let _ = bystander.wait();
     agent.stop();

@@ -311,6 +311,8 @@ fn setup() -> Result<()> {
         // Real status polls and retries for the crash-loop tests.
         ("curl", "curl"),
         ("pg_isready", "postgresql-client"),
+        // The unit is checked with `systemd-analyze verify`.
+        ("systemd-analyze", "systemd"),
     ] {
         if !tool_exists(tool) {
             missing.push(package);
@@ -319,6 +321,7 @@ fn setup() -> Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
+    promtool()?;
 
     // 3. bpf-linker built against LLVM 22.
     let linker = cargo_bin_dir().join("bpf-linker");
@@ -343,6 +346,52 @@ fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path))?;
     }
+    Ok(())
+}
+
+/// Where the tests find promtool (they check the metrics with it).
+pub(crate) fn promtool_path() -> PathBuf {
+    workspace().join("target/tools/promtool")
+}
+
+/// promtool, from Debian's `prometheus` package but without installing it
+/// (that would add a user and a server): the package is downloaded and the
+/// one binary taken out into target/tools/.
+fn promtool() -> Result<()> {
+    let tool = promtool_path();
+    if tool.exists() {
+        return Ok(());
+    }
+    let dir = workspace().join("target/tools");
+    std::fs::create_dir_all(&dir)?;
+    let mut download = Command::new("apt-get");
+    download
+        .args(["download", "-q", "prometheus"])
+        .current_dir(&dir);
+    if run(&mut download).is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(&mut download)?;
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("prometheus_") && n.ends_with(".deb"))
+        })
+        .context("apt-get download prometheus left no .deb")?;
+    let extract = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/bin/promtool > '{}.part'",
+        deb.display(),
+        tool.display()
+    );
+    run(Command::new("sh").args(["-c", &extract]))?;
+    std::fs::set_permissions(
+        tool.with_extension("part"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::rename(tool.with_extension("part"), &tool)?;
+    std::fs::remove_file(&deb)?;
     Ok(())
 }
 
@@ -499,6 +548,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
-    cmd.env("GUARD_BIN", workspace().join("target/release/guard"));
+    cmd.env("GUARD_BIN", workspace().join("target/release/guard"))
+        .env("GUARD_PROMTOOL", promtool_path());
     run(&mut cmd)
 }

@@ -135,6 +135,7 @@ pub(super) fn metrics_snapshot(
     drops: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     stats: &SourceStats,
     pipe: &Pipeline<impl Write>,
+    probes: usize,
 ) -> crate::output::metrics::Snapshot {
     let kernel = KernelDrops::read(drops).unwrap_or_default();
     let mut lost = Vec::new();
@@ -170,5 +171,6 @@ pub(super) fn metrics_snapshot(
         blocked_now: pipe.detectors.blocked.blocked_now() as u64,
         cpu_seconds: own.cpu_seconds,
         rss_bytes: own.rss_bytes,
+        probes,
     }
 }

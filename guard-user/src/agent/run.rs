@@ -658,7 +658,7 @@ impl Running {
         pipe.out.record(&start).and_then(|()| pipe.out.flush())?;
         let metrics = match args.metrics {
             Some(addr) => {
-                let shared = Arc::new(Mutex::new(Metrics::default()));
+                let shared = Arc::new(Mutex::new(Metrics::new(&pipe.settings.countable())));
                 if let Some(bound) = crate::output::metrics::serve(addr, shared.clone()).await {
                     tracing::info!("metrics at http://{bound}/metrics");
                 }
@@ -773,8 +773,9 @@ impl Running {
             &mut self.pipe,
         )?;
         if let Some(metrics) = &self.metrics {
-            let snapshot = metrics_snapshot(&k.drops, &k.stats, &self.pipe);
-            if let Ok(m) = metrics.lock() {
+            let snapshot =
+                metrics_snapshot(&k.drops, &k.stats, &self.pipe, k.report.attached.len());
+            if let Ok(mut m) = metrics.lock() {
                 m.update(&snapshot);
             }
         }

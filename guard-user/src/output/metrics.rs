@@ -1,7 +1,13 @@
-//! `--metrics ADDR`: Prometheus metrics over HTTP (`GET /metrics`), in the
-//! OpenMetrics text format written by the `prometheus-client` crate and
-//! served by `hyper`. The agent hands a [`Snapshot`] over once a second;
-//! a scrape reads the last one, so it never waits on the pipeline.
+//! `--metrics ADDR`: Prometheus metrics over HTTP (`GET /metrics`), written
+//! by the `prometheus-client` crate and served by `hyper`, with the agent's
+//! health (`GET /healthz`, `GET /readyz`) for probes. The agent hands a
+//! [`Snapshot`] over once a second; a scrape reads the last one, so it
+//! never waits on the pipeline.
+//!
+//! The format follows the scraper's `Accept` header: OpenMetrics 1.0 when
+//! it asks for `application/openmetrics-text` at least as much as for
+//! anything else (Prometheus does), else the classic text format 0.0.4
+//! (curl, promtool, older parsers), as client_golang decides.
 
 use std::{
     net::SocketAddr,
@@ -35,6 +41,86 @@ pub struct Snapshot {
     pub blocked_now: u64,
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// Probes attached now.
+    pub probes: usize,
+}
+
+/// The text format a scrape is answered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus' text format 0.0.4.
+    Classic,
+}
+
+impl Format {
+    /// From a request's `Accept` header: OpenMetrics when its quality is
+    /// positive and at least that of `text/plain` (or of a wildcard); the
+    /// classic format otherwise, and when there is no header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut open, mut classic) = (0.0_f64, 0.0_f64);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => classic = classic.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= classic {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as the classic format: a counter's family is named by
+/// its sample (`x_total`) in `# HELP` and `# TYPE`, there is no `# UNIT`
+/// nor `# EOF`. prometheus-client writes OpenMetrics only; the rest of the
+/// two formats (samples, label escaping) is the same for what guard
+/// exports, so a rewrite of the metadata lines is all it takes.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(prefix);
+                text.push_str(name);
+                if counters.contains(name) {
+                    text.push_str("_total");
+                }
+                text.push(' ');
+                text.push_str(tail);
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +132,11 @@ struct KindLabel {
 struct LostLabels {
     kind: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +202,17 @@ pub struct Metrics {
     blocked: Gauge,
     cpu: Counter<f64, AtomicU64>,
     rss: Gauge,
+    /// When the agent last handed a snapshot over, and how many probes it
+    /// had attached then: what `/healthz` and `/readyz` answer from.
+    updated: Option<std::time::Instant>,
+    probes: usize,
 }
+
+/// `/healthz` fails once the agent's loop has handed no snapshot over for
+/// this long (it does every second, bombs included): the loop is stuck.
+pub const LIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+/// `/readyz` needs a snapshot this recent, with probes attached.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Brings a counter fed from a running total up to it.
 fn advance(counter: &Counter, total: u64) {
@@ -140,7 +241,20 @@ impl Default for Metrics {
             cpu: Counter::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
+            updated: None,
+            probes: 0,
         };
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "guard's version (the value is always 1)",
+            build,
+        );
         registry.register("events", "Kernel events handled, by kind", m.events.clone());
         registry.register(
             "events_lost",
@@ -203,7 +317,33 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn update(&self, s: &Snapshot) {
+    /// With the counters of `countable` (see `Settings::countable`) at 0.
+    pub fn new(countable: &[crate::output::record::Counted]) -> Self {
+        use crate::output::record::Counted;
+        let m = Self::default();
+        for &counted in countable {
+            match counted {
+                Counted::Alert(detector, rule) => {
+                    drop(m.alerts.get_or_create(&AlertLabels {
+                        detector: detector.name().into(),
+                        rule: rule.name().into(),
+                    }));
+                }
+                Counted::Action(detector, action, outcome) => {
+                    drop(m.actions.get_or_create(&ActionLabels {
+                        detector: detector.name().into(),
+                        action: action.name().into(),
+                        outcome: outcome.name().into(),
+                    }));
+                }
+            }
+        }
+        m
+    }
+
+    pub fn update(&mut self, s: &Snapshot) {
+        self.updated = Some(std::time::Instant::now());
+        self.probes = s.probes;
         for &(kind, n) in &s.seen {
             advance(
                 &self.events.get_or_create(&KindLabel { kind: kind.into() }),
@@ -271,11 +411,34 @@ impl Metrics {
         self.rss.set(as_i64(s.rss_bytes));
     }
 
-    pub fn encode(&self) -> String {
+    pub fn encode(&self, format: Format) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::Classic => classic(&text),
+        }
+    }
+
+    /// `/healthz`: the agent's loop is alive (it handed a snapshot over
+    /// within [`LIVE_WITHIN`]); `/readyz`: and its probes are attached and
+    /// the snapshot is within [`READY_WITHIN`]. Before the first snapshot
+    /// (a second after start) it is live but not ready.
+    pub fn health(&self, path: &str) -> (u16, String) {
+        let age = self.updated.map(|t| t.elapsed());
+        let (ok, why) = match (path, age) {
+            ("/healthz", None) => (true, "starting".to_owned()),
+            ("/healthz", Some(age)) if age <= LIVE_WITHIN => (true, "ok".to_owned()),
+            ("/healthz", Some(age)) => (false, format!("no snapshot for {} s", age.as_secs())),
+            (_, None) => (false, "starting".to_owned()),
+            (_, Some(_)) if self.probes == 0 => (false, "no probe attached".to_owned()),
+            (_, Some(age)) if age <= READY_WITHIN => {
+                (true, format!("ok: {} probes attached", self.probes))
+            }
+            (_, Some(age)) => (false, format!("no snapshot for {} s", age.as_secs())),
+        };
+        (if ok { 200 } else { 503 }, format!("{why}\n"))
     }
 }
 
@@ -349,18 +512,32 @@ async fn accept_loop(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Metri
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        let text = metrics.lock().map(|m| m.encode()).unwrap_or_default();
-                        (200, text)
-                    } else {
-                        (404, "guard serves /metrics only\n".to_owned())
+                    let format = Format::negotiate(
+                        req.headers()
+                            .get(hyper::header::ACCEPT)
+                            .and_then(|v| v.to_str().ok()),
+                    );
+                    let (status, content_type, body) = match req.uri().path() {
+                        "/metrics" => {
+                            let text = metrics.lock().map(|m| m.encode(format)).unwrap_or_default();
+                            (200, format.content_type(), text)
+                        }
+                        path @ ("/healthz" | "/readyz") => {
+                            let (status, text) = metrics
+                                .lock()
+                                .map(|m| m.health(path))
+                                .unwrap_or((500, "poisoned\n".to_owned()));
+                            (status, "text/plain; charset=utf-8", text)
+                        }
+                        _ => (
+                            404,
+                            "text/plain; charset=utf-8",
+                            "guard serves /metrics, /healthz and /readyz\n".to_owned(),
+                        ),
                     };
                     Response::builder()
                         .status(status)
-                        .header(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
+                        .header("content-type", content_type)
                         .body(Full::new(Bytes::from(body)))
                 }
             });
@@ -391,7 +568,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_becomes_conventional_metrics() {
-        let m = Metrics::default();
+        let mut m = Metrics::default();
         let mut s = Snapshot {
             seen: vec![("fork", 10), ("exit", 9)],
             lost: vec![("fork", "ring_full", 2), ("all", "queue_full", 0)],
@@ -412,7 +589,7 @@ mod tests {
         s.seen = vec![("fork", 15)];
         s.pids.clear();
         m.update(&s);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         for line in [
             "guard_events_total{kind=\"fork\"} 15",
             "guard_events_total{kind=\"exit\"} 9",
@@ -428,5 +605,91 @@ mod tests {
         }
         assert!(!text.contains("guard_pids_current{"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_scraper_chooses_the_format() {
+        use Format::*;
+        for (accept, format) in [
+            (None, Classic),
+            (Some("*/*"), Classic),
+            (Some("text/plain;version=0.0.4"), Classic),
+            // Prometheus 2.x and 3.x.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            (
+                Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;q=0.4"),
+                OpenMetrics,
+            ),
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Classic,
+            ),
+            (Some("application/openmetrics-text;q=0"), Classic),
+            (Some("Application/OpenMetrics-Text"), OpenMetrics),
+        ] {
+            assert_eq!(Format::negotiate(accept), format, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let mut m = Metrics::new(&[
+            crate::output::record::Counted::Alert(Detector::Leak, Rule::Leak),
+            crate::output::record::Counted::Action(
+                Detector::Fork,
+                ActionKind::Kill,
+                ActionResult::NotContained,
+            ),
+        ]);
+        m.update(&Snapshot {
+            seen: vec![("fork", 3)],
+            probes: 4,
+            ..Snapshot::default()
+        });
+        let text = m.encode(Format::Classic);
+        for line in [
+            "# HELP guard_events_total Kernel events handled, by kind.",
+            "# TYPE guard_events_total counter",
+            "guard_events_total{kind=\"fork\"} 3",
+            "# TYPE guard_build_info gauge",
+            "guard_build_info{version=\"0.1.0\"} 1",
+            // Primed: there before anything happened.
+            "guard_alerts_total{detector=\"leak\",rule=\"leak\"} 0",
+            "guard_actions_total{detector=\"fork\",action=\"kill\",outcome=\"not_contained\"} 0",
+            "# TYPE guard_agent_rss_bytes gauge",
+            "# TYPE guard_agent_cpu_seconds_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(!text.contains("# TYPE guard_events counter"), "{text}");
+        assert_eq!(m.health("/healthz").0, 200);
+        assert_eq!(m.health("/readyz").0, 200);
+    }
+
+    #[test]
+    fn health_needs_a_recent_snapshot_and_probes() {
+        let mut m = Metrics::default();
+        assert_eq!(m.health("/healthz").0, 200, "live while starting");
+        assert_eq!(m.health("/readyz").0, 503, "not ready before a snapshot");
+        m.update(&Snapshot::default());
+        let (status, why) = m.health("/readyz");
+        assert_eq!((status, why.as_str()), (503, "no probe attached\n"));
+        m.probes = 3;
+        assert_eq!(m.health("/readyz").0, 200);
+        m.updated = std::time::Instant::now().checked_sub(READY_WITHIN * 2);
+        assert_eq!(m.health("/readyz").0, 503);
+        assert_eq!(m.health("/healthz").0, 200);
+        m.updated = std::time::Instant::now().checked_sub(LIVE_WITHIN * 2);
+        assert_eq!(m.health("/healthz").0, 503);
     }
 }

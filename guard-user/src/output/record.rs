@@ -92,6 +92,31 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 9] = [
+        Rule::Explosion,
+        Rule::PidsLimitTrend,
+        Rule::PidsLimitRush,
+        Rule::Leak,
+        Rule::CrashLoop,
+        Rule::MemoryLimitTrend,
+        Rule::MemoryHeadroom,
+        Rule::MemoryPressure,
+        Rule::BlockedStorm,
+    ];
+
+    /// The detector whose rule it is.
+    pub fn detector(self) -> Detector {
+        match self {
+            Rule::Explosion | Rule::PidsLimitTrend | Rule::PidsLimitRush => Detector::Fork,
+            Rule::Leak => Detector::Leak,
+            Rule::CrashLoop => Detector::Crashloop,
+            Rule::MemoryLimitTrend | Rule::MemoryHeadroom | Rule::MemoryPressure => {
+                Detector::Memory
+            }
+            Rule::BlockedStorm => Detector::Blocked,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Rule::Explosion => "explosion",

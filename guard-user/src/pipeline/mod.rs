@@ -128,6 +128,57 @@ impl Settings {
     pub fn strongest_fork_action(&self) -> ActionKind {
         self.effective(self.policies.strongest_fork_action(self.fork_action))
     }
+
+    /// Every alert and action this configuration can count, so that its
+    /// counters read 0 from the start instead of appearing at the first
+    /// event: each running detector's rules, and each action a flag or a
+    /// policy names for it with the outcomes it can have.
+    pub fn countable(&self) -> Vec<crate::output::record::Counted> {
+        use crate::output::record::{ActionResult, Counted, Rule};
+        let mut counted: Vec<Counted> = Rule::ALL
+            .into_iter()
+            .filter(|rule| self.runs(rule.detector()))
+            .map(|rule| Counted::Alert(rule.detector(), rule))
+            .collect();
+        for detector in Detector::ALL.into_iter().filter(|&d| self.runs(d)) {
+            let mut actions = vec![self.action(detector, None)];
+            actions.extend(
+                self.policies
+                    .rules()
+                    .filter_map(|p| match detector {
+                        Detector::Fork => p.fork_action,
+                        Detector::Memory => p.mem_action,
+                        Detector::Leak => p.leak_action,
+                        Detector::Crashloop => p.crashloop_action,
+                        Detector::Blocked => None,
+                    })
+                    .map(|a| self.effective(a)),
+            );
+            actions.sort_unstable();
+            actions.dedup();
+            for action in actions.into_iter().filter(|a| a.acts()) {
+                let results: &[ActionResult] = if self.dry_run {
+                    &[ActionResult::DryRun]
+                } else if action.refuses() && action.then().is_none() {
+                    &[ActionResult::Refusing]
+                } else if action.refuses() {
+                    &[
+                        ActionResult::Refusing,
+                        ActionResult::Contained,
+                        ActionResult::NotContained,
+                    ]
+                } else {
+                    &[ActionResult::Contained, ActionResult::NotContained]
+                };
+                counted.extend(
+                    results
+                        .iter()
+                        .map(|&result| Counted::Action(detector, action, result)),
+                );
+            }
+        }
+        counted
+    }
 }
 
 /// PSI `full` avg10 (percent) that counts as memory pressure for a storm.
