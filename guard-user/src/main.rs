@@ -32,6 +32,56 @@ fn init_diagnostics(level: &str) {
     }
 }
 
+/// `guard config [--check]`.
+fn config(
+    args: &Args,
+    check: bool,
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    file: &guard::cli::config::FromFile,
+) -> ExitCode {
+    if !check {
+        print!("{}", guard::cli::config::render(command, matches, file));
+        // What the policies match now: only where cgroups can be read.
+        if !args.policies.is_empty() {
+            match guard::host::cgroup::Hierarchies::discover()
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    guard::respond::policy::Policies::new(args.policies.clone()).map(|p| (h, p))
+                }) {
+                Ok((hierarchies, policies)) => {
+                    let dirs = hierarchies.directories(1_000_000);
+                    let (text, warnings) =
+                        guard::cli::config::describe_matches(&policies.matching(&dirs));
+                    print!("\n{text}");
+                    for warning in warnings {
+                        eprintln!("guard: warning: {warning}");
+                    }
+                }
+                Err(err) => eprintln!("guard: warning: {err} (guard config --check says more)"),
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_diagnostics("info");
+    match guard::agent::check_config(args) {
+        Ok(text) => {
+            print!("{text}");
+            println!(
+                "guard config --check: the agent accepts this configuration ({})",
+                file.path
+                    .as_ref()
+                    .map_or_else(|| "no config file".to_owned(), |p| p.display().to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("guard: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // The config file's keys are flags placed before the command line's.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -56,10 +106,9 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     args.policies = file.policies.clone();
-    args.config_file = file.path.clone().map(|p| (p, file.args.clone()));
-    if let Some(guard::cli::Command::Config) = args.command {
-        print!("{}", guard::cli::config::render(&command, &matches, &file));
-        return ExitCode::SUCCESS;
+    args.config_file = file.path.clone().map(|p| (p, file.keys.clone()));
+    if let Some(Command::Config { check }) = args.command {
+        return config(&args, check, &command, &matches, &file);
     }
     match args.command {
         Some(Command::Check) => {
@@ -85,7 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Man) => {
-            return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            return match guard::cli::man::render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("guard: error: writing the man page: {err}");
@@ -93,7 +142,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Command::Config) | None => {}
+        Some(Command::Config { .. }) | None => {}
     }
     let level = match args.verbose {
         0 => "info",

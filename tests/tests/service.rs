@@ -483,3 +483,124 @@ fn a_stop_policy_under_a_kill_flag_is_a_stop_in_the_probe_too() {
     );
     assert_eq!(refused, 0, "the bomb reached pids.max");
 }
+
+/// `guard config --check` is the agent's own validation: a policy the
+/// agent refuses at start is refused by the check too, with the same
+/// reason, and exit 1; a valid file passes, and each policy is shown with
+/// the cgroups it matches now, one that matches none with a warning.
+#[test]
+fn config_check_refuses_what_the_agent_refuses_and_shows_each_policys_cgroups() {
+    let cg = TestCgroup::new("config-check", 100, 64 << 20);
+    let dir = guard_tests::RootDir::new("config-check");
+    let config = dir.path.join("guard.toml");
+    let config_arg = config.to_str().expect("utf8").to_owned();
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let guard = |args: &[&str]| {
+        let out = std::process::Command::new(guard_tests::guard_bin())
+            .args(["--config", &config_arg])
+            .args(args)
+            .output()
+            .expect("run guard");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "cgroup = [{scope:?}]\n\n[[policy]]\ncgroup = {scope:?}\ncrashloop-action = \"kill\"\n"
+        ),
+    )
+    .expect("write config");
+    let (code, _, checked) = guard(&["config", "--check"]);
+    assert_eq!(code, Some(1), "config --check accepted it:\n{checked}");
+    assert!(
+        checked.contains("crashloop-action is log or stop"),
+        "{checked}"
+    );
+    // The agent refuses it for the same reason.
+    let (code, _, started) = guard(&["--dry-run"]);
+    assert_eq!(code, Some(1), "the agent started:\n{started}");
+    assert!(
+        started.contains("crashloop-action is log or stop"),
+        "{started}"
+    );
+
+    let nowhere = format!("{scope}-nowhere-*");
+    std::fs::write(
+        &config,
+        format!(
+            "cgroup = [{scope:?}]\nfork-action = \"kill\"\n\n[[policy]]\ncgroup = {scope:?}\nfork-action = \"stop\"\n\n[[policy]]\ncgroup = {nowhere:?}\nfork-action = \"log\"\n"
+        ),
+    )
+    .expect("write config");
+    let (code, shown, said) = guard(&["config", "--check"]);
+    assert_eq!(code, Some(0), "{shown}\n{said}");
+    assert!(
+        shown.contains("matches 1 cgroup now")
+            && shown.contains(&format!("#   {scope}\n")),
+        "{shown}"
+    );
+    assert!(
+        said.contains(&format!("policy {nowhere:?} matches no cgroup now")),
+        "{said}"
+    );
+    assert!(
+        shown.contains("the agent accepts this configuration"),
+        "{shown}"
+    );
+    // Plain `guard config` shows the matches too.
+    let (code, shown, said) = guard(&["config"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(shown.contains(&format!("#   {scope}\n")), "{shown}");
+    assert!(said.contains("matches no cgroup now"), "{said}");
+    // A scope that does not exist: the agent would refuse it.
+    std::fs::write(&config, format!("cgroup = [\"{scope}-missing\"]\n")).expect("write config");
+    let (code, _, said) = guard(&["config", "--check"]);
+    assert_eq!(code, Some(1), "{said}");
+}
+
+/// SIGHUP names each changed flag with its running and new value, and
+/// says it applies at the next start; the policies apply at once.
+#[test]
+fn sighup_names_each_changed_setting() {
+    let cg = TestCgroup::new("reload-names", 100, 64 << 20);
+    let dir = guard_tests::RootDir::new("reload-names");
+    let config = dir.path.join("guard.toml");
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    std::fs::write(
+        &config,
+        format!("cgroup = [{scope:?}]\nfork-action = \"log\"\n"),
+    )
+    .expect("write config");
+    let agent = Agent::start(&["--config", config.to_str().expect("utf8")]);
+    std::fs::write(
+        &config,
+        format!(
+            "cgroup = [{scope:?}]\nfork-action = \"kill\"\nthreads = true\n\n[[policy]]\ncgroup = {scope:?}\nfork-action = \"stop\"\n"
+        ),
+    )
+    .expect("write config");
+    agent.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains("apply when guard restarts") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    for said in [
+        "fork-action: \"log\" → \"kill\"",
+        "threads: (unset) → true",
+        "apply when guard restarts",
+        "1 policies apply now (changed)",
+    ] {
+        assert!(
+            stopped.stderr.contains(said),
+            "no {said:?} in:\n{}",
+            stopped.stderr
+        );
+    }
+    assert!(!stopped.stderr.contains("cgroup: "), "{}", stopped.stderr);
+}

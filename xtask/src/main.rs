@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod package;
 mod precision;
 mod vm;
 
@@ -39,8 +40,9 @@ enum Cmd {
     },
     /// Set up, build, check formatting and clippy (host crates and the eBPF
     /// crate), then run every test: unit tests, the root integration tests
-    /// against this kernel, one at a time, and then the VM tests (`vm-test`:
-    /// Debian's 6.1 and 6.12 kernels in qemu).
+    /// against this kernel, one at a time, the Debian package (built by
+    /// `dist`, installed with dpkg, its guard run, purged), and then the VM
+    /// tests (`vm-test`: Debian's 6.1 and 6.12 kernels in qemu).
     Test {
         /// Only integration tests whose name contains this (the VM tests are
         /// then skipped).
@@ -63,10 +65,15 @@ enum Cmd {
     /// record types (`guard schema`). A unit test fails while either is
     /// not what the types give, so `cargo xtask test` catches drift.
     Schema,
-    /// Set up and build the static agent (musl, the eBPF object embedded)
-    /// into target/dist/, with its SHA-256, shell completions (bash, zsh,
-    /// fish) and man page.
+    /// Set up and build the static agent (musl, the eBPF object embedded,
+    /// stripped) into target/dist/, with its SHA-256, shell completions
+    /// (bash, zsh, fish), man page, and a Debian package of them with the
+    /// unit and the example config (guard_VERSION-1_amd64.deb).
     Dist,
+    /// Build the Debian package (`dist`), install it with dpkg, check what
+    /// it installed, run the installed guard (check, config --check, one
+    /// fork-bomb integration test), and purge it. Part of `test`.
+    PackageTest,
     /// Build the static agent and install it as a systemd service: the
     /// binary at /usr/local/bin/guard, packaging/guard.service at
     /// /etc/systemd/system/guard.service (then `systemctl enable --now
@@ -113,7 +120,12 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             test(filter.as_deref())?;
-            if no_vm || filter.is_some() {
+            if filter.is_some() {
+                return Ok(());
+            }
+            // The release path: the Debian package, installed and run.
+            package::package_test(&workspace())?;
+            if no_vm {
                 return Ok(());
             }
             setup_vm()?;
@@ -126,12 +138,18 @@ fn main() -> Result<()> {
         }
         Cmd::Dist => {
             setup()?;
-            vm::dist(&workspace()).map(|_| ())
+            package::dist(&workspace()).map(|_| ())
+        }
+        Cmd::PackageTest => {
+            setup()?;
+            build()?;
+            require_root("dpkg -i installs the package")?;
+            package::package_test(&workspace())
         }
         Cmd::Install => {
             setup()?;
             require_root("installing into /usr/local/bin and /etc/systemd/system")?;
-            install(&vm::dist(&workspace())?)
+            install(&package::dist(&workspace())?)
         }
         Cmd::VmTest { kernel, guest } => {
             setup()?;

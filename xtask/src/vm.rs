@@ -98,38 +98,8 @@ const CHURN_CHECKS: &[&str] = &["one_cpu_churn", "refuse_fallback"];
 /// default list, which has it).
 const NO_BPF_LSM: &str = "lsm=landlock,lockdown,yama,integrity,apparmor";
 
-/// Builds the static agent (musl, the eBPF object embedded), checks that it
-/// has no program interpreter, and writes it with its SHA-256 to
-/// `target/dist/`. Returns its path.
-pub fn dist(workspace: &Path) -> Result<PathBuf> {
-    build_static("guard-user", &["guard"])?;
-    let built = workspace.join(format!("target/{MUSL}/release/guard"));
-    ensure_static(&built)?;
-    let dir = workspace.join("target/dist");
-    std::fs::create_dir_all(&dir)?;
-    let name = format!("guard-{}-x86_64-linux-musl", env!("CARGO_PKG_VERSION"));
-    let out = dir.join(&name);
-    std::fs::copy(&built, &out).with_context(|| format!("copying to {}", out.display()))?;
-    let sum = output(Command::new("sha256sum").arg(&name).current_dir(&dir))
-        .context("sha256sum failed")?;
-    std::fs::write(dir.join(format!("{name}.sha256")), &sum)?;
-    // Shell completions and the man page, from the binary's own flags.
-    for (args, file) in [
-        (&["completions", "bash"][..], "guard.bash"),
-        (&["completions", "zsh"][..], "_guard"),
-        (&["completions", "fish"][..], "guard.fish"),
-        (&["man"][..], "guard.1"),
-    ] {
-        let text = output(Command::new(&out).args(args))
-            .with_context(|| format!("guard {} failed", args.join(" ")))?;
-        std::fs::write(dir.join(file), text)?;
-    }
-    eprintln!("xtask: {} (static)\nxtask: {}", out.display(), sum.trim());
-    Ok(out)
-}
-
 /// Builds `bins` of `package` for musl, statically linked.
-fn build_static(package: &str, bins: &[&str]) -> Result<()> {
+pub(crate) fn build_static(package: &str, bins: &[&str]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", MUSL, "--package", package]);
     for bin in bins {
@@ -140,7 +110,7 @@ fn build_static(package: &str, bins: &[&str]) -> Result<()> {
 
 /// Fails unless `path` is an ELF executable without `PT_INTERP` (needs no
 /// dynamic loader, so no library of the host it runs on).
-fn ensure_static(path: &Path) -> Result<()> {
+pub(crate) fn ensure_static(path: &Path) -> Result<()> {
     let elf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     ensure!(
         elf.get(..4) == Some(b"\x7fELF"),
@@ -475,7 +445,7 @@ fn boot(
 fn guest_binaries(workspace: &Path) -> Result<[(&'static str, PathBuf); 3]> {
     let guard = match std::env::var_os("GUARD_VM_BIN") {
         Some(path) => PathBuf::from(path),
-        None => dist(workspace)?,
+        None => crate::package::dist(workspace)?,
     };
     build_static("guard-tests", &["guard-workload", "guard-vmcheck"])?;
     let musl = workspace.join(format!("target/{MUSL}/release"));

@@ -12,7 +12,10 @@ mod priority;
 mod report;
 mod run;
 
-pub use self::{priority::set_realtime, run::run};
+pub use self::{
+    priority::set_realtime,
+    run::{check_config, run},
+};
 use crate::{cli::Args, host::identity::TrustedExes, output::ThreadedStdout, pipeline::Pipeline};
 
 /// How the run ended.
@@ -34,11 +37,12 @@ const TRUSTED_RESCAN: Duration = Duration::from_secs(60);
 
 /// SIGHUP: reads the config file again. Its policies apply at once; a
 /// change to its flags needs a restart (the probes and maps were set up
-/// with them), which it says; a file that does not parse or check keeps
-/// the configuration running and says why.
+/// with them): each changed key is named, with its running and its new
+/// value; a file that does not parse or check keeps the configuration
+/// running and says why.
 fn reload_config(
     path: &std::path::Path,
-    flags: &[std::ffi::OsString],
+    running: &std::collections::BTreeMap<String, String>,
     insecure: bool,
     pipe: &mut Pipeline<ThreadedStdout>,
 ) {
@@ -61,15 +65,24 @@ fn reload_config(
         }
     };
     let count = file.policies.len();
+    let changed_policies =
+        pipe.settings.policies.rules().cloned().collect::<Vec<_>>() != file.policies;
     pipe.settings.policies = policies;
     tracing::info!(
-        "SIGHUP: {} read again; {count} policies apply now",
-        path.display()
+        "SIGHUP: {} read again; {count} policies apply now{}",
+        path.display(),
+        if changed_policies {
+            " (changed)"
+        } else {
+            " (unchanged)"
+        }
     );
-    if file.args != flags {
+    let changed = crate::cli::config::changed_keys(running, &file.keys);
+    if !changed.is_empty() {
         tracing::warn!(
-            "SIGHUP: the flags in {} changed; they apply when guard restarts (policies apply \
-             now)",
+            "SIGHUP: {} changed in {}; they apply when guard restarts (systemctl restart \
+             guard), the running values stay until then",
+            changed.join(", "),
             path.display()
         );
     }

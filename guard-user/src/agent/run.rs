@@ -103,6 +103,8 @@ struct OutputFile {
 
 pub async fn run(args: Args) -> Result<Ending> {
     let plan = plan(&args)?;
+    let fds = crate::respond::act::raise_fd_limit();
+    tracing::debug!("descriptor limit {fds}");
     let kernel = load(&args, &plan)?;
     let (pipe, file) = build_pipeline(&args, plan, &kernel)?;
     // After loading: see `harden_self`.
@@ -110,6 +112,21 @@ pub async fn run(args: Args) -> Result<Ending> {
     let mut running = Running::new(&args, pipe, kernel, file, hardening).await?;
     let stop = running.run_loop(&args).await?;
     running.finish(stop).await
+}
+
+/// `guard config --check`: the agent's own validation at start (`plan`:
+/// cgroups, policies, the hook, protected programs, the kernel's support
+/// for the actions asked for), without loading anything; then each
+/// policy's matches now. Errors are what the agent would refuse to start
+/// with.
+pub fn check_config(args: &Args) -> Result<String> {
+    let plan = plan(args)?;
+    let dirs = plan.hierarchies.directories(1_000_000);
+    let (text, warnings) = crate::cli::config::describe_matches(&plan.policies.matching(&dirs));
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(text)
 }
 
 /// Why the loop ended.
@@ -155,8 +172,6 @@ fn plan(args: &Args) -> Result<Plan> {
             Err(why) => bail!(why),
         }
     }
-    let fds = crate::respond::act::raise_fd_limit();
-    tracing::debug!("descriptor limit {fds}");
     let guard_chain = Protection::own_chain();
     let trusted = trusted_executables(&args.protect)?;
     let kernel_scope = kernel_scope::plan(&kernel_scope::Inputs {
@@ -755,8 +770,8 @@ impl Running {
             flag.store(true, Ordering::Relaxed);
             tracing::info!("SIGHUP: opening the output file again at its next write");
         }
-        if let Some((path, flags)) = &args.config_file {
-            reload_config(path, flags, args.insecure_config, &mut self.pipe);
+        if let Some((path, running)) = &args.config_file {
+            reload_config(path, running, args.insecure_config, &mut self.pipe);
         }
         self.kernel.system.refresh_trusted();
     }

@@ -223,17 +223,6 @@ pub fn rows(btf_path: &Path) -> Vec<Row> {
             },
         ));
     }
-    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    rows.push(row(
-        "BPF LSM",
-        Verdict::Ok,
-        if lsm.split(',').any(|l| l.trim() == "bpf") {
-            "enabled"
-        } else {
-            "not enabled"
-        },
-        "not used by guard",
-    ));
     match Hierarchies::discover() {
         Ok(h) => {
             let v1: Vec<&str> = h

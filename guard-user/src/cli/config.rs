@@ -24,7 +24,31 @@ pub struct FromFile {
     pub path: Option<PathBuf>,
     /// Flags, to parse before the command line's.
     pub args: Vec<OsString>,
+    /// The same, key by key, as the file wrote them (TOML): what a reload
+    /// compares.
+    pub keys: std::collections::BTreeMap<String, String>,
     pub policies: Vec<CgroupPolicy>,
+}
+
+/// The keys whose values differ between `running` and `read`, each as
+/// `key: old → new` (`(unset)` for a key one of them lacks).
+pub fn changed_keys(
+    running: &std::collections::BTreeMap<String, String>,
+    read: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let unset = "(unset)".to_owned();
+    let mut keys: Vec<&String> = running.keys().chain(read.keys()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (old, new) = (
+                running.get(key).unwrap_or(&unset),
+                read.get(key).unwrap_or(&unset),
+            );
+            (old != new).then(|| format!("{key}: {old} → {new}"))
+        })
+        .collect()
 }
 
 /// The file `--config FILE` names on `argv`, or the default one when it
@@ -114,6 +138,7 @@ pub fn parse(text: &str, command: &clap::Command) -> Result<FromFile, String> {
                  --help), and [[policy]] tables"
             ));
         }
+        out.keys.insert(key.clone(), value.to_string());
         let flag = OsString::from(format!("--{key}"));
         let value_arg = |v: &toml::Value| -> Result<OsString, String> {
             match v {
@@ -218,6 +243,41 @@ pub fn render(command: &clap::Command, matches: &clap::ArgMatches, file: &FromFi
         );
     }
     out
+}
+
+/// What each policy matches now, as TOML comments (`guard config`), and
+/// the warnings for those that match nothing.
+pub fn describe_matches(matching: &[(&CgroupPolicy, Vec<&str>)]) -> (String, Vec<String>) {
+    const SHOWN: usize = 5;
+    let mut text = String::new();
+    let mut warnings = Vec::new();
+    for (policy, dirs) in matching {
+        if dirs.is_empty() {
+            text.push_str(&format!(
+                "# policy {:?}: matches no cgroup now\n",
+                policy.cgroup
+            ));
+            warnings.push(format!(
+                "policy {:?} matches no cgroup now; it applies to cgroups made later that \
+                 match (a typo, or a v1 path on a v2 host?)",
+                policy.cgroup
+            ));
+            continue;
+        }
+        text.push_str(&format!(
+            "# policy {:?}: matches {} cgroup{} now (and everything below them):\n",
+            policy.cgroup,
+            dirs.len(),
+            if dirs.len() == 1 { "" } else { "s" }
+        ));
+        for dir in dirs.iter().take(SHOWN) {
+            text.push_str(&format!("#   {dir}\n"));
+        }
+        if dirs.len() > SHOWN {
+            text.push_str(&format!("#   ... {} more\n", dirs.len() - SHOWN));
+        }
+    }
+    (text, warnings)
 }
 
 #[cfg(test)]
@@ -336,5 +396,63 @@ mem-action = "kill"
                 .expect_err("missing file")
                 .contains("no such file")
         );
+    }
+
+    #[test]
+    fn a_reload_names_what_changed() {
+        let running = parse(
+            "fork-action = \"log\"\njson = true\ncgroup = [\"/a\"]\n",
+            &command(),
+        )
+        .expect("parse")
+        .keys;
+        let read = parse(
+            "fork-action = \"kill\"\ncgroup = [\"/a\"]\nthreads = true\n",
+            &command(),
+        )
+        .expect("parse")
+        .keys;
+        assert_eq!(
+            changed_keys(&running, &read),
+            [
+                "fork-action: \"log\" → \"kill\"",
+                "json: true → (unset)",
+                "threads: (unset) → true"
+            ]
+        );
+        assert!(changed_keys(&running, &running).is_empty());
+    }
+
+    #[test]
+    fn each_policy_shows_its_cgroups_and_one_matching_none_warns() {
+        let policies = crate::respond::policy::Policies::new(vec![
+            CgroupPolicy {
+                cgroup: "/cg/ci-*".into(),
+                fork_action: None,
+                mem_action: None,
+                leak_action: None,
+                crashloop_action: None,
+            },
+            CgroupPolicy {
+                cgroup: "/cg/db".into(),
+                fork_action: None,
+                mem_action: None,
+                leak_action: None,
+                crashloop_action: None,
+            },
+        ])
+        .expect("valid");
+        let dirs: Vec<String> = ["/cg", "/cg/ci-2", "/cg/ci-1", "/cg/ci-1/job", "/cg/web"]
+            .map(String::from)
+            .to_vec();
+        let (text, warnings) = describe_matches(&policies.matching(&dirs));
+        assert_eq!(
+            text,
+            "# policy \"/cg/ci-*\": matches 3 cgroups now (and everything below them):\n\
+             #   /cg/ci-1\n#   /cg/ci-1/job\n#   /cg/ci-2\n\
+             # policy \"/cg/db\": matches no cgroup now\n"
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("\"/cg/db\" matches no cgroup now"));
     }
 }

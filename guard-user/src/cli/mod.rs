@@ -3,9 +3,11 @@
 //!
 //! - `config`: the TOML config file: flags by their names, and policies.
 //! - `check`: `guard check`, the host's facts and what they turn on or off.
+//! - `man`: `guard man`, the man page.
 
 pub mod check;
 pub mod config;
+pub mod man;
 
 use std::{collections::BTreeSet, path::PathBuf};
 
@@ -57,7 +59,7 @@ pub struct Args {
 
     /// The config file read, and the flags it gave (SIGHUP reads it again).
     #[arg(skip)]
-    pub config_file: Option<(PathBuf, Vec<std::ffi::OsString>)>,
+    pub config_file: Option<(PathBuf, std::collections::BTreeMap<String, String>)>,
 
     /// Write NDJSON (one JSON object per line) instead of aligned columns.
     /// Every object has `kind`, `time` (RFC 3339 UTC with nanoseconds) and
@@ -67,7 +69,7 @@ pub struct Args {
     pub json: bool,
 
     /// Event kinds to show, comma-separated: fork, exec, exit, oom_kill,
-    /// hung_task, cgroup_attach, unblocked, rss, reclaim_stall, `all`, or
+    /// hung_task, cgroup_attach, unblocked, rss, reclaim_stall, condemned, `all`, or
     /// `none` (alerts only: detector records, no event line; every probe
     /// the detectors use stays attached). Probes for kinds not
     /// shown are not attached, except fork, exec, exit and cgroup_attach,
@@ -75,7 +77,7 @@ pub struct Args {
     /// which tracks blocked tasks, and rss, which feeds the memory rule.
     /// Detector records (`blocked`, `alert`,
     /// `action`) are always shown.
-    #[arg(help_heading = "Output", long, value_name = "KINDS", default_value = "all", value_parser = parse_kinds)]
+    #[arg(help_heading = "Output", long, value_name = "KINDS", default_value = "all", value_parser = KindsParser)]
     pub events: KindSet,
 
     /// Also show thread-level events: threads created (fork with
@@ -481,16 +483,24 @@ pub enum Command {
     Check,
     /// Print the effective configuration as TOML: every flag's value (and
     /// whether it was set or is the default) after the config file and the
-    /// command line, then the policies.
-    Config,
+    /// command line, then the policies, each with the cgroups it matches
+    /// now (a warning for one that matches none).
+    Config {
+        /// Validate instead, as the agent does at start (policies, hooks,
+        /// cgroups, protected programs, the kernel's support for the
+        /// actions): say what it would do and exit 1 on anything it would
+        /// refuse. Loads nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Write a shell completion script to stdout (`cargo xtask dist` writes
     /// them beside the binary).
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man page (roff) to stdout.
-    #[command(hide = true)]
+    /// Write the man page (roff) to stdout: `guard man | man -l -`. The
+    /// Debian package and `cargo xtask install` install it as guard(1).
     Man,
     /// Write the JSON Schema of the records `--json` writes (generated from
     /// their types; the repository keeps it as schema/guard.schema.json).
@@ -515,6 +525,45 @@ impl KindSet {
 /// convention (no-color.org) turns it off when set and not empty.
 pub fn no_color_env() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// `--events`' parser: [`parse_kinds`], with the kinds as possible values
+/// so that shell completion offers them (not file names).
+#[derive(Clone, Copy, Debug)]
+struct KindsParser;
+
+impl clap::builder::TypedValueParser for KindsParser {
+    type Value = KindSet;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<KindSet, clap::Error> {
+        let text = value
+            .to_str()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+        parse_kinds(text).map_err(|why| {
+            let name = arg.map_or_else(|| "--events".to_owned(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value '{text}' for '{name}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            EventKind::ALL
+                .into_iter()
+                .map(|k| clap::builder::PossibleValue::new(k.name()))
+                .chain(["all", "none"].map(clap::builder::PossibleValue::new)),
+        ))
+    }
 }
 
 pub fn parse_kinds(text: &str) -> Result<KindSet, String> {

@@ -192,6 +192,30 @@ impl Hierarchies {
     }
 
     /// A pure v2 host: no v1 hierarchy with controllers.
+    /// Every cgroup directory of every hierarchy now (at most `limit`, in
+    /// no particular order), as paths; names that are not UTF-8 are left
+    /// out.
+    pub fn directories(&self, limit: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack: Vec<PathBuf> = self.list.iter().map(|h| h.mount.clone()).collect();
+        while let Some(dir) = stack.pop() {
+            if found.len() >= limit {
+                break;
+            }
+            let Some(text) = dir.to_str() else { continue };
+            found.push(text.to_owned());
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        found
+    }
+
     pub fn is_pure_v2(&self) -> bool {
         pure_v2(&self.list)
     }

@@ -69,9 +69,10 @@ mod countable {
         // Where the kernel cannot refuse, a refusal is counted as what it
         // becomes (log: nothing).
         s.refusal_available = false;
-        assert!(!s
-            .countable()
-            .iter()
-            .any(|c| matches!(c, Counted::Action(Detector::Leak, ..))));
+        assert!(
+            !s.countable()
+                .iter()
+                .any(|c| matches!(c, Counted::Action(Detector::Leak, ..)))
+        );
     }
 }

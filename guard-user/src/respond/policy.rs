@@ -159,6 +159,23 @@ impl Policies {
         self.rules.iter().map(|(_, r)| r)
     }
 
+    /// For each policy, in order, the directories of `dirs` its glob
+    /// matches itself (their descendants follow from them).
+    pub fn matching<'a>(&self, dirs: &'a [String]) -> Vec<(&CgroupPolicy, Vec<&'a str>)> {
+        self.rules
+            .iter()
+            .map(|(pattern, rule)| {
+                let mut hits: Vec<&str> = dirs
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|d| pattern.matches(d))
+                    .collect();
+                hits.sort_unstable();
+                (rule, hits)
+            })
+            .collect()
+    }
+
     /// The first policy whose glob matches `dir` or one of its ancestors.
     pub fn for_cgroup(&self, dir: &str) -> Option<&CgroupPolicy> {
         let mut ancestors = std::iter::successors(Some(std::path::Path::new(dir)), |p| p.parent());
