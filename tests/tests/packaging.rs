@@ -49,12 +49,23 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
             "SYS_RESOURCE"
         ]
     );
-    // Every mount is read-only and names a volume of the node's.
+    // Every mount is read-only and names a volume of the node's, but the
+    // config file, one file of the ConfigMap.
     let mounts = container["volumeMounts"].as_vec().expect("mounts");
     let volumes = pod["volumes"].as_vec().expect("volumes");
     let mut paths = Vec::new();
     for m in mounts {
         assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+        if m["name"].as_str() == Some("config") {
+            assert_eq!(m["mountPath"].as_str(), Some("/etc/guard/guard.toml"));
+            assert_eq!(m["subPath"].as_str(), Some("guard.toml"));
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .expect("the config volume");
+            assert_eq!(volume["configMap"]["name"].as_str(), Some("guard"));
+            continue;
+        }
         let volume = volumes
             .iter()
             .find(|v| v["name"] == m["name"])
@@ -92,6 +103,123 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
     assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
     assert_eq!(annotations["prometheus.io/port"].as_str(), Some(port));
     assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
+    // Log-only from the first apply: no action on the command line.
+    assert!(
+        !args.iter().any(|a| a.ends_with("-action")),
+        "an action flag in the DaemonSet: {args:?}"
+    );
+    // The probes ask the agent's own health endpoints on the metrics port.
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        assert_eq!(
+            container[probe]["httpGet"]["path"].as_str(),
+            Some(path),
+            "{probe}"
+        );
+        assert_eq!(
+            container[probe]["httpGet"]["port"].as_str(),
+            Some("metrics"),
+            "{probe}"
+        );
+    }
+    assert!(
+        container["resources"]["limits"]["memory"]
+            .as_str()
+            .is_some()
+    );
+}
+
+/// The ConfigMap's guard.toml is one the agent accepts (`guard config
+/// --check`), and acts nowhere: every action `log`, no policy in force.
+#[test]
+fn the_configmap_is_a_log_only_config_the_agent_accepts() {
+    let docs = YamlLoader::load_from_str(&repo("packaging/kubernetes/configmap.yaml"))
+        .expect("configmap.yaml is YAML");
+    let cm = &docs[0];
+    assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(cm["metadata"]["name"].as_str(), Some("guard"));
+    let toml = cm["data"]["guard.toml"].as_str().expect("data.guard.toml");
+    let dir = guard_tests::RootDir::new("configmap");
+    let path = dir.path.join("guard.toml");
+    std::fs::write(&path, toml).expect("write");
+    let out = std::process::Command::new(guard_tests::guard_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "--check"])
+        .output()
+        .expect("guard config --check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = std::process::Command::new(guard_tests::guard_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("config")
+        .output()
+        .expect("guard config");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for key in [
+        "fork-action",
+        "mem-action",
+        "leak-action",
+        "crashloop-action",
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(&format!("{key} = \"log\""))),
+            "{key} is not log:\n{shown}"
+        );
+    }
+    assert!(!shown.contains("[[policy]]"), "{shown}");
+}
+
+/// Every manifest validates against Kubernetes' own schemas (1.37), strict
+/// (no unknown field), with `kubernetes-validate` (`cargo xtask setup`
+/// installs it into target/tools/).
+#[test]
+fn the_manifests_validate_against_the_kubernetes_schemas() {
+    let tool = std::env::var_os("GUARD_KUBE_VALIDATE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/tools/kubernetes-validate/bin/kubernetes-validate")
+        });
+    assert!(
+        tool.exists(),
+        "{} is missing: `cargo xtask setup` installs it",
+        tool.display()
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes");
+    let mut manifests: Vec<_> = std::fs::read_dir(&dir)
+        .expect("packaging/kubernetes")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    let out = std::process::Command::new(&tool)
+        .args(["--strict", "--kubernetes-version", "1.37"])
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate: {}\n{said}",
+        out.status
+    );
+    assert_eq!(said.matches(" passed ").count(), manifests.len(), "{said}");
 }
 
 #[test]
@@ -189,40 +317,44 @@ fn the_example_config_documents_every_key_and_loads() {
             "--{flag} is not in packaging/guard.toml"
         );
     }
-    let uncommented: String = example
-        .lines()
-        .map(|l| match l.strip_prefix("# ") {
-            Some(rest)
-                if rest.starts_with("[[policy]]")
-                    || rest.split_once(" = ").is_some_and(|(k, _)| {
-                        k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
-                    }) =>
-            {
-                rest.to_owned()
-            }
-            _ => l.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    // Where only root can write: guard refuses a config others could.
-    let dir = guard_tests::RootDir::new("example");
-    let path = dir.path.join("guard.toml");
-    std::fs::write(&path, &uncommented).expect("write");
-    let out = std::process::Command::new(guard_tests::guard_bin())
-        .arg("--config")
-        .arg(&path)
-        .arg("config")
-        .output()
-        .expect("guard config");
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        uncommented
-    );
-    assert_eq!(text.matches("[[policy]]").count(), 2, "{text}");
+    // Every key at once, but for one of each pair the flags keep exclusive
+    // (on-alert or on-alert-exec): once each way.
+    for left_out in ["on-alert-exec", "on-alert"] {
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[policy]]")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k != left_out && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        }) =>
+                {
+                    rest.to_owned()
+                }
+                _ => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Where only root can write: guard refuses a config others could.
+        let dir = guard_tests::RootDir::new("example");
+        let path = dir.path.join("guard.toml");
+        std::fs::write(&path, &uncommented).expect("write");
+        let out = std::process::Command::new(guard_tests::guard_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("config")
+            .output()
+            .expect("guard config");
+        let _ = std::fs::remove_file(&path);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            uncommented
+        );
+        assert_eq!(text.matches("[[policy]]").count(), 2, "{text}");
+    }
 }
 
 /// Every example the docs and the example config give runs under the unit:

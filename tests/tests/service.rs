@@ -539,8 +539,7 @@ fn config_check_refuses_what_the_agent_refuses_and_shows_each_policys_cgroups() 
     let (code, shown, said) = guard(&["config", "--check"]);
     assert_eq!(code, Some(0), "{shown}\n{said}");
     assert!(
-        shown.contains("matches 1 cgroup now")
-            && shown.contains(&format!("#   {scope}\n")),
+        shown.contains("matches 1 cgroup now") && shown.contains(&format!("#   {scope}\n")),
         "{shown}"
     );
     assert!(
@@ -603,4 +602,61 @@ fn sighup_names_each_changed_setting() {
         );
     }
     assert!(!stopped.stderr.contains("cgroup: "), "{}", stopped.stderr);
+}
+
+/// `--on-alert-exec`: the program runs with no shell between, its
+/// arguments as given, the record on stdin; both flags at once are refused.
+#[test]
+fn a_program_hook_runs_without_a_shell() {
+    let cg = TestCgroup::new("hook-exec", 1000, 512 << 20);
+    let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let dir = std::env::temp_dir().join(format!("guard-test-hook-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    // A `$` and a space that a shell would have expanded or split.
+    let file = dir.join("records $HOME.ndjson");
+    let file_arg = file.to_str().expect("utf8").to_owned();
+    let both = std::process::Command::new(guard_tests::guard_bin())
+        .args(["--on-alert", "true", "--on-alert-exec", "/usr/bin/true"])
+        .output()
+        .expect("guard");
+    assert_eq!(both.status.code(), Some(2), "both hooks were accepted");
+    let mut agent = Agent::start(&[
+        "--cgroup",
+        &scope,
+        "--fork-action",
+        "kill",
+        "--on-alert-exec",
+        "/usr/bin/tee",
+        "--on-alert-exec",
+        "-a",
+        "--on-alert-exec",
+        &file_arg,
+    ]);
+    let _ = cg.spawn_bash(BOMB).wait();
+    agent.wait_for(Duration::from_secs(20), "the bomb's action", |r| {
+        r["kind"] == "action" && r["detector"] == "fork"
+    });
+    cg.wait_until_gone("bash", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hooked = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.lines().any(|l| l.contains("\"kind\":\"action\"")) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stopped = agent.stop();
+    let kinds: Vec<serde_json::Value> = hooked
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    assert!(
+        kinds.iter().any(|r| r["kind"] == "alert") && kinds.iter().any(|r| r["kind"] == "action"),
+        "the hook wrote {hooked:?}; stderr:\n{}",
+        stopped.stderr
+    );
+    assert!(kinds.iter().all(|r| r["time"].is_string()), "{hooked}");
 }

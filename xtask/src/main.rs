@@ -340,6 +340,7 @@ fn setup() -> Result<()> {
         apt_install(&missing)?;
     }
     promtool()?;
+    kubernetes_validate()?;
 
     // 3. bpf-linker built against LLVM 22.
     let linker = cargo_bin_dir().join("bpf-linker");
@@ -411,6 +412,17 @@ fn promtool() -> Result<()> {
     std::fs::rename(tool.with_extension("part"), &tool)?;
     std::fs::remove_file(&deb)?;
     Ok(())
+}
+
+/// kubernetes-validate (PyPI), which checks the manifests against
+/// Kubernetes' own schemas offline, in a virtualenv under target/tools/.
+fn kubernetes_validate() -> Result<()> {
+    let venv = workspace().join("target/tools/kubernetes-validate");
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "kubernetes-validate==1.37.0"]))
 }
 
 /// Installs the static binary and the unit; reloads systemd when it runs.
@@ -567,6 +579,10 @@ fn test(filter: Option<&str>) -> Result<()> {
         cmd.arg(filter);
     }
     cmd.env("GUARD_BIN", workspace().join("target/release/guard"))
-        .env("GUARD_PROMTOOL", promtool_path());
+        .env("GUARD_PROMTOOL", promtool_path())
+        .env(
+            "GUARD_KUBE_VALIDATE",
+            workspace().join("target/tools/kubernetes-validate/bin/kubernetes-validate"),
+        );
     run(&mut cmd)
 }

@@ -163,13 +163,13 @@ fn plan(args: &Args) -> Result<Plan> {
             .strongest_fork_action(args.fork_action)
             .without_refusal()
     };
-    if let Some(command) = &args.on_alert {
-        match crate::respond::hook::check_command(command) {
+    if let Some(command) = args.hook() {
+        match command.check() {
             Ok(()) => {}
-            Err(why) if args.insecure_config => {
+            Err((why, true)) if args.insecure_config => {
                 tracing::warn!("--insecure-config: running the hook although {why}");
             }
-            Err(why) => bail!(why),
+            Err((why, _)) => bail!(why),
         }
     }
     let guard_chain = Protection::own_chain();
@@ -412,9 +412,9 @@ fn open_output(args: &Args) -> Result<(Output<ThreadedStdout>, OutputFile)> {
     .context("starting the output writer")?;
     let backlog = stdout.backlog();
     let mut out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
-    if let Some(command) = &args.on_alert {
+    if let Some(command) = args.hook() {
         out = out.with_hooks(
-            crate::respond::hook::Hooks::spawn(command.clone())
+            crate::respond::hook::Hooks::spawn(command)
                 .context("starting the --on-alert thread")?,
         );
     }

@@ -111,6 +111,22 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "CMD")]
     pub on_alert: Option<String>,
 
+    /// Run this program for every alert and action, as --on-alert does but
+    /// with no shell: the first value is the program's absolute path, the
+    /// next ones its arguments, each given as it is (repeat the flag, or in
+    /// the config file give an array: on-alert-exec = ["/usr/bin/curl",
+    /// "-sf", "--data-binary", "@-", "https://hooks.example/guard"]). For
+    /// images without /bin/sh. The program must be root's and writable by
+    /// no one else.
+    #[arg(
+        help_heading = "Output",
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "on_alert"
+    )]
+    pub on_alert_exec: Vec<String>,
+
     /// Write records to FILE (appended, created if missing) instead of
     /// stdout. SIGHUP opens it again at the same path, for logrotate.
     #[arg(help_heading = "Output", long, value_name = "FILE")]
@@ -417,6 +433,11 @@ impl Args {
     }
 
     /// Whether `detector` runs (`--off`, `--crashloop off`).
+    /// The hook, from `--on-alert` or `--on-alert-exec`.
+    pub fn hook(&self) -> Option<crate::respond::hook::HookCommand> {
+        crate::respond::hook::HookCommand::from_flags(self.on_alert.as_deref(), &self.on_alert_exec)
+    }
+
     pub fn runs(&self, detector: crate::detect::switches::Detector) -> bool {
         use crate::detect::switches::Detector;
         !self.off.contains(&detector)

@@ -1,5 +1,7 @@
 //! `--on-alert CMD`: the operator's command, run for every alert and
-//! action (as earlyoom's `-N`, Falco's `program_output`): `sh -c CMD` with
+//! action (as earlyoom's `-N`, Falco's `program_output`): `sh -c CMD`, or
+//! with `--on-alert-exec PROGRAM ARG...` the program itself with no shell
+//! between (an image without `/bin/sh`, or no quoting to get wrong); with
 //! the record (with its `time`) as one JSON line on stdin and its main
 //! fields in the environment (`GUARD_KIND`, `GUARD_TIME`,
 //! `GUARD_DETECTOR`, `GUARD_RULE`, `GUARD_ACTION`, `GUARD_PID`,
@@ -23,7 +25,7 @@
 
 use std::{
     io::Write as _,
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -68,6 +70,97 @@ pub struct Hooks {
     pub counts: Arc<HookCounts>,
 }
 
+/// The hook to run: a shell command line or a program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookCommand {
+    /// `--on-alert CMD`: `/bin/sh -c CMD`.
+    Shell(String),
+    /// `--on-alert-exec PROGRAM ARG...`: exec'd directly.
+    Exec(Vec<String>),
+}
+
+impl HookCommand {
+    /// From the two flags (clap keeps them exclusive).
+    pub fn from_flags(shell: Option<&str>, exec: &[String]) -> Option<HookCommand> {
+        match (shell, exec) {
+            (Some(cmd), _) => Some(HookCommand::Shell(cmd.to_owned())),
+            (None, []) => None,
+            (None, argv) => Some(HookCommand::Exec(argv.to_vec())),
+        }
+    }
+
+    /// How it is named in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            HookCommand::Shell(cmd) => format!("`{cmd}`"),
+            HookCommand::Exec(argv) => format!("{argv:?}"),
+        }
+    }
+
+    /// Why it may not run as guard's hook, or cannot run here at all:
+    /// see [`check_command`] for a shell command line (and `/bin/sh` must
+    /// exist: a `FROM scratch` image has none); a program must be given
+    /// by absolute path, exist, be executable, and be root's and writable
+    /// by no one else. The `bool` of the error says whether
+    /// `--insecure-config` may override it (ownership only).
+    pub fn check(&self) -> Result<(), (String, bool)> {
+        match self {
+            HookCommand::Shell(cmd) => {
+                if !Path::new(SHELL).is_file() {
+                    return Err((
+                        format!(
+                            "--on-alert runs `{SHELL} -c CMD` and there is no {SHELL} here (an \
+                             image built FROM scratch?): give the hook as --on-alert-exec \
+                             PROGRAM ARG... instead, which runs no shell"
+                        ),
+                        false,
+                    ));
+                }
+                check_command(cmd).map_err(|why| (why, true))
+            }
+            HookCommand::Exec(argv) => {
+                let program = Path::new(&argv[0]);
+                if !program.is_absolute() {
+                    return Err((
+                        format!(
+                            "--on-alert-exec {}: give the program's absolute path (no shell \
+                             looks it up)",
+                            argv[0]
+                        ),
+                        false,
+                    ));
+                }
+                let meta = std::fs::metadata(program)
+                    .map_err(|e| (format!("--on-alert-exec {}: {e}", program.display()), false))?;
+                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                    return Err((
+                        format!(
+                            "--on-alert-exec {}: not an executable file",
+                            program.display()
+                        ),
+                        false,
+                    ));
+                }
+                crate::host::identity::check_root_owned(program, true)
+                    .map(|_| ())
+                    .map_err(|why| {
+                        (
+                            format!(
+                                "--on-alert-exec: refused, {why}: the hook runs as root, so \
+                                 its program must be root's and writable by no one else (or \
+                                 pass --insecure-config)"
+                            ),
+                            true,
+                        )
+                    })
+            }
+        }
+    }
+}
+
+/// The shell `--on-alert` runs.
+const SHELL: &str = "/bin/sh";
+
 /// Why `command` may not run as guard's hook: its program (the first word,
 /// looked up in [`HOOK_PATH`] when it has no `/`) or a file it names by
 /// absolute path is not root's or is writable by others; `Ok` otherwise.
@@ -104,7 +197,7 @@ pub fn check_command(command: &str) -> Result<(), String> {
 
 impl Hooks {
     /// Starts the hook thread for `command`.
-    pub fn spawn(command: String) -> std::io::Result<Self> {
+    pub fn spawn(command: HookCommand) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<(Value, Env, u64)>(QUEUE);
         let counts = Arc::new(HookCounts::default());
         let shared = counts.clone();
@@ -228,11 +321,21 @@ pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
 /// A hook's environment variables.
 pub type Env = Vec<(&'static str, String)>;
 
-fn run(command: &str, record: &Value, env: &Env, timeout: Duration) -> Result<(), String> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .env_clear()
+fn run(command: &HookCommand, record: &Value, env: &Env, timeout: Duration) -> Result<(), String> {
+    let mut cmd = match command {
+        HookCommand::Shell(line) => {
+            let mut cmd = Command::new(SHELL);
+            cmd.arg("-c").arg(line);
+            cmd
+        }
+        HookCommand::Exec(argv) => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        }
+    };
+    let name = command.describe();
+    cmd.env_clear()
         .env("PATH", HOOK_PATH)
         .env("LANG", "C.UTF-8")
         .env("HOME", "/")
@@ -265,7 +368,7 @@ fn run(command: &str, record: &Value, env: &Env, timeout: Duration) -> Result<()
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
     // The group's id is the shell's pid (process_group(0)).
     let group = child.id() as libc::pid_t;
     if let Some(mut stdin) = child.stdin.take() {
@@ -285,21 +388,21 @@ fn run(command: &str, record: &Value, env: &Env, timeout: Duration) -> Result<()
                 return if status.success() {
                     Ok(())
                 } else {
-                    Err(format!("`{command}` exited with {status}"))
+                    Err(format!("{name} exited with {status}"))
                 };
             }
             Ok(None) if Instant::now() >= deadline => {
                 kill_group();
                 let _ = child.wait();
                 return Err(format!(
-                    "`{command}` ran longer than {} s; its process group was killed",
+                    "{name} ran longer than {} s; its process group was killed",
                     timeout.as_secs()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
                 kill_group();
-                return Err(format!("waiting for `{command}`: {e}"));
+                return Err(format!("waiting for {name}: {e}"));
             }
         }
     }
@@ -330,8 +433,13 @@ mod tests {
         // The shell leaves a sleep in the background, and waits on another.
         let command = format!("exec -a {marker} sleep 300 & sleep 300");
         let started = Instant::now();
-        let err =
-            run(&command, &record, &Env::new(), Duration::from_millis(300)).expect_err("killed");
+        let err = run(
+            &HookCommand::Shell(command),
+            &record,
+            &Env::new(),
+            Duration::from_millis(300),
+        )
+        .expect_err("killed");
         assert!(err.contains("process group was killed"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(200));
@@ -350,7 +458,7 @@ mod tests {
         unsafe { std::env::set_var("GUARD_TEST_SECRET", "1") };
         let env = environment("alert", "2026-01-01T00:00:00Z", &HookSubject::default());
         run(
-            &format!("env > {}", dir.display()),
+            &HookCommand::Shell(format!("env > {}", dir.display())),
             &record,
             &env,
             HOOK_TIMEOUT,
@@ -365,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_record_that_waited_too_long_is_dropped_not_run() {
-        let hooks = Hooks::spawn("exit 0".into()).expect("spawn");
+        let hooks = Hooks::spawn(HookCommand::Shell("exit 0".into())).expect("spawn");
         let now = crate::host::clock::WallClock::boot_ns_now();
         let record = serde_json::json!({"kind": "alert"});
         hooks.fire(
@@ -418,5 +526,49 @@ mod tests {
                 "{pair:?} not in {env:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_program_hook_runs_without_a_shell_with_the_record_on_stdin() {
+        let out = std::env::temp_dir().join(format!("guard-hook-exec-{}", std::process::id()));
+        let record = serde_json::json!({"kind": "action", "time": "2026-01-01T00:00:00Z"});
+        // tee: a program, its arguments given as they are (no word
+        // splitting, no glob: the `*` reaches it as a file name).
+        let star = format!("{}-*", out.display());
+        let argv = vec![
+            "/usr/bin/tee".to_owned(),
+            out.display().to_string(),
+            star.clone(),
+        ];
+        run(&HookCommand::Exec(argv), &record, &Env::new(), HOOK_TIMEOUT).expect("tee");
+        let got = std::fs::read_to_string(&out).expect("tee's file");
+        let starred = std::fs::read_to_string(&star).expect("the literal * file");
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&star);
+        assert_eq!(got, format!("{record}\n"));
+        assert_eq!(starred, got);
+    }
+
+    #[test]
+    fn a_program_hook_must_be_an_absolute_roots_executable() {
+        let exec = |argv: &[&str]| {
+            HookCommand::Exec(argv.iter().map(|a| (*a).to_owned()).collect()).check()
+        };
+        assert!(exec(&["/usr/bin/logger", "-t", "guard"]).is_ok());
+        let (why, overridable) = exec(&["logger"]).expect_err("relative");
+        assert!(why.contains("absolute path") && !overridable, "{why}");
+        let (why, _) = exec(&["/nonexistent/hook"]).expect_err("missing");
+        assert!(why.contains("No such file"), "{why}");
+        let script = std::env::temp_dir().join(format!("guard-hook-x-{}", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let verdict = exec(&[script.to_str().expect("utf8")]);
+        let (why, _) = verdict.expect_err("not executable");
+        assert!(why.contains("not an executable"), "{why}");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let verdict = exec(&[script.to_str().expect("utf8")]);
+        let _ = std::fs::remove_file(&script);
+        let (why, overridable) = verdict.expect_err("in /tmp");
+        assert!(why.contains("refused") && overridable, "{why}");
     }
 }
