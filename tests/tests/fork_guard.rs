@@ -95,6 +95,24 @@ fn a_bash_fork_bomb_is_killed_and_the_bystander_lives() {
             "{action}"
         );
     }
+    // One bomb, one incident: one fork alert; every action (follow-ups
+    // included) and one `resolved` carry its id.
+    let fork_alerts: Vec<_> = stopped
+        .of_kind("alert")
+        .filter(|a| a["detector"] == "fork")
+        .collect();
+    assert_eq!(fork_alerts.len(), 1, "{fork_alerts:#?}");
+    let incident = &fork_alerts[0]["incident"];
+    assert!(incident.is_string(), "{}", fork_alerts[0]);
+    for action in stopped.of_kind("action") {
+        assert_eq!(&action["incident"], incident, "{action}");
+    }
+    let resolved: Vec<_> = stopped
+        .of_kind("resolved")
+        .filter(|r| &r["incident"] == incident)
+        .collect();
+    assert_eq!(resolved.len(), 1, "{resolved:#?}");
+    assert_eq!(resolved[0]["ended"], "contained", "{}", resolved[0]);
 }
 
 /// Starts the agent scoped to `scope` with --fork-action kill, freezes it

@@ -215,11 +215,12 @@ fn prometheus_scrapes_events_pids_alerts_actions_and_the_agent_itself() {
     agent.stop();
 }
 
-/// `--on-alert`: the command runs per alert and action with the record on
-/// stdin and its fields in the environment; one that fails is counted and
-/// guard goes on (the bomb is still contained).
+/// `--on-alert`: the command runs per alert, action and `resolved` with the
+/// record on stdin and its fields in the environment, one incident id from
+/// the alert to its end; one that fails is counted and guard goes on (the
+/// bomb is still contained).
 #[test]
-fn a_hook_runs_per_alert_and_action_and_its_failure_is_counted() {
+fn a_hook_runs_per_alert_action_and_resolved_and_its_failure_is_counted() {
     let cg = TestCgroup::new("hook", 1000, 512 << 20);
     let scope = cg.pids_dir().to_str().expect("utf8").to_owned();
     let dir = std::env::temp_dir().join(format!("guard-test-hook-{}", std::process::id()));
@@ -254,7 +255,7 @@ fn a_hook_runs_per_alert_and_action_and_its_failure_is_counted() {
             .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
             .collect();
         records.sort_by_key(|r| r["kind"].as_str().unwrap_or_default().to_owned());
-        if records.iter().any(|r| r["kind"] == "action") || std::time::Instant::now() > deadline {
+        if records.iter().any(|r| r["kind"] == "resolved") || std::time::Instant::now() > deadline {
             break records;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -284,6 +285,28 @@ fn a_hook_runs_per_alert_and_action_and_its_failure_is_counted() {
         "{envs:?}"
     );
     assert!(alert["rule"].is_string(), "{alert}");
+    // One incident from the alert to its end, on this host, and the
+    // hook's environment names it.
+    let resolved = records
+        .iter()
+        .find(|r| r["kind"] == "resolved" && r["detector"] == "fork")
+        .unwrap_or_else(|| panic!("no resolved record reached the hook: {records:?}"));
+    let incident = alert["incident"].as_str().expect("an incident id");
+    assert_eq!(action["incident"], incident, "{action}");
+    assert_eq!(resolved["incident"], incident, "{resolved}");
+    assert_eq!(resolved["ended"], "contained", "{resolved}");
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    for r in [alert, action, resolved] {
+        assert_eq!(r["host"], host.trim(), "{r}");
+    }
+    assert!(
+        envs.iter().any(|e| e.contains("GUARD_KIND=alert")
+            && e.contains(&format!("GUARD_INCIDENT={incident}"))
+            && e.contains("GUARD_SEVERITY=critical")
+            && e.contains(&format!("GUARD_HOST={}", host.trim()))),
+        "{envs:?}"
+    );
     let hooks = &stopped.summary()["hooks"];
     // Every hook exits 3 (the last may still be running at the summary).
     let (run, failed) = (

@@ -412,6 +412,9 @@ fn open_output(args: &Args) -> Result<(Output<ThreadedStdout>, OutputFile)> {
     .context("starting the output writer")?;
     let backlog = stdout.backlog();
     let mut out = Output::new(stdout, format, WallClock::now()).with_backlog(backlog);
+    if let Some(name) = &args.hostname {
+        out = out.with_host_name(name);
+    }
     if let Some(command) = args.hook() {
         out = out.with_hooks(
             crate::respond::hook::Hooks::spawn(command)
@@ -888,6 +891,8 @@ impl Running {
         // The maps go with the agent, and the refusals with them.
         self.pipe
             .end_refusals(WallClock::boot_ns_now(), Ended::AgentStopped)?;
+        // Every incident still open ends with the agent.
+        self.pipe.close_incidents(WallClock::boot_ns_now())?;
         let Kernel {
             loaded,
             stop_reader,

@@ -102,17 +102,25 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
-    /// Run this shell command (`sh -c CMD`) for every alert and action:
-    /// the record as one JSON line on stdin, its main fields in GUARD_KIND,
-    /// GUARD_DETECTOR, GUARD_RULE, GUARD_ACTION, GUARD_PID, GUARD_COMM and
-    /// GUARD_CGROUP. One at a time, killed after 10 s, at most 5 in a row
-    /// and then one per 6 s; it never holds detection up, and a failing
-    /// command is reported, not fatal.
+    /// The host name every JSON record, event and hook carries (`host`,
+    /// GUARD_HOST). Default: the kernel's (/proc/sys/kernel/hostname). In a
+    /// DaemonSet, give the node's name (the example passes spec.nodeName).
+    #[arg(help_heading = "Output", long, value_name = "NAME", value_parser = host_name)]
+    pub hostname: Option<String>,
+
+    /// Run this shell command (`sh -c CMD`) for every alert, action and
+    /// `resolved` record: the record as one JSON line on stdin, its main
+    /// fields in GUARD_KIND, GUARD_HOST, GUARD_INCIDENT, GUARD_SEVERITY,
+    /// GUARD_DETECTOR, GUARD_RULE, GUARD_ACTION, GUARD_PID, GUARD_COMM,
+    /// GUARD_CGROUP (and for a crash loop GUARD_SUPERVISOR_PID: PID and
+    /// COMM are its crashing program's). One at a time, killed after 10 s,
+    /// at most 5 in a row and then one per 6 s; it never holds detection
+    /// up, and a failing command is reported, not fatal.
     #[arg(help_heading = "Output", long, value_name = "CMD")]
     pub on_alert: Option<String>,
 
-    /// Run this program for every alert and action, as --on-alert does but
-    /// with no shell: the first value is the program's absolute path, the
+    /// Run this program for every alert, action and `resolved` record, as
+    /// --on-alert does but with no shell: the first value is the program's absolute path, the
     /// next ones its arguments, each given as it is (repeat the flag, or in
     /// the config file give an array: on-alert-exec = ["/usr/bin/curl",
     /// "-sf", "--data-binary", "@-", "https://hooks.example/guard"]). For
@@ -544,6 +552,17 @@ impl KindSet {
 
 /// Whether colour is wanted where it could be shown: the NO_COLOR
 /// convention (no-color.org) turns it off when set and not empty.
+/// A host name as records carry it: 1 to 253 printable ASCII characters
+/// with no space (a DNS name, a node's name).
+fn host_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 253 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?} is no host name: give 1 to 253 printable ASCII characters without spaces"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 pub fn no_color_env() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

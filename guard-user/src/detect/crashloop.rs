@@ -288,6 +288,10 @@ pub struct CrashLoopDetector {
 }
 
 impl CrashLoopDetector {
+    pub fn rules(&self) -> CrashLoopRules {
+        self.rules
+    }
+
     pub fn new(rules: CrashLoopRules, ignore: Ignore) -> Self {
         Self {
             rules,

@@ -102,6 +102,10 @@ pub struct LeakDetector {
 }
 
 impl LeakDetector {
+    pub fn rules(&self) -> LeakRules {
+        self.rules
+    }
+
     pub fn new(rules: LeakRules) -> Self {
         Self {
             rules,

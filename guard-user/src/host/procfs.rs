@@ -103,6 +103,16 @@ pub fn stat_checked(tgid: u32) -> std::io::Result<Option<Stat>> {
 }
 
 /// The unit of /proc's process times (USER_HZ).
+/// The host's name as the kernel has it (`/proc/sys/kernel/hostname`, the
+/// UTS namespace guard runs in), or `localhost` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf reads a constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -4,6 +4,7 @@
 //! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
 
 pub mod events;
+pub mod incident;
 mod json;
 pub mod metrics;
 pub mod record;
@@ -153,6 +154,8 @@ pub struct Output<W: Write> {
     /// events (those are not kept waiting; see `flush_records`).
     unflushed: bool,
     records_unflushed: bool,
+    /// The host every JSON line and hook names (`--hostname`).
+    host: String,
 }
 
 impl<W: Write> Output<W> {
@@ -173,7 +176,19 @@ impl<W: Write> Output<W> {
             unflushed: false,
             records_unflushed: false,
             records_dropped: 0,
+            host: crate::host::procfs::hostname(),
         }
+    }
+
+    /// Names the host `name` in every JSON line and hook (instead of the
+    /// kernel's host name).
+    pub fn with_host_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.host);
+        self
+    }
+
+    pub fn host_name(&self) -> &str {
+        &self.host
     }
 
     /// Drop event lines while more than [`EVENT_BACKLOG`] bytes wait in
@@ -355,10 +370,11 @@ impl<W: Write> Output<W> {
             record.insert("kind".into(), kind.into());
             record.insert("time".into(), time.clone().into());
             record.insert("boot_ns".into(), now.into());
+            record.insert("host".into(), self.host.clone().into());
             for (k, v) in fields {
                 record.insert(k.clone(), v.clone());
             }
-            let env = crate::respond::hook::environment(kind, &time, &subject);
+            let env = crate::respond::hook::environment(kind, &time, &self.host, &subject);
             hooks.fire(record.into(), env, now);
         }
         if self.over(RECORD_BACKLOG) {
@@ -370,7 +386,10 @@ impl<W: Write> Output<W> {
             Format::Json => {
                 let time = self.time_rfc3339(now);
                 let mut o = JsonObject::new(&mut self.line);
-                o.str("kind", kind).str("time", &time).num("boot_ns", now);
+                o.str("kind", kind)
+                    .str("time", &time)
+                    .num("boot_ns", now)
+                    .str("host", &self.host);
                 for (k, v) in fields {
                     o.raw(k, &v.to_string());
                 }
@@ -400,7 +419,8 @@ impl<W: Write> Output<W> {
         let mut o = JsonObject::new(&mut self.line);
         o.str("kind", event.kind().name())
             .plain("time", time)
-            .num("boot_ns", event.boot_ns());
+            .num("boot_ns", event.boot_ns())
+            .str("host", &self.host);
         let (pid, tgid) = subject_ids(event);
         o.num("pid", pid).num("tgid", tgid);
         o.comm("comm", subject_comm(event, ctx));

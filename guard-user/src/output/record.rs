@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+pub use crate::output::incident::{Ended, Severity};
 use crate::{
     detect::switches::Detector,
     host::kube::Qos,
@@ -312,6 +313,7 @@ impl Blame {
             cgroup: process
                 .and_then(|p| p.cgroup.clone())
                 .or_else(|| cgroup.map(str::to_owned)),
+            ..HookSubject::default()
         }
     }
 }
@@ -352,28 +354,110 @@ impl Alert {
     }
 }
 
-impl Record for Alert {
+/// What ties an alert to its runaway (see `output::incident`).
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct IncidentFields {
+    /// The incident: every alert, action, refusal and `resolved` record of
+    /// one runaway carries its id (`<agent start, UTC>-<n>`).
+    pub incident: String,
+    pub severity: Severity,
+    /// The incident was reported before, and this alert raises its
+    /// severity (a crash loop now sustained, a pool past its headroom).
+    /// Verdicts that tell nothing new are not written: `resolved` counts
+    /// them as `repeats`.
+    pub update: bool,
+}
+
+/// An alert as written: its incident, then the rule's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertRecord<'a> {
+    #[serde(flatten)]
+    pub incident: IncidentFields,
+    #[serde(flatten)]
+    pub alert: &'a Alert,
+}
+
+impl Alert {
+    /// How bad it is: running out now (or a sustained crash loop) is
+    /// critical; a projection is a warning.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Alert::CrashLoop(a) if a.sustained => Severity::Critical,
+            Alert::CrashLoop(_) => Severity::Warning,
+            _ => match self.rule() {
+                Rule::Explosion
+                | Rule::PidsLimitRush
+                | Rule::MemoryHeadroom
+                | Rule::MemoryPressure
+                | Rule::BlockedStorm => Severity::Critical,
+                _ => Severity::Warning,
+            },
+        }
+    }
+
+    /// The alert as written, on incident `id` (`update`: it raises the
+    /// incident's severity).
+    pub fn told(&self, id: &str, update: bool) -> AlertRecord<'_> {
+        AlertRecord {
+            incident: IncidentFields {
+                incident: id.to_owned(),
+                severity: self.severity(),
+                update,
+            },
+            alert: self,
+        }
+    }
+
+    /// The offender's pid, when a process is blamed.
+    pub fn offender_pid(&self) -> Option<u32> {
+        let blame = match self {
+            Alert::Explosion(a) => &a.blame,
+            Alert::PidsLimit(a) => &a.blame,
+            Alert::Leak(a) => &a.blame,
+            Alert::Memory(a) => &a.blame,
+            Alert::BlockedStorm(a) => &a.blame,
+            Alert::CrashLoop(a) => return Some(a.supervisor.pid),
+        };
+        blame
+            .offender
+            .as_ref()
+            .and_then(Offender::process)
+            .map(|p| p.pid)
+    }
+}
+
+impl Record for AlertRecord<'_> {
     const KIND: RecordKind = RecordKind::Alert;
 
     fn counted(&self) -> Option<Counted> {
-        Some(Counted::Alert(self.detector(), self.rule()))
+        Some(Counted::Alert(self.alert.detector(), self.alert.rule()))
     }
 
     fn hook(&self) -> Option<HookSubject> {
-        let (d, r) = (self.detector(), self.rule());
-        Some(match self {
+        let (d, r) = (self.alert.detector(), self.alert.rule());
+        let subject = match self.alert {
             Alert::Explosion(a) => a.blame.hook(d, r, a.cgroup.as_deref()),
             Alert::PidsLimit(a) => a.blame.hook(d, r, Some(&a.cgroup)),
             Alert::Leak(a) => a.blame.hook(d, r, Some(&a.cgroup)),
             Alert::Memory(a) => a.blame.hook(d, r, Some(&a.cgroup)),
             Alert::BlockedStorm(a) => a.blame.hook(d, r, None),
+            // The program that crashed last, under its supervisor (whom a
+            // `stop` takes: GUARD_SUPERVISOR_PID).
             Alert::CrashLoop(a) => HookSubject {
                 detector: Some(d),
                 rule: Some(r.name()),
                 action: Some(a.action),
+                pid: Some(a.last_pid),
+                comm: Some(a.program.clone()),
+                supervisor_pid: Some(a.supervisor.pid),
                 cgroup: a.cgroup.clone(),
                 ..HookSubject::default()
             },
+        };
+        Some(HookSubject {
+            incident: Some(self.incident.incident.clone()),
+            severity: Some(self.incident.severity.name()),
+            ..subject
         })
     }
 }
@@ -590,6 +674,8 @@ pub enum ActionRecord {
 /// The head every action record starts with.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct ActionHead {
+    /// The incident of the alert it follows (see `alert`).
+    pub incident: Option<String>,
     pub detector: Detector,
     pub rule: Rule,
     pub action: ActionKind,
@@ -655,27 +741,78 @@ impl Record for ActionRecord {
         let h = self.head();
         let process = h.offender.as_ref().and_then(Offender::process);
         Some(HookSubject {
+            incident: h.incident.clone(),
             detector: Some(h.detector),
             rule: Some(h.rule.name()),
             action: Some(h.action),
             pid: process.map(|p| p.pid),
             comm: process.map(|p| p.comm.clone()),
             cgroup: process.and_then(|p| p.cgroup.clone()),
+            ..HookSubject::default()
         })
     }
 }
 
-/// A storm is over.
+/// An incident is over: how it ended, and what it took (see
+/// `output::incident`). Every incident gets one, the agent's stop included.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct Resolved {
+    pub incident: String,
     pub detector: Detector,
+    /// The rule of its first alert.
     pub rule: Rule,
-    pub peak: u64,
+    /// The highest severity it reached.
+    pub severity: Severity,
+    pub ended: Ended,
+    /// When its first alert was raised (boot ns).
+    pub opened_boot_ns: u64,
     pub lasted_ms: u64,
+    /// Alerts written: the first, and updates.
+    pub alerts: u64,
+    /// Verdicts that repeated what was told (not written).
+    pub repeats: u64,
+    /// Actions taken, follow-up rounds and ladder steps included.
+    pub actions: u64,
+    /// The process first blamed (a crash loop's supervisor).
+    pub offender_pid: Option<u32>,
+    /// A blocked-task storm: the most tasks blocked at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<u64>,
+}
+
+impl Resolved {
+    pub fn of(closed: &crate::output::incident::Closed, peak: Option<u64>) -> Self {
+        let i = &closed.incident;
+        Self {
+            incident: i.id.clone(),
+            detector: i.detector,
+            rule: i.rule,
+            severity: i.severity,
+            ended: closed.ended,
+            opened_boot_ns: i.opened_ns,
+            lasted_ms: closed.at_ns.saturating_sub(i.opened_ns) / 1_000_000,
+            alerts: i.alerts,
+            repeats: i.repeats,
+            actions: i.actions,
+            offender_pid: i.offender_pid,
+            peak,
+        }
+    }
 }
 
 impl Record for Resolved {
     const KIND: RecordKind = RecordKind::Resolved;
+
+    fn hook(&self) -> Option<HookSubject> {
+        Some(HookSubject {
+            incident: Some(self.incident.clone()),
+            severity: Some(self.severity.name()),
+            detector: Some(self.detector),
+            rule: Some(self.rule.name()),
+            pid: self.offender_pid,
+            ..HookSubject::default()
+        })
+    }
 }
 
 /// How a refusal goes (see `respond::refusal`): the lineage is trying
@@ -683,6 +820,8 @@ impl Record for Resolved {
 /// ended, and why.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct RefusalRecord {
+    /// The incident of the alert it follows.
+    pub incident: Option<String>,
     pub detector: Detector,
     pub rule: Rule,
     pub state: crate::respond::refusal::State,

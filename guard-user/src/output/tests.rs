@@ -160,7 +160,7 @@ fn text_escapes_every_control_byte_and_stays_on_one_line() {
         ..ctx()
     };
     out.event(&hostile_exec(), &ctx).expect("write");
-    out.record(&crash_alert("/x\n# summary\x07"))
+    out.record(&crash_alert("/x\n# summary\x07").told("t-1", false))
         .expect("write");
     let text = out.into_inner();
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
@@ -259,7 +259,8 @@ fn events_are_dropped_and_counted_while_output_is_backlogged() {
     let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("write");
-    out.record(&crash_alert("/bin/false")).expect("write");
+    out.record(&crash_alert("/bin/false").told("t-1", false))
+        .expect("write");
     assert_eq!(out.dropped, 1);
     backlog.store(0, Ordering::Relaxed);
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
@@ -283,7 +284,8 @@ fn past_the_ceiling_records_are_dropped_and_counted_too() {
     let mut out = Output::new(Vec::new(), Format::Json, clock()).with_backlog(backlog.clone());
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("write");
-    out.record(&crash_alert("/bin/false")).expect("write");
+    out.record(&crash_alert("/bin/false").told("t-1", false))
+        .expect("write");
     assert_eq!((out.dropped, out.records_dropped), (1, 1));
     backlog.store(0, Ordering::Relaxed);
     out.settle(Err(io::ErrorKind::BrokenPipe.into()))
@@ -292,7 +294,7 @@ fn past_the_ceiling_records_are_dropped_and_counted_too() {
         out.failure().map(io::Error::kind),
         Some(io::ErrorKind::BrokenPipe)
     );
-    out.record(&crash_alert("/bin/false"))
+    out.record(&crash_alert("/bin/false").told("t-1", false))
         .expect("counted, not an error");
     out.event(&exit(ExitStatus::Exited(0)), &ctx())
         .expect("counted, not an error");
@@ -324,8 +326,10 @@ fn records_in_both_formats() {
     );
     // Alerts and actions are counted by their typed labels.
     let mut out = Output::new(Vec::new(), Format::Json, clock());
-    out.record(&crash_alert("/bin/false")).expect("write");
-    out.record(&crash_alert("/bin/false")).expect("write");
+    out.record(&crash_alert("/bin/false").told("t-1", false))
+        .expect("write");
+    out.record(&crash_alert("/bin/false").told("t-1", false))
+        .expect("write");
     assert_eq!(
         out.tally.alerts.get(&(
             crate::detect::switches::Detector::Crashloop,
@@ -621,7 +625,7 @@ mod schema_checks {
             condemned_by_kernel: true,
             blame: blame.clone(),
         });
-        let lines = records_of(&alert);
+        let lines = records_of(&alert.told("t-1", false));
         check(&validator, "alert", &lines[0]);
         assert!(
             lines[0]["offender"]["cgroup_hex"].is_string(),
@@ -643,9 +647,14 @@ mod schema_checks {
             pids: vec![1, 2],
             blame: Blame::nobody("nobody grew"),
         });
-        check(&validator, "storm", &records_of(&storm)[0]);
+        check(
+            &validator,
+            "storm",
+            &records_of(&storm.told("t-2", true))[0],
+        );
         let gone = record::ActionRecord::DryRun(record::ActionDryRun {
             head: record::ActionHead {
+                incident: Some("t-1".into()),
                 detector: crate::detect::switches::Detector::Fork,
                 rule: Rule::Explosion,
                 action: ActionKind::Stop,

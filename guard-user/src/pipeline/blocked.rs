@@ -2,6 +2,7 @@
 //! records, and a storm's memory runaway.
 
 use super::*;
+use crate::output::incident::Ended;
 use crate::output::record;
 
 /// Reclaim stalls this recent count as memory pressure for a storm.
@@ -81,13 +82,15 @@ impl<W: Write> Pipeline<W> {
         let book = self.report_changes(now, &changes)?;
         match self.detectors.blocked.check(now) {
             Some(storm @ BlockedVerdict::Storm { .. }) => self.storm_alert(now, storm)?,
-            Some(BlockedVerdict::StormOver { peak, lasted_ns }) => {
-                self.out.record(&record::Resolved {
-                    detector: Detector::Blocked,
-                    rule: Rule::BlockedStorm,
-                    peak: peak as u64,
-                    lasted_ms: lasted_ns / 1_000_000,
-                })?;
+            Some(BlockedVerdict::StormOver { peak, .. }) => {
+                let storm = self
+                    .incidents
+                    .open()
+                    .find(|i| i.detector == Detector::Blocked && i.subject == Subject::Host)
+                    .map(|i| i.id.clone());
+                if let Some(id) = storm {
+                    self.close_incident(&id, now, Ended::Subsided, Some(peak as u64))?;
+                }
             }
             None => {}
         }
@@ -132,7 +135,7 @@ impl<W: Write> Pipeline<W> {
             None => Blame::on(None, ActionKind::Log),
         };
         blame.note = Some(note.to_owned());
-        self.out.record(&Alert::BlockedStorm(record::StormAlert {
+        let alert = Alert::BlockedStorm(record::StormAlert {
             detector: Detector::Blocked,
             rule: Rule::BlockedStorm,
             count: count as u64,
@@ -152,9 +155,13 @@ impl<W: Write> Pipeline<W> {
             },
             pids,
             blame,
-        }))?;
+        });
+        let incident = self.raise(now, Subject::Host, &alert)?;
         match runaway {
-            Some(request) => self.queue(request),
+            Some(request) => self.queue(ActionRequest {
+                incident: Some(incident),
+                ..request
+            }),
             None => Ok(()),
         }
     }

@@ -106,9 +106,14 @@ impl CrashLoopWatch {
                 }],
                 pool: None,
                 follow_ups: 0,
+                incident: None,
             });
         Verdict {
             alert,
+            subject: crate::output::incident::Subject::Loop {
+                supervisor: l.key.supervisor,
+                program: l.key.program.to_string(),
+            },
             action: request,
         }
     }
@@ -142,6 +147,10 @@ fn supervisor_spared(view: &View<'_>, l: &CrashLoop) -> Option<&'static str> {
 }
 
 impl Plugin for CrashLoopWatch {
+    fn repeats_within(&self) -> u64 {
+        self.rule.rules().window_ns
+    }
+
     fn detector(&self) -> Detector {
         Detector::Crashloop
     }

@@ -398,7 +398,7 @@ impl<W: Write> Pipeline<W> {
             .and_then(|r| self.table.lineage().get(r))
             .and_then(|n| n.cgroups.get(self.pids_index).cloned().flatten());
         let window_s = c.window_ns as f64 / 1e9;
-        self.out.record(&Alert::Explosion(ExplosionAlert {
+        let alert = Alert::Explosion(ExplosionAlert {
             detector: Detector::Fork,
             rule: Rule::Explosion,
             cgroup: cgroup.as_deref().map(str::to_owned),
@@ -410,7 +410,12 @@ impl<W: Write> Pipeline<W> {
             window_ms: c.window_ns / 1_000_000,
             condemned_by_kernel: true,
             blame: Blame::on(offender.clone(), action),
-        }))?;
+        });
+        let subject = Subject::Lineage {
+            node: root,
+            tag: c.tag,
+        };
+        let incident = self.raise(self.last_event_ns, subject, &alert)?;
         let request = ActionRequest {
             detector: Detector::Fork,
             rule: Rule::Explosion,
@@ -421,6 +426,7 @@ impl<W: Write> Pipeline<W> {
             members,
             pool: None,
             follow_ups: 0,
+            incident: Some(incident),
         };
         self.active.insert(c.tag);
         if let Some(r) = root {
@@ -472,7 +478,8 @@ impl<W: Write> Pipeline<W> {
             });
             let Some(offender) = offender else {
                 let blame = Blame::nobody("no unprotected process behind the growth");
-                self.out.record(&fork_alert(&verdict, false, blame))?;
+                let subject = Subject::Cgroup(cgroup.to_string());
+                self.raise(now, subject, &fork_alert(&verdict, false, blame))?;
                 continue;
             };
             if self.acting_on(offender.node) {
@@ -493,11 +500,15 @@ impl<W: Write> Pipeline<W> {
             let action = self.settings.action(Detector::Fork, Some(&cgroup));
             let blame = Blame::on(described.clone(), action);
             let alert = fork_alert(&verdict, by_kernel, blame);
-            self.out.record(&alert)?;
+            let tag = probe_tag.unwrap_or(offender.node);
+            let subject = Subject::Lineage {
+                node: Some(offender.node),
+                tag,
+            };
+            let incident = self.raise(now, subject, &alert)?;
             if action == ActionKind::Log || self.active.contains(&offender.node) {
                 continue;
             }
-            let tag = probe_tag.unwrap_or(offender.node);
             let request = ActionRequest {
                 detector: Detector::Fork,
                 rule: alert.rule(),
@@ -508,6 +519,7 @@ impl<W: Write> Pipeline<W> {
                 members,
                 pool: None,
                 follow_ups: 0,
+                incident: Some(incident),
             };
             if self.settings.dry_run {
                 self.dry_run(&request)?;

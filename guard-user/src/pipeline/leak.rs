@@ -8,6 +8,7 @@ use super::{
 };
 use crate::{
     detect::leak::{LeakDetector, LeakVerdict},
+    output::incident::Subject,
     output::record::{LeakAlert, Resource},
 };
 
@@ -91,6 +92,7 @@ impl LeakWatch {
                     action: None,
                     note: None,
                 }),
+                subject: Subject::Cgroup(v.cgroup.to_string()),
                 action: None,
             };
         };
@@ -106,9 +108,14 @@ impl LeakWatch {
             members,
             pool: None,
             follow_ups: 0,
+            incident: None,
         });
         Verdict {
             alert: alert(Blame::on(described, action)),
+            subject: Subject::Lineage {
+                node: Some(offender.node),
+                tag: offender.node,
+            },
             action: request,
         }
     }
@@ -131,6 +138,10 @@ fn per_member_memory(view: &View<'_>, members: &[Member]) -> Option<u64> {
 }
 
 impl Plugin for LeakWatch {
+    fn repeats_within(&self) -> u64 {
+        self.rule.rules().window_ns
+    }
+
     fn detector(&self) -> Detector {
         Detector::Leak
     }

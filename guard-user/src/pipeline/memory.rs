@@ -251,6 +251,7 @@ impl<W: Write> Pipeline<W> {
             }],
             pool: Some((pool.clone(), usage)),
             follow_ups: 0,
+            incident: None,
         })
     }
 
@@ -339,6 +340,7 @@ impl<W: Write> Pipeline<W> {
             members,
             pool: Some((pool.clone(), usage)),
             follow_ups: 0,
+            incident: None,
         })
     }
 
@@ -384,11 +386,18 @@ impl<W: Write> Pipeline<W> {
             } else {
                 "no unprotected process grew enough in this pool"
             };
-            return self.out.record(&alert(Blame::nobody(note)));
+            let subject = Subject::Cgroup(v.pool.to_string());
+            return self
+                .raise(now, subject, &alert(Blame::nobody(note)))
+                .map(drop);
         };
-        self.out
-            .record(&alert(Blame::on(request.offender.clone(), request.kind)))?;
-        self.queue(request)
+        let subject = Subject::Cgroup(v.pool.to_string());
+        let blamed = alert(Blame::on(request.offender.clone(), request.kind));
+        let incident = self.raise(now, subject, &blamed)?;
+        self.queue(ActionRequest {
+            incident: Some(incident),
+            ..request
+        })
     }
 }
 

@@ -14,6 +14,7 @@ pub mod crashloop;
 #[cfg(test)]
 pub mod fixture;
 mod fork;
+mod incidents;
 pub use self::fork::kernel_verdict;
 pub mod leak;
 mod memory;
@@ -44,6 +45,7 @@ use crate::{
     kernel::source::{BlockedBookkeeping, LossCounter},
     output::{
         Context, Output, human_duration,
+        incident::Subject,
         record::{
             ActionDone, ActionDryRun, ActionHead, ActionRecord, Alert, Blame, Freed, HostPressure,
             Offender, Rule,
@@ -208,6 +210,9 @@ pub struct ActionRequest {
     pub pool: Option<(PoolKey, u64)>,
     /// How many follow-ups came before this one (0: the first action).
     pub follow_ups: u32,
+    /// The incident of the alert that asked for it (set by the pipeline
+    /// when it raises the alert: see `incidents`).
+    pub incident: Option<String>,
 }
 
 /// Most follow-up rounds after one action: members born before they could
@@ -229,6 +234,7 @@ fn still_to_contain(kind: ActionKind, state: ProcState) -> bool {
 /// What every `action` record starts with.
 fn action_head(request: &ActionRequest, dry_run: bool) -> ActionHead {
     ActionHead {
+        incident: request.incident.clone(),
         detector: request.detector,
         rule: request.rule,
         action: request.kind,
@@ -320,6 +326,15 @@ pub struct Pipeline<W: Write> {
     /// Refusals in force (their tags stay in `active` meanwhile: the same
     /// offender is not acted on twice).
     refusals: crate::respond::refusal::Refusals<ActionRequest>,
+    /// Open incidents: what ties one runaway's records together.
+    incidents: crate::output::incident::Incidents,
+}
+
+/// Incident ids begin with the agent's start time (UTC, to the second),
+/// which keeps them unique on a host across restarts.
+fn incident_prefix() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    now.chars().filter(|c| !matches!(c, '-' | ':')).collect()
 }
 
 /// How far behind the kernel the pipeline may be to count as caught up.
@@ -374,6 +389,7 @@ impl<W: Write> Pipeline<W> {
             sweep_pending: false,
             last_event_ns: 0,
             refusals: crate::respond::refusal::Refusals::new(settings_refusal),
+            incidents: crate::output::incident::Incidents::new(incident_prefix()),
         }
     }
 
@@ -459,7 +475,7 @@ impl<W: Write> Pipeline<W> {
             verdicts.append(&mut v);
         }
         self.plugins = plugins;
-        self.verdicts(verdicts)?;
+        self.verdicts(event.boot_ns(), verdicts)?;
         Ok(subject)
     }
 
@@ -540,11 +556,12 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Writes the plugins' alerts and queues their actions.
-    fn verdicts(&mut self, verdicts: Vec<Verdict>) -> io::Result<()> {
+    /// Raises the plugins' alerts and queues their actions.
+    fn verdicts(&mut self, now: u64, verdicts: Vec<Verdict>) -> io::Result<()> {
         for v in verdicts {
-            self.out.record(&v.alert)?;
-            if let Some(request) = v.action {
+            let incident = self.raise(now, v.subject, &v.alert)?;
+            if let Some(mut request) = v.action {
+                request.incident = Some(incident);
                 self.queue(request)?;
             }
         }
@@ -574,7 +591,7 @@ impl<W: Write> Pipeline<W> {
             verdicts.append(&mut v);
         }
         self.plugins = plugins;
-        self.verdicts(verdicts)?;
+        self.verdicts(now, verdicts)?;
         for verdict in self.detectors.memory.check(now) {
             if self.settings.runs(Detector::Memory)
                 && !self.settings.ignore_memory.cgroup(Some(&verdict.pool))
@@ -583,6 +600,8 @@ impl<W: Write> Pipeline<W> {
             }
         }
         requests.append(&mut self.pending);
+        self.incident_requested(&requests, now);
+        self.expire_incidents(now)?;
         self.out.flush_records()?;
         Ok(requests)
     }
@@ -609,6 +628,12 @@ impl<W: Write> Pipeline<W> {
     ) -> io::Result<Vec<ActionRequest>> {
         // A refusal in force keeps its offender active until it ends.
         let refusing = self.refusal_started(request, outcome, now);
+        self.incident_acted(
+            request.incident.as_deref(),
+            now,
+            outcome.contained,
+            refusing,
+        );
         if !refusing {
             self.active.remove(&request.tag);
         }
@@ -683,7 +708,9 @@ impl<W: Write> Pipeline<W> {
         };
         self.active.insert(follow_up.tag);
         self.follow(root, follow_up.tag);
-        Ok(vec![follow_up])
+        let follow_ups = vec![follow_up];
+        self.incident_requested(&follow_ups, now);
+        Ok(follow_ups)
     }
 
     pub fn seen_by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {

@@ -118,6 +118,8 @@ impl View<'_> {
 #[derive(Debug)]
 pub struct Verdict {
     pub alert: Alert,
+    /// The runaway it is about: repeated verdicts on one are one incident.
+    pub subject: crate::output::incident::Subject,
     pub action: Option<ActionRequest>,
 }
 
@@ -147,5 +149,12 @@ pub trait Plugin: Send {
     /// Judge at `now` (after every batch of events, and every tick).
     fn check(&mut self, _view: &View<'_>, _now: u64) -> Vec<Verdict> {
         Vec::new()
+    }
+
+    /// The longest a runaway that goes on may go without a new verdict
+    /// (the rule's re-alert period): an incident with no verdict for twice
+    /// that has subsided (see `output::incident`).
+    fn repeats_within(&self) -> u64 {
+        60_000_000_000
     }
 }

@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 
 use crate::{
+    output::incident::Ended as IncidentEnded,
     output::record::RefusalRecord,
     pipeline::{ActionRequest, Pipeline},
     respond::act::{Outcome, ProcState},
@@ -76,10 +77,16 @@ impl<W: Write> Pipeline<W> {
                         system.lift(tag);
                     }
                     self.active.remove(&tag);
+                    self.incident_refusal_ended(
+                        subject.incident.as_deref(),
+                        now,
+                        incident_end(why),
+                    )?;
                 }
                 (None, _) => {}
             }
         }
+        self.incident_requested(&steps, now);
         self.out.flush_records()?;
         Ok(steps)
     }
@@ -95,14 +102,27 @@ impl<W: Write> Pipeline<W> {
             }
             self.active.remove(&tag);
             self.out.record(&refusal_record(&request, &figures))?;
+            self.incident_refusal_ended(request.incident.as_deref(), now, incident_end(why))?;
         }
         self.out.flush_records()?;
         Ok(count)
     }
 }
 
+/// What a refusal's end makes of its incident: over (`None`: it goes on,
+/// with the containment that released the refusal, or the ladder's step).
+fn incident_end(why: Ended) -> Option<IncidentEnded> {
+    match why {
+        Ended::Gone => Some(IncidentEnded::Gone),
+        Ended::Expired | Ended::Lifted => Some(IncidentEnded::Lifted),
+        Ended::AgentStopped => Some(IncidentEnded::AgentStopped),
+        Ended::Released | Ended::Escalated => None,
+    }
+}
+
 fn refusal_record(request: &ActionRequest, f: &Figures) -> RefusalRecord {
     RefusalRecord {
+        incident: request.incident.clone(),
         detector: request.detector,
         rule: request.rule,
         state: f.state,

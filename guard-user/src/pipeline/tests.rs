@@ -4,6 +4,7 @@
 mod blocked;
 mod crashloop;
 mod fork;
+mod incidents;
 mod kernel;
 mod leak;
 mod memory;

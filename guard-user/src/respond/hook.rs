@@ -274,12 +274,17 @@ impl TokenBucket {
 /// `output::record::Record::hook`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HookSubject {
+    /// The incident the record belongs to, and its severity's name.
+    pub incident: Option<String>,
+    pub severity: Option<&'static str>,
     pub detector: Option<Detector>,
     /// The rule's name, as records write it.
     pub rule: Option<&'static str>,
     pub action: Option<ActionKind>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// A crash loop's supervisor (`pid` and `comm` are its program's).
+    pub supervisor_pid: Option<u32>,
     pub cgroup: Option<String>,
 }
 
@@ -287,10 +292,13 @@ pub struct HookSubject {
 /// what the record's type says of it (its offender's pid, comm and cgroup,
 /// else the record's cgroup). Names that are not UTF-8 come lossy, as in
 /// the record's JSON.
-pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
+pub fn environment(kind: &str, time: &str, host: &str, subject: &HookSubject) -> Env {
     [
         ("GUARD_KIND", Some(kind.to_owned())),
         ("GUARD_TIME", Some(time.to_owned())),
+        ("GUARD_HOST", Some(host.to_owned())),
+        ("GUARD_INCIDENT", subject.incident.clone()),
+        ("GUARD_SEVERITY", subject.severity.map(str::to_owned)),
         (
             "GUARD_DETECTOR",
             subject.detector.map(|d| d.name().to_owned()),
@@ -298,6 +306,10 @@ pub fn environment(kind: &str, time: &str, subject: &HookSubject) -> Env {
         ("GUARD_RULE", subject.rule.map(str::to_owned)),
         ("GUARD_ACTION", subject.action.map(|a| a.name().to_owned())),
         ("GUARD_PID", subject.pid.map(|p| p.to_string())),
+        (
+            "GUARD_SUPERVISOR_PID",
+            subject.supervisor_pid.map(|p| p.to_string()),
+        ),
         (
             "GUARD_COMM",
             subject
@@ -456,7 +468,12 @@ mod tests {
         let record = serde_json::json!({"kind": "alert", "time": "2026-01-01T00:00:00Z"});
         // SAFETY: a variable only this test reads; set before the hook runs.
         unsafe { std::env::set_var("GUARD_TEST_SECRET", "1") };
-        let env = environment("alert", "2026-01-01T00:00:00Z", &HookSubject::default());
+        let env = environment(
+            "alert",
+            "2026-01-01T00:00:00Z",
+            "node-1",
+            &HookSubject::default(),
+        );
         run(
             &HookCommand::Shell(format!("env > {}", dir.display())),
             &record,
@@ -510,10 +527,17 @@ mod tests {
             pid: Some(4242),
             comm: Some("bash".into()),
             cgroup: Some("/sys/fs/cgroup/ci".into()),
+            incident: Some("20260101T000000Z-3".into()),
+            severity: Some("critical"),
+            supervisor_pid: None,
         };
-        let env = environment("action", "2026-01-01T00:00:00Z", &subject);
+        let env = environment("action", "2026-01-01T00:00:00Z", "node-1", &subject);
+        assert!(!env.iter().any(|(k, _)| *k == "GUARD_SUPERVISOR_PID"));
         for pair in [
             ("GUARD_KIND", "action"),
+            ("GUARD_HOST", "node-1"),
+            ("GUARD_INCIDENT", "20260101T000000Z-3"),
+            ("GUARD_SEVERITY", "critical"),
             ("GUARD_DETECTOR", "fork"),
             ("GUARD_RULE", "explosion"),
             ("GUARD_ACTION", "kill"),
