@@ -167,7 +167,17 @@ fn a_stalled_reader_bounds_memory_and_loses_only_counted_lines() {
         .filter(|r| {
             !matches!(
                 r["kind"].as_str(),
-                Some("start" | "summary" | "alert" | "action" | "lost" | "blocked" | "unblocked")
+                Some(
+                    "start"
+                        | "summary"
+                        | "alert"
+                        | "action"
+                        | "resolved"
+                        | "refusal"
+                        | "lost"
+                        | "blocked"
+                        | "unblocked"
+                )
             )
         })
         .count() as u64;
@@ -597,7 +607,9 @@ fn over_its_cpu_limit_the_agent_sheds_lines_not_events() {
         .records
         .iter()
         .filter(|r| {
-            ["fork", "exec", "exit", "cgroup_attach"]
+            // Every event line: the workload's forks, execs and exits,
+            // its moves, and any rss step it crossed.
+            ["fork", "exec", "exit", "cgroup_attach", "rss"]
                 .iter()
                 .any(|k| r["kind"] == *k)
         })

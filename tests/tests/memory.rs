@@ -130,6 +130,40 @@ fn a_runaway_is_killed_before_the_limit_and_the_bystander_lives() {
     );
 }
 
+/// On hybrid v1 a policy matches a process through any of its cgroups:
+/// `mem-action = "kill"` in a policy on the pids cgroup
+/// (`/sys/fs/cgroup/pids/<cg>`) kills a runaway the memory rule judges in
+/// its memory cgroup (here at another path, under the harness's own),
+/// while the file's own `mem-action` is `log`.
+#[test]
+fn a_policy_on_the_pids_path_gives_the_memory_rule_its_action() {
+    let cg = TestCgroup::new("mempolicy", 32, GIB);
+    let scope = memory_scope(&cg);
+    let pids = cg.pids_dir().to_str().expect("utf8").to_owned();
+    let dir = guard_tests::RootDir::new("mempolicy");
+    let config = dir.path.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mem-action = \"log\"\ncgroup = [{scope:?}]\n\n[[policy]]\ncgroup = {pids:?}\nmem-action = \"kill\"\n"
+        ),
+    )
+    .expect("write config");
+    let mut agent = Agent::start(&["--config", config.to_str().expect("utf8")]);
+    let hog = Grower::start(&cg, "200", "2048", "30");
+    let hog_pid = hog.pid();
+    let action = agent.wait_for(Duration::from_secs(20), "memory action", |r| {
+        r["kind"] == "action" && r["detector"] == "memory"
+    });
+    assert_eq!(action["action"], "kill", "{action}");
+    assert_eq!(num(&action["offender"], "pid"), hog_pid, "{action}");
+    let Grower { mut child, .. } = hog;
+    let status = child.wait().expect("wait hog");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the hog must die");
+    agent.stop();
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired");
+}
+
 #[test]
 fn a_block_allocated_once_and_held_raises_nothing() {
     let cg = TestCgroup::new("memblock", 32, GIB);

@@ -55,7 +55,7 @@ fn reload_config(
         }
     };
     let policies = match crate::respond::policy::Policies::new(file.policies.clone()) {
-        Ok(p) => p,
+        Ok(p) => p.across(pipe.table.hierarchies()),
         Err(err) => {
             tracing::warn!(
                 "SIGHUP: keeping the running configuration: {}: {err}",

@@ -147,8 +147,9 @@ fn plan(args: &Args) -> Result<Plan> {
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
     let rules = args.fork_rules();
-    let policies =
-        Policies::new(args.policies.clone()).map_err(|e| anyhow::anyhow!("config file: {e}"))?;
+    let policies = Policies::new(args.policies.clone())
+        .map_err(|e| anyhow::anyhow!("config file: {e}"))?
+        .across(&hierarchies);
     // A fork guard switched off enforces nothing, in the kernel either.
     // Otherwise the probe's budgets signal with the strongest action any
     // policy or the flag asks for, softened per cgroup where a policy asks

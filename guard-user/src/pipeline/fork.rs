@@ -497,7 +497,14 @@ impl<W: Write> Pipeline<W> {
                 (probe_tag, &self.system),
                 (Some(t), Some(system)) if system.is_condemned(t)
             );
-            let action = self.settings.action(Detector::Fork, Some(&cgroup));
+            let action = self.settings.action_of(
+                Detector::Fork,
+                Some(&cgroup),
+                &lineage
+                    .get(offender.node)
+                    .map(|n| n.cgroups.to_vec())
+                    .unwrap_or_default(),
+            );
             let blame = Blame::on(described.clone(), action);
             let alert = fork_alert(&verdict, by_kernel, blame);
             let tag = probe_tag.unwrap_or(offender.node);

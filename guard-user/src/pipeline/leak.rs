@@ -97,7 +97,12 @@ impl LeakWatch {
             };
         };
         let described = view.describe(offender.node, members.len());
-        let action = view.settings.action(Detector::Leak, Some(&v.cgroup));
+        let cgroups = lineage.get(offender.node).map(|n| n.cgroups.to_vec());
+        let action = view.settings.action_of(
+            Detector::Leak,
+            Some(&v.cgroup),
+            &cgroups.unwrap_or_default(),
+        );
         let request = (action != ActionKind::Log && !members.is_empty()).then(|| ActionRequest {
             detector: Detector::Leak,
             rule: Rule::Leak,

@@ -243,7 +243,9 @@ impl<W: Write> Pipeline<W> {
             rule,
             tag: g.node,
             root: Some(g.node),
-            kind: self.settings.action(Detector::Memory, Some(pool)),
+            kind: self
+                .settings
+                .action_of(Detector::Memory, Some(pool), &node.cgroups),
             offender: described,
             members: vec![Member {
                 tgid: g.tgid,
@@ -335,7 +337,11 @@ impl<W: Write> Pipeline<W> {
             rule,
             tag: o.node,
             root: Some(o.node),
-            kind: self.settings.action(Detector::Memory, Some(pool)),
+            kind: self.settings.action_of(
+                Detector::Memory,
+                Some(pool),
+                &lineage_cgroups(self.table.lineage(), o.node),
+            ),
             offender: described,
             members,
             pool: Some((pool.clone(), usage)),
@@ -409,4 +415,12 @@ fn offender_growth(request: &ActionRequest) -> u64 {
         .and_then(Offender::process)
         .and_then(|p| p.growth.as_ref())
         .map_or(0, |g| g.growth_bytes)
+}
+
+/// A lineage node's cgroups, one per hierarchy (none when it is unknown).
+fn lineage_cgroups(lineage: &Lineage, node: NodeId) -> Vec<Option<Arc<str>>> {
+    lineage
+        .get(node)
+        .map(|n| n.cgroups.to_vec())
+        .unwrap_or_default()
 }

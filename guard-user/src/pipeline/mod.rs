@@ -102,9 +102,26 @@ impl Settings {
     /// What a verdict of `detector` in `cgroup` leads to: a policy's
     /// action for it, else the detector's own.
     pub fn action(&self, detector: Detector, cgroup: Option<&str>) -> ActionKind {
+        self.action_of(detector, cgroup, &[])
+    }
+
+    /// What a verdict of `detector` in `cgroup` on a process in `cgroups`
+    /// (one per hierarchy) leads to: the first policy matching the cgroup
+    /// or any of the process's (on hybrid v1, a policy on its pids cgroup
+    /// holds for the memory rule too), else the detector's own.
+    pub fn action_of(
+        &self,
+        detector: Detector,
+        cgroup: Option<&str>,
+        cgroups: &[Option<Arc<str>>],
+    ) -> ActionKind {
+        let dirs: Vec<&str> = cgroup
+            .into_iter()
+            .chain(cgroups.iter().filter_map(|c| c.as_deref()))
+            .collect();
         let action = self
             .policies
-            .action(detector, cgroup)
+            .action_in(detector, &dirs)
             .unwrap_or(match detector {
                 Detector::Fork => self.fork_action,
                 Detector::Memory => self.mem_action,

@@ -115,6 +115,10 @@ pub struct CgroupPolicy {
 #[derive(Clone, Debug, Default)]
 pub struct Policies {
     rules: Vec<(glob::Pattern, CgroupPolicy)>,
+    /// The mounts of every hierarchy showing the whole tree (hybrid v1
+    /// has several): a policy that names a cgroup in one matches the same
+    /// path in the others (see [`Policies::across`]).
+    mounts: Vec<std::path::PathBuf>,
 }
 
 impl Policies {
@@ -148,7 +152,46 @@ impl Policies {
             }
             compiled.push((pattern, rule));
         }
-        Ok(Self { rules: compiled })
+        Ok(Self {
+            rules: compiled,
+            mounts: Vec::new(),
+        })
+    }
+
+    /// On a host with several hierarchies (hybrid v1: pids, memory, the v2
+    /// mount), a process is in one cgroup per hierarchy, and systemd,
+    /// kubelet and `cgcreate` give them the same path under each mount. A
+    /// policy that names `/sys/fs/cgroup/pids/x` then holds for
+    /// `/sys/fs/cgroup/memory/x` too: the memory rule, which judges memory
+    /// cgroups, takes the policy written against the pids path.
+    pub fn across(mut self, hierarchies: &crate::host::cgroup::Hierarchies) -> Self {
+        self.mounts = hierarchies
+            .list
+            .iter()
+            .filter(|h| h.mount_root == "/")
+            .map(|h| h.mount.clone())
+            .collect();
+        self
+    }
+
+    /// `dir` and the same path under every other mount.
+    fn twins(&self, dir: &str) -> Vec<String> {
+        let path = std::path::Path::new(dir);
+        let mut out = vec![dir.to_owned()];
+        let Some(rel) = self
+            .mounts
+            .iter()
+            .filter_map(|m| path.strip_prefix(m).ok().map(|r| (m, r)))
+            .max_by_key(|(m, _)| m.as_os_str().len())
+        else {
+            return out;
+        };
+        for mount in self.mounts.iter().filter(|m| *m != rel.0) {
+            if let Some(twin) = mount.join(rel.1).to_str() {
+                out.push(twin.trim_end_matches('/').to_owned());
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,7 +203,8 @@ impl Policies {
     }
 
     /// For each policy, in order, the directories of `dirs` its glob
-    /// matches itself (their descendants follow from them).
+    /// matches itself, or through their twins in the other hierarchies
+    /// (their descendants follow from them).
     pub fn matching<'a>(&self, dirs: &'a [String]) -> Vec<(&CgroupPolicy, Vec<&'a str>)> {
         self.rules
             .iter()
@@ -168,7 +212,7 @@ impl Policies {
                 let mut hits: Vec<&str> = dirs
                     .iter()
                     .map(String::as_str)
-                    .filter(|d| pattern.matches(d))
+                    .filter(|d| self.twins(d).iter().any(|t| pattern.matches(t)))
                     .collect();
                 hits.sort_unstable();
                 (rule, hits)
@@ -176,11 +220,21 @@ impl Policies {
             .collect()
     }
 
-    /// The first policy whose glob matches `dir` or one of its ancestors.
+    /// The first policy whose glob matches `dir` or one of its ancestors
+    /// (or their twins in the other hierarchies: see [`Policies::across`]).
     pub fn for_cgroup(&self, dir: &str) -> Option<&CgroupPolicy> {
-        let mut ancestors = std::iter::successors(Some(std::path::Path::new(dir)), |p| p.parent());
-        let candidates: Vec<&str> = ancestors
-            .by_ref()
+        self.for_cgroups(&[dir])
+    }
+
+    /// The first policy, in file order, whose glob matches any of `dirs`
+    /// (a process's cgroups, one per hierarchy), their ancestors or twins.
+    pub fn for_cgroups(&self, dirs: &[&str]) -> Option<&CgroupPolicy> {
+        let twins: Vec<String> = dirs.iter().flat_map(|d| self.twins(d)).collect();
+        let candidates: Vec<&str> = twins
+            .iter()
+            .flat_map(|twin| {
+                std::iter::successors(Some(std::path::Path::new(twin.as_str())), |p| p.parent())
+            })
             .filter_map(|p| p.to_str())
             .filter(|p| *p != "/")
             .collect();
@@ -196,8 +250,18 @@ impl Policies {
         detector: crate::detect::switches::Detector,
         dir: Option<&str>,
     ) -> Option<ActionKind> {
+        self.action_in(detector, &[dir?])
+    }
+
+    /// The action the first policy matching any of `dirs` sets for
+    /// `detector`, if one does.
+    pub fn action_in(
+        &self,
+        detector: crate::detect::switches::Detector,
+        dirs: &[&str],
+    ) -> Option<ActionKind> {
         use crate::detect::switches::Detector;
-        let rule = self.for_cgroup(dir?)?;
+        let rule = self.for_cgroups(dirs)?;
         match detector {
             Detector::Fork => rule.fork_action,
             Detector::Memory => rule.mem_action,
@@ -245,6 +309,44 @@ mod tests {
             leak_action: None,
             crashloop_action: None,
         }
+    }
+
+    #[test]
+    fn on_hybrid_v1_a_policy_holds_for_the_same_path_in_every_hierarchy() {
+        let hierarchies = crate::host::cgroup::Hierarchies::parse(
+            "31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+             33 30 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
+             34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            "9:memory:/\n8:pids:/\n0::/\n",
+        )
+        .expect("hybrid");
+        let mut kill_memory = policy("/sys/fs/cgroup/pids/ci-*", None);
+        kill_memory.mem_action = Some(ActionKind::Kill);
+        let rules = vec![kill_memory];
+        let p = Policies::new(rules.clone())
+            .expect("valid")
+            .across(&hierarchies);
+        let memory = Some("/sys/fs/cgroup/memory/ci-7/job");
+        assert_eq!(p.action(Detector::Memory, memory), Some(ActionKind::Kill));
+        assert_eq!(
+            p.action(Detector::Memory, Some("/sys/fs/cgroup/memory/web")),
+            None
+        );
+        // A process's cgroups at different paths: any of them matches.
+        assert_eq!(
+            p.action_in(
+                Detector::Memory,
+                &["/sys/fs/cgroup/memory/user/x", "/sys/fs/cgroup/pids/ci-3"]
+            ),
+            Some(ActionKind::Kill)
+        );
+        // Without the hierarchies (one tree), only the path itself.
+        let alone = Policies::new(rules).expect("valid");
+        assert_eq!(alone.action(Detector::Memory, memory), None);
+        assert_eq!(
+            alone.action(Detector::Memory, Some("/sys/fs/cgroup/pids/ci-7")),
+            Some(ActionKind::Kill)
+        );
     }
 
     #[test]
