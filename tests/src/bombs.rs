@@ -5,8 +5,9 @@
 //! and `--no-lsm` shows the same kill without it.
 //!
 //! A sampler thread reads `pids.current` (threads and zombies included)
-//! every half millisecond, stamped with CLOCK_BOOTTIME, the clock of the
-//! agent's records, so the count at the fork probe's condemnation (the
+//! every half millisecond (at SCHED_FIFO priority, so that the bomb does
+//! not starve it), stamped with CLOCK_BOOTTIME, the clock of the agent's
+//! records, so the count at the fork probe's condemnation (the
 //! `condemned` record) and after it can be read off the same timeline.
 
 use std::{
@@ -36,6 +37,28 @@ impl Shape {
     }
 }
 
+/// The five bombs of the bench, as a user would type them: bash and dash
+/// `b|b&` bombs, perl's `fork while fork`, a Python fork loop that ignores
+/// failed forks, and a thread bomb (`guard-workload threadbomb` at
+/// `workload`). The interpreters are Debian's, at their Debian paths (the
+/// guest bench gets this machine's copies).
+pub fn five_bombs(workload: &str) -> Vec<Shape> {
+    vec![
+        Shape::new("bash", &["/usr/bin/bash", "-c", ":(){ :|:& };:"]),
+        Shape::new("dash", &["/usr/bin/dash", "-c", "b(){ b|b& };b"]),
+        Shape::new("perl", &["/usr/bin/perl", "-e", "fork while fork"]),
+        Shape::new(
+            "python",
+            &[
+                "/usr/bin/python3",
+                "-c",
+                "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+            ],
+        ),
+        Shape::new("threads", &[workload, "threadbomb"]),
+    ]
+}
+
 /// What one round measured.
 #[derive(Clone, Debug)]
 pub struct Round {
@@ -55,6 +78,9 @@ pub struct Round {
     pub refused_forks: Option<u64>,
     /// From the bomb's start to no member left alive (`kill`), in ms.
     pub gone_ms: Option<f64>,
+    /// Under `refuse`: the bomb's members still alive (not zombies) a
+    /// second after the refusal, before the round kills them.
+    pub alive_refused: Option<u64>,
 }
 
 fn boot_ns() -> u64 {
@@ -87,13 +113,29 @@ pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &
         let stop = stop.clone();
         let file = cg.pids_dir().join("pids.current");
         std::thread::spawn(move || {
+            // Above the bomb's processes (best effort): among a few hundred
+            // busy forkers on two CPUs, a sampler at normal priority waits
+            // tens of milliseconds for a turn.
+            // SAFETY: sched_param is plain C data (musl's has more fields
+            // than glibc's), valid all zero.
+            let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+            param.sched_priority = 10;
+            // SAFETY: sets this thread's own policy from a valid parameter.
+            let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
             let mut samples = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
-                if let Some(n) = std::fs::read_to_string(&file)
+                let before = boot_ns();
+                let count = std::fs::read_to_string(&file)
                     .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                let after = boot_ns();
+                // A reading is kept only if it is pinned to its time: one
+                // preempted between the read and the clock would be stamped
+                // later than the count it holds.
+                if let Some(n) = count
+                    && after - before < 1_000_000
                 {
-                    samples.push((boot_ns(), n));
+                    samples.push((after, n));
                 }
                 std::thread::sleep(Duration::from_micros(500));
             }
@@ -133,6 +175,7 @@ pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &
     }
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().unwrap_or_default();
+    let alive_refused = refusing.then(|| cg.members().iter().filter(|m| m.2 != 'Z').count() as u64);
     let refused_by_limit = cg.pids_refused();
     cg.kill_all();
     let _ = bomb.wait();
@@ -159,6 +202,7 @@ pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &
             .as_ref()
             .and_then(|v| v["outcome"]["refused_forks"].as_u64()),
         gone_ms,
+        alive_refused,
     }
 }
 
@@ -174,6 +218,7 @@ impl Round {
             "refused_by_limit": self.refused_by_limit,
             "refused_forks": self.refused_forks,
             "gone_ms": self.gone_ms,
+            "alive_refused": self.alive_refused,
         })
     }
 }

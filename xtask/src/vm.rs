@@ -278,7 +278,7 @@ for pass in 1 2 3; do
 done
 mode=$(sed -n 's/.*guard\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 echo "VMCHECK kernel ok $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
-if [ "$mode" = matrix ] && [ -e /sys/block/zram0 ]; then
+if { [ "$mode" = matrix ] || [ "$mode" = bench ]; } && [ -e /sys/block/zram0 ]; then
     echo 1G > /sys/block/zram0/disksize && mkswap /dev/zram0 > /dev/null && swapon /dev/zram0 \
         && echo "VMCHECK swap ok 1 GiB on zram ($(cat /sys/block/zram0/comp_algorithm))"
 fi
@@ -288,7 +288,13 @@ poweroff -f
 "#;
 
 /// Writes the guest's root and packs it as a newc cpio archive.
-fn initramfs(work: &Path, name: &str, modules: &Path, bins: &[(&str, PathBuf)]) -> Result<PathBuf> {
+fn initramfs(
+    work: &Path,
+    name: &str,
+    modules: &Path,
+    bins: &[(&str, PathBuf)],
+    host_files: &[PathBuf],
+) -> Result<PathBuf> {
     let root = work.join(format!("root-{name}"));
     let _ = std::fs::remove_dir_all(&root);
     for dir in ["bin", "lib/modules", "proc", "sys", "dev", "tmp", "run"] {
@@ -313,6 +319,13 @@ fn initramfs(work: &Path, name: &str, modules: &Path, bins: &[(&str, PathBuf)]) 
         loaded.contains(&"loop") && loaded.contains(&"zram"),
         "the kernel package has no loop or zram module (found {loaded:?})"
     );
+    for file in host_files {
+        let dest = root.join(file.strip_prefix("/").unwrap_or(file));
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
+    }
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -456,15 +469,74 @@ fn guest_binaries(workspace: &Path) -> Result<[(&'static str, PathBuf); 3]> {
     ])
 }
 
+/// The interpreters the bomb benchmark runs, from this machine's Debian
+/// userland (the guests' kernels are Debian 12's, and so is this
+/// userland): bash, dash, perl and Python, each with its dynamic loader
+/// and libraries (as `ldd` lists them), and the Python modules Python
+/// imports to start and fork (as the interpreter itself lists them, with
+/// their compiled caches). They keep their paths in the guest, so
+/// `/usr/bin/perl -e 'fork while fork'` there is the same command as here.
+pub const INTERPRETERS: &[&str] = &[
+    "/usr/bin/bash",
+    "/usr/bin/dash",
+    "/usr/bin/perl",
+    "/usr/bin/python3",
+];
+
+fn host_interpreters() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for bin in INTERPRETERS {
+        let real = std::fs::canonicalize(bin)
+            .with_context(|| format!("the bomb bench needs {bin} on this machine (apt-get install bash dash perl python3)"))?;
+        files.push(PathBuf::from(bin));
+        if real != Path::new(bin) {
+            files.push(real.clone());
+        }
+        let out = output(Command::new("ldd").arg(&real))
+            .with_context(|| format!("ldd {}", real.display()))?;
+        for line in out.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; vdso has no path.
+            let path = line
+                .split("=>")
+                .last()
+                .and_then(|s| s.split_whitespace().next())
+                .filter(|p| p.starts_with('/'));
+            if let Some(p) = path {
+                files.push(PathBuf::from(p));
+            }
+        }
+    }
+    const LIST_MODULES: &str = r#"
+import os, sys, importlib.util
+for m in list(sys.modules.values()):
+    f = getattr(m, "__file__", None)
+    if f and f.endswith(".py"):
+        print(f)
+        c = importlib.util.cache_from_source(f)
+        if os.path.exists(c):
+            print(c)
+"#;
+    let listing = output(Command::new("/usr/bin/python3").args(["-c", LIST_MODULES]))
+        .context("listing the modules /usr/bin/python3 imports")?;
+    files.extend(listing.lines().map(PathBuf::from));
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// Boots one guest of the kernel series `name` in `mode` (two vCPUs, the
 /// kernel's own LSM list, `extra` on its command line) and returns the
 /// lines it printed: for benchmarks that need a kernel that refuses forks.
+/// With `interpreters`, the guest also has this machine's
+/// [`INTERPRETERS`].
 pub fn guest(
     workspace: &Path,
     name: &str,
     mode: &str,
     extra: &str,
     minutes: u64,
+    interpreters: bool,
 ) -> Result<Vec<CheckLine>> {
     let series = SERIES
         .iter()
@@ -476,7 +548,12 @@ pub fn guest(
     eprintln!("xtask: kernel {name} from {package}");
     let tree = fetch_kernel(&work.join("cache"), &package)?;
     let (image, modules) = kernel_files(&tree)?;
-    let initrd = initramfs(&work, name, &modules, &bins)?;
+    let host_files = if interpreters {
+        host_interpreters()?
+    } else {
+        Vec::new()
+    };
+    let initrd = initramfs(&work, name, &modules, &bins, &host_files)?;
     let log = work.join(format!("console-{name}-{mode}.log"));
     boot(
         &image,
@@ -512,7 +589,7 @@ pub fn vm_test(workspace: &Path, only: Option<&str>, guest: Option<&str>) -> Res
         eprintln!("xtask: kernel {} from {package}", s.name);
         let tree = fetch_kernel(&cache, &package)?;
         let (image, modules) = kernel_files(&tree)?;
-        let initrd = initramfs(&work, s.name, &modules, &bins)?;
+        let initrd = initramfs(&work, s.name, &modules, &bins, &[])?;
         for (mode, vcpus, expected, minutes, extra) in [
             ("matrix", 2, MATRIX_CHECKS, 25, ""),
             ("churn", 1, CHURN_CHECKS, 10, NO_BPF_LSM),

@@ -768,18 +768,17 @@ fn bench() {
         })
         .unwrap_or(5);
     let w = workload_bin().to_string_lossy().into_owned();
-    let shapes = [
-        guard_tests::bombs::Shape::new("sh", &["/bin/sh", "-c", "b(){ b|b& };b"]),
-        guard_tests::bombs::Shape::new("fork while fork", &[&w, "forkbomb"]),
-        guard_tests::bombs::Shape::new("threads", &[&w, "threadbomb"]),
-    ];
+    let shapes = guard_tests::bombs::five_bombs(&w);
     fork_cost(rounds);
     fork_stats();
     let mut n = 0;
-    for (action, extra) in [
-        ("kill", &[][..]),
-        ("kill", &["--no-lsm"][..]),
-        ("refuse", &[][..]),
+    // Kill (refusing first) and refuse, `rounds` each; kill without the LSM
+    // program, a quarter as many, for comparison. Each line carries the
+    // guest's free memory, to tell a guest running short from a bomb.
+    for (action, extra, rounds) in [
+        ("kill", &[][..], rounds),
+        ("refuse", &[][..], rounds),
+        ("kill", &["--no-lsm"][..], (rounds / 4).max(3)),
     ] {
         for shape in &shapes {
             for _ in 0..rounds {
@@ -791,6 +790,7 @@ fn bench() {
                     Ok(r) => {
                         let mut json = r.to_json();
                         json["lsm"] = Value::Bool(extra.is_empty());
+                        json["mem_available_mib"] = mem_available_mib().into();
                         println!("VMCHECK bench ok {json}");
                     }
                     Err(_) => {
@@ -801,6 +801,18 @@ fn bench() {
         }
     }
     println!("VMCHECK done");
+}
+
+fn mem_available_mib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib / 1024)
 }
 
 /// The LSM program's cost per fork: a fork+exit+wait loop's rate with the
