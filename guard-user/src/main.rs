@@ -46,9 +46,8 @@ fn config(
         if !args.policies.is_empty() {
             match guard::host::cgroup::Hierarchies::discover()
                 .map_err(|e| e.to_string())
-                .and_then(|h| {
-                    guard::respond::policy::Policies::new(args.policies.clone()).map(|p| (h, p))
-                }) {
+                .and_then(|h| args.policies().map(|p| (h, p)))
+            {
                 Ok((hierarchies, policies)) => {
                     let dirs = hierarchies.directories(1_000_000);
                     let (text, warnings) =

@@ -95,6 +95,27 @@ impl TestCgroup {
         (self, Some(dir))
     }
 
+    /// A cgroup nested at `rel` (e.g. `kubepods/burstable/pod<uid>/<id>`)
+    /// in each of this one's hierarchies, with its own `pids.max`. It is
+    /// emptied and removed on drop; the directories between are removed
+    /// with this one.
+    pub fn child(&self, rel: &str, pids_max: u32) -> TestCgroup {
+        let mut dirs = Vec::new();
+        for base in &self.dirs {
+            let dir = base.join(rel);
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            dirs.push(dir);
+        }
+        let child = TestCgroup {
+            pids: self.pids.join(rel),
+            memory: self.memory.join(rel),
+            dirs,
+        };
+        child.write(&child.pids, "pids.max", &pids_max.to_string());
+        child
+    }
+
     fn write(&self, dir: &Path, file: &str, value: &str) {
         let path = dir.join(file);
         if let Err(e) = std::fs::write(&path, value) {
@@ -294,10 +315,30 @@ impl TestCgroup {
     }
 }
 
+/// The directories below `dir`, deepest first.
+fn descendants(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+                stack.push(entry.path());
+            }
+        }
+    }
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         self.kill_all();
         for dir in &self.dirs {
+            // What children left between (their own directories are gone).
+            for below in descendants(dir) {
+                let _ = std::fs::remove_dir(&below);
+            }
             // Members that were just killed may take a moment to leave.
             let deadline = Instant::now() + Duration::from_secs(10);
             while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {

@@ -81,7 +81,12 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
     paths.sort_unstable();
     assert_eq!(
         paths,
-        ["/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing"]
+        [
+            "/sys/fs/cgroup",
+            "/sys/kernel/btf",
+            "/sys/kernel/tracing",
+            "/var/log/pods"
+        ]
     );
     // The arguments are guard's own flags; metrics on the port the pod
     // declares and its annotations name.
@@ -353,7 +358,7 @@ fn the_example_config_documents_every_key_and_loads() {
             String::from_utf8_lossy(&out.stderr),
             uncommented
         );
-        assert_eq!(text.matches("[[policy]]").count(), 2, "{text}");
+        assert_eq!(text.matches("[[policy]]").count(), 3, "{text}");
     }
 }
 

@@ -55,7 +55,9 @@ fn reload_config(
         }
     };
     let policies = match crate::respond::policy::Policies::new(file.policies.clone()) {
-        Ok(p) => p.across(pipe.table.hierarchies()),
+        Ok(p) => p
+            .across(pipe.table.hierarchies())
+            .with_pods(pipe.settings.policies.pods().clone()),
         Err(err) => {
             tracing::warn!(
                 "SIGHUP: keeping the running configuration: {}: {err}",

@@ -89,7 +89,7 @@ struct Kernel {
     system: Arc<LiveSystem>,
     protection: Protection,
     /// Cgroups the fork probe leaves alone from the start.
-    exempt_cgroups: Vec<String>,
+    exempt_cgroups: ScopeEntries,
     /// Whether forks are refused in the kernel, as attached.
     refusal: RefusalSupport,
 }
@@ -147,7 +147,8 @@ fn plan(args: &Args) -> Result<Plan> {
     let scope = Scope::resolve(&args.cgroup, &mut hierarchies)?;
     let hierarchies = Arc::new(hierarchies);
     let rules = args.fork_rules();
-    let policies = Policies::new(args.policies.clone())
+    let policies = args
+        .policies()
         .map_err(|e| anyhow::anyhow!("config file: {e}"))?
         .across(&hierarchies);
     // A fork guard switched off enforces nothing, in the kernel either.
@@ -340,16 +341,32 @@ fn load(args: &Args, plan: &Plan) -> Result<Kernel> {
     })
 }
 
+/// What the fork probe is told of cgroups before it attaches.
+#[derive(Default)]
+struct ScopeEntries {
+    /// The directories judged (every cgroup under the scope then).
+    judged: Vec<String>,
+    /// The `SCOPE` entries written, with their verdicts.
+    listed: Vec<(String, u32)>,
+    /// The `--protect`ed cgroups.
+    protected: Vec<String>,
+}
+
 /// The cgroups the fork detector ignores, or whose policy is `log`: the
 /// fork probe leaves them alone from its first fork on (later ones, as
-/// processes enter them); and those whose policy is softer than the probe's
+/// processes enter them); those whose policy is softer than the probe's
 /// own action, which it applies there instead (see
-/// `pipeline::kernel_verdict`).
-fn exempt_cgroups(args: &Args, plan: &Plan, system: &LiveSystem) -> Vec<String> {
+/// `pipeline::kernel_verdict`); and those where the probe's own action
+/// holds below one of those (a `kill` policy's cgroup under a `log` one).
+/// A directory gets an entry only where its verdict differs from its
+/// parent's (the map holds a few hundred), and none that would act below
+/// a `--protect`ed cgroup.
+fn exempt_cgroups(args: &Args, plan: &Plan, system: &LiveSystem) -> ScopeEntries {
+    use guard_common::{SCOPE_IN, SCOPE_PROTECTED};
     let kernel_tags = plan.kernel_scope.rule.is_some();
     let settings = settings(args, plan, plan.policies.clone());
     if !kernel_tags || (settings.ignore_fork.is_empty() && plan.policies.is_empty()) {
-        return Vec::new();
+        return ScopeEntries::default();
     }
     let (scope, hierarchies) = (&plan.scope, &plan.hierarchies);
     // The hierarchy the probe reads (see `kernel_scope::plan`).
@@ -367,22 +384,44 @@ fn exempt_cgroups(args: &Args, plan: &Plan, system: &LiveSystem) -> Vec<String> 
             .map(|(_, dir)| dir.into())
             .collect()
     };
-    let verdict = |d: &str| crate::pipeline::kernel_verdict(&settings, d);
-    let dirs = kernel_scope::matching_cgroups(&roots, |d| verdict(d).is_some());
-    for dir in &dirs {
-        // The probe takes the nearest listed ancestor's verdict: a
-        // directory whose parent says the same needs no entry of its own
-        // (the map holds a few hundred).
-        let root = roots.iter().any(|r| r.as_os_str() == dir.as_str());
-        let parent = std::path::Path::new(dir).parent().and_then(|p| p.to_str());
-        if !root && parent.is_some_and(|p| verdict(p) == verdict(dir)) {
-            continue;
-        }
-        if let Some(v) = verdict(dir) {
+    let protected: Vec<String> = plan
+        .kernel_scope
+        .cgroups
+        .iter()
+        .filter(|(_, v)| *v == SCOPE_PROTECTED)
+        .map(|(d, _)| d.clone())
+        .collect();
+    let under_protected = |d: &str| {
+        std::path::Path::new(d)
+            .ancestors()
+            .any(|a| protected.iter().any(|p| std::path::Path::new(p) == a))
+    };
+    let verdict = |d: &str| crate::pipeline::kernel_verdict(&settings, d).unwrap_or(SCOPE_IN);
+    let entry = |d: &str| -> Option<u32> {
+        let v = verdict(d);
+        let root = roots.iter().any(|r| r.as_os_str() == d);
+        let parent = std::path::Path::new(d).parent().and_then(|p| p.to_str());
+        let differs = if root {
+            v != SCOPE_IN
+        } else {
+            parent.is_some_and(|p| verdict(p) != v)
+        };
+        (differs && !(v == SCOPE_IN && under_protected(d))).then_some(v)
+    };
+    // A pod whose namespace a policy needs and kubelet has not named yet
+    // is left to the pipeline, which judges it once it is named.
+    let mut out = ScopeEntries {
+        judged: kernel_scope::matching_cgroups(&roots, |d| !settings.policies.awaits_pod_name(d)),
+        ..ScopeEntries::default()
+    };
+    for dir in &out.judged {
+        if let Some(v) = entry(dir) {
             system.scope_cgroup(dir, v);
+            out.listed.push((dir.clone(), v));
         }
     }
-    dirs
+    out.protected = protected;
+    out
 }
 
 /// The stdout writer (or `--output`'s file) in the chosen format, with the
@@ -517,7 +556,11 @@ fn build_pipeline(
         Box::new(LeakWatch::new(LeakDetector::new(args.leak_rules()))),
         Box::new(CrashLoopWatch::new(crashloops)),
     ]);
-    pipe.exempted(&kernel.exempt_cgroups);
+    pipe.exempted(
+        &kernel.exempt_cgroups.judged,
+        &kernel.exempt_cgroups.listed,
+        &kernel.exempt_cgroups.protected,
+    );
     pipe.seed_detector(WallClock::boot_ns_now());
     let pipe = pipe.with_loss_counter(source::loss_counter(
         kernel.drops.clone(),

@@ -252,21 +252,34 @@ pub fn describe_matches(matching: &[(&CgroupPolicy, Vec<&str>)]) -> (String, Vec
     let mut text = String::new();
     let mut warnings = Vec::new();
     for (policy, dirs) in matching {
+        let what = if policy.namespace.is_some() {
+            "pod"
+        } else {
+            "cgroup"
+        };
         if dirs.is_empty() {
             text.push_str(&format!(
-                "# policy {:?}: matches no cgroup now\n",
-                policy.cgroup
+                "# policy {:?}: matches no {what} now\n",
+                policy.label()
             ));
-            warnings.push(format!(
-                "policy {:?} matches no cgroup now; it applies to cgroups made later that \
-                 match (a typo, or a v1 path on a v2 host?)",
-                policy.cgroup
-            ));
+            warnings.push(if policy.namespace.is_some() {
+                format!(
+                    "policy {:?} matches no pod now; it applies to pods started later in a \
+                     matching namespace (a typo, or no --pod-logs directory here?)",
+                    policy.label()
+                )
+            } else {
+                format!(
+                    "policy {:?} matches no cgroup now; it applies to cgroups made later that \
+                     match (a typo, or a v1 path on a v2 host?)",
+                    policy.label()
+                )
+            });
             continue;
         }
         text.push_str(&format!(
-            "# policy {:?}: matches {} cgroup{} now (and everything below them):\n",
-            policy.cgroup,
+            "# policy {:?}: matches {} {what}{} now (and everything below them):\n",
+            policy.label(),
             dirs.len(),
             if dirs.len() == 1 { "" } else { "s" }
         ));
@@ -432,6 +445,7 @@ mem-action = "kill"
                 mem_action: None,
                 leak_action: None,
                 crashloop_action: None,
+                namespace: None,
             },
             CgroupPolicy {
                 cgroup: "/cg/db".into(),
@@ -439,6 +453,7 @@ mem-action = "kill"
                 mem_action: None,
                 leak_action: None,
                 crashloop_action: None,
+                namespace: None,
             },
         ])
         .expect("valid");

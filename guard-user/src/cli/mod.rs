@@ -108,6 +108,19 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "NAME", value_parser = host_name)]
     pub hostname: Option<String>,
 
+    /// Where kubelet keeps pods' logs, one directory per pod named
+    /// NAMESPACE_NAME_UID: records of a process in a pod name its
+    /// namespace and pod (beside the UID, QoS class and container its cgroup
+    /// gives), and `namespace` policies match by it. Believed only if root
+    /// owns it and nobody else can write it. An empty value turns it off.
+    #[arg(
+        help_heading = "Output",
+        long,
+        value_name = "DIR",
+        default_value = crate::host::kube::POD_LOGS
+    )]
+    pub pod_logs: PathBuf,
+
     /// Run this shell command (`sh -c CMD`) for every alert, action and
     /// `resolved` record: the record as one JSON line on stdin, its main
     /// fields in GUARD_KIND, GUARD_HOST, GUARD_INCIDENT, GUARD_SEVERITY,
@@ -409,6 +422,19 @@ pub struct Args {
 }
 
 impl Args {
+    /// Pods' names from `--pod-logs` (none when it is empty).
+    pub fn pod_names(&self) -> std::sync::Arc<crate::host::kube::PodNames> {
+        let dir = (!self.pod_logs.as_os_str().is_empty()).then(|| self.pod_logs.clone());
+        std::sync::Arc::new(crate::host::kube::PodNames::new(dir))
+    }
+
+    /// The policies of the config file, with pods' names for `namespace`
+    /// policies; an error says which policy is wrong.
+    pub fn policies(&self) -> Result<crate::respond::policy::Policies, String> {
+        crate::respond::policy::Policies::new(self.policies.clone())
+            .map(|p| p.with_pods(self.pod_names()))
+    }
+
     /// The fork rules the flags give.
     pub fn fork_rules(&self) -> crate::detect::fork::ForkRules {
         crate::detect::fork::ForkRules {

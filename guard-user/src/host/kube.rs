@@ -11,6 +11,21 @@
 //!   the runtime `cri-containerd`, `crio` or `docker`.
 //!
 //! A pod without `burstable` or `besteffort` in its path is `Guaranteed`.
+//!
+//! A pod's namespace and name are not in its cgroup's path. The node has
+//! them anyway: kubelet keeps each pod's logs in
+//! `/var/log/pods/<namespace>_<name>_<uid>` ([`PodNames`]). Neither part
+//! can hold an underscore (Kubernetes validates both as DNS names), so the
+//! directory's name splits one way only, and the UID, taken from the
+//! cgroup (the kernel's view), is what binds a pod to its name. The
+//! directory is believed only when root owns it and nobody else can write
+//! it or any directory above it.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 /// A pod's QoS class, as kubelet names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
@@ -38,6 +53,158 @@ pub struct Pod {
     /// (its sandbox's processes) or in a runtime's helper (conmon).
     pub container_id: Option<String>,
     pub qos: Qos,
+}
+
+/// A pod's namespace and name, as its log directory gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The default of `--pod-logs`: where kubelet keeps pods' logs.
+pub const POD_LOGS: &str = "/var/log/pods";
+
+/// How often a lookup that misses may read the directory again (a pod
+/// made since the last read), in nanoseconds of the caller's clock.
+const RESCAN_NS: u64 = 1_000_000_000;
+
+/// Pods' names by UID, read from kubelet's log directory on demand: a UID
+/// not known yet reads the directory again, at most once a second.
+#[derive(Debug)]
+pub struct PodNames {
+    dir: Option<PathBuf>,
+    /// Believe the directory only if root's alone (off in unit tests,
+    /// whose directories are under /tmp).
+    check_owner: bool,
+    state: Mutex<Scanned>,
+}
+
+#[derive(Debug, Default)]
+struct Scanned {
+    names: HashMap<String, PodName>,
+    at_ns: Option<u64>,
+    /// Why the directory is not believed, once said.
+    refused: Option<String>,
+}
+
+impl PodNames {
+    /// Names from `dir` (`None`: no names, e.g. `--pod-logs ''`).
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            check_owner: true,
+            state: Mutex::new(Scanned::default()),
+        }
+    }
+
+    /// No directory: every lookup misses.
+    pub fn none() -> Self {
+        Self::new(None)
+    }
+
+    /// These names and no directory (for tests of what uses them).
+    pub fn known(names: impl IntoIterator<Item = (String, PodName)>) -> Self {
+        Self {
+            dir: None,
+            check_owner: true,
+            state: Mutex::new(Scanned {
+                names: names.into_iter().collect(),
+                ..Scanned::default()
+            }),
+        }
+    }
+
+    /// Learns a pod's name as a read of the directory would (for tests of
+    /// a pod named after it was first seen).
+    #[cfg(test)]
+    pub fn learn(&self, uid: &str, name: PodName) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .names
+            .insert(uid.to_owned(), name);
+    }
+
+    /// The name of the pod `uid` at `now_ns` (any monotonic clock).
+    pub fn lookup(&self, uid: &str, now_ns: u64) -> Option<PodName> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = state.names.get(uid) {
+            return Some(found.clone());
+        }
+        let dir = self.dir.as_deref()?;
+        if state
+            .at_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) < RESCAN_NS)
+        {
+            return None;
+        }
+        state.at_ns = Some(now_ns);
+        match scan(dir, self.check_owner) {
+            Ok(names) => {
+                state.names = names;
+                state.refused = None;
+            }
+            Err(why) => {
+                if state.refused.as_ref() != Some(&why) {
+                    tracing::warn!("pod names: {why}; records name pods by UID only");
+                }
+                state.names.clear();
+                state.refused = Some(why);
+            }
+        }
+        state.names.get(uid).cloned()
+    }
+}
+
+impl Default for PodNames {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+/// Every pod's name under `dir`, if `dir` is root's alone.
+fn scan(dir: &Path, check_owner: bool) -> Result<HashMap<String, PodName>, String> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Ok(_) => {}
+    }
+    if check_owner {
+        crate::host::identity::check_root_owned(dir, false)?;
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| parse_log_dir(e.file_name().to_str()?))
+        .collect())
+}
+
+/// `<namespace>_<name>_<uid>` as (uid, name).
+fn parse_log_dir(entry: &str) -> Option<(String, PodName)> {
+    let mut parts = entry.split('_');
+    let (namespace, name, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    let dns = |s: &str| {
+        s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !dns(namespace) || !dns(name) || pod_uid(uid).as_deref() != Some(uid) {
+        return None;
+    }
+    Some((
+        uid.to_owned(),
+        PodName {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+    ))
 }
 
 /// The pod of a cgroup path (a directory under a mount, or a path inside
@@ -165,6 +332,58 @@ mod tests {
             pod(None, Qos::BestEffort),
             "conmon is no container"
         );
+    }
+
+    #[test]
+    fn log_directories_name_pods_by_uid() {
+        assert_eq!(
+            parse_log_dir(&format!("team-a_web-7c9f-x2x_{UID}")),
+            Some((
+                UID.into(),
+                PodName {
+                    namespace: "team-a".into(),
+                    name: "web-7c9f-x2x".into()
+                }
+            ))
+        );
+        for bad in [
+            format!("team-a_web_{}", UID.replace('-', "_")),
+            format!("a_b_c_{UID}"),
+            format!("Team_web_{UID}"),
+            format!("_web_{UID}"),
+            "team-a_web_not-a-uid".into(),
+        ] {
+            assert_eq!(parse_log_dir(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_read_again_on_a_miss_at_most_once_a_second() {
+        let dir = std::env::temp_dir().join(format!("guard-pods-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut names = PodNames::new(Some(dir.clone()));
+        names.check_owner = false;
+        assert_eq!(names.lookup(UID, 0), None);
+        std::fs::create_dir(dir.join(format!("ns_pod_{UID}"))).expect("mkdir");
+        assert_eq!(names.lookup(UID, 500_000_000), None, "read again too soon");
+        let found = names
+            .lookup(UID, 1_000_000_000)
+            .map(|n| (n.namespace, n.name));
+        assert_eq!(found, Some(("ns".into(), "pod".into())));
+        std::fs::remove_dir(dir.join(format!("ns_pod_{UID}"))).expect("rmdir");
+        assert!(
+            names.lookup(UID, 1_000_000_001).is_some(),
+            "known names stay"
+        );
+
+        // The same directory, believed only if root's alone: it is under
+        // /tmp, which anyone can write.
+        std::fs::create_dir(dir.join(format!("ns_pod_{UID}"))).expect("mkdir");
+        let checked = PodNames::new(Some(dir.clone()));
+        assert_eq!(checked.lookup(UID, 0), None, "under /tmp: not root's alone");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(PodNames::none().lookup(UID, 0), None);
     }
 
     #[test]

@@ -182,20 +182,30 @@ pub enum Counted {
     Action(Detector, ActionKind, ActionResult),
 }
 
-/// A Kubernetes pod's identity, beside a cgroup inside one.
+/// A Kubernetes pod's identity, beside a cgroup inside one: what the
+/// cgroup's path gives (UID, container, QoS class) and, where kubelet's
+/// log directory names the pod, its namespace and name.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct PodFields {
     pub container_id: Option<String>,
     pub pod_uid: String,
     pub qos: Qos,
+    /// `None` where the node's `--pod-logs` directory does not name it.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
 }
 
 impl PodFields {
-    pub fn of(cgroup: &str) -> Option<Self> {
-        crate::host::kube::pod_of(cgroup).map(|p| Self {
+    /// The pod `cgroup` is in, named through `names` (at `now_ns`).
+    pub fn of(cgroup: &str, names: &crate::host::kube::PodNames, now_ns: u64) -> Option<Self> {
+        let p = crate::host::kube::pod_of(cgroup)?;
+        let name = names.lookup(&p.uid, now_ns);
+        Some(Self {
             container_id: p.container_id,
-            pod_uid: p.uid,
             qos: p.qos,
+            namespace: name.as_ref().map(|n| n.namespace.clone()),
+            pod: name.map(|n| n.name),
+            pod_uid: p.uid,
         })
     }
 }

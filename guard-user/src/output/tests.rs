@@ -586,7 +586,7 @@ mod schema_checks {
             pid: 42,
             subtree_size: Some(3),
             memory_cgroup: None,
-            pod: record::PodFields::of(POD),
+            pod: record::PodFields::of(POD, &crate::host::kube::PodNames::none(), 0),
             growth: Some(record::Growth {
                 growth_bytes: 1,
                 resident_bytes: 2,

@@ -453,6 +453,7 @@ pub fn policy(
         mem_action: None,
         leak_action: None,
         crashloop_action: None,
+        namespace: None,
     };
     set(&mut policy);
     crate::respond::policy::Policies::new(vec![policy]).expect("a valid policy")

@@ -154,10 +154,20 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// Cgroups exempted in the fork probe before it attached.
-    pub fn exempted(&mut self, dirs: &[String]) {
+    /// What the fork probe was told of cgroups before it attached:
+    /// `judged`, the directories already looked at; `listed`, the entries
+    /// written to its `SCOPE` map with their verdicts; `protected`, the
+    /// `--protect`ed cgroups (never to be overridden below).
+    pub fn exempted(&mut self, judged: &[String], listed: &[(String, u32)], protected: &[String]) {
         self.exempt_cgroups
-            .extend(dirs.iter().map(|d| Arc::from(d.as_str())));
+            .extend(judged.iter().map(|d| Arc::from(d.as_str())));
+        for (dir, verdict) in listed {
+            self.scope_entries.insert(Arc::from(dir.as_str()), *verdict);
+        }
+        for dir in protected {
+            self.scope_entries
+                .insert(Arc::from(dir.as_str()), SCOPE_PROTECTED_BY_FLAG);
+        }
     }
 
     /// Whether the fork probe judges by itself, with ignore rules to honour.
@@ -166,17 +176,36 @@ impl<W: Write> Pipeline<W> {
             && (!self.settings.ignore_fork.is_empty() || !self.settings.policies.is_empty())
     }
 
-    /// A cgroup the fork detector ignores is one the fork probe leaves
-    /// alone too; one whose policy is softer than the probe's action gets
-    /// that softer action there.
+    /// A cgroup seen for the first time gets its own entry in the fork
+    /// probe's `SCOPE` map when its verdict differs from the one the probe
+    /// would take from its nearest listed ancestor: left alone (ignored, or
+    /// a `log` policy), a softer action than the probe's, or the probe's
+    /// own action below a cgroup left alone (a `kill` namespace's pod under
+    /// a `log` default). Never below a `--protect`ed cgroup. A pod whose
+    /// namespace a policy needs is judged once its name is known.
     pub(super) fn exempt_cgroup_if_ignored(&mut self, dir: &Arc<str>) {
-        if self.exempts()
-            && !self.exempt_cgroups.contains(dir)
-            && let Some(verdict) = kernel_verdict(&self.settings, dir)
-            && let Some(system) = &self.system
-        {
+        if !self.exempts() || self.exempt_cgroups.contains(dir) {
+            return;
+        }
+        if self.settings.policies.awaits_pod_name(dir) {
+            // Judged again at its next fork or attach, once kubelet's log
+            // directory names the pod (looked for at most once a second);
+            // until then the probe takes its parent's verdict.
+            return;
+        }
+        self.exempt_cgroups.insert(dir.clone());
+        let verdict = kernel_verdict(&self.settings, dir).unwrap_or(guard_common::SCOPE_IN);
+        let inherited = std::path::Path::new(&**dir)
+            .ancestors()
+            .skip(1)
+            .find_map(|a| self.scope_entries.get(a.to_str()?).copied())
+            .unwrap_or(guard_common::SCOPE_IN);
+        if verdict == inherited || inherited == SCOPE_PROTECTED_BY_FLAG {
+            return;
+        }
+        if let Some(system) = &self.system {
             system.scope_cgroup(dir, verdict);
-            self.exempt_cgroups.insert(dir.clone());
+            self.scope_entries.insert(dir.clone(), verdict);
         }
     }
 
@@ -628,6 +657,10 @@ fn fork_alert(verdict: &ForkVerdict, condemned_by_kernel: bool, blame: Blame) ->
         }),
     }
 }
+
+/// In the pipeline's copy of the `SCOPE` map: a `--protect`ed cgroup
+/// (`SCOPE_PROTECTED` in the map), which no policy overrides below.
+const SCOPE_PROTECTED_BY_FLAG: u32 = u32::MAX;
 
 /// What the fork probe must be told of `dir`, when it must differ from
 /// its own action (the strongest asked for anywhere): leave it alone

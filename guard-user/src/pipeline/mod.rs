@@ -324,7 +324,10 @@ pub struct Pipeline<W: Write> {
     /// Pids of ignored programs (`--ignore fork:program=`) the fork probe
     /// leaves alone until they exit, and cgroups it leaves alone.
     exempt_pids: HashSet<u32>,
+    /// Cgroups whose verdict the fork probe has been told, if it needed
+    /// one; of them, those with an entry in its `SCOPE` map, by verdict.
     exempt_cgroups: HashSet<Arc<str>>,
+    scope_entries: HashMap<Arc<str>, u32>,
     /// Per memory pool, up to two snapshots (time, tgid → unreclaimable
     /// bytes) taken while it grew: what subtree growth is measured from.
     baselines: HashMap<PoolKey, std::collections::VecDeque<Baseline>>,
@@ -401,6 +404,7 @@ impl<W: Write> Pipeline<W> {
             pressure_now: None,
             thread_depth: HashMap::new(),
             exempt_cgroups: HashSet::new(),
+            scope_entries: HashMap::new(),
             losses: None,
             losses_seen: 0,
             sweep_pending: false,

@@ -93,7 +93,13 @@ impl View<'_> {
             pid: n.tgid,
             subtree_size: Some(subtree),
             memory_cgroup: None,
-            pod: cgroup.as_deref().and_then(PodFields::of),
+            pod: cgroup.as_deref().and_then(|c| {
+                PodFields::of(
+                    c,
+                    self.settings.policies.pods(),
+                    crate::host::clock::WallClock::boot_ns_now(),
+                )
+            }),
             growth: None,
         })))
     }

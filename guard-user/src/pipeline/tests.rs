@@ -46,6 +46,7 @@ mod countable {
             mem_action: Some(ActionKind::Stop),
             leak_action: Some(ActionKind::Refuse),
             crashloop_action: None,
+            namespace: None,
         }])
         .expect("a valid policy");
         let counted = s.countable();

@@ -94,12 +94,18 @@ impl ActionKind {
 /// One `[[policy]]` table of the config file: the actions of the cgroups
 /// whose directory (or an ancestor's) matches `cgroup`, a glob (`*`, `?`,
 /// `[...]`) over full directory paths, e.g.
-/// `/sys/fs/cgroup/system.slice/ci-runner*.service`. Unset actions are the
-/// flags' (or the file's top-level keys').
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// `/sys/fs/cgroup/system.slice/ci-runner*.service`; or, instead of
+/// `cgroup`, of the Kubernetes pods whose namespace matches `namespace`, a
+/// glob over namespace names (the pod is found from the cgroup, its
+/// namespace from kubelet's log directory: see `host::kube`). Unset
+/// actions are the flags' (or the file's top-level keys').
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CgroupPolicy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork_action: Option<ActionKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,10 +117,32 @@ pub struct CgroupPolicy {
     pub crashloop_action: Option<ActionKind>,
 }
 
+impl CgroupPolicy {
+    /// How messages and `guard config` name it: its cgroup glob, or
+    /// `namespace=<glob>`.
+    pub fn label(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("namespace={ns}"),
+            None => self.cgroup.clone(),
+        }
+    }
+}
+
+/// What a policy matches.
+#[derive(Clone, Debug)]
+enum Matcher {
+    /// A cgroup directory or an ancestor's path.
+    Cgroup(glob::Pattern),
+    /// The namespace of the pod a cgroup belongs to.
+    Namespace(glob::Pattern),
+}
+
 /// The policies, first match wins, in file order.
 #[derive(Clone, Debug, Default)]
 pub struct Policies {
-    rules: Vec<(glob::Pattern, CgroupPolicy)>,
+    rules: Vec<(Matcher, CgroupPolicy)>,
+    /// Pods' namespaces, for `namespace` policies.
+    pods: std::sync::Arc<crate::host::kube::PodNames>,
     /// The mounts of every hierarchy showing the whole tree (hybrid v1
     /// has several): a policy that names a cgroup in one matches the same
     /// path in the others (see [`Policies::across`]).
@@ -125,14 +153,47 @@ impl Policies {
     pub fn new(rules: Vec<CgroupPolicy>) -> Result<Self, String> {
         let mut compiled = Vec::new();
         for rule in rules {
-            let pattern = glob::Pattern::new(&rule.cgroup)
-                .map_err(|e| format!("policy cgroup {:?}: {e}", rule.cgroup))?;
-            if !rule.cgroup.starts_with('/') {
-                return Err(format!(
-                    "policy cgroup {:?}: give a full directory path (a glob), e.g. /sys/fs/cgroup/ci*",
-                    rule.cgroup
-                ));
-            }
+            let matcher = match (&rule.namespace, rule.cgroup.as_str()) {
+                (Some(_), c) if !c.is_empty() => {
+                    return Err(format!(
+                        "policy {:?} names both a cgroup and a namespace {:?}: give one \
+                         (a [[policy]] per cgroup or per namespace glob)",
+                        rule.cgroup,
+                        rule.namespace.as_deref().unwrap_or_default()
+                    ));
+                }
+                (Some(ns), _) => {
+                    if ns.is_empty() || ns.contains('/') || ns.contains('_') {
+                        return Err(format!(
+                            "policy namespace {ns:?}: give a namespace name or a glob over \
+                             them, e.g. \"ci-*\""
+                        ));
+                    }
+                    Matcher::Namespace(
+                        glob::Pattern::new(ns)
+                            .map_err(|e| format!("policy namespace {ns:?}: {e}"))?,
+                    )
+                }
+                (None, "") => {
+                    return Err(
+                        "a [[policy]] needs cgroup = \"/sys/fs/cgroup/...\" (a glob over \
+                         cgroup directories) or namespace = \"...\" (a glob over Kubernetes \
+                         namespaces)"
+                            .into(),
+                    );
+                }
+                (None, cgroup) => {
+                    let pattern = glob::Pattern::new(cgroup)
+                        .map_err(|e| format!("policy cgroup {cgroup:?}: {e}"))?;
+                    if !cgroup.starts_with('/') {
+                        return Err(format!(
+                            "policy cgroup {cgroup:?}: give a full directory path (a glob), \
+                             e.g. /sys/fs/cgroup/ci*"
+                        ));
+                    }
+                    Matcher::Cgroup(pattern)
+                }
+            };
             if rule
                 .crashloop_action
                 .is_some_and(|a| !matches!(a, ActionKind::Log | ActionKind::Stop))
@@ -140,22 +201,58 @@ impl Policies {
                 return Err(format!(
                     "policy {:?}: crashloop-action is log or stop (guard stops a crash loop's \
                      supervisor, it never kills it nor refuses its restarts)",
-                    rule.cgroup
+                    rule.label()
                 ));
             }
             if rule.mem_action.is_some_and(ActionKind::refuses) {
                 return Err(format!(
                     "policy {:?}: mem-action is log, stop or kill (refusing forks frees no \
                      memory)",
-                    rule.cgroup
+                    rule.label()
                 ));
             }
-            compiled.push((pattern, rule));
+            compiled.push((matcher, rule));
         }
         Ok(Self {
             rules: compiled,
+            pods: Default::default(),
             mounts: Vec::new(),
         })
+    }
+
+    /// Where `namespace` policies find pods' namespaces.
+    pub fn with_pods(mut self, pods: std::sync::Arc<crate::host::kube::PodNames>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// Pods' names, shared by every copy of these policies.
+    pub fn pods(&self) -> &std::sync::Arc<crate::host::kube::PodNames> {
+        &self.pods
+    }
+
+    /// Whether any policy names a namespace.
+    pub fn by_namespace(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(m, _)| matches!(m, Matcher::Namespace(_)))
+    }
+
+    /// The namespace of the pod `dir` is in, if it is in a pod whose name
+    /// is known.
+    /// Whether `dir` is in a pod whose namespace a `namespace` policy needs
+    /// and kubelet's log directory does not give yet.
+    pub fn awaits_pod_name(&self, dir: &str) -> bool {
+        self.by_namespace()
+            && crate::host::kube::pod_of(dir).is_some()
+            && self.namespace_of(dir).is_none()
+    }
+
+    fn namespace_of(&self, dir: &str) -> Option<String> {
+        let pod = crate::host::kube::pod_of(dir)?;
+        self.pods
+            .lookup(&pod.uid, crate::host::clock::WallClock::boot_ns_now())
+            .map(|n| n.namespace)
     }
 
     /// On a host with several hierarchies (hybrid v1: pids, memory, the v2
@@ -205,14 +302,24 @@ impl Policies {
     /// For each policy, in order, the directories of `dirs` its glob
     /// matches itself, or through their twins in the other hierarchies
     /// (their descendants follow from them).
+    /// A namespace policy lists the pods' own directories.
     pub fn matching<'a>(&self, dirs: &'a [String]) -> Vec<(&CgroupPolicy, Vec<&'a str>)> {
         self.rules
             .iter()
-            .map(|(pattern, rule)| {
+            .map(|(matcher, rule)| {
                 let mut hits: Vec<&str> = dirs
                     .iter()
                     .map(String::as_str)
-                    .filter(|d| self.twins(d).iter().any(|t| pattern.matches(t)))
+                    .filter(|d| match matcher {
+                        Matcher::Cgroup(pattern) => {
+                            self.twins(d).iter().any(|t| pattern.matches(t))
+                        }
+                        Matcher::Namespace(pattern) => {
+                            let parent = std::path::Path::new(d).parent().and_then(|p| p.to_str());
+                            parent.and_then(crate::host::kube::pod_of).is_none()
+                                && self.namespace_of(d).is_some_and(|ns| pattern.matches(&ns))
+                        }
+                    })
                     .collect();
                 hits.sort_unstable();
                 (rule, hits)
@@ -227,8 +334,14 @@ impl Policies {
     }
 
     /// The first policy, in file order, whose glob matches any of `dirs`
-    /// (a process's cgroups, one per hierarchy), their ancestors or twins.
+    /// (a process's cgroups, one per hierarchy), their ancestors or twins,
+    /// or the namespace of a pod one of them is in.
     pub fn for_cgroups(&self, dirs: &[&str]) -> Option<&CgroupPolicy> {
+        let namespaces: Vec<String> = if self.by_namespace() {
+            dirs.iter().filter_map(|d| self.namespace_of(d)).collect()
+        } else {
+            Vec::new()
+        };
         let twins: Vec<String> = dirs.iter().flat_map(|d| self.twins(d)).collect();
         let candidates: Vec<&str> = twins
             .iter()
@@ -240,7 +353,10 @@ impl Policies {
             .collect();
         self.rules
             .iter()
-            .find(|(pattern, _)| candidates.iter().any(|c| pattern.matches(c)))
+            .find(|(matcher, _)| match matcher {
+                Matcher::Cgroup(pattern) => candidates.iter().any(|c| pattern.matches(c)),
+                Matcher::Namespace(pattern) => namespaces.iter().any(|ns| pattern.matches(ns)),
+            })
             .map(|(_, rule)| rule)
     }
 
@@ -305,9 +421,7 @@ mod tests {
         CgroupPolicy {
             cgroup: cgroup.into(),
             fork_action: fork,
-            mem_action: None,
-            leak_action: None,
-            crashloop_action: None,
+            ..Default::default()
         }
     }
 
@@ -378,7 +492,78 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_policy_matches_the_pods_of_its_namespaces() {
+        use crate::host::kube::{PodName, PodNames};
+        const UID: &str = "8f3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
+        let pods = PodNames::known([(
+            UID.to_owned(),
+            PodName {
+                namespace: "ci-17".into(),
+                name: "runner".into(),
+            },
+        )]);
+        let p = Policies::new(vec![
+            CgroupPolicy {
+                namespace: Some("ci-*".into()),
+                fork_action: Some(ActionKind::Kill),
+                ..Default::default()
+            },
+            policy("/sys/fs/cgroup", Some(ActionKind::Log)),
+        ])
+        .expect("valid")
+        .with_pods(std::sync::Arc::new(pods));
+        let pod = format!(
+            "/sys/fs/cgroup/kubepods.slice/kubepods-pod{}.slice",
+            UID.replace('-', "_")
+        );
+        let container = format!("{pod}/cri-containerd-{}.scope", "a".repeat(64));
+        assert_eq!(
+            p.action(Detector::Fork, Some(&container)),
+            Some(ActionKind::Kill)
+        );
+        let other =
+            "/sys/fs/cgroup/kubepods.slice/kubepods-pod1f3c5d1e_2b4a_4c6d_9e8f_0a1b2c3d4e5f.slice";
+        assert_eq!(
+            p.action(Detector::Fork, Some(other)),
+            Some(ActionKind::Log),
+            "unknown pod"
+        );
+        let dirs = vec![
+            "/sys/fs/cgroup/kubepods.slice".to_owned(),
+            pod.clone(),
+            container,
+        ];
+        let matching = p.matching(&dirs);
+        assert_eq!(matching[0].1, [pod.as_str()], "the pod's own directory");
+        assert_eq!(matching[0].0.label(), "namespace=ci-*");
+    }
+
+    #[test]
     fn bad_policies_are_refused_with_the_reason() {
+        let both = CgroupPolicy {
+            cgroup: "/a".into(),
+            namespace: Some("ci".into()),
+            ..Default::default()
+        };
+        assert!(
+            Policies::new(vec![both])
+                .expect_err("refused")
+                .contains("give one")
+        );
+        assert!(
+            Policies::new(vec![CgroupPolicy::default()])
+                .expect_err("refused")
+                .contains("needs cgroup")
+        );
+        let path = CgroupPolicy {
+            namespace: Some("/sys/fs/cgroup/x".into()),
+            ..Default::default()
+        };
+        assert!(
+            Policies::new(vec![path])
+                .expect_err("refused")
+                .contains("namespace name")
+        );
         assert!(
             Policies::new(vec![policy("ci*", None)])
                 .expect_err("refused")

@@ -251,3 +251,106 @@ fn a_condemnation_of_an_ignored_subtree_is_released_without_an_alert() {
     assert!(f.alerts().is_empty());
     assert_eq!(*f.system.released.lock().expect("lock"), [tag]);
 }
+
+/// Kill opted into by namespace under a `log` default (the DaemonSet's
+/// shape): the probe, which kills (the strongest action asked for), leaves
+/// the pods' root alone, and a pod of a `kill` namespace, seen after the
+/// start, gets the probe's own action back in its `SCOPE` entry; a pod of
+/// another namespace, or one below a `--protect`ed cgroup, gets none.
+#[test]
+fn a_kill_namespace_pod_seen_later_gets_the_probes_action_under_a_log_default() {
+    use crate::host::kube::{PodName, PodNames};
+    use crate::respond::policy::{CgroupPolicy, Policies};
+    use guard_common::{SCOPE_IN, SCOPE_PROTECTED};
+    use std::sync::Arc;
+    const A: &str = "8f3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
+    const B: &str = "1f3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
+    let pods = PodNames::known([
+        (
+            A.to_owned(),
+            PodName {
+                namespace: "batch-7".into(),
+                name: "job-x".into(),
+            },
+        ),
+        (
+            B.to_owned(),
+            PodName {
+                namespace: "web".into(),
+                name: "front".into(),
+            },
+        ),
+    ]);
+    let mut s = fixture::settings();
+    s.kernel_tags = true;
+    s.fork_action = ActionKind::Log;
+    s.policies = Policies::new(vec![CgroupPolicy {
+        namespace: Some("batch-*".into()),
+        fork_action: Some(ActionKind::Kill),
+        ..Default::default()
+    }])
+    .expect("a valid policy")
+    .with_pods(Arc::new(pods));
+    assert_eq!(s.strongest_fork_action(), ActionKind::Kill);
+    let mut f = fixture(s);
+    f.pipe.exempted(
+        &["/k".to_owned()],
+        &[("/k".to_owned(), SCOPE_PROTECTED)],
+        &["/k/held".to_owned()],
+    );
+    let pod = |uid: &str, under: &str| format!("{under}/kubepods/burstable/pod{uid}/c1");
+    for dir in [pod(A, "/k"), pod(B, "/k"), pod(A, "/k/held"), pod(A, "/k")] {
+        f.pipe.exempt_cgroup_if_ignored(&Arc::from(dir.as_str()));
+    }
+    assert_eq!(
+        *f.system.exempt_cgroups.lock().expect("lock"),
+        [(pod(A, "/k"), SCOPE_IN)],
+        "only the kill namespace's pod, once"
+    );
+}
+
+#[test]
+fn a_pod_first_seen_without_its_name_is_judged_once_kubelet_names_it() {
+    use crate::host::kube::{PodName, PodNames};
+    use crate::respond::policy::{CgroupPolicy, Policies};
+    use guard_common::{SCOPE_IN, SCOPE_PROTECTED};
+    use std::sync::Arc;
+    const A: &str = "2a3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
+    let pods = Arc::new(PodNames::known([]));
+    let mut s = fixture::settings();
+    s.kernel_tags = true;
+    s.fork_action = ActionKind::Log;
+    s.policies = Policies::new(vec![CgroupPolicy {
+        namespace: Some("batch-*".into()),
+        fork_action: Some(ActionKind::Kill),
+        ..Default::default()
+    }])
+    .expect("a valid policy")
+    .with_pods(pods.clone());
+    let mut f = fixture(s);
+    f.pipe.exempted(
+        &["/k".to_owned()],
+        &[("/k".to_owned(), SCOPE_PROTECTED)],
+        &[],
+    );
+    let dir: Arc<str> = Arc::from(format!("/k/kubepods/besteffort/pod{A}/c1").as_str());
+    f.pipe.exempt_cgroup_if_ignored(&dir);
+    assert!(
+        f.system.exempt_cgroups.lock().expect("lock").is_empty(),
+        "an unnamed pod keeps its parent's verdict"
+    );
+    pods.learn(
+        A,
+        PodName {
+            namespace: "batch-3".into(),
+            name: "job".into(),
+        },
+    );
+    f.pipe.exempt_cgroup_if_ignored(&dir);
+    f.pipe.exempt_cgroup_if_ignored(&dir);
+    assert_eq!(
+        *f.system.exempt_cgroups.lock().expect("lock"),
+        [(dir.to_string(), SCOPE_IN)],
+        "judged once its namespace is known, and only once"
+    );
+}
