@@ -73,7 +73,14 @@ fn pods_are_named_and_a_namespace_policy_opts_one_namespace_into_kill() {
     // The batch pod's bomb is killed, in the kernel: the pods' root is
     // left alone by the fork probe (the default is log), the batch pod
     // gets the probe's own action back when its first process is seen.
+    // The pod's verdict reaches the probe when the agent reads its first
+    // process's event, which may sit behind the web bomb's backlog: the
+    // container's first process starts, then the bomb a second later (a
+    // bomb inside that gap is the agent's to kill, as the web pod's alert
+    // shows the agent path works).
     let batch_pod = cg.child(&format!("kubepods/burstable/pod{batch}/{container}"), 600);
+    let mut first = batch_pod.spawn_bash("sleep 60");
+    std::thread::sleep(Duration::from_secs(2));
     let mut batch_bomb = batch_pod.spawn_bash(BOMB);
     let action = agent.wait_for(Duration::from_secs(20), "the batch pod's kill", |r| {
         r["kind"] == "action" && r["detector"] == "fork"
@@ -83,6 +90,8 @@ fn pods_are_named_and_a_namespace_policy_opts_one_namespace_into_kill() {
     assert_eq!(pod(&action)["pod"], "job-x", "{action}");
     assert_eq!(action["outcome"]["contained"], true, "{action}");
     let _ = batch_bomb.wait();
+    let _ = first.kill();
+    let _ = first.wait();
     batch_pod.wait_until_gone("bash", Duration::from_secs(10));
     let stopped = agent.stop();
     let batch_dir = batch_pod.pids_dir().to_str().expect("utf8").to_owned();
