@@ -260,7 +260,6 @@ fn a_condemnation_of_an_ignored_subtree_is_released_without_an_alert() {
 #[test]
 fn a_kill_namespace_pod_seen_later_gets_the_probes_action_under_a_log_default() {
     use crate::host::kube::{PodName, PodNames};
-    use crate::respond::policy::{CgroupPolicy, Policies};
     use guard_common::{SCOPE_IN, SCOPE_PROTECTED};
     use std::sync::Arc;
     const A: &str = "8f3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
@@ -281,16 +280,7 @@ fn a_kill_namespace_pod_seen_later_gets_the_probes_action_under_a_log_default() 
             },
         ),
     ]);
-    let mut s = fixture::settings();
-    s.kernel_tags = true;
-    s.fork_action = ActionKind::Log;
-    s.policies = Policies::new(vec![CgroupPolicy {
-        namespace: Some("batch-*".into()),
-        fork_action: Some(ActionKind::Kill),
-        ..Default::default()
-    }])
-    .expect("a valid policy")
-    .with_pods(Arc::new(pods));
+    let s = kill_batch_namespaces_under_log(Arc::new(pods));
     assert_eq!(s.strongest_fork_action(), ActionKind::Kill);
     let mut f = fixture(s);
     f.pipe.exempted(
@@ -312,22 +302,11 @@ fn a_kill_namespace_pod_seen_later_gets_the_probes_action_under_a_log_default() 
 #[test]
 fn a_pod_first_seen_without_its_name_is_judged_once_kubelet_names_it() {
     use crate::host::kube::{PodName, PodNames};
-    use crate::respond::policy::{CgroupPolicy, Policies};
     use guard_common::{SCOPE_IN, SCOPE_PROTECTED};
     use std::sync::Arc;
     const A: &str = "2a3c5d1e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
     let pods = Arc::new(PodNames::known([]));
-    let mut s = fixture::settings();
-    s.kernel_tags = true;
-    s.fork_action = ActionKind::Log;
-    s.policies = Policies::new(vec![CgroupPolicy {
-        namespace: Some("batch-*".into()),
-        fork_action: Some(ActionKind::Kill),
-        ..Default::default()
-    }])
-    .expect("a valid policy")
-    .with_pods(pods.clone());
-    let mut f = fixture(s);
+    let mut f = fixture(kill_batch_namespaces_under_log(pods.clone()));
     f.pipe.exempted(
         &["/k".to_owned()],
         &[("/k".to_owned(), SCOPE_PROTECTED)],
@@ -353,4 +332,23 @@ fn a_pod_first_seen_without_its_name_is_judged_once_kubelet_names_it() {
         [(dir.to_string(), SCOPE_IN)],
         "judged once its namespace is known, and only once"
     );
+}
+
+/// Settings of a node whose default is `log` and whose `batch-*`
+/// namespaces are opted into `kill`, with the fork probe judging.
+fn kill_batch_namespaces_under_log(
+    pods: std::sync::Arc<crate::host::kube::PodNames>,
+) -> crate::pipeline::Settings {
+    use crate::respond::policy::{CgroupPolicy, Policies};
+    let mut s = fixture::settings();
+    s.kernel_tags = true;
+    s.fork_action = ActionKind::Log;
+    s.policies = Policies::new(vec![CgroupPolicy {
+        namespace: Some("batch-*".into()),
+        fork_action: Some(ActionKind::Kill),
+        ..Default::default()
+    }])
+    .expect("a valid policy")
+    .with_pods(pods);
+    s
 }
