@@ -34,6 +34,9 @@
 //!   requests actions.
 //! - `cli`: flags and their defaults, the config file, `guard check`.
 //! - `agent`: loads, attaches, runs the loop, reports, detaches.
+//! - `top`: `guard top`, the live view: a client of the agent's
+//!   `--socket` stream (it starts an agent of its own as a process, never
+//!   in-process).
 
 pub mod agent;
 pub mod cli;
@@ -43,3 +46,4 @@ pub mod kernel;
 pub mod output;
 pub mod pipeline;
 pub mod respond;
+pub mod top;

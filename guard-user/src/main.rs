@@ -81,6 +81,56 @@ fn config(
     }
 }
 
+/// `guard incidents [--json]`.
+fn incidents(args: &Args, json: bool) -> ExitCode {
+    use guard::output::report;
+    let reports = match report::read_all(&args.incident_dir) {
+        Ok(reports) => reports,
+        Err(err) => {
+            eprintln!("guard: error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        println!("{}", report::summary_header());
+        for r in &reports {
+            println!("{}", report::summary_line(r));
+        }
+        if reports.is_empty() {
+            eprintln!(
+                "guard: no incident reports in {}",
+                args.incident_dir.display()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `guard incident ID [--json]`.
+fn incident(args: &Args, id: &str, json: bool) -> ExitCode {
+    use guard::output::report;
+    let read = report::trusted_dir(&args.incident_dir, false)
+        .and_then(|()| report::read(&args.incident_dir, id));
+    match read {
+        Ok(r) if json => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            print!("{}", report::render(&r));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("guard: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // The config file's keys are flags placed before the command line's.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -141,6 +191,23 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Top { no_agent }) => {
+            let mut agent_args = Vec::new();
+            for cgroup in &args.cgroup {
+                agent_args.push("--cgroup".into());
+                agent_args.push(cgroup.clone().into_os_string());
+            }
+            let color = !guard::cli::no_color_env();
+            return match guard::top::run(&args.socket, !no_agent, &agent_args, color) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("guard top: error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Incidents { json }) => return incidents(&args, json),
+        Some(Command::Incident { ref id, json }) => return incident(&args, id, json),
         Some(Command::Config { .. }) | None => {}
     }
     let level = match args.verbose {

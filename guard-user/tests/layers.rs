@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-const ORDER: [&str; 8] = [
-    "kernel", "host", "detect", "respond", "output", "pipeline", "cli", "agent",
+const ORDER: [&str; 9] = [
+    "kernel", "host", "detect", "respond", "output", "pipeline", "cli", "agent", "top",
 ];
 
 /// (file, the layer or module it may reach up to): src/lib.rs says why.

@@ -50,8 +50,16 @@ use crate::{
         lsm::RefusalSupport,
         source::{self, BlockedMaps, EventQueue, KernelDrops, SourceStats},
     },
-    output::{Format, Output, ThreadedStdout, metrics::Metrics, record},
-    pipeline::{ActionRequest, Pipeline, Settings, crashloop::CrashLoopWatch, leak::LeakWatch},
+    output::{
+        Format, Output, ThreadedStdout,
+        metrics::Metrics,
+        record,
+        report::Reports,
+        stream::{Listening, Stream},
+    },
+    pipeline::{
+        ActionRequest, Pipeline, ReportBook, Settings, crashloop::CrashLoopWatch, leak::LeakWatch,
+    },
     respond::{
         act::{LiveSystem, Outcome, ResponseMaps, System, contain},
         kernel_scope::{self, BudgetLimits, KernelScope},
@@ -562,11 +570,53 @@ fn build_pipeline(
         &kernel.exempt_cgroups.protected,
     );
     pipe.seed_detector(WallClock::boot_ns_now());
-    let pipe = pipe.with_loss_counter(source::loss_counter(
+    let mut pipe = pipe.with_loss_counter(source::loss_counter(
         kernel.drops.clone(),
         kernel.stats.clone(),
     ));
+    if !args.incident_dir.as_os_str().is_empty() {
+        // The default place missing (a read-only root, say) is a warning;
+        // a directory given that cannot be used is an error.
+        match Reports::start(
+            &args.incident_dir,
+            args.incident_keep,
+            args.incident_keep_mib.saturating_mul(1 << 20),
+        ) {
+            Ok(writer) => {
+                tracing::info!("incident reports in {}", args.incident_dir.display());
+                pipe = pipe.with_reports(ReportBook::new(writer, args.incident_alerts));
+            }
+            Err(err) if args.incident_dir.as_os_str() == crate::output::report::DEFAULT_DIR => {
+                tracing::warn!(
+                    "{err:#}: running without incident reports (give --incident-dir a \
+                     writable directory, or '' to say none)"
+                );
+            }
+            Err(err) => return Err(err),
+        }
+    }
     Ok((pipe, file))
+}
+
+/// `--socket`: serves the stream, or says why not. The default path taken
+/// by another agent is a warning (this one runs without it); a path given
+/// that cannot be served is an error.
+async fn open_stream(args: &Args) -> Result<Option<(Stream, Listening)>> {
+    if args.socket.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let stream = Stream::default();
+    match crate::output::stream::serve(&args.socket, stream.clone()).await {
+        Ok(listening) => {
+            tracing::info!("stream at {} (guard top reads it)", args.socket.display());
+            Ok(Some((stream, listening)))
+        }
+        Err(err) if args.socket.as_os_str() == crate::output::stream::DEFAULT_SOCKET => {
+            tracing::warn!("{err:#}: running without the stream");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// The `start` record: what was attached and how guard runs.
@@ -678,6 +728,10 @@ struct Running {
     /// Installed before the `start` record, so that a stop request made
     /// as soon as it is read is answered with a summary.
     signals: Signals,
+    /// `--socket`: its file (removed at the end) and what the last
+    /// snapshot was computed from (events seen, CPU seconds, when).
+    _listening: Option<Listening>,
+    last_snapshot: (u64, f64, std::time::Instant),
 }
 
 /// The signals the loop answers.
@@ -715,6 +769,13 @@ impl Running {
             pipe.settings.strongest_fork_action()
         } else {
             ActionKind::Log
+        };
+        let listening = match open_stream(args).await? {
+            Some((stream, listening)) => {
+                pipe.out.set_stream(stream);
+                Some(listening)
+            }
+            None => None,
         };
         let start = start_record(args, &kernel, &pipe, &hardening, fork_action);
         pipe.out.record(&start).and_then(|()| pipe.out.flush())?;
@@ -757,14 +818,30 @@ impl Running {
             warned_budget: false,
             flush_at: None,
             signals,
+            _listening: listening,
+            last_snapshot: (0, 0.0, std::time::Instant::now()),
         })
     }
 
-    fn run_actions(&self, requests: Vec<ActionRequest>) {
+    /// Hands `requests` to the action thread, then starts the incident
+    /// reports of the first actions (after: a report never delays them).
+    fn run_actions(&mut self, requests: Vec<ActionRequest>) {
+        let first: Vec<ActionRequest> = if self.pipe.reports_on() {
+            requests
+                .iter()
+                .filter(|r| r.follow_ups == 0)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some(tx) = &self.act_tx {
             for request in requests {
                 let _ = tx.send(request);
             }
+        }
+        if !first.is_empty() {
+            self.pipe.report_requested(&first, WallClock::boot_ns_now());
         }
     }
 
@@ -844,10 +921,36 @@ impl Running {
         self.pipe.sweep_if_caught_up(WallClock::boot_ns_now());
         let steps = self.pipe.watch_refusals(WallClock::boot_ns_now())?;
         self.run_actions(steps);
-        for tag in k.system.settle() {
+        for tag in self.kernel.system.settle() {
             tracing::info!("subtree {tag}: every member verified gone; condemnation released");
         }
+        self.publish_snapshot();
         Ok(())
+    }
+
+    /// Every second, when a `--socket` client listens: the `snapshot`.
+    fn publish_snapshot(&mut self) {
+        if !self.pipe.out.stream().is_some_and(|s| s.listening()) {
+            return;
+        }
+        let k = &self.kernel;
+        let seen: u64 = self.pipe.seen_by_kind().values().sum();
+        let own = crate::host::procfs::own_usage();
+        let (seen_before, cpu_before, at) = self.last_snapshot;
+        let secs = at.elapsed().as_secs_f64().max(1e-3);
+        self.last_snapshot = (seen, own.cpu_seconds, std::time::Instant::now());
+        let drops = KernelDrops::read(&k.drops).unwrap_or_default();
+        let agent = record::AgentState {
+            events_per_sec: seen.saturating_sub(seen_before) as f64 / secs,
+            lost: drops.total() + k.stats.queue_full.load(Ordering::Relaxed),
+            cpu_percent: (own.cpu_seconds - cpu_before).max(0.0) / secs * 100.0,
+            rss_bytes: own.rss_bytes,
+            probes: k.report.attached.len(),
+            incidents_open: self.pipe.incidents_open(),
+            clients: self.pipe.out.stream().map_or(0, |s| s.clients()),
+        };
+        let snapshot = self.pipe.snapshot(WallClock::boot_ns_now(), agent);
+        self.pipe.out.publish(&snapshot);
     }
 
     /// Every [`SAMPLE_INTERVAL`]: the readings the rules need, and a check.
@@ -937,6 +1040,7 @@ impl Running {
             .end_refusals(WallClock::boot_ns_now(), Ended::AgentStopped)?;
         // Every incident still open ends with the agent.
         self.pipe.close_incidents(WallClock::boot_ns_now())?;
+        self.pipe.close_reports();
         let Kernel {
             loaded,
             stop_reader,

@@ -102,6 +102,47 @@ pub struct Args {
     #[arg(help_heading = "Output", long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Serve the agent's records, and a snapshot of what it sees every
+    /// second, as NDJSON on this unix socket (0600, root only): `guard top`
+    /// and other tools read it. A client that falls behind is dropped.
+    /// An empty value turns it off.
+    #[arg(
+        help_heading = "Output",
+        long,
+        value_name = "PATH",
+        default_value = crate::output::stream::DEFAULT_SOCKET,
+        value_parser = path_or_empty()
+    )]
+    pub socket: PathBuf,
+
+    /// Write an incident report for every action here (files 0600 in a
+    /// directory only root may write): the decision and its figures, the
+    /// offender's subtree as captured before it was signalled, the
+    /// lineage's and cgroup's last records and readings, and the outcome.
+    /// `guard incidents` lists them, `guard incident ID` shows one. An
+    /// empty value turns them off.
+    #[arg(
+        help_heading = "Output",
+        long,
+        value_name = "DIR",
+        default_value = crate::output::report::DEFAULT_DIR,
+        value_parser = path_or_empty()
+    )]
+    pub incident_dir: PathBuf,
+
+    /// Keep at most this many incident reports (the oldest go first).
+    #[arg(help_heading = "Output", long, value_name = "N", default_value_t = crate::output::report::DEFAULT_KEEP)]
+    pub incident_keep: usize,
+
+    /// Keep at most this many MiB of incident reports (the oldest go first).
+    #[arg(help_heading = "Output", long, value_name = "MIB", default_value_t = crate::output::report::DEFAULT_KEEP_MIB)]
+    pub incident_keep_mib: u64,
+
+    /// Write an incident report for every alert too, not only for actions
+    /// (an alert under `log` gets its report when it is raised).
+    #[arg(help_heading = "Output", long)]
+    pub incident_alerts: bool,
+
     /// The host name every JSON record, event and hook carries (`host`,
     /// GUARD_HOST). Default: the kernel's (/proc/sys/kernel/hostname). In a
     /// DaemonSet, give the node's name (the example passes spec.nodeName).
@@ -117,7 +158,8 @@ pub struct Args {
         help_heading = "Output",
         long,
         value_name = "DIR",
-        default_value = crate::host::kube::POD_LOGS
+        default_value = crate::host::kube::POD_LOGS,
+        value_parser = path_or_empty()
     )]
     pub pod_logs: PathBuf,
 
@@ -548,6 +590,37 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// A live view of what the agent sees, read from its --socket: cgroups
+    /// by time to their limit (tasks, growth, sparkline, who would be
+    /// acted on), memory pools, the last alerts and actions, blocked
+    /// tasks, the agent's health. Keys: q quit, s sort, / filter, arrows
+    /// select, enter process tree, p pause. When no agent listens, top
+    /// starts one of its own, log only (--dry-run), with the --cgroup
+    /// flags given, and stops it when it ends. Honours NO_COLOR.
+    Top {
+        /// Only connect to a running agent: fail if none listens.
+        #[arg(long)]
+        no_agent: bool,
+    },
+    /// List the incident reports in --incident-dir, oldest first: id,
+    /// time, detector and rule, action and how it ended, members, offender.
+    Incidents {
+        /// One report per line, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one incident report: the decision and its figures, the
+    /// offender's subtree as captured before it was signalled (which
+    /// members were signalled), the cgroup's last events and readings, its
+    /// files before and after, the actions and how the incident ended.
+    Incident {
+        /// The incident id (the records' `incident`; `guard incidents`
+        /// lists them).
+        id: String,
+        /// The report as stored (JSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a shell completion script to stdout (`cargo xtask dist` writes
     /// them beside the binary).
     Completions {
@@ -587,6 +660,13 @@ fn host_name(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// A path where an empty value means "none" (clap's path parser refuses
+/// empty values).
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
 pub fn no_color_env() -> bool {

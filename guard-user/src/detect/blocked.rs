@@ -60,6 +60,7 @@ struct Reported {
     killable: bool,
     /// When guard reported it.
     reported_ns: u64,
+    comm: Comm,
     wait: Wait,
     /// Missing from the last snapshot; released at the next unless the
     /// kernel's `unblocked` record comes first.
@@ -194,6 +195,7 @@ impl BlockedDetector {
                 since_ns: task.since_ns,
                 killable: task.killable,
                 reported_ns: now,
+                comm: task.comm,
                 wait,
                 missing_since: None,
             },
@@ -214,12 +216,24 @@ impl BlockedDetector {
         false
     }
 
-    /// When guard reported `pid`'s current blocking.
     /// Tasks reported blocked and not released yet.
     pub fn blocked_now(&self) -> usize {
         self.reported.len()
     }
 
+    /// Those tasks: (pid, comm, blocked since (boot ns), wchan), longest
+    /// blocked first.
+    pub fn reported(&self) -> Vec<(u32, Comm, u64, Option<&str>)> {
+        let mut tasks: Vec<_> = self
+            .reported
+            .iter()
+            .map(|(&pid, r)| (pid, r.comm, r.since_ns, r.wait.wchan.as_deref()))
+            .collect();
+        tasks.sort_by_key(|&(pid, _, since, _)| (since, pid));
+        tasks
+    }
+
+    /// When guard reported `pid`'s current blocking.
     pub fn reported_at(&self, pid: u32) -> Option<u64> {
         self.reported.get(&pid).map(|r| r.reported_ns)
     }

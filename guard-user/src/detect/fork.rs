@@ -406,6 +406,15 @@ impl ForkDetector {
             .collect()
     }
 
+    /// `cgroup`'s pids.current readings over the trend window: (boot ns,
+    /// tasks), oldest first.
+    pub fn pids_samples(&self, cgroup: &str) -> Vec<(u64, u64)> {
+        self.trends
+            .get(cgroup)
+            .map(|t| t.samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// The last births of `cgroup`, newest first (to name an offender).
     pub fn recent(&self, cgroup: &str) -> Vec<NodeId> {
         self.populations

@@ -248,6 +248,15 @@ impl MemoryDetector {
             .collect()
     }
 
+    /// The pool's readings over its window: (boot ns, unreclaimable bytes),
+    /// oldest first.
+    pub fn samples(&self, pool: &str) -> Vec<(u64, u64)> {
+        self.pools
+            .get(pool)
+            .map(|p| p.samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// The pool's unreclaimable usage now.
     pub fn usage(&self, pool: &str) -> Option<MemUsage> {
         self.pools.get(pool)?.last

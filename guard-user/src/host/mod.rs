@@ -2,7 +2,8 @@
 //! readings of /proc and cgroup files that events do not carry.
 //!
 //! - `clock`: CLOCK_BOOTTIME and its wall-clock mapping.
-//! - `procfs`: /proc/PID/stat, parsed in one place, and the clock tick.
+//! - `procfs`: /proc/PID/stat and /proc/PID/status, parsed in one place,
+//!   and the clock tick.
 //! - `cgroup`: hierarchies (v1, v2, hybrid) and per-process membership.
 //! - `kube`: Kubernetes pods, containers and QoS classes from cgroup paths.
 //! - `identity`: root-owned files and trusted executables, by inode.

@@ -353,6 +353,11 @@ pub trait Host {
     fn task_wait(&self, tgid: u32, pid: u32) -> crate::detect::blocked::Wait;
     /// Whether a cgroup directory exists (it was not removed).
     fn cgroup_exists(&self, dir: &str) -> bool;
+    /// The cgroup's task, memory and pressure files that exist, by name
+    /// (see [`cgroup_files`]): what an incident report keeps.
+    fn cgroup_files(&self, _dir: &str) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
 
     /// A memory pool's usage: the host's, or a memory cgroup's.
     fn pool_usage(&self, pool: &str) -> Option<crate::detect::memory::MemUsage> {
@@ -399,4 +404,45 @@ impl Host for LiveHost {
     fn cgroup_exists(&self, dir: &str) -> bool {
         crate::host::cgroup::fs_path(dir).exists()
     }
+    fn cgroup_files(&self, dir: &str) -> std::collections::BTreeMap<String, String> {
+        cgroup_files(dir)
+    }
+}
+
+/// The files of a cgroup an incident report keeps, where they exist (v1
+/// and v2 names), each cut at [`CGROUP_FILE_BYTES`].
+pub const CGROUP_FILES: &[&str] = &[
+    "pids.current",
+    "pids.max",
+    "pids.events",
+    "memory.current",
+    "memory.max",
+    "memory.swap.current",
+    "memory.usage_in_bytes",
+    "memory.limit_in_bytes",
+    "memory.events",
+    "memory.stat",
+    "memory.pressure",
+    "cpu.pressure",
+    "io.pressure",
+];
+pub const CGROUP_FILE_BYTES: usize = 4096;
+
+/// See [`Host::cgroup_files`].
+pub fn cgroup_files(dir: &str) -> std::collections::BTreeMap<String, String> {
+    let base = crate::host::cgroup::fs_path(dir);
+    CGROUP_FILES
+        .iter()
+        .filter_map(|name| {
+            let mut text = std::fs::read_to_string(base.join(name)).ok()?;
+            if text.len() > CGROUP_FILE_BYTES {
+                let mut cut = CGROUP_FILE_BYTES;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            Some(((*name).to_owned(), text))
+        })
+        .collect()
 }

@@ -133,6 +133,17 @@ pub fn is_kernel_thread(flags: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_gives_uid_state_and_memory() {
+        let d = StatusDetail::parse(
+            "Name:\tbash\nState:\tS (sleeping)\nUid:\t1000\t1000\t1000\t1000\nVmRSS:\t    3072 kB\nVmSwap:\t       4 kB\n",
+        );
+        assert_eq!(d.uid, Some(1000));
+        assert_eq!(d.state.as_deref(), Some("S"));
+        assert_eq!(d.rss_bytes, Some(3072 * 1024));
+        assert_eq!(d.swap_bytes, Some(4096));
+    }
+
     use super::*;
 
     #[test]
@@ -148,4 +159,48 @@ mod tests {
         assert!(is_kernel_thread(s.flags), "2097216 has PF_KTHREAD");
         assert_eq!(parse_stat("4242 (x) S"), None);
     }
+}
+
+/// What /proc/PID/status says of a process: who runs it, its state, its
+/// memory (what an incident report keeps of each member).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusDetail {
+    pub uid: Option<u32>,
+    pub state: Option<String>,
+    pub rss_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+}
+
+impl StatusDetail {
+    /// From the text of /proc/PID/status.
+    pub fn parse(status: &str) -> Self {
+        let mut d = StatusDetail::default();
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let kib = || {
+                value
+                    .strip_suffix("kB")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|v| v * 1024)
+            };
+            match key {
+                "State" => d.state = value.split_whitespace().next().map(str::to_owned),
+                "Uid" => d.uid = value.split_whitespace().next().and_then(|u| u.parse().ok()),
+                "VmRSS" => d.rss_bytes = kib(),
+                "VmSwap" => d.swap_bytes = kib(),
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// `tgid`'s /proc/PID/status, parsed (`None`: gone or unreadable).
+pub fn status_detail(tgid: u32) -> Option<StatusDetail> {
+    std::fs::read_to_string(format!("/proc/{tgid}/status"))
+        .ok()
+        .map(|text| StatusDetail::parse(&text))
 }

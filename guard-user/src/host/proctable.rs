@@ -164,11 +164,21 @@ impl Lineage {
     /// Live processes descending from `root` (itself included when alive),
     /// as (tgid, node).
     pub fn live_descendants(&self, root: NodeId) -> Vec<(u32, NodeId)> {
+        self.descendants_where(root, false)
+    }
+
+    /// Processes descending from `root`, live or gone (a gone one is kept
+    /// while a descendant of it lives), as (tgid, node).
+    pub fn descendants(&self, root: NodeId) -> Vec<(u32, NodeId)> {
+        self.descendants_where(root, true)
+    }
+
+    fn descendants_where(&self, root: NodeId, gone_too: bool) -> Vec<(u32, NodeId)> {
         let mut memo: HashMap<NodeId, bool> = HashMap::new();
         memo.insert(root, true);
         let mut out = Vec::new();
         for (&id, node) in &self.nodes {
-            if !node.alive {
+            if !node.alive && !gone_too {
                 continue;
             }
             let mut path = Vec::new();

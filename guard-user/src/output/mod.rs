@@ -2,13 +2,21 @@
 //! TTY) or NDJSON. The JSON schema is documented in the README; every object
 //! has `kind`, `time` (RFC 3339, UTC, nanoseconds) and `boot_ns`
 //! (CLOCK_BOOTTIME nanoseconds, the kernel's own timestamp).
+//!
+//! - `record`, `events`: the typed records; `schema`: derived from them.
+//! - `incident`: the lifecycle that ties one runaway's records together.
+//! - `report`: incident reports on disk (and reading them back).
+//! - `stream`: the `--socket` stream of records and snapshots.
+//! - `metrics`: Prometheus; `text`, `json`, `writer`: the stdout writers.
 
 pub mod events;
 pub mod incident;
 mod json;
 pub mod metrics;
 pub mod record;
+pub mod report;
 pub mod schema;
+pub mod stream;
 pub mod text;
 mod writer;
 
@@ -156,6 +164,8 @@ pub struct Output<W: Write> {
     records_unflushed: bool,
     /// The host every JSON line and hook names (`--hostname`).
     host: String,
+    /// `--socket`: records go to its clients too, as JSON.
+    stream: Option<stream::Stream>,
 }
 
 impl<W: Write> Output<W> {
@@ -177,7 +187,19 @@ impl<W: Write> Output<W> {
             records_unflushed: false,
             records_dropped: 0,
             host: crate::host::procfs::hostname(),
+            stream: None,
         }
+    }
+
+    /// Hands every record to `stream`'s clients too (as JSON, whatever the
+    /// format of stdout).
+    pub fn set_stream(&mut self, stream: stream::Stream) {
+        self.stream = Some(stream);
+    }
+
+    /// The stream records go to, if any.
+    pub fn stream(&self) -> Option<&stream::Stream> {
+        self.stream.as_ref()
     }
 
     /// Names the host `name` in every JSON line and hook (instead of the
@@ -280,7 +302,7 @@ impl<W: Write> Output<W> {
         std::mem::take(&mut self.out)
     }
 
-    fn time_rfc3339(&self, boot_ns: u64) -> String {
+    pub fn time_rfc3339(&self, boot_ns: u64) -> String {
         humantime::format_rfc3339_nanos(self.clock.to_system_time(boot_ns)).to_string()
     }
 
@@ -329,6 +351,40 @@ impl<W: Write> Output<W> {
     /// A record that is not a kernel event (see `record`): JSON in the
     /// type's field order, or `# kind: k=v ...` in text. Alerts and actions
     /// are counted and handed to the hooks.
+    /// Hands `record` to the `--socket` stream's clients only (not stdout,
+    /// not hooks, not counted): the `snapshot` records.
+    pub fn publish<R: Record>(&self, record: &R) {
+        let Some(stream) = self.stream.as_ref().filter(|s| s.listening()) else {
+            return;
+        };
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(record) else {
+            return;
+        };
+        let line = self.json_line(R::KIND.name(), WallClock::boot_ns_now(), fields.iter());
+        stream.publish(&line);
+    }
+
+    /// One record as a JSON line (for the stream, whatever stdout's format).
+    fn json_line<'a>(
+        &self,
+        kind: &str,
+        now: u64,
+        fields: impl Iterator<Item = (&'a String, &'a serde_json::Value)>,
+    ) -> String {
+        let mut line = Vec::with_capacity(1024);
+        let time = self.time_rfc3339(now);
+        let mut o = JsonObject::new(&mut line);
+        o.str("kind", kind)
+            .str("time", &time)
+            .num("boot_ns", now)
+            .str("host", &self.host);
+        for (k, v) in fields {
+            o.raw(k, &v.to_string());
+        }
+        o.finish();
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
     pub fn record<R: Record>(&mut self, record: &R) -> io::Result<()> {
         let fields = match serde_json::to_value(record) {
             Ok(serde_json::Value::Object(map)) => map,
@@ -376,6 +432,15 @@ impl<W: Write> Output<W> {
             }
             let env = crate::respond::hook::environment(kind, &time, &self.host, &subject);
             hooks.fire(record.into(), env, now);
+        }
+        if let Some(stream) = &self.stream
+            && (stream.listening() || kind == "start")
+        {
+            let line = self.json_line(kind, now, fields.iter().map(|(k, v)| (k, v)));
+            if kind == "start" {
+                stream.set_hello(&line);
+            }
+            stream.publish(&line);
         }
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;

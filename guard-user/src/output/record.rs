@@ -36,6 +36,7 @@ pub enum RecordKind {
     Action,
     Resolved,
     Refusal,
+    Snapshot,
 }
 
 impl RecordKind {
@@ -50,6 +51,7 @@ impl RecordKind {
             RecordKind::Action => "action",
             RecordKind::Resolved => "resolved",
             RecordKind::Refusal => "refusal",
+            RecordKind::Snapshot => "snapshot",
         }
     }
 }
@@ -981,4 +983,89 @@ pub struct Summary {
 
 impl Record for Summary {
     const KIND: RecordKind = RecordKind::Summary;
+}
+
+/// What the agent sees now, once a second, on the `--socket` stream only
+/// (`guard top` draws it): every watched cgroup's tasks and memory with
+/// their course toward the limit, the blocked tasks, the agent's health.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Snapshot {
+    /// Cgroups whose task count is followed, soonest to their limit first.
+    pub pids: Vec<PidsState>,
+    /// Memory pools, soonest to their limit first.
+    pub memory: Vec<PoolState>,
+    /// Tasks reported blocked (D state past `--blocked-threshold`) now.
+    pub blocked: Vec<BlockedState>,
+    pub agent: AgentState,
+}
+
+impl Record for Snapshot {
+    const KIND: RecordKind = RecordKind::Snapshot;
+}
+
+/// One cgroup's task count and its course.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct PidsState {
+    pub cgroup: String,
+    /// pids.current: threads and zombies included.
+    pub tasks: u64,
+    /// pids.max (`null`: none).
+    pub limit: Option<u64>,
+    /// Tasks gained per second over the trend window.
+    pub per_sec: f64,
+    /// Seconds to the limit at that rate (`null`: not growing toward one).
+    pub eta_secs: Option<f64>,
+    /// Who the fork guard would act on were it to act now: the top
+    /// unprotected ancestor of the cgroup's recent births (`null` while
+    /// the cgroup is not growing).
+    pub offender: Option<Suspect>,
+}
+
+/// One memory pool's usage and its course.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct PoolState {
+    pub pool: String,
+    /// Unreclaimable bytes (anonymous, shmem, swap).
+    pub bytes: u64,
+    pub limit_bytes: u64,
+    /// Seconds to the limit on the current growing run.
+    pub eta_secs: Option<f64>,
+}
+
+/// A process as the snapshot names it.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct Suspect {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Live members of its subtree.
+    pub subtree_size: usize,
+}
+
+/// A task blocked now.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct BlockedState {
+    pub pid: u32,
+    pub comm: String,
+    /// How long it has been blocked.
+    pub blocked_ms: u64,
+    /// The function it sleeps in (/proc/PID/wchan), when known.
+    pub wchan: Option<String>,
+}
+
+/// The agent's own health.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+pub struct AgentState {
+    /// Events handled per second, over the last second.
+    pub events_per_sec: f64,
+    /// Events lost so far (kernel and queue).
+    pub lost: u64,
+    /// The agent's CPU over the last second, percent of one CPU.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    pub probes: usize,
+    /// Incidents open now.
+    pub incidents_open: usize,
+    /// Stream clients connected now.
+    pub clients: usize,
 }

@@ -78,6 +78,7 @@ fn kinds(g: &mut SchemaGenerator) -> Vec<Kind> {
         R::Action,
         R::Resolved,
         R::Refusal,
+        R::Snapshot,
         R::Unblocked,
     ] {
         let fields = match kind {
@@ -89,6 +90,7 @@ fn kinds(g: &mut SchemaGenerator) -> Vec<Kind> {
             R::Action => fields_of::<record::ActionRecord>(g),
             R::Resolved => fields_of::<record::Resolved>(g),
             R::Refusal => fields_of::<record::RefusalRecord>(g),
+            R::Snapshot => fields_of::<record::Snapshot>(g),
             // Shares its kind with the event (see `event_fields`).
             R::Unblocked => continue,
         };

@@ -221,10 +221,10 @@ pub fn settings() -> Settings {
 }
 
 /// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub fn new() -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
@@ -233,8 +233,14 @@ impl TempDir {
         Self(path)
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -502,5 +508,7 @@ pub fn outcome(signalled: usize) -> crate::respond::act::Outcome {
         condemnation_held: false,
         refused_forks: None,
         refusing: false,
+        captured: Vec::new(),
+        signalled_pids: Vec::new(),
     }
 }

@@ -44,7 +44,12 @@ impl<W: Write> Pipeline<W> {
                 same_runaway(lineage, a, b)
             });
         if told != Told::Repeat {
-            self.out.record(&alert.told(&id, told == Told::Update))?;
+            let record = alert.told(&id, told == Told::Update);
+            self.out.record(&record)?;
+            let subject = self.incidents.get(&id).map(|i| i.subject.clone());
+            if let Some(subject) = subject {
+                self.report_alert(&id, &record, told == Told::New, &subject, now);
+            }
         }
         Ok(id)
     }
@@ -132,7 +137,14 @@ impl<W: Write> Pipeline<W> {
 
     fn resolve(&mut self, closed: Vec<Closed>, peak: Option<u64>) -> io::Result<()> {
         for c in &closed {
-            self.out.record(&Resolved::of(c, peak))?;
+            let record = Resolved::of(c, peak);
+            self.out.record(&record)?;
+            if let Ok(mut value) = serde_json::to_value(&record) {
+                if let Some(o) = value.as_object_mut() {
+                    o.insert("kind".into(), "resolved".into());
+                }
+                self.report_resolved(&c.incident.id, value);
+            }
         }
         Ok(())
     }

@@ -2,6 +2,12 @@
 //! action requests → output. Owns their state; `agent` feeds it events and
 //! clock ticks, runs the actions it requests (through `act`), and hands the
 //! outcomes back.
+//!
+//! - `fork`, `memory`, `blocked`: the glue of those detectors.
+//! - `leak`, `crashloop`: detectors as plugins (`plugin`: the interface).
+//! - `incidents`: alerts raised on incidents; `refusal`: refusals in force.
+//! - `report`: what incident reports are made of (history, subtree,
+//!   outcome); `snapshot`: the `snapshot` record for `--socket`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,6 +26,9 @@ pub mod leak;
 mod memory;
 pub mod plugin;
 mod refusal;
+mod report;
+pub use self::report::ReportBook;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -348,6 +357,8 @@ pub struct Pipeline<W: Write> {
     refusals: crate::respond::refusal::Refusals<ActionRequest>,
     /// Open incidents: what ties one runaway's records together.
     incidents: crate::output::incident::Incidents,
+    /// `--incident-dir`: what reports are made of, and their writer.
+    reports: Option<ReportBook>,
 }
 
 /// Incident ids begin with the agent's start time (UTC, to the second),
@@ -411,6 +422,7 @@ impl<W: Write> Pipeline<W> {
             last_event_ns: 0,
             refusals: crate::respond::refusal::Refusals::new(settings_refusal),
             incidents: crate::output::incident::Incidents::new(incident_prefix()),
+            reports: None,
         }
     }
 
@@ -476,6 +488,7 @@ impl<W: Write> Pipeline<W> {
             // Already reported released from a snapshot.
             return Ok(());
         }
+        self.note_history(event, subject.as_ref());
         self.show(event, subject.as_ref())
     }
 
@@ -668,7 +681,7 @@ impl<W: Write> Pipeline<W> {
                 freed_bytes: after.map(|a| before.saturating_sub(a.unreclaimable)),
             }
         });
-        self.out.record(&ActionRecord::Done(Box::new(ActionDone {
+        let record = ActionRecord::Done(Box::new(ActionDone {
             head: action_head(request, false),
             signals: request
                 .kind
@@ -677,7 +690,17 @@ impl<W: Write> Pipeline<W> {
             members: request.members.len(),
             outcome: outcome.clone(),
             memory,
-        })))?;
+        }));
+        self.out.record(&record)?;
+        if self.reports.is_some()
+            && let Ok(mut value) = serde_json::to_value(&record)
+        {
+            if let Some(o) = value.as_object_mut() {
+                o.insert("kind".into(), "action".into());
+                o.insert("time".into(), self.out.time_rfc3339(now).into());
+            }
+            self.report_acted(request, outcome, value);
+        }
         self.out.flush()?;
         if request.detector != Detector::Fork && request.members.len() <= 1 {
             // An action on one process (a memory hog, a crash loop's

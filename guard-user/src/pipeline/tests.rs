@@ -9,6 +9,8 @@ mod kernel;
 mod leak;
 mod memory;
 mod refusal;
+mod report;
+mod snapshot;
 
 mod actions {
     use crate::{pipeline::still_to_contain, respond::act::ProcState, respond::policy::ActionKind};

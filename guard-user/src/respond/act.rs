@@ -82,6 +82,11 @@ pub trait System {
     fn hold(&self, _tag: u64, _signal: i32) {}
     /// Processes that carry `tag` now.
     fn tagged(&self, tag: u64) -> Vec<u32>;
+    /// What /proc says of `tgid` now, for the incident report (`None`:
+    /// gone, or not looked at).
+    fn inspect(&self, _tgid: u32) -> Option<crate::host::procfs::StatusDetail> {
+        None
+    }
     /// Signals `tgid` if it still carries `tag`.
     fn signal_tagged(&self, tgid: u32, tag: u64, signal: i32) -> Reach;
     /// Why `tgid` must not be signalled, judged now; `None` when it may be.
@@ -159,6 +164,14 @@ pub struct Outcome {
     /// the refusal ends (see the `refusal` records). Its members are left
     /// running.
     pub refusing: bool,
+    /// Per member, /proc/PID/status as read after the subtree was condemned
+    /// and before its first signal (for the incident report, not the
+    /// record; see [`capture`]).
+    #[serde(skip)]
+    pub captured: Vec<(u32, crate::host::procfs::StatusDetail)>,
+    /// The processes signalled (the report names each one).
+    #[serde(skip)]
+    pub signalled_pids: Vec<u32>,
 }
 
 impl Outcome {
@@ -178,6 +191,8 @@ impl Outcome {
             condemnation_held: false,
             refused_forks: None,
             refusing: false,
+            captured: Vec::new(),
+            signalled_pids: Vec::new(),
         }
     }
 }
@@ -207,7 +222,9 @@ pub fn contain(
         }
     }
     let Some(signal) = kind.signal() else {
-        return refuse(sys, tag, started, condemned_by_kernel, errors.len(), error);
+        let mut outcome = refuse(sys, tag, started, condemned_by_kernel, errors.len(), error);
+        outcome.captured = capture(sys, tag);
+        return outcome;
     };
     // Kill condemns with SIGKILL from the first instant: a member that forks
     // dies at that moment, so the subtree only shrinks. (Stopping first, as
@@ -215,8 +232,12 @@ pub fn contain(
     // new running child behind: measured, it let a bash bomb reach pids.max.)
     // Where the LSM program is attached, the condemnation refuses the fork
     // too: the member dies without leaving a child.
+    let captured;
     {
         sys.condemn(tag, signal);
+        // Nothing of the subtree can grow now: what it was is read before
+        // it is signalled.
+        captured = capture(sys, tag);
         let pass_deadline = started + deadline;
         // A member killed by the fork probe leaves its newborn child behind
         // (tagged, running): the pass ends only after two empty looks.
@@ -344,7 +365,30 @@ pub fn contain(
         condemnation_held: held,
         refused_forks,
         refusing: false,
+        captured,
+        signalled_pids: signalled.into_iter().collect(),
     }
+}
+
+/// Members whose /proc a report captures at most, and for how long: a
+/// bomb's thousands of members must not hold back its signals (the rest
+/// are named from the process table alone).
+const CAPTURE_MEMBERS: usize = 512;
+const CAPTURE_TIME: Duration = Duration::from_millis(10);
+
+/// Each member's /proc/PID/status, within those bounds.
+fn capture(sys: &impl System, tag: u64) -> Vec<(u32, crate::host::procfs::StatusDetail)> {
+    let until = Instant::now() + CAPTURE_TIME;
+    let mut out = Vec::new();
+    for tgid in sys.tagged(tag).into_iter().take(CAPTURE_MEMBERS) {
+        if Instant::now() >= until {
+            break;
+        }
+        if let Some(detail) = sys.inspect(tgid) {
+            out.push((tgid, detail));
+        }
+    }
+    out
 }
 
 /// A `refuse`: the members are tagged (by the caller); from now on the
@@ -551,6 +595,9 @@ impl LiveSystem {
 }
 
 impl System for LiveSystem {
+    fn inspect(&self, tgid: u32) -> Option<crate::host::procfs::StatusDetail> {
+        crate::host::procfs::status_detail(tgid)
+    }
     fn tag(&self, tgid: u32, born_ns: u64, tag: u64) -> Reach {
         let _pidfd = match self.with_fds(|| Pidfd::open(tgid)) {
             Ok(Some(fd)) => fd,

@@ -1,0 +1,404 @@
+//! What `guard top` shows, kept from the stream's lines: the last
+//! snapshot, a few minutes of each cgroup's tasks and each pool's memory
+//! (for the sparklines), the last alerts and actions. Pure: lines in, rows
+//! out; the terminal is `top::run`'s.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+
+/// Readings kept per cgroup and pool: one a second, five minutes.
+pub const SPARK_POINTS: usize = 300;
+/// Alerts, actions and endings kept.
+pub const EVENTS_KEPT: usize = 100;
+
+/// How the cgroup rows are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    /// Soonest to its limit first (then fastest growing).
+    Eta,
+    /// Fastest growing first.
+    Growth,
+    /// Most tasks first.
+    Tasks,
+}
+
+impl Sort {
+    pub fn next(self) -> Sort {
+        match self {
+            Sort::Eta => Sort::Growth,
+            Sort::Growth => Sort::Tasks,
+            Sort::Tasks => Sort::Eta,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sort::Eta => "time to limit",
+            Sort::Growth => "growth",
+            Sort::Tasks => "tasks",
+        }
+    }
+}
+
+/// One cgroup row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CgroupRow {
+    pub cgroup: String,
+    pub tasks: u64,
+    pub limit: Option<u64>,
+    pub per_sec: f64,
+    pub eta_secs: Option<f64>,
+    /// pid, comm, subtree size.
+    pub offender: Option<(u32, String, u64)>,
+    pub spark: Vec<u64>,
+}
+
+/// One memory pool row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolRow {
+    pub pool: String,
+    pub bytes: u64,
+    pub limit_bytes: u64,
+    pub eta_secs: Option<f64>,
+    pub spark: Vec<u64>,
+}
+
+/// A line of the alert and action list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Told {
+    pub time: String,
+    pub text: String,
+    pub critical: bool,
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub host: String,
+    pub snapshot: Option<Value>,
+    tasks: HashMap<String, VecDeque<u64>>,
+    memory: HashMap<String, VecDeque<u64>>,
+    pub told: VecDeque<Told>,
+    /// Lines read, and lines that were not JSON.
+    pub lines: u64,
+    pub bad_lines: u64,
+}
+
+fn push(series: &mut HashMap<String, VecDeque<u64>>, key: &str, value: u64) {
+    let s = series.entry(key.to_owned()).or_default();
+    if s.len() >= SPARK_POINTS {
+        s.pop_front();
+    }
+    s.push_back(value);
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn f64_of(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn u64_of(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+impl Model {
+    /// Takes one NDJSON line of the stream.
+    pub fn line(&mut self, line: &str) {
+        self.lines += 1;
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            self.bad_lines += 1;
+            return;
+        };
+        if let Some(host) = v.get("host").and_then(Value::as_str) {
+            host.clone_into(&mut self.host);
+        }
+        match str_of(&v, "kind") {
+            "snapshot" => {
+                for p in v
+                    .get("pids")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    push(
+                        &mut self.tasks,
+                        str_of(p, "cgroup"),
+                        u64_of(p, "tasks").unwrap_or(0),
+                    );
+                }
+                for p in v
+                    .get("memory")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    push(
+                        &mut self.memory,
+                        str_of(p, "pool"),
+                        u64_of(p, "bytes").unwrap_or(0),
+                    );
+                }
+                self.snapshot = Some(v);
+            }
+            "alert" | "action" | "resolved" | "refusal" | "lost" => self.tell(&v),
+            _ => {}
+        }
+    }
+
+    fn tell(&mut self, v: &Value) {
+        let kind = str_of(v, "kind");
+        let time = str_of(v, "time").get(11..19).unwrap_or("").to_owned();
+        let offender = v
+            .get("offender")
+            .filter(|o| o.is_object())
+            .map(|o| format!(" {} {}", u64_of(o, "pid").unwrap_or(0), str_of(o, "comm")))
+            .unwrap_or_default();
+        let text = match kind {
+            "alert" => format!(
+                "alert  {} {} {}{}",
+                str_of(v, "detector"),
+                str_of(v, "rule"),
+                str_of(v, "cgroup"),
+                offender
+            ),
+            "action" => {
+                let o = v.get("outcome");
+                let result = match o.and_then(|o| o.get("contained")).and_then(Value::as_bool) {
+                    Some(true) => "contained",
+                    Some(false)
+                        if o.and_then(|o| o.get("refusing")).and_then(Value::as_bool)
+                            == Some(true) =>
+                    {
+                        "refusing"
+                    }
+                    Some(false) => "NOT contained",
+                    None => "",
+                };
+                format!(
+                    "action {} {} signalled {}{} {}",
+                    str_of(v, "detector"),
+                    str_of(v, "action"),
+                    o.and_then(|o| u64_of(o, "signalled")).unwrap_or(0),
+                    offender,
+                    result
+                )
+            }
+            "resolved" => format!(
+                "ended  {} {} ({})",
+                str_of(v, "detector"),
+                str_of(v, "incident"),
+                str_of(v, "ended")
+            ),
+            "refusal" => format!("refusal {} {}", str_of(v, "incident"), str_of(v, "state")),
+            _ => format!(
+                "lost events (queue {})",
+                u64_of(v, "queue_full").unwrap_or(0)
+            ),
+        };
+        if self.told.len() >= EVENTS_KEPT {
+            self.told.pop_front();
+        }
+        self.told.push_back(Told {
+            time,
+            text,
+            critical: str_of(v, "severity") == "critical" || kind == "action",
+        });
+    }
+
+    /// The cgroup rows, filtered (a substring of the cgroup or offender)
+    /// and sorted.
+    pub fn cgroups(&self, sort: Sort, filter: &str) -> Vec<CgroupRow> {
+        let mut rows: Vec<CgroupRow> = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.get("pids"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let cgroup = str_of(p, "cgroup").to_owned();
+                let offender = p.get("offender").filter(|o| o.is_object()).map(|o| {
+                    (
+                        u64_of(o, "pid").unwrap_or(0) as u32,
+                        str_of(o, "comm").to_owned(),
+                        u64_of(o, "subtree_size").unwrap_or(0),
+                    )
+                });
+                CgroupRow {
+                    spark: self
+                        .tasks
+                        .get(&cgroup)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default(),
+                    tasks: u64_of(p, "tasks").unwrap_or(0),
+                    limit: u64_of(p, "limit"),
+                    per_sec: f64_of(p, "per_sec").unwrap_or(0.0),
+                    eta_secs: f64_of(p, "eta_secs"),
+                    offender,
+                    cgroup,
+                }
+            })
+            .filter(|r| {
+                filter.is_empty()
+                    || r.cgroup.contains(filter)
+                    || r.offender.as_ref().is_some_and(|o| o.1.contains(filter))
+            })
+            .collect();
+        let eta = |r: &CgroupRow| r.eta_secs.unwrap_or(f64::INFINITY);
+        match sort {
+            Sort::Eta => rows.sort_by(|a, b| {
+                eta(a)
+                    .total_cmp(&eta(b))
+                    .then(b.per_sec.total_cmp(&a.per_sec))
+            }),
+            Sort::Growth => rows.sort_by(|a, b| b.per_sec.total_cmp(&a.per_sec)),
+            Sort::Tasks => rows.sort_by_key(|r| std::cmp::Reverse(r.tasks)),
+        }
+        rows
+    }
+
+    /// The memory pool rows, filtered and soonest to the limit first.
+    pub fn pools(&self, filter: &str) -> Vec<PoolRow> {
+        let mut rows: Vec<PoolRow> = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.get("memory"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let pool = str_of(p, "pool").to_owned();
+                PoolRow {
+                    spark: self
+                        .memory
+                        .get(&pool)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default(),
+                    bytes: u64_of(p, "bytes").unwrap_or(0),
+                    limit_bytes: u64_of(p, "limit_bytes").unwrap_or(0),
+                    eta_secs: f64_of(p, "eta_secs"),
+                    pool,
+                }
+            })
+            .filter(|r| filter.is_empty() || r.pool.contains(filter))
+            .collect();
+        rows.sort_by(|a, b| {
+            a.eta_secs
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.eta_secs.unwrap_or(f64::INFINITY))
+                .then(b.bytes.cmp(&a.bytes))
+        });
+        rows
+    }
+}
+
+/// The last `width` points as block characters, scaled to their range.
+pub fn sparkline(points: &[u64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let tail = &points[points.len().saturating_sub(width)..];
+    let (lo, hi) = (
+        tail.iter().copied().min().unwrap_or(0),
+        tail.iter().copied().max().unwrap_or(0),
+    );
+    tail.iter()
+        .map(|&p| {
+            if hi == lo {
+                BARS[0]
+            } else {
+                BARS[((p - lo) * 7 / (hi - lo)) as usize]
+            }
+        })
+        .collect()
+}
+
+/// Seconds as `12s`, `4m05s`, `2h10m`; `-` for none.
+pub fn eta_text(secs: Option<f64>) -> String {
+    match secs {
+        None => "-".to_owned(),
+        Some(s) if s < 60.0 => format!("{s:.0}s"),
+        Some(s) if s < 3600.0 => format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
+        Some(s) if s < 360_000.0 => format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        ),
+        Some(_) => ">99h".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(rows: &[(&str, u64, f64, Option<f64>)]) -> String {
+        let pids: Vec<Value> = rows
+            .iter()
+            .map(|(cg, tasks, per_sec, eta)| {
+                serde_json::json!({"cgroup": cg, "tasks": tasks, "limit": 1000, "per_sec": per_sec,
+                    "eta_secs": eta, "offender": {"pid": 7, "comm": "runner", "exe": null, "subtree_size": 3}})
+            })
+            .collect();
+        serde_json::json!({"kind": "snapshot", "host": "h", "pids": pids, "memory": [], "blocked": [], "agent": {}})
+            .to_string()
+    }
+
+    #[test]
+    fn rows_sort_by_time_to_limit_then_growth_and_filter() {
+        let mut m = Model::default();
+        m.line(&snapshot(&[
+            ("/a", 10, 0.0, None),
+            ("/b", 500, 30.0, Some(16.0)),
+            ("/c", 900, 5.0, Some(20.0)),
+        ]));
+        let order = |rows: Vec<CgroupRow>| rows.into_iter().map(|r| r.cgroup).collect::<Vec<_>>();
+        assert_eq!(order(m.cgroups(Sort::Eta, "")), ["/b", "/c", "/a"]);
+        assert_eq!(order(m.cgroups(Sort::Growth, "")), ["/b", "/c", "/a"]);
+        assert_eq!(order(m.cgroups(Sort::Tasks, "")), ["/c", "/b", "/a"]);
+        assert_eq!(order(m.cgroups(Sort::Eta, "/c")), ["/c"]);
+        assert_eq!(order(m.cgroups(Sort::Eta, "runner")).len(), 3);
+        assert_eq!(m.host, "h");
+    }
+
+    #[test]
+    fn each_snapshot_adds_a_point_and_history_is_bounded() {
+        let mut m = Model::default();
+        for i in 0..(SPARK_POINTS as u64 + 5) {
+            m.line(&snapshot(&[("/a", i, 1.0, None)]));
+        }
+        let rows = m.cgroups(Sort::Eta, "");
+        assert_eq!(rows[0].spark.len(), SPARK_POINTS);
+        assert_eq!(rows[0].spark.last(), Some(&(SPARK_POINTS as u64 + 4)));
+        m.line("not json");
+        assert_eq!(m.bad_lines, 1);
+    }
+
+    #[test]
+    fn alerts_and_actions_are_told_in_one_line_each() {
+        let mut m = Model::default();
+        m.line(r#"{"kind":"alert","time":"2026-12-04T15:00:01.5Z","detector":"fork","rule":"explosion","severity":"critical","cgroup":"/t","offender":{"pid":42,"comm":"bash"}}"#);
+        m.line(r#"{"kind":"action","time":"2026-12-04T15:00:01.6Z","detector":"fork","action":"kill","offender":{"pid":42,"comm":"bash"},"outcome":{"signalled":12,"contained":true}}"#);
+        let lines: Vec<&str> = m.told.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "alert  fork explosion /t 42 bash",
+                "action fork kill signalled 12 42 bash contained"
+            ]
+        );
+        assert_eq!(m.told[0].time, "15:00:01");
+    }
+
+    #[test]
+    fn sparklines_and_times_read_at_a_glance() {
+        assert_eq!(sparkline(&[0, 7, 14], 10), "▁▄█");
+        assert_eq!(sparkline(&[5, 5], 10), "▁▁");
+        assert_eq!(sparkline(&[1, 2, 3, 4], 2), "▁█");
+        assert_eq!(eta_text(Some(12.4)), "12s");
+        assert_eq!(eta_text(Some(245.0)), "4m05s");
+        assert_eq!(eta_text(Some(7800.0)), "2h10m");
+        assert_eq!(eta_text(None), "-");
+    }
+}
