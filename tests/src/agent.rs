@@ -2,18 +2,50 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::guard_bin;
+use crate::{RootDir, guard_bin};
+
+/// A directory of one agent's own (under /run, 0700): its incident
+/// reports and its stream's socket. Removed with the records read back.
+pub struct AgentDir(pub RootDir);
+
+impl AgentDir {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        AgentDir(RootDir::new(&format!(
+            "agent-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    /// Where the agent writes its incident reports.
+    pub fn incidents(&self) -> PathBuf {
+        self.0.path.join("incidents")
+    }
+
+    /// The agent's `--socket`.
+    pub fn socket(&self) -> PathBuf {
+        self.0.path.join("guard.sock")
+    }
+}
 
 /// The agent running as a child process with `--json`.
 pub struct Agent {
     child: Option<Child>,
+    /// Its reports and socket, unless the test gave its own.
+    pub dir: Option<AgentDir>,
     lines: mpsc::Receiver<String>,
     /// Records read by `wait_for` so far (after `start`).
     seen: Vec<Value>,
@@ -27,6 +59,7 @@ pub struct Stopped {
     pub records: Vec<Value>,
     pub status: ExitStatus,
     pub stderr: String,
+    pub dir: Option<AgentDir>,
 }
 
 impl Stopped {
@@ -38,6 +71,12 @@ impl Stopped {
             .unwrap_or_else(|| panic!("no summary record; stderr:\n{}", self.stderr))
     }
 
+    /// The incident report of `incident`, as written.
+    pub fn report(&self, incident: &str) -> Value {
+        let dir = self.dir.as_ref().expect("the harness's own --incident-dir");
+        read_report(&dir.incidents(), incident)
+    }
+
     /// Records of `kind`.
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.records.iter().filter(move |r| r["kind"] == kind)
@@ -47,8 +86,20 @@ impl Stopped {
 impl Agent {
     /// Starts `guard --json ARGS` and waits for its `start` record.
     pub fn start(args: &[&str]) -> Self {
+        let own = |flag: &str| {
+            !args
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let dir = (own("--incident-dir") && own("--socket")).then(AgentDir::new);
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(dir) = &dir {
+            extra.extend(["--incident-dir".into(), dir.incidents().into()]);
+            extra.extend(["--socket".into(), dir.socket().into()]);
+        }
         let mut child = Command::new(guard_bin())
             .arg("--json")
+            .args(&extra)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -77,6 +128,7 @@ impl Agent {
         });
         let mut agent = Agent {
             child: Some(child),
+            dir,
             lines,
             seen: Vec::new(),
             stderr,
@@ -157,10 +209,14 @@ impl Agent {
                 );
             }
         }
+        if let Some(dir) = &self.dir {
+            check_reports(&records, &dir.incidents());
+        }
         Stopped {
             records,
             status,
             stderr: self.stderr(),
+            dir: self.dir.take(),
         }
     }
 
@@ -224,5 +280,56 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Reads `incident`'s report in `dir`, panicking with what is there.
+pub fn read_report(dir: &Path, incident: &str) -> Value {
+    let path = dir.join(format!("{incident}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        let there: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        panic!(
+            "no incident report {} ({e}); the directory holds {there:?}",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
+}
+
+/// Every action the agent took left a report of its incident whose tree
+/// names every member it signalled (with the action's own outcome), and
+/// every report is 0600.
+fn check_reports(records: &[Value], dir: &Path) {
+    for action in records
+        .iter()
+        .filter(|r| r["kind"] == "action" && r["dry_run"] == false)
+    {
+        let Some(incident) = action["incident"].as_str() else {
+            panic!("an action without an incident: {action}");
+        };
+        let report = read_report(dir, incident);
+        let path = dir.join(format!("{incident}.json"));
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{} is not 0600", path.display());
+        let actions = report["actions"].as_array().cloned().unwrap_or_default();
+        assert!(
+            actions.iter().any(|a| a["outcome"] == action["outcome"]),
+            "the report of {incident} lacks the action {action}:\n{report:#}"
+        );
+        let tree = report["tree"].as_array().cloned().unwrap_or_default();
+        let named: std::collections::BTreeSet<u64> = tree
+            .iter()
+            .filter(|m| m["signalled"] == true)
+            .filter_map(|m| m["pid"].as_u64())
+            .filter(|&pid| pid > 0)
+            .collect();
+        let signalled = action["outcome"]["signalled"].as_u64().unwrap_or(0);
+        assert!(
+            named.len() as u64 >= signalled,
+            "the report of {incident} names {} signalled members, the action signalled {signalled}: {action}",
+            named.len()
+        );
     }
 }

@@ -18,7 +18,7 @@ mod cgroup;
 pub mod schema;
 
 pub use self::{
-    agent::{Agent, Stopped},
+    agent::{Agent, AgentDir, Stopped, read_report},
     cgroup::TestCgroup,
 };
 
@@ -280,3 +280,8 @@ impl Drop for RootDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Flags for an agent a test starts itself (not through [`Agent`]): no
+/// incident reports and no stream socket outside the test's own
+/// directories.
+pub const NO_REPORTS: [&str; 4] = ["--incident-dir", "", "--socket", ""];

@@ -39,6 +39,7 @@ impl RawAgent {
     /// With `format` (`--json`, or nothing for text) before `args`.
     fn start_as(format: &[&str], args: &[&str]) -> Self {
         let mut child = Command::new(guard_bin())
+            .args(guard_tests::NO_REPORTS)
             .args(format)
             .args(args)
             .stdin(Stdio::null())

@@ -76,6 +76,7 @@ fn sigkill_leaves_nothing_attached() {
 #[test]
 fn a_closed_stdout_ends_it_quietly() {
     let mut child = Command::new(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--json", "--events", "fork,exec,exit"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -214,6 +215,7 @@ fn under_a_service_manager_it_says_ready_pings_the_watchdog_and_says_stopping() 
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let mut child = Command::new(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--json", "--events", "none"])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "1000000")

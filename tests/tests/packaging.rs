@@ -55,7 +55,20 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
     let volumes = pod["volumes"].as_vec().expect("volumes");
     let mut paths = Vec::new();
     for m in mounts {
-        assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+        // Writable: the incident reports (on the node) and the socket's
+        // directory (in memory); everything else is read only.
+        if m["name"].as_str() == Some("run") {
+            assert_eq!(m["mountPath"].as_str(), Some("/run/guard"));
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .expect("the run volume");
+            assert_eq!(volume["emptyDir"]["medium"].as_str(), Some("Memory"));
+            continue;
+        }
+        if m["name"].as_str() != Some("incidents") {
+            assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+        }
         if m["name"].as_str() == Some("config") {
             assert_eq!(m["mountPath"].as_str(), Some("/etc/guard/guard.toml"));
             assert_eq!(m["subPath"].as_str(), Some("guard.toml"));
@@ -85,6 +98,7 @@ fn the_daemonset_asks_for_what_guard_needs_and_no_more() {
             "/sys/fs/cgroup",
             "/sys/kernel/btf",
             "/sys/kernel/tracing",
+            "/var/lib/guard/incidents",
             "/var/log/pods"
         ]
     );

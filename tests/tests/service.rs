@@ -332,6 +332,7 @@ fn output_goes_to_a_file_opened_again_on_sighup() {
     });
     let (log, rotated) = (dir.join("guard.json"), dir.join("guard.json.1"));
     let mut child = std::process::Command::new(guard_tests::guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--json", "--cgroup", &scope, "--events", "exit", "--output"])
         .arg(&log)
         .stdout(std::process::Stdio::null())

@@ -297,6 +297,7 @@ fn a_config_file_others_can_write_is_refused() {
     let out = Command::new("timeout")
         .arg("20")
         .arg(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--dry-run", "--cgroup", "/sys/fs/cgroup/pids", "--on-alert"])
         .arg(format!("/bin/sh {}", user.dir.join("hook.sh").display()))
         .output()
@@ -323,6 +324,7 @@ fn the_output_file_resists_planted_links_and_a_full_disk() {
     let out = Command::new("timeout")
         .arg("20")
         .arg(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--json", "--events", "none", "--cgroup"])
         .arg(cg.pids_dir())
         .arg("--output")
@@ -352,6 +354,7 @@ fn the_output_file_resists_planted_links_and_a_full_disk() {
     });
     let log = mount.join("guard.json");
     let mut agent = Command::new(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--json", "--events", "exit", "--cgroup"])
         .arg(cg.pids_dir())
         .arg("--output")
@@ -521,6 +524,7 @@ fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
     let mut agent = killing_agent_with_metrics(&cg, port);
     // A second agent, in text, watching the same cgroup (log only).
     let mut text_agent = Command::new(guard_bin())
+        .args(guard_tests::NO_REPORTS)
         .args(["--color", "never", "--events", "fork,exec", "--cgroup"])
         .arg(cg.pids_dir())
         .stdout(Stdio::piped())
