@@ -331,6 +331,8 @@ fn setup() -> Result<()> {
         ("pg_isready", "postgresql-client"),
         // The unit is checked with `systemd-analyze verify`.
         ("systemd-analyze", "systemd"),
+        // `guard top` is driven in a terminal multiplexer.
+        ("tmux", "tmux"),
     ] {
         if !tool_exists(tool) {
             missing.push(package);

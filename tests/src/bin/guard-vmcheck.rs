@@ -769,8 +769,19 @@ fn bench() {
         .unwrap_or(5);
     let w = workload_bin().to_string_lossy().into_owned();
     let shapes = guard_tests::bombs::five_bombs(&w);
-    fork_cost(rounds);
-    fork_stats();
+    // guard.only=kill|refuse|nolsm: the rounds of that action alone, no
+    // cost rounds.
+    let only = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("guard.only=").map(str::to_owned))
+        })
+        .filter(|o| !o.is_empty());
+    if only.is_none() {
+        fork_cost(rounds);
+        fork_stats();
+    }
     let mut n = 0;
     // Kill (refusing first) and refuse, `rounds` each; kill without the LSM
     // program, a quarter as many, for comparison. Each line carries the
@@ -790,6 +801,12 @@ fn bench() {
         }
     }
     jobs.sort_by_key(|(action, _, _, shape)| *action == "refuse" && shape.name == "python");
+    if let Some(only) = only {
+        jobs.retain(|(action, extra, _, _)| match only.as_str() {
+            "nolsm" => !extra.is_empty(),
+            o => *action == o && extra.is_empty(),
+        });
+    }
     {
         for (action, extra, rounds, shape) in jobs {
             for _ in 0..rounds {

@@ -53,7 +53,12 @@ pub fn refusal_bench(workspace: &Path, rounds: u32) -> Result<()> {
         workspace,
         "6.12",
         "bench",
-        &format!("guard.rounds={rounds}"),
+        &format!(
+            "guard.rounds={rounds} guard.only={}",
+            // Only the rounds of one action (kill, refuse, nolsm): for
+            // looking into one of them.
+            std::env::var("GUARD_BENCH_ONLY").unwrap_or_default()
+        ),
         120,
         true,
     )?;
@@ -124,6 +129,10 @@ fn print_cost(lines: &[crate::vm::CheckLine]) -> Result<()> {
             v["lsm"] == true,
             v["forks_per_sec"].as_f64().unwrap_or(0.0),
         ));
+    }
+    if rows.is_empty() {
+        // GUARD_BENCH_ONLY: bomb rounds alone.
+        return Ok(());
     }
     println!("fork+exit+wait rate in the guest, the agent attached, medians of alternated rounds:");
     println!("| forker | with the LSM program | --no-lsm | ratio |");
