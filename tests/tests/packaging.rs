@@ -405,6 +405,11 @@ fn the_unit_runs_the_documented_examples_and_systemd_accepts_it() {
     assert_eq!(values("ProtectSystem"), "strict");
     assert_eq!(values("LogsDirectory"), "guard");
     assert_eq!(values("StateDirectory"), "guard");
+    // incident-dir under the state directory, socket under the runtime
+    // directory: both writable under ProtectSystem=strict.
+    assert!(example.contains("# incident-dir = \"/var/lib/guard/incidents\""));
+    assert!(example.contains("# socket = \"/run/guard/guard.sock\""));
+    assert_eq!(values("RuntimeDirectory"), "guard");
     assert_eq!(values("ExecReload"), "/bin/kill -HUP $MAINPID");
     let nofile: u64 = values("LimitNOFILE")
         .parse()

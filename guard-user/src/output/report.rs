@@ -620,8 +620,13 @@ pub fn render(r: &Report) -> String {
             "\nreadings of {}",
             r.readings_of.as_deref().unwrap_or("-")
         );
-        for (at, v) in &r.readings {
-            let _ = writeln!(s, "  {}  {v}", seconds_from(*at, r.boot_ns));
+        let bytes = r
+            .readings_of
+            .as_deref()
+            .is_some_and(|o| o.ends_with("bytes)"));
+        for &(at, v) in &r.readings {
+            let value = if bytes { human_bytes(v) } else { v.to_string() };
+            let _ = writeln!(s, "  {}  {value}", seconds_from(at, r.boot_ns));
         }
     }
     for (title, files) in [

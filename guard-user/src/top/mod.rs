@@ -237,7 +237,7 @@ fn main_loop(
 
 /// The tail of a long cgroup path, so that its own name shows.
 fn short(path: &str, width: usize) -> String {
-    let path = path.strip_prefix("/sys/fs/cgroup").unwrap_or(path);
+    let path = model::short_cgroup(path);
     let chars: Vec<char> = path.chars().collect();
     if chars.len() <= width {
         return path.to_owned();

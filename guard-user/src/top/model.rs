@@ -158,11 +158,11 @@ impl Model {
             .unwrap_or_default();
         let text = match kind {
             "alert" => format!(
-                "alert  {} {} {}{}",
+                "alert  {} {}{} in {}",
                 str_of(v, "detector"),
                 str_of(v, "rule"),
-                str_of(v, "cgroup"),
-                offender
+                offender,
+                short_cgroup(str_of(v, "cgroup"))
             ),
             "action" => {
                 let o = v.get("outcome");
@@ -295,6 +295,11 @@ impl Model {
     }
 }
 
+/// A cgroup path without the mount's common prefix.
+pub fn short_cgroup(path: &str) -> &str {
+    path.strip_prefix("/sys/fs/cgroup").unwrap_or(path)
+}
+
 /// The last `width` points as block characters, scaled to their range.
 pub fn sparkline(points: &[u64], width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -378,13 +383,13 @@ mod tests {
     #[test]
     fn alerts_and_actions_are_told_in_one_line_each() {
         let mut m = Model::default();
-        m.line(r#"{"kind":"alert","time":"2026-12-04T15:00:01.5Z","detector":"fork","rule":"explosion","severity":"critical","cgroup":"/t","offender":{"pid":42,"comm":"bash"}}"#);
+        m.line(r#"{"kind":"alert","time":"2026-12-04T15:00:01.5Z","detector":"fork","rule":"explosion","severity":"critical","cgroup":"/sys/fs/cgroup/pids/t","offender":{"pid":42,"comm":"bash"}}"#);
         m.line(r#"{"kind":"action","time":"2026-12-04T15:00:01.6Z","detector":"fork","action":"kill","offender":{"pid":42,"comm":"bash"},"outcome":{"signalled":12,"contained":true}}"#);
         let lines: Vec<&str> = m.told.iter().map(|t| t.text.as_str()).collect();
         assert_eq!(
             lines,
             [
-                "alert  fork explosion /t 42 bash",
+                "alert  fork explosion 42 bash in /pids/t",
                 "action fork kill signalled 12 42 bash contained"
             ]
         );
