@@ -166,7 +166,23 @@ fn top_shows_a_growing_runner_its_program_and_its_time_to_the_limit() {
         .parse()
         .unwrap_or_else(|_| panic!("rate in {runner:?}"));
     assert!((5.0..=20.0).contains(&rate), "rate {rate}/s: {runner:?}");
-    let eta = cols[4];
+    // The columns by the header's names (BIRTHS/s shows at 100 columns
+    // and more).
+    let header: Vec<&str> = row(&screen, "WOULD ACT ON").split_whitespace().collect();
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {header:?}"))
+    };
+    let births: f64 = cols[at("BIRTHS/s")]
+        .parse()
+        .unwrap_or_else(|_| panic!("births in {runner:?}"));
+    assert!(
+        (5.0..=20.0).contains(&births),
+        "births {births}/s: {runner:?}"
+    );
+    let eta = cols[at("ETA")];
     let eta_secs: f64 = if let Some((m, s)) = eta.split_once('m') {
         m.parse::<f64>().expect("minutes") * 60.0
             + s.trim_end_matches('s').parse::<f64>().expect("seconds")

@@ -406,6 +406,17 @@ impl ForkDetector {
             .collect()
     }
 
+    /// Births in `cgroup` per second, over the window up to `now` (processes
+    /// and threads, as the explosion rule counts them); `None` for what is
+    /// no population of its own (the host's count).
+    pub fn births_per_sec(&self, cgroup: &str, now: u64) -> Option<f64> {
+        let window = self.rules.window_ns.max(1);
+        let since = now.saturating_sub(window);
+        let p = self.populations.get(cgroup)?;
+        let births = p.births.iter().filter(|&&(t, _, _)| t >= since).count();
+        Some(births as f64 * 1e9 / window as f64)
+    }
+
     /// `cgroup`'s pids.current readings over the trend window: (boot ns,
     /// tasks), oldest first.
     pub fn pids_samples(&self, cgroup: &str) -> Vec<(u64, u64)> {

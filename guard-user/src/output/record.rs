@@ -1013,6 +1013,10 @@ pub struct PidsState {
     pub limit: Option<u64>,
     /// Tasks gained per second over the trend window.
     pub per_sec: f64,
+    /// Births (forks and clones) per second over the fork rule's window:
+    /// a churning cgroup has many and gains none (`null` for the host's
+    /// count, which is no population of its own).
+    pub births_per_sec: Option<f64>,
     /// Seconds to the limit at that rate (`null`: not growing toward one).
     pub eta_secs: Option<f64>,
     /// Who the fork guard would act on were it to act now: the top

@@ -56,6 +56,7 @@ impl<W: Write> Pipeline<W> {
                     tasks: v.current,
                     limit: v.limit,
                     per_sec: v.per_sec,
+                    births_per_sec: self.detectors.fork.births_per_sec(&v.cgroup, now),
                     eta_secs: v.eta_secs,
                     offender,
                 }

@@ -338,19 +338,30 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
     let selected = ui.selected.min(rows.len().saturating_sub(1));
     let width = cg_area.width as usize;
     let spark_w = if width >= 110 { 24 } else { 10 };
+    // Births a second, where there is room: a churning cgroup has many
+    // and gains no tasks.
+    let births_w = if width >= 100 { 9 } else { 0 };
     let cg_w = width
-        .saturating_sub(6 + 6 + 7 + 7 + spark_w + 22 + 8)
+        .saturating_sub(6 + 6 + 7 + births_w + 7 + spark_w + 22 + 8)
         .max(12);
     let table_rows: Vec<Row> = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let near = r.eta_secs.is_some_and(|e| e < 60.0);
-            let mut row = Row::new(vec![
+            let mut cells = vec![
                 short(&r.cgroup, cg_w),
                 r.tasks.to_string(),
                 r.limit.map_or("max".to_owned(), |l| l.to_string()),
                 format!("{:+.1}", r.per_sec),
+            ];
+            if births_w > 0 {
+                cells.push(
+                    r.births_per_sec
+                        .map_or("-".to_owned(), |b| format!("{b:.0}")),
+                );
+            }
+            cells.extend([
                 eta_text(r.eta_secs),
                 sparkline(&r.spark, spark_w),
                 r.offender
@@ -359,6 +370,7 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
                         format!("{pid} {comm} ({n})")
                     }),
             ]);
+            let mut row = Row::new(cells);
             if near {
                 row = row.style(style(Style::default().red()));
             }
@@ -368,39 +380,34 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
             row
         })
         .collect();
-    let cg_table = Table::new(
-        table_rows,
-        [
-            Constraint::Length(cg_w as u16),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(spark_w as u16),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new([
-            "CGROUP",
-            "TASKS",
-            "LIMIT",
-            "+/s",
-            "ETA",
-            "TREND",
-            "WOULD ACT ON",
-        ])
-        .style(style(Style::default().bold())),
-    )
-    .block(Block::default().borders(Borders::TOP).title(format!(
-        " cgroups by {}{} ",
-        ui.sort.name(),
-        if ui.filter.is_empty() {
-            String::new()
-        } else {
-            format!(", filter \"{}\"", ui.filter)
-        }
-    )));
+    let mut widths = vec![
+        Constraint::Length(cg_w as u16),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(7),
+    ];
+    let mut header = vec!["CGROUP", "TASKS", "LIMIT", "+/s"];
+    if births_w > 0 {
+        widths.push(Constraint::Length(births_w as u16));
+        header.push("BIRTHS/s");
+    }
+    widths.extend([
+        Constraint::Length(7),
+        Constraint::Length(spark_w as u16),
+        Constraint::Min(10),
+    ]);
+    header.extend(["ETA", "TREND", "WOULD ACT ON"]);
+    let cg_table = Table::new(table_rows, widths)
+        .header(Row::new(header).style(style(Style::default().bold())))
+        .block(Block::default().borders(Borders::TOP).title(format!(
+            " cgroups by {}{} ",
+            ui.sort.name(),
+            if ui.filter.is_empty() {
+                String::new()
+            } else {
+                format!(", filter \"{}\"", ui.filter)
+            }
+        )));
     f.render_widget(cg_table, cg_area);
     if ui.expanded {
         let lines: Vec<Line> = match rows.get(selected).and_then(|r| r.offender.as_ref()) {

@@ -48,6 +48,7 @@ pub struct CgroupRow {
     pub tasks: u64,
     pub limit: Option<u64>,
     pub per_sec: f64,
+    pub births_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
     /// pid, comm, subtree size.
     pub offender: Option<(u32, String, u64)>,
@@ -236,6 +237,7 @@ impl Model {
                     tasks: u64_of(p, "tasks").unwrap_or(0),
                     limit: u64_of(p, "limit"),
                     per_sec: f64_of(p, "per_sec").unwrap_or(0.0),
+                    births_per_sec: f64_of(p, "births_per_sec"),
                     eta_secs: f64_of(p, "eta_secs"),
                     offender,
                     cgroup,

@@ -38,6 +38,9 @@ fn a_growing_cgroup_shows_its_rate_its_time_to_the_limit_and_its_spawner() {
         .unwrap_or_else(|| panic!("no row for {PIDS_JOBS}: {snap:#?}"));
     assert_eq!((row.tasks, row.limit), (41, Some(120)));
     assert!((row.per_sec - 5.0).abs() < 0.5, "{row:?}");
+    // Five births in the last second's window (the fork rule's).
+    let births = row.births_per_sec.expect("a population");
+    assert!((births - 5.0).abs() <= 1.0, "{row:?}");
     let eta = row.eta_secs.expect("a time to the limit");
     assert!((eta - 79.0 / 5.0).abs() < 2.0, "{row:?}");
     let who = row.offender.as_ref().expect("the spawner");
