@@ -179,8 +179,10 @@ fn mounts_tracefs_when_it_is_missing() {
     let script = format!(
         "set -e; umount /sys/kernel/tracing 2>/dev/null || true; umount /sys/kernel/debug/tracing 2>/dev/null || true; \
          ! grep -q ' tracefs ' /proc/self/mountinfo; \
-         timeout --preserve-status -s INT 3 {} --json --events oom_kill >/dev/null; grep -q ' /sys/kernel/tracing ' /proc/self/mountinfo",
-        guard_bin().display()
+         timeout --preserve-status -s INT 3 {} {} --json --events oom_kill >/dev/null; grep -q ' /sys/kernel/tracing ' /proc/self/mountinfo",
+        guard_bin().display(),
+        // No report directory or socket outside the test's own.
+        "--incident-dir '' --socket ''"
     );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
