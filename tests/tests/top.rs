@@ -86,6 +86,35 @@ impl Drop for Tmux {
     }
 }
 
+/// `guard top --no-agent` on `socket` in a tmux session of `width` ×
+/// `height`, with NO_COLOR when `no_color`.
+fn top_session(
+    name: &str,
+    width: u32,
+    height: u32,
+    no_color: bool,
+    socket: &std::path::Path,
+) -> Tmux {
+    let guard = guard_bin();
+    let mut env = vec![("TERM", "xterm-256color")];
+    if no_color {
+        env.push(("NO_COLOR", "1"));
+    }
+    Tmux::start(
+        name,
+        width,
+        height,
+        &env,
+        &[
+            guard.to_str().expect("utf8"),
+            "--socket",
+            socket.to_str().expect("utf8"),
+            "top",
+            "--no-agent",
+        ],
+    )
+}
+
 /// The row of the screen that names `needle`.
 fn row<'a>(screen: &'a str, needle: &str) -> &'a str {
     screen
@@ -125,21 +154,8 @@ fn top_shows_a_growing_runner_its_program_and_its_time_to_the_limit() {
         let _ = server.kill();
         let _ = server.wait();
     });
-    let guard = guard_bin();
     let started = Instant::now();
-    let tmux = Tmux::start(
-        "top",
-        120,
-        40,
-        &[("TERM", "xterm-256color")],
-        &[
-            guard.to_str().expect("utf8"),
-            "--socket",
-            socket.to_str().expect("utf8"),
-            "top",
-            "--no-agent",
-        ],
-    );
+    let tmux = top_session("top", 120, 40, false, &socket);
     let screen = tmux.wait_for(
         Duration::from_secs(20),
         "the runner with a time to its limit",
@@ -208,19 +224,7 @@ fn top_shows_a_growing_runner_its_program_and_its_time_to_the_limit() {
         s.contains("cgroups by growth")
     });
     // 80×24 still shows the runner and who would be acted on.
-    let small = Tmux::start(
-        "top-small",
-        80,
-        24,
-        &[("TERM", "xterm-256color")],
-        &[
-            guard.to_str().expect("utf8"),
-            "--socket",
-            socket.to_str().expect("utf8"),
-            "top",
-            "--no-agent",
-        ],
-    );
+    let small = top_session("top-small", 80, 24, false, &socket);
     let screen = small.wait_for(Duration::from_secs(10), "the runner at 80x24", |s| {
         s.lines()
             .any(|l| l.contains("runner") && l.contains("guard-workload"))
@@ -241,19 +245,7 @@ fn top_shows_a_growing_runner_its_program_and_its_time_to_the_limit() {
     );
 
     // NO_COLOR: not one colour or reverse-video escape.
-    let plain = Tmux::start(
-        "top-plain",
-        100,
-        30,
-        &[("TERM", "xterm-256color"), ("NO_COLOR", "1")],
-        &[
-            guard.to_str().expect("utf8"),
-            "--socket",
-            socket.to_str().expect("utf8"),
-            "top",
-            "--no-agent",
-        ],
-    );
+    let plain = top_session("top-plain", 100, 30, true, &socket);
     plain.wait_for(Duration::from_secs(10), "the runner", |s| {
         s.contains("top-runner")
     });

@@ -433,14 +433,18 @@ impl<W: Write> Output<W> {
             let env = crate::respond::hook::environment(kind, &time, &self.host, &subject);
             hooks.fire(record.into(), env, now);
         }
-        if let Some(stream) = &self.stream
-            && (stream.listening() || kind == "start")
-        {
-            let line = self.json_line(kind, now, fields.iter().map(|(k, v)| (k, v)));
+        // One JSON line serves stdout (`--json`) and the stream.
+        let to_stream = self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.listening() || kind == "start");
+        let json = (to_stream || self.format == Format::Json)
+            .then(|| self.json_line(kind, now, fields.iter().map(|(k, v)| (k, v))));
+        if let (Some(stream), Some(line)) = (self.stream.as_ref().filter(|_| to_stream), &json) {
             if kind == "start" {
-                stream.set_hello(&line);
+                stream.set_hello(line);
             }
-            stream.publish(&line);
+            stream.publish(line);
         }
         if self.over(RECORD_BACKLOG) {
             self.records_dropped += 1;
@@ -448,18 +452,9 @@ impl<W: Write> Output<W> {
         }
         self.line.clear();
         match self.format {
-            Format::Json => {
-                let time = self.time_rfc3339(now);
-                let mut o = JsonObject::new(&mut self.line);
-                o.str("kind", kind)
-                    .str("time", &time)
-                    .num("boot_ns", now)
-                    .str("host", &self.host);
-                for (k, v) in fields {
-                    o.raw(k, &v.to_string());
-                }
-                o.finish();
-            }
+            Format::Json => self
+                .line
+                .extend_from_slice(json.as_deref().unwrap_or_default().as_bytes()),
             Format::Text { .. } => {
                 let _ = write!(self.line, "# {kind}:");
                 for (k, v) in &text_fields {
