@@ -81,3 +81,40 @@ fn a_report_holds_the_subtree_at_the_verdict_what_was_signalled_and_the_end() {
     );
     assert!(report.per_second.iter().map(|s| s.forks).sum::<u32>() >= 200);
 }
+
+#[test]
+fn with_incident_alerts_an_alert_under_log_gets_its_report_when_raised() {
+    let dir = TempDir::new();
+    let writer = Reports::start(&dir.path().join("incidents"), 10, 1 << 20).expect("writer");
+    let mut f = Fixture::new(fixture::settings(), Vec::new(), &[(100, 1, "bash")], &[])
+        .map_pipe(|p| p.with_reports(ReportBook::new(writer, true)));
+    let (requests, born) = bomb(&mut f, 9);
+    assert!(requests.is_empty(), "log asks for nothing");
+    let alert = f
+        .alerts()
+        .into_iter()
+        .find(|a| a["rule"] == "explosion")
+        .expect("an explosion alert");
+    f.pipe.close_reports();
+    let id = alert["incident"].as_str().expect("an incident");
+    let report =
+        crate::output::report::read(&dir.path().join("incidents"), id).expect("the report");
+    assert_eq!(report.decision["action"], "log");
+    assert!(report.actions.is_empty());
+    let pids: Vec<u32> = report.tree.iter().map(|m| m.pid).collect();
+    assert_eq!(pids.first(), Some(&100), "the offender first");
+    assert!(pids.len() >= 100 && pids.iter().all(|p| born.contains(p)));
+    assert!(report.tree.iter().all(|m| !m.signalled));
+
+    // Without it, an alert under log leaves no report.
+    let dir = TempDir::new();
+    let writer = Reports::start(&dir.path().join("incidents"), 10, 1 << 20).expect("writer");
+    let mut f = Fixture::new(fixture::settings(), Vec::new(), &[(100, 1, "bash")], &[])
+        .map_pipe(|p| p.with_reports(ReportBook::new(writer, false)));
+    let _ = bomb(&mut f, 9);
+    f.pipe.close_reports();
+    let files = std::fs::read_dir(dir.path().join("incidents"))
+        .expect("dir")
+        .count();
+    assert_eq!(files, 0);
+}
