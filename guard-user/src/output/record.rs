@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::output::incident::{Ended, Severity};
 use crate::{
@@ -988,7 +988,7 @@ impl Record for Summary {
 /// What the agent sees now, once a second, on the `--socket` stream only
 /// (`guard top` draws it): every watched cgroup's tasks and memory with
 /// their course toward the limit, the blocked tasks, the agent's health.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Snapshot {
     /// Cgroups whose task count is followed, soonest to their limit first.
     pub pids: Vec<PidsState>,
@@ -1004,7 +1004,7 @@ impl Record for Snapshot {
 }
 
 /// One cgroup's task count and its course.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PidsState {
     pub cgroup: String,
     /// pids.current: threads and zombies included.
@@ -1026,7 +1026,7 @@ pub struct PidsState {
 }
 
 /// One memory pool's usage and its course.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PoolState {
     pub pool: String,
     /// Unreclaimable bytes (anonymous, shmem, swap).
@@ -1037,7 +1037,7 @@ pub struct PoolState {
 }
 
 /// A process as the snapshot names it.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Suspect {
     pub pid: u32,
     pub comm: String,
@@ -1047,7 +1047,7 @@ pub struct Suspect {
 }
 
 /// A task blocked now.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BlockedState {
     pub pid: u32,
     pub comm: String,
@@ -1058,7 +1058,7 @@ pub struct BlockedState {
 }
 
 /// The agent's own health.
-#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentState {
     /// Events handled per second, over the last second.
     pub events_per_sec: f64,

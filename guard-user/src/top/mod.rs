@@ -294,12 +294,7 @@ fn process_tree(root: u32, max: usize) -> Vec<(usize, u32, char, String)> {
 fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
     let style = |s: Style| if ui.color { s } else { Style::default() };
     let snap = model.snapshot.as_ref();
-    let agent = snap.and_then(|s| s.get("agent"));
-    let num = |key: &str| {
-        agent
-            .and_then(|a| a.get(key))
-            .and_then(serde_json::Value::as_f64)
-    };
+    let agent = snap.map(|s| &s.agent);
     let header = format!(
         " guard top · {}{} · {:.0} ev/s · cpu {:.1}% · rss {} · lost {} · incidents {}{}{}",
         if model.host.is_empty() {
@@ -308,21 +303,17 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
             &model.host
         },
         if ui.own { " (own agent, log only)" } else { "" },
-        num("events_per_sec").unwrap_or(0.0),
-        num("cpu_percent").unwrap_or(0.0),
-        mib(num("rss_bytes").unwrap_or(0.0) as u64),
-        num("lost").unwrap_or(0.0),
-        num("incidents_open").unwrap_or(0.0),
+        agent.map_or(0.0, |a| a.events_per_sec),
+        agent.map_or(0.0, |a| a.cpu_percent),
+        mib(agent.map_or(0, |a| a.rss_bytes)),
+        agent.map_or(0, |a| a.lost),
+        agent.map_or(0, |a| a.incidents_open),
         if ui.paused { " · PAUSED" } else { "" },
         if ui.gone { " · AGENT GONE" } else { "" },
     );
     let rows = model.cgroups(ui.sort, &ui.filter);
     let pools = model.pools(&ui.filter);
-    let blocked: Vec<serde_json::Value> = snap
-        .and_then(|s| s.get("blocked"))
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let blocked = snap.map_or(&[][..], |s| &s.blocked[..]);
     let [top, cg_area, mem_area, bottom, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
@@ -348,27 +339,26 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let near = r.eta_secs.is_some_and(|e| e < 60.0);
+            let near = r.state.eta_secs.is_some_and(|e| e < 60.0);
             let mut cells = vec![
-                short(&r.cgroup, cg_w),
-                r.tasks.to_string(),
-                r.limit.map_or("max".to_owned(), |l| l.to_string()),
-                format!("{:+.1}", r.per_sec),
+                short(&r.state.cgroup, cg_w),
+                r.state.tasks.to_string(),
+                r.state.limit.map_or("max".to_owned(), |l| l.to_string()),
+                format!("{:+.1}", r.state.per_sec),
             ];
             if births_w > 0 {
                 cells.push(
-                    r.births_per_sec
+                    r.state
+                        .births_per_sec
                         .map_or("-".to_owned(), |b| format!("{b:.0}")),
                 );
             }
             cells.extend([
-                eta_text(r.eta_secs),
+                eta_text(r.state.eta_secs),
                 sparkline(&r.spark, spark_w),
-                r.offender
-                    .as_ref()
-                    .map_or("-".to_owned(), |(pid, comm, n)| {
-                        format!("{pid} {comm} ({n})")
-                    }),
+                r.state.offender.as_ref().map_or("-".to_owned(), |o| {
+                    format!("{} {} ({})", o.pid, o.comm, o.subtree_size)
+                }),
             ]);
             let mut row = Row::new(cells);
             if near {
@@ -410,8 +400,8 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
         )));
     f.render_widget(cg_table, cg_area);
     if ui.expanded {
-        let lines: Vec<Line> = match rows.get(selected).and_then(|r| r.offender.as_ref()) {
-            Some((pid, _, _)) => process_tree(*pid, 200)
+        let lines: Vec<Line> = match rows.get(selected).and_then(|r| r.state.offender.as_ref()) {
+            Some(o) => process_tree(o.pid, 200)
                 .into_iter()
                 .map(|(depth, pid, state, comm)| {
                     Line::from(format!(
@@ -439,10 +429,10 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
             .iter()
             .map(|p| {
                 Row::new(vec![
-                    short(&p.pool, cg_w),
-                    mib(p.bytes),
-                    mib(p.limit_bytes),
-                    eta_text(p.eta_secs),
+                    short(&p.state.pool, cg_w),
+                    mib(p.state.bytes),
+                    mib(p.state.limit_bytes),
+                    eta_text(p.state.eta_secs),
                     sparkline(&p.spark, spark_w),
                 ])
             })
@@ -495,19 +485,10 @@ fn draw(f: &mut Frame, model: &Model, ui: &Ui) {
             .map(|b| {
                 Line::from(format!(
                     "{} {} {}s {}",
-                    b.get("pid")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0),
-                    b.get("comm")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or(""),
-                    b.get("blocked_ms")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0)
-                        / 1000,
-                    b.get("wchan")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("-"),
+                    b.pid,
+                    b.comm,
+                    b.blocked_ms / 1000,
+                    b.wchan.as_deref().unwrap_or("-"),
                 ))
             })
             .collect();

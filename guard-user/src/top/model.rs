@@ -7,6 +7,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value;
 
+use crate::output::record::{PidsState, PoolState, Snapshot};
+
 /// Readings kept per cgroup and pool: one a second, five minutes.
 pub const SPARK_POINTS: usize = 300;
 /// Alerts, actions and endings kept.
@@ -41,27 +43,17 @@ impl Sort {
     }
 }
 
-/// One cgroup row.
+/// One cgroup row: the snapshot's, and its readings since top connected.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CgroupRow {
-    pub cgroup: String,
-    pub tasks: u64,
-    pub limit: Option<u64>,
-    pub per_sec: f64,
-    pub births_per_sec: Option<f64>,
-    pub eta_secs: Option<f64>,
-    /// pid, comm, subtree size.
-    pub offender: Option<(u32, String, u64)>,
+    pub state: PidsState,
     pub spark: Vec<u64>,
 }
 
-/// One memory pool row.
+/// One memory pool row, alike.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolRow {
-    pub pool: String,
-    pub bytes: u64,
-    pub limit_bytes: u64,
-    pub eta_secs: Option<f64>,
+    pub state: PoolState,
     pub spark: Vec<u64>,
 }
 
@@ -76,7 +68,7 @@ pub struct Told {
 #[derive(Default)]
 pub struct Model {
     pub host: String,
-    pub snapshot: Option<Value>,
+    pub snapshot: Option<Snapshot>,
     tasks: HashMap<String, VecDeque<u64>>,
     memory: HashMap<String, VecDeque<u64>>,
     pub told: VecDeque<Told>,
@@ -97,10 +89,6 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn f64_of(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
 fn u64_of(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
 }
@@ -118,31 +106,17 @@ impl Model {
         }
         match str_of(&v, "kind") {
             "snapshot" => {
-                for p in v
-                    .get("pids")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    push(
-                        &mut self.tasks,
-                        str_of(p, "cgroup"),
-                        u64_of(p, "tasks").unwrap_or(0),
-                    );
+                let Ok(snapshot) = serde_json::from_value::<Snapshot>(v) else {
+                    self.bad_lines += 1;
+                    return;
+                };
+                for p in &snapshot.pids {
+                    push(&mut self.tasks, &p.cgroup, p.tasks);
                 }
-                for p in v
-                    .get("memory")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    push(
-                        &mut self.memory,
-                        str_of(p, "pool"),
-                        u64_of(p, "bytes").unwrap_or(0),
-                    );
+                for p in &snapshot.memory {
+                    push(&mut self.memory, &p.pool, p.bytes);
                 }
-                self.snapshot = Some(v);
+                self.snapshot = Some(snapshot);
             }
             "alert" | "action" | "resolved" | "refusal" | "lost" => self.tell(&v),
             _ => {}
@@ -214,87 +188,51 @@ impl Model {
     pub fn cgroups(&self, sort: Sort, filter: &str) -> Vec<CgroupRow> {
         let mut rows: Vec<CgroupRow> = self
             .snapshot
-            .as_ref()
-            .and_then(|s| s.get("pids"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let cgroup = str_of(p, "cgroup").to_owned();
-                let offender = p.get("offender").filter(|o| o.is_object()).map(|o| {
-                    (
-                        u64_of(o, "pid").unwrap_or(0) as u32,
-                        str_of(o, "comm").to_owned(),
-                        u64_of(o, "subtree_size").unwrap_or(0),
-                    )
-                });
-                CgroupRow {
-                    spark: self
-                        .tasks
-                        .get(&cgroup)
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default(),
-                    tasks: u64_of(p, "tasks").unwrap_or(0),
-                    limit: u64_of(p, "limit"),
-                    per_sec: f64_of(p, "per_sec").unwrap_or(0.0),
-                    births_per_sec: f64_of(p, "births_per_sec"),
-                    eta_secs: f64_of(p, "eta_secs"),
-                    offender,
-                    cgroup,
-                }
-            })
-            .filter(|r| {
+            .iter()
+            .flat_map(|s| &s.pids)
+            .filter(|p| {
                 filter.is_empty()
-                    || r.cgroup.contains(filter)
-                    || r.offender.as_ref().is_some_and(|o| o.1.contains(filter))
+                    || p.cgroup.contains(filter)
+                    || p.offender.as_ref().is_some_and(|o| o.comm.contains(filter))
+            })
+            .map(|p| CgroupRow {
+                spark: spark(&self.tasks, &p.cgroup),
+                state: p.clone(),
             })
             .collect();
-        let eta = |r: &CgroupRow| r.eta_secs.unwrap_or(f64::INFINITY);
+        let eta = |r: &CgroupRow| r.state.eta_secs.unwrap_or(f64::INFINITY);
         match sort {
             Sort::Eta => rows.sort_by(|a, b| {
                 eta(a)
                     .total_cmp(&eta(b))
-                    .then(b.per_sec.total_cmp(&a.per_sec))
+                    .then(b.state.per_sec.total_cmp(&a.state.per_sec))
             }),
-            Sort::Growth => rows.sort_by(|a, b| b.per_sec.total_cmp(&a.per_sec)),
-            Sort::Tasks => rows.sort_by_key(|r| std::cmp::Reverse(r.tasks)),
+            Sort::Growth => rows.sort_by(|a, b| b.state.per_sec.total_cmp(&a.state.per_sec)),
+            Sort::Tasks => rows.sort_by_key(|r| std::cmp::Reverse(r.state.tasks)),
         }
         rows
     }
 
-    /// The memory pool rows, filtered and soonest to the limit first.
+    /// The memory pool rows, filtered and soonest to the limit first (the
+    /// agent's order).
     pub fn pools(&self, filter: &str) -> Vec<PoolRow> {
-        let mut rows: Vec<PoolRow> = self
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.get("memory"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let pool = str_of(p, "pool").to_owned();
-                PoolRow {
-                    spark: self
-                        .memory
-                        .get(&pool)
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default(),
-                    bytes: u64_of(p, "bytes").unwrap_or(0),
-                    limit_bytes: u64_of(p, "limit_bytes").unwrap_or(0),
-                    eta_secs: f64_of(p, "eta_secs"),
-                    pool,
-                }
+        self.snapshot
+            .iter()
+            .flat_map(|s| &s.memory)
+            .filter(|p| filter.is_empty() || p.pool.contains(filter))
+            .map(|p| PoolRow {
+                spark: spark(&self.memory, &p.pool),
+                state: p.clone(),
             })
-            .filter(|r| filter.is_empty() || r.pool.contains(filter))
-            .collect();
-        rows.sort_by(|a, b| {
-            a.eta_secs
-                .unwrap_or(f64::INFINITY)
-                .total_cmp(&b.eta_secs.unwrap_or(f64::INFINITY))
-                .then(b.bytes.cmp(&a.bytes))
-        });
-        rows
+            .collect()
     }
+}
+
+fn spark(series: &HashMap<String, VecDeque<u64>>, key: &str) -> Vec<u64> {
+    series
+        .get(key)
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// A cgroup path without the mount's common prefix.
@@ -348,7 +286,9 @@ mod tests {
                     "eta_secs": eta, "offender": {"pid": 7, "comm": "runner", "exe": null, "subtree_size": 3}})
             })
             .collect();
-        serde_json::json!({"kind": "snapshot", "host": "h", "pids": pids, "memory": [], "blocked": [], "agent": {}})
+        serde_json::json!({"kind": "snapshot", "host": "h", "pids": pids, "memory": [], "blocked": [],
+            "agent": {"events_per_sec": 0.0, "lost": 0, "cpu_percent": 0.0, "rss_bytes": 0, "probes": 0,
+                "incidents_open": 0, "clients": 1}})
             .to_string()
     }
 
@@ -360,7 +300,8 @@ mod tests {
             ("/b", 500, 30.0, Some(16.0)),
             ("/c", 900, 5.0, Some(20.0)),
         ]));
-        let order = |rows: Vec<CgroupRow>| rows.into_iter().map(|r| r.cgroup).collect::<Vec<_>>();
+        let order =
+            |rows: Vec<CgroupRow>| rows.into_iter().map(|r| r.state.cgroup).collect::<Vec<_>>();
         assert_eq!(order(m.cgroups(Sort::Eta, "")), ["/b", "/c", "/a"]);
         assert_eq!(order(m.cgroups(Sort::Growth, "")), ["/b", "/c", "/a"]);
         assert_eq!(order(m.cgroups(Sort::Tasks, "")), ["/c", "/b", "/a"]);
