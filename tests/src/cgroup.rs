@@ -291,24 +291,11 @@ impl TestCgroup {
     pub fn kill_all(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let procs: Vec<u32> = self
-                .dirs
-                .iter()
-                .flat_map(|d| {
-                    std::fs::read_to_string(d.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .lines()
-                        .filter_map(|l| l.parse().ok())
-                        .collect::<Vec<u32>>()
-                })
-                .collect();
-            if procs.is_empty() || Instant::now() > deadline {
+            // Through pidfds, checked members: a pid read here may be
+            // reused by the time it is signalled.
+            let listed: usize = self.dirs.iter().map(|d| crate::kill_members(d)).sum();
+            if listed == 0 || Instant::now() > deadline {
                 return;
-            }
-            for pid in procs {
-                // SAFETY: kill has no memory effects; the pid is a member of
-                // this test's own cgroup.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -113,12 +113,81 @@ impl<F: FnMut()> Drop for Defer<F> {
 }
 
 /// SIGKILLs the process `pid` (a child of the test's own) on drop, if it
-/// is still there: a test that fails leaves no agent running.
+/// is still there and still its child: a test that fails leaves no agent
+/// running, and a pid reused since (the child waited for) is left alone.
 pub fn kill_on_drop(pid: u32) -> Defer<impl FnMut()> {
     Defer(move || {
-        // SAFETY: signals the test's own child; kill has no memory effects.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let me = std::process::id().to_string();
+        signal_if(pid, libc::SIGKILL, |status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .is_some_and(|ppid| ppid.trim() == me)
+        });
     })
+}
+
+/// Sends `signal` to the process `pid` only if `/proc/PID/status` satisfies
+/// `is_ours`, without a race against pid reuse: the signal goes through a
+/// pidfd opened before the check, so it reaches the process checked or,
+/// when that one is gone by then, nobody. A test harness that read a pid
+/// and signals it a moment later could otherwise kill whoever got the pid
+/// meanwhile (itself included: kill(2) on a thread id signals its process).
+/// Returns whether the signal was sent.
+pub fn signal_if(pid: u32, signal: i32, is_ours: impl Fn(&str) -> bool) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is a descriptor we own from here on.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // While the pidfd's process lives, /proc/PID is that process; if it
+    // has died, the signal below fails with ESRCH whatever the check read.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if !is_ours(&status) {
+        return false;
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: the fd is a pidfd we own; a null siginfo is allowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            raw,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// SIGKILLs every process listed in `dir`'s `cgroup.procs` that is still a
+/// member of a cgroup named like `dir` when signalled (see [`signal_if`]).
+/// Returns how many were listed.
+pub fn kill_members(dir: &std::path::Path) -> usize {
+    use std::os::unix::ffi::OsStrExt as _;
+    // Bytes: a cgroup's name need not be UTF-8.
+    let leaf = dir.file_name().map(|l| l.as_bytes()).unwrap_or_default();
+    assert!(
+        !leaf.is_empty(),
+        "kill_members: {} names no cgroup",
+        dir.display()
+    );
+    let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    for &pid in &procs {
+        let _ = signal_if(pid, libc::SIGKILL, |_| {
+            std::fs::read(format!("/proc/{pid}/cgroup"))
+                .unwrap_or_default()
+                .split(|&b| b == b'\n')
+                .any(|l| l.split(|&b| b == b'/').any(|part| part == leaf))
+        });
+    }
+    procs.len()
 }
 
 /// u64 field of a record, panicking with the record when missing.

@@ -507,14 +507,8 @@ fn hostile_names_are_escaped_everywhere_and_kept_exactly() {
     let child_for_cleanup = child.clone();
     let _cleanup = guard_tests::Defer(move || {
         for _ in 0..100 {
-            let procs =
-                std::fs::read_to_string(child_for_cleanup.join("cgroup.procs")).unwrap_or_default();
-            if procs.trim().is_empty() {
+            if guard_tests::kill_members(&child_for_cleanup) == 0 {
                 break;
-            }
-            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // SAFETY: kills the test's own processes in its cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
