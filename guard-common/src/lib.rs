@@ -59,7 +59,7 @@ mod layout {
     #[test]
     fn sizes_have_no_padding() {
         assert_eq!(size_of::<Header>(), 16);
-        assert_eq!(size_of::<Refusal>(), 16);
+        assert_eq!(size_of::<Refusal>(), 24);
         assert_eq!(size_of::<ForkEvent>(), 16 + 6 * 4 + 8 + 2 * COMM_LEN);
         assert_eq!(
             size_of::<ExecEvent>(),

@@ -182,7 +182,7 @@ pub const CONDEMNED_ENTRIES: u32 = 256;
 /// EAGAIN), with what it refused so far. The agent inserts it zeroed (a
 /// `refuse` action, and before any `stop` or `kill`), the fork probe when it
 /// condemns a subtree by itself; the LSM program counts; removing it lifts
-/// the refusal. 16 bytes, no padding.
+/// the refusal. 24 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusal {
@@ -190,6 +190,11 @@ pub struct Refusal {
     pub refused: u64,
     /// When the last one was refused (boot ns; 0: none yet).
     pub last_ns: u64,
+    /// Members born since the refusal was written (counted by the fork
+    /// probe): forks that had passed the hook before it, still copying
+    /// (under load a fork can take milliseconds between the hook and its
+    /// completion); or, where the kernel cannot refuse, every birth.
+    pub slipped: u64,
 }
 
 /// Capacity of the `REFUSALS` map: as many as can be condemned.

@@ -51,6 +51,17 @@ pub(crate) fn enforce_lineage(
         Some(tag) => tag,
         None => tag_subtree(parent, parent_tgid, child_tgid, child_flags, child_verdict)?,
     };
+    // A birth after its lineage's refusal was written: the fork had passed
+    // the hook before (see `Refusal::slipped`). Looked at before this birth
+    // is counted, which may write the refusal. One more lookup, for tagged
+    // members only.
+    if let Some(refusal) = REFUSALS.get_ptr_mut(tag) {
+        // SAFETY: `refusal` points at this map value for the whole program
+        // run; the field is a plain integer.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*refusal).slipped, 1)
+        };
+    }
     if child_tgid != parent_tgid {
         // A full map only means this child is found by the agent's own
         // sweep instead.

@@ -76,6 +76,9 @@ pub struct Round {
     pub refused_by_limit: u64,
     /// Forks the kernel refused to the bomb (the action's outcome).
     pub refused_forks: Option<u64>,
+    /// Births after the refusal was written, by the action's end: forks
+    /// already past the kernel's hook (`outcome.slipped_forks`).
+    pub slipped_forks: Option<u64>,
     /// From the bomb's start to no member left alive (`kill`), in ms.
     pub gone_ms: Option<f64>,
     /// Under `refuse`: the bomb's members still alive (not zombies) a
@@ -201,6 +204,9 @@ pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &
         refused_forks: verdict
             .as_ref()
             .and_then(|v| v["outcome"]["refused_forks"].as_u64()),
+        slipped_forks: verdict
+            .as_ref()
+            .and_then(|v| v["outcome"]["slipped_forks"].as_u64()),
         gone_ms,
         alive_refused,
     }
@@ -217,6 +223,7 @@ impl Round {
             "peak_after_20ms": self.peak_after_20ms,
             "refused_by_limit": self.refused_by_limit,
             "refused_forks": self.refused_forks,
+            "slipped_forks": self.slipped_forks,
             "gone_ms": self.gone_ms,
             "alive_refused": self.alive_refused,
         })

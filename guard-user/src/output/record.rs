@@ -844,6 +844,10 @@ pub struct RefusalRecord {
     pub offender: Option<Offender>,
     /// Forks and clones refused since the refusal began.
     pub refused: u64,
+    /// Members born since the refusal began: forks that had passed the
+    /// kernel's hook before it and completed after (a handful; under heavy
+    /// load a fork can take milliseconds to complete).
+    pub slipped: u64,
     /// Refused per second over the last second.
     pub per_second: f64,
     pub peak_per_second: f64,

@@ -507,6 +507,7 @@ pub fn outcome(signalled: usize) -> crate::respond::act::Outcome {
         error: None,
         condemnation_held: false,
         refused_forks: None,
+        slipped_forks: None,
         refusing: false,
         captured: Vec::new(),
         signalled_pids: Vec::new(),

@@ -130,6 +130,7 @@ fn refusal_record(request: &ActionRequest, f: &Figures) -> RefusalRecord {
         then: f.then,
         offender: request.offender.clone(),
         refused: f.refused,
+        slipped: f.slipped,
         per_second: (f.per_second * 10.0).round() / 10.0,
         peak_per_second: (f.peak_per_second * 10.0).round() / 10.0,
         first_refused_boot_ns: f.first_refused_ns,

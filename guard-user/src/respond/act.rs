@@ -160,6 +160,10 @@ pub struct Outcome {
     /// verdict to now for a `refuse`; `null` where the kernel cannot refuse
     /// (no BPF LSM: see the `start` record's `refusal`).
     pub refused_forks: Option<u64>,
+    /// Members born after the refusal was written, as the kernel counts
+    /// them (`Refusal::slipped`): forks that had passed the hook before it
+    /// and completed after. `null` where the kernel cannot refuse.
+    pub slipped_forks: Option<u64>,
     /// A `refuse` action: the lineage's forks are refused from now on, until
     /// the refusal ends (see the `refusal` records). Its members are left
     /// running.
@@ -190,6 +194,7 @@ impl Outcome {
             error: None,
             condemnation_held: false,
             refused_forks: None,
+            slipped_forks: None,
             refusing: false,
             captured: Vec::new(),
             signalled_pids: Vec::new(),
@@ -342,7 +347,7 @@ pub fn contain(
     }
     let running = left.len();
     let contained = running == 0 && errors.is_empty();
-    let refused_forks = sys.refusal(tag).map(|r| r.refused);
+    let refusal = sys.refusal(tag);
     // The condemnation ends only once its members are verified gone (or
     // stopped): until then a member that forks is still signalled.
     let held = !contained;
@@ -363,7 +368,8 @@ pub fn contain(
         errors: errors.len(),
         error,
         condemnation_held: held,
-        refused_forks,
+        refused_forks: refusal.map(|r| r.refused),
+        slipped_forks: refusal.map(|r| r.slipped),
         refusing: false,
         captured,
         signalled_pids: signalled.into_iter().collect(),
@@ -403,6 +409,7 @@ fn refuse(
     error: Option<String>,
 ) -> Outcome {
     let refusing = sys.refuse(tag);
+    let refusal = sys.refusal(tag);
     let running = sys
         .tagged(tag)
         .into_iter()
@@ -417,7 +424,8 @@ fn refuse(
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         errors,
         error,
-        refused_forks: sys.refusal(tag).map(|r| r.refused),
+        refused_forks: refusal.map(|r| r.refused),
+        slipped_forks: refusal.map(|r| r.slipped),
         refusing,
         ..Outcome::nothing(condemned_by_kernel)
     }

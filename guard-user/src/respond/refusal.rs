@@ -86,6 +86,8 @@ pub struct Figures {
     pub ended: Option<Ended>,
     /// Forks and clones refused since the refusal began.
     pub refused: u64,
+    /// Members born since it began: forks already past the hook.
+    pub slipped: u64,
     /// Refused per second over the last reading.
     pub per_second: f64,
     pub peak_per_second: f64,
@@ -108,6 +110,7 @@ pub struct Refusing<S> {
     started_ns: u64,
     read_ns: u64,
     refused: u64,
+    slipped: u64,
     first_ns: Option<u64>,
     last_ns: Option<u64>,
     peak: f64,
@@ -158,6 +161,7 @@ impl<S> Refusals<S> {
                 started_ns: now,
                 read_ns: now,
                 refused: 0,
+                slipped: 0,
                 first_ns: None,
                 last_ns: None,
                 peak: 0.0,
@@ -247,6 +251,7 @@ impl<S> Refusing<S> {
         self.peak = self.peak.max(self.per_second);
         self.read_ns = now;
         self.refused = reading.refused;
+        self.slipped = reading.slipped;
         if new > 0 && reading.last_ns > 0 {
             // The kernel's times are exact; the first is known to within
             // the reading that saw it.
@@ -264,6 +269,7 @@ impl<S> Refusing<S> {
             },
             ended,
             refused: self.refused,
+            slipped: self.slipped,
             per_second: self.per_second,
             peak_per_second: self.peak,
             first_refused_ns: self.first_ns,
@@ -282,7 +288,11 @@ mod tests {
     const T0: u64 = 1_000 * NS;
 
     fn reading(refused: u64, last_ns: u64) -> Option<Refusal> {
-        Some(Refusal { refused, last_ns })
+        Some(Refusal {
+            refused,
+            last_ns,
+            slipped: 0,
+        })
     }
 
     fn rules() -> RefusalRules {
@@ -290,6 +300,23 @@ mod tests {
             grace_ns: 8 * NS,
             limit_ns: 60 * NS,
         }
+    }
+
+    #[test]
+    fn forks_that_slipped_past_the_hook_are_reported_as_the_kernel_counts_them() {
+        let mut r = Refusals::new(rules());
+        r.start(7, "bomb", None, T0);
+        let read = |slipped| {
+            Some(Refusal {
+                refused: 10,
+                last_ns: T0 + 1,
+                slipped,
+            })
+        };
+        let c = r.observe(T0 + NS, |_| read(3), |_| 40);
+        assert_eq!((c[0].1.refused, c[0].1.slipped), (10, 3));
+        let ended = r.end_all(T0 + 2 * NS, Ended::Lifted);
+        assert_eq!(ended[0].1.slipped, 3, "the last reading's count ends it");
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub fn refusal_bench(workspace: &Path, rounds: u32) -> Result<()> {
             peak_after_20ms: v["peak_after_20ms"].as_u64(),
             refused_by_limit: v["refused_by_limit"].as_u64().unwrap_or(0),
             refused_forks: v["refused_forks"].as_u64(),
+            slipped_forks: v["slipped_forks"].as_u64(),
             gone_ms: v["gone_ms"].as_f64(),
             alive_refused: v["alive_refused"].as_u64(),
         });
@@ -228,6 +229,12 @@ fn print_table(all: &[Round], rounds: u32, refuse_columns: bool) {
                 .filter_map(|r| r.refused_forks.map(|v| v as f64))
                 .collect::<Vec<_>>(),
         );
+        let (slipped_med, slipped_worst) = median_worst(
+            &mut rs
+                .iter()
+                .filter_map(|r| r.slipped_forks.map(|v| v as f64))
+                .collect::<Vec<_>>(),
+        );
         let limited = rs.iter().filter(|r| r.refused_by_limit > 0).count();
         let (alive_med, _) = median_worst(
             &mut rs
@@ -249,6 +256,7 @@ fn print_table(all: &[Round], rounds: u32, refuse_columns: bool) {
             "median_peak": peak_med, "worst_peak": peak_worst, "median_at_verdict": verdict_med,
             "median_growth_after_20ms": growth_med, "worst_growth_after_20ms": growth_worst,
             "median_refused_forks": refused_med, "limit_refused_rounds": limited,
+            "median_slipped_forks": slipped_med, "worst_slipped_forks": slipped_worst,
             "median_alive_refused": alive_med}),
         );
     }

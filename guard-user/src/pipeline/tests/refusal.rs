@@ -29,16 +29,20 @@ fn refused_outcome() -> Outcome {
         contained: false,
         refusing: true,
         refused_forks: Some(0),
+        slipped_forks: Some(0),
         ..outcome(0)
     }
 }
 
 fn set_count(f: &Fixture, tag: u64, refused: u64, last_ns: u64) {
-    f.system
-        .refusals
-        .lock()
-        .expect("lock")
-        .insert(tag, Refusal { refused, last_ns });
+    f.system.refusals.lock().expect("lock").insert(
+        tag,
+        Refusal {
+            refused,
+            last_ns,
+            slipped: 0,
+        },
+    );
 }
 
 fn refusal_records(f: &mut Fixture) -> Vec<serde_json::Value> {
