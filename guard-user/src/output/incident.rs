@@ -104,6 +104,10 @@ pub struct Incident {
     /// open meanwhile (for [`ACTING_AT_MOST_NS`] at most).
     pub acting: u32,
     pub acting_since_ns: u64,
+    /// How it ends once the actions asked for are in: a refusal that ended
+    /// (its subtree gone, or lifted) while a follow-up was still on its
+    /// way, whose report and `resolved` record must come after it.
+    pub ending: Option<Ended>,
     /// Its offender's pid, when one was blamed.
     pub offender_pid: Option<u32>,
 }
@@ -206,6 +210,7 @@ impl Incidents {
                 refusing: false,
                 acting: 0,
                 acting_since_ns: 0,
+                ending: None,
                 offender_pid,
             },
         );
@@ -244,6 +249,12 @@ impl Incidents {
         i.refusing = false;
         i.last_verdict_ns = i.last_verdict_ns.max(now);
         match why {
+            // An action still on its way (a follow-up for members the
+            // refusal could not tag yet) ends it when it is in.
+            Some(ended) if i.acting > 0 => {
+                i.ending = Some(ended);
+                None
+            }
             Some(ended) => self.close(id, now, ended),
             None => None,
         }
@@ -280,7 +291,9 @@ impl Incidents {
             .filter(|i| i.acting == 0 || now.saturating_sub(i.acting_since_ns) >= ACTING_AT_MOST_NS)
             .filter_map(|i| {
                 let idle = now.saturating_sub(i.last_verdict_ns);
-                if gone(&i.subject) {
+                if let Some(ended) = i.ending {
+                    Some((i.id.clone(), ended))
+                } else if gone(&i.subject) {
                     Some((i.id.clone(), Ended::Gone))
                 } else if i.contained && idle >= SETTLE_NS {
                     Some((i.id.clone(), Ended::Contained))
@@ -428,9 +441,24 @@ mod tests {
         inc.acted("t-2", 0, false, true);
         let closed = inc.refusal_ended("t-2", S, Some(Ended::Lifted));
         assert_eq!(closed.map(|c| c.ended), Some(Ended::Lifted));
+        // Its subtree gone while a follow-up is on its way: it ends once
+        // the follow-up is in, so the report holds every action.
+        inc.raise(0, EXPLOSION, lineage(4), None, equal);
+        inc.requested("t-3", 0);
+        inc.acted("t-3", 0, false, true);
+        inc.requested("t-3", S);
+        assert!(inc.refusal_ended("t-3", S, Some(Ended::Gone)).is_none());
+        assert!(inc.expire(2 * S, |_| 3600 * S, |_| false).is_empty());
+        inc.acted("t-3", 2 * S, false, false);
+        let closed = inc.expire(2 * S, |_| 3600 * S, |_| false);
+        assert_eq!(
+            (closed[0].ended, closed[0].incident.actions),
+            (Ended::Contained, 2),
+            "gone, after actions: contained"
+        );
         // An action never reported keeps it open a minute at most.
         inc.raise(0, EXPLOSION, lineage(3), None, equal);
-        inc.requested("t-3", 0);
+        inc.requested("t-4", 0);
         assert!(
             inc.expire(ACTING_AT_MOST_NS - 1, |_| 3600 * S, |_| true)
                 .is_empty()
