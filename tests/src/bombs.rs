@@ -76,8 +76,9 @@ pub struct Round {
     pub refused_by_limit: u64,
     /// Forks the kernel refused to the bomb (the action's outcome).
     pub refused_forks: Option<u64>,
-    /// Births after the refusal was written, by the action's end: forks
-    /// already past the kernel's hook (`outcome.slipped_forks`).
+    /// Births after the refusal was written: forks already past the
+    /// kernel's hook (`outcome.slipped_forks` at the action's end, or the
+    /// last `refusal` record's `slipped`, whichever is later).
     pub slipped_forks: Option<u64>,
     /// From the bomb's start to no member left alive (`kill`), in ms.
     pub gone_ms: Option<f64>,
@@ -206,7 +207,14 @@ pub fn round(shape: &Shape, action: &str, extra: &[&str], pids_max: u32, name: &
             .and_then(|v| v["outcome"]["refused_forks"].as_u64()),
         slipped_forks: verdict
             .as_ref()
-            .and_then(|v| v["outcome"]["slipped_forks"].as_u64()),
+            .and_then(|v| v["outcome"]["slipped_forks"].as_u64())
+            .into_iter()
+            .chain(
+                stopped
+                    .of_kind("refusal")
+                    .filter_map(|r| r["slipped"].as_u64()),
+            )
+            .max(),
         gone_ms,
         alive_refused,
     }

@@ -878,8 +878,17 @@ fn bench() {
                         json["mem_available_mib"] = mem_available_mib().into();
                         println!("VMCHECK bench ok {json}");
                     }
-                    Err(_) => {
-                        println!("VMCHECK bench FAIL {} under {action} {extra:?}", shape.name)
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        println!(
+                            "VMCHECK bench FAIL {} under {action} {extra:?}: {}",
+                            shape.name,
+                            why.replace('\n', " | ")
+                        )
                     }
                 }
             }
