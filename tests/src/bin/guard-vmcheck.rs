@@ -457,8 +457,8 @@ fn refuse_ladder() -> String {
     agent.stop();
     assert_eq!(refused, 0, "pids.max refused {refused} forks");
     format!(
-        "refused, {} forks refused over {secs:.1} s, then killed ({} members, contained)",
-        step["refused"], kill["outcome"]["signalled"]
+        "refused, {} forks refused over {secs:.1} s, then killed ({} members, {} signalled by the agent, the rest by the kernel as they tried to fork; contained)",
+        step["refused"], kill["members"], kill["outcome"]["signalled"]
     )
 }
 
