@@ -118,8 +118,9 @@ impl<F: FnMut()> Drop for Defer<F> {
 pub fn kill_on_drop(pid: u32) -> Defer<impl FnMut()> {
     Defer(move || {
         let me = std::process::id().to_string();
-        signal_if(pid, libc::SIGKILL, |status| {
-            status
+        signal_if(pid, libc::SIGKILL, || {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
                 .lines()
                 .find_map(|l| l.strip_prefix("PPid:"))
                 .is_some_and(|ppid| ppid.trim() == me)
@@ -127,14 +128,14 @@ pub fn kill_on_drop(pid: u32) -> Defer<impl FnMut()> {
     })
 }
 
-/// Sends `signal` to the process `pid` only if `/proc/PID/status` satisfies
-/// `is_ours`, without a race against pid reuse: the signal goes through a
-/// pidfd opened before the check, so it reaches the process checked or,
-/// when that one is gone by then, nobody. A test harness that read a pid
+/// Sends `signal` to the process `pid` only if `is_ours` (which reads
+/// `/proc/PID/...`) says so, without a race against pid reuse: the signal
+/// goes through a pidfd opened before the check, so it reaches the process
+/// checked or, when that one is gone by then, nobody. A test harness that read a pid
 /// and signals it a moment later could otherwise kill whoever got the pid
 /// meanwhile (itself included: kill(2) on a thread id signals its process).
 /// Returns whether the signal was sent.
-pub fn signal_if(pid: u32, signal: i32, is_ours: impl Fn(&str) -> bool) -> bool {
+pub fn signal_if(pid: u32, signal: i32, is_ours: impl FnOnce() -> bool) -> bool {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
@@ -144,8 +145,7 @@ pub fn signal_if(pid: u32, signal: i32, is_ours: impl Fn(&str) -> bool) -> bool 
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
     // While the pidfd's process lives, /proc/PID is that process; if it
     // has died, the signal below fails with ESRCH whatever the check read.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    if !is_ours(&status) {
+    if !is_ours() {
         return false;
     }
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
@@ -180,7 +180,7 @@ pub fn kill_members(dir: &std::path::Path) -> usize {
         .filter_map(|l| l.parse().ok())
         .collect();
     for &pid in &procs {
-        let _ = signal_if(pid, libc::SIGKILL, |_| {
+        let _ = signal_if(pid, libc::SIGKILL, || {
             std::fs::read(format!("/proc/{pid}/cgroup"))
                 .unwrap_or_default()
                 .split(|&b| b == b'\n')

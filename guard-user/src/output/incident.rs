@@ -443,7 +443,8 @@ mod tests {
         assert_eq!(closed.map(|c| c.ended), Some(Ended::Lifted));
         // Its subtree gone while a follow-up is on its way: it ends once
         // the follow-up is in, so the report holds every action.
-        inc.raise(0, EXPLOSION, lineage(4), None, equal);
+        let (id, _) = inc.raise(0, EXPLOSION, lineage(4), None, equal);
+        assert_eq!(id, "t-3");
         inc.requested("t-3", 0);
         inc.acted("t-3", 0, false, true);
         inc.requested("t-3", S);
@@ -457,7 +458,8 @@ mod tests {
             "gone, after actions: contained"
         );
         // An action never reported keeps it open a minute at most.
-        inc.raise(0, EXPLOSION, lineage(3), None, equal);
+        let (id, _) = inc.raise(0, EXPLOSION, lineage(3), None, equal);
+        assert_eq!(id, "t-4");
         inc.requested("t-4", 0);
         assert!(
             inc.expire(ACTING_AT_MOST_NS - 1, |_| 3600 * S, |_| true)
