@@ -87,17 +87,7 @@ fn main() {
         let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(detail) => println!("VMCHECK {name} ok {detail} ({secs:.0} s)"),
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panicked".into());
-                println!(
-                    "VMCHECK {name} FAIL {} ({secs:.0} s)",
-                    why.replace('\n', " | ")
-                );
-            }
+            Err(panic) => println!("VMCHECK {name} FAIL {} ({secs:.0} s)", panic_line(&*panic)),
         }
     }
     println!("VMCHECK done");
@@ -252,13 +242,21 @@ fn series_over(cg: &TestCgroup, period: Duration) -> Vec<(Duration, u64)> {
 
 /// The highest pids.current over `period`, sampled every 5 ms.
 fn peak_over(cg: &TestCgroup, period: Duration) -> u64 {
-    let until = Instant::now() + period;
-    let mut peak = 0;
-    while Instant::now() < until {
-        peak = peak.max(cg.pids_current());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    peak
+    series_over(cg, period)
+        .into_iter()
+        .map(|(_, n)| n)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A check's panic as one console line.
+fn panic_line(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".into())
+        .replace('\n', " | ")
 }
 
 /// An agent on `cg` with these flags (and fork events), refusal in force.
@@ -878,18 +876,11 @@ fn bench() {
                         json["mem_available_mib"] = mem_available_mib().into();
                         println!("VMCHECK bench ok {json}");
                     }
-                    Err(panic) => {
-                        let why = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_default();
-                        println!(
-                            "VMCHECK bench FAIL {} under {action} {extra:?}: {}",
-                            shape.name,
-                            why.replace('\n', " | ")
-                        )
-                    }
+                    Err(panic) => println!(
+                        "VMCHECK bench FAIL {} under {action} {extra:?}: {}",
+                        shape.name,
+                        panic_line(&*panic)
+                    ),
                 }
             }
         }
