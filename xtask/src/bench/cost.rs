@@ -185,6 +185,7 @@ impl CostAgent {
         let mut child = cg
             .command(guard)
             .args(args)
+            .args(super::report_args(guard)?)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

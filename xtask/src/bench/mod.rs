@@ -43,7 +43,8 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -62,7 +63,43 @@ use guard_tests::{FrozenFs, TestCgroup};
 
 const FORKS: &str = "20000";
 
+/// Where the agents a bench starts itself write incident reports and put
+/// their stream socket: a root-only directory of the bench's own, removed
+/// when the bench ends, so that a bench leaves nothing in /var/lib/guard or
+/// /run/guard and still measures the agent as it runs (reports and stream
+/// on). Agents started through the test harness get a directory of theirs.
+fn reports_dir() -> PathBuf {
+    PathBuf::from(format!("/run/guard-bench-{}", std::process::id()))
+}
+
+/// The flags that point an agent's reports and socket at [`reports_dir`];
+/// none for an older build (GUARD_BENCH_BIN) that has no such flags.
+fn report_args(guard: &Path) -> Result<Vec<String>> {
+    let help = Command::new(guard)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {} --help", guard.display()))?;
+    if !String::from_utf8_lossy(&help.stdout).contains("--incident-dir") {
+        return Ok(Vec::new());
+    }
+    let dir = reports_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(vec![
+        "--incident-dir".into(),
+        dir.join("incidents").to_string_lossy().into_owned(),
+        "--socket".into(),
+        dir.join("guard.sock").to_string_lossy().into_owned(),
+    ])
+}
+
 pub fn run(workspace: &Path, rounds: u32, only: Option<&str>) -> Result<()> {
+    let _cleanup = guard_tests::Defer(|| {
+        let _ = std::fs::remove_dir_all(reports_dir());
+    });
     match only {
         None => {
             cost_bench(workspace, rounds)?;
@@ -477,6 +514,7 @@ impl AgentProcess {
     fn start(guard: &Path, args: &[&str], stdout: Stdio) -> Result<Self> {
         let mut child = Command::new(guard)
             .args(args)
+            .args(report_args(guard)?)
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
