@@ -131,9 +131,10 @@ pub fn kill_on_drop(pid: u32) -> Defer<impl FnMut()> {
 /// Sends `signal` to the process `pid` only if `is_ours` (which reads
 /// `/proc/PID/...`) says so, without a race against pid reuse: the signal
 /// goes through a pidfd opened before the check, so it reaches the process
-/// checked or, when that one is gone by then, nobody. A test harness that read a pid
-/// and signals it a moment later could otherwise kill whoever got the pid
-/// meanwhile (itself included: kill(2) on a thread id signals its process).
+/// checked or, when that one is gone by then, nobody. A test harness that
+/// read a pid and signalled it a moment later could otherwise kill whoever
+/// got the pid meanwhile (itself included: kill(2) on a thread id signals
+/// its process).
 /// Returns whether the signal was sent.
 pub fn signal_if(pid: u32, signal: i32, is_ours: impl FnOnce() -> bool) -> bool {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.

@@ -75,7 +75,15 @@ fn main() {
     let checks: Vec<&Check> = match &only {
         Some(names) => names
             .iter()
-            .filter_map(|n| checks.iter().find(|(name, _)| name == n))
+            .filter_map(|n| {
+                let found = checks.iter().find(|(name, _)| name == n);
+                // A name that is no check fails its line, rather than
+                // leaving a run that checked nothing to pass.
+                if found.is_none() {
+                    println!("VMCHECK {n} FAIL no such check in {mode}");
+                }
+                found
+            })
             .collect(),
         None => checks.iter().collect(),
     };
